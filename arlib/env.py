@@ -1,0 +1,65 @@
+"""Reproducible setup for every chapter: seeds, device, threads and one plotting style."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+_STYLE = {
+    "figure.figsize": (6.4, 3.6),
+    "figure.dpi": 110,
+    "savefig.dpi": 150,
+    "savefig.bbox": "tight",
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "font.size": 10,
+    "legend.frameon": False,
+    "image.cmap": "viridis",
+}
+
+
+def pick_device(prefer: str | None = None) -> torch.device:
+    """Return ``prefer`` if given, else the best available device: cuda > mps > cpu."""
+    if prefer is not None:
+        if not isinstance(prefer, str) or prefer.split(":")[0] not in {"cpu", "cuda", "mps"}:
+            raise ValueError(f"device: expected 'cpu', 'cuda[:N]' or 'mps', got {prefer!r}")
+        return torch.device(prefer)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) with one integer."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def setup(seed: int = 0, device: str | None = None, threads: int | None = None, style: bool = True) -> torch.device:
+    """Prepare a chapter: seed everything, pick the device, set CPU threads, apply the book's plot style.
+
+    Returns the chosen ``torch.device`` (cuda, then mps, then cpu unless ``device`` says otherwise).
+    ``threads`` defaults to ``$ARLIB_THREADS`` or the number of CPU cores.
+    """
+    seed_everything(seed)
+    if threads is None:
+        threads = int(os.environ.get("ARLIB_THREADS", os.cpu_count() or 1))
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads: expected a positive int, got {threads!r}")
+    torch.set_num_threads(threads)
+    if style:
+        import matplotlib
+
+        matplotlib.rcParams.update(_STYLE)
+    return pick_device(device)

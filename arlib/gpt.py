@@ -1,0 +1,182 @@
+"""A GPT in the GPT-2 architecture (Radford et al. 2019), with a KV cache.
+
+Pre-LayerNorm blocks, learned absolute positions, GELU (tanh approximation) MLP of width 4d, and an
+output head tied to the token embedding. Parameter names follow Hugging Face's ``GPT2LMHeadModel`` so
+that :mod:`arlib.hf` can convert weights both ways.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int
+    block_size: int = 256  # longest context, in tokens
+    n_layer: int = 6
+    n_head: int = 8
+    n_embd: int = 256
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd: expected a multiple of n_head={self.n_head}, got {self.n_embd}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class KVCache:
+    """Keys and values of every layer for the positions seen so far, preallocated to the block size.
+
+    ``length`` is the number of cached positions; :meth:`crop` rolls back (speculative decoding
+    discards the keys of rejected draft tokens this way).
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, device=None, dtype=torch.float32):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        head_dim = config.n_embd // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, config.block_size, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, H, T_max, D)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+        self.block_size = config.block_size
+
+    def crop(self, length: int) -> None:
+        """Forget every position from ``length`` on."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"length: expected an int in [0, {self.length}], got {length!r}")
+        self.length = length
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head, self.n_embd = config.n_head, config.n_embd
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.attn_dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        # (B, T, C) -> (B, H, T, D)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        dropout = self.attn_dropout if self.training else 0.0
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        else:
+            start = cache.length
+            cache.k[layer, :, :, start:start + T] = k
+            cache.v[layer, :, :, start:start + T] = v
+            k, v = cache.k[layer, :, :, :start + T], cache.v[layer, :, :, :start + T]  # (B, H, start+T, D)
+            if T == 1:  # one new query sees every cached key: no mask needed
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+            else:  # query i sits at position start+i and sees keys 0..start+i
+                mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), cache, layer)  # pre-LN residual blocks
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """Decoder-only transformer: ``forward(idx)`` gives next-token logits of shape (B, T, V)."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        if not isinstance(config, GPTConfig):
+            raise TypeError(f"config: expected GPTConfig, got {type(config).__name__}")
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2 L)
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.wpe.weight.numel() if non_embedding else n
+
+    def new_cache(self, batch_size: int = 1) -> KVCache:
+        """An empty KV cache for ``batch_size`` sequences, on the model's device and dtype."""
+        p = self.wte.weight
+        return KVCache(self.config, batch_size, device=p.device, dtype=p.dtype)
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, return_hidden: bool = False):
+        """Logits (B, T, V) for token ids ``idx`` (B, T).
+
+        With ``cache``, ``idx`` continues the cached positions and the cache grows by T.
+        With ``return_hidden=True`` also returns the residual stream (B, T, d) after the embeddings
+        and after each block: a list of ``n_layer + 1`` tensors.
+        """
+        if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype != torch.long:
+            got = f"{tuple(idx.shape)} {idx.dtype}" if isinstance(idx, torch.Tensor) else type(idx).__name__
+            raise ValueError(f"idx: expected a (batch, time) tensor of torch.long token ids, got {got}")
+        B, T = idx.shape
+        start = 0 if cache is None else cache.length
+        if start + T > self.config.block_size:
+            raise ValueError(f"idx: {start + T} positions exceed the context of {self.config.block_size}")
+        if cache is not None and cache.k.shape[1] != B:
+            raise ValueError(f"cache: built for batch {cache.k.shape[1]}, got batch {B}")
+        if T and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
+            raise ValueError(f"idx: token ids must lie in [0, {self.config.vocab_size})")
+        pos = torch.arange(start, start + T, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, d)
+        hidden = [x]
+        for layer, block in enumerate(self.h):
+            x = block(x, cache, layer)
+            hidden.append(x)
+        if cache is not None:
+            cache.length += T
+        logits = F.linear(self.ln_f(x), self.wte.weight)  # tied head: (B, T, V)
+        return (logits, hidden) if return_hidden else logits

@@ -1,0 +1,66 @@
+"""Language-model data and metrics: random training windows, the next-token loss, held-out NLL."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def random_windows(ids: torch.Tensor, batch_size: int, block_size: int, generator: torch.Generator,
+                   device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of ``batch_size`` random windows: inputs x (B, T) and next-token targets y (B, T)."""
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 1:
+        raise ValueError("ids: expected a 1-D tensor of token ids")
+    if len(ids) <= block_size:
+        raise ValueError(f"ids: need more than block_size={block_size} tokens, got {len(ids)}")
+    starts = torch.randint(0, len(ids) - block_size, (batch_size,), generator=generator)
+    offsets = torch.arange(block_size + 1)
+    windows = ids[starts[:, None] + offsets]  # (B, T+1)
+    return windows[:, :-1].to(device), windows[:, 1:].to(device)
+
+
+def next_token_loss(model, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Mean cross-entropy of teacher-forced next-token prediction, in nats per token."""
+    x, y = batch
+    logits = model(x)  # (B, T, V)
+    return F.cross_entropy(logits.flatten(0, 1), y.flatten())
+
+
+@torch.no_grad()
+def heldout_nll(model, ids: torch.Tensor, stride: int | None = None, batch_size: int = 16) -> float:
+    """Mean negative log-likelihood (nats per token) of ``ids`` under ``model``.
+
+    Windows of the model's full context slide by ``stride`` (default half the context); each scores
+    only targets no earlier window scored, so every token after the first is scored exactly once and,
+    past the first window, with at least ``context - stride`` tokens of context.
+    """
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 1 or len(ids) < 2:
+        raise ValueError("ids: expected a 1-D tensor of at least 2 token ids")
+    context = model.config.block_size
+    stride = stride or context // 2
+    if isinstance(stride, bool) or not isinstance(stride, int) or not 0 < stride <= context:
+        raise ValueError(f"stride: expected an int in [1, {context}], got {stride!r}")
+    n_targets = len(ids) - 1
+    width = min(context, n_targets)  # every window has this many inputs
+    plan = []  # (start, first scored offset within the window)
+    scored_until, start = 0, 0  # targets [0, scored_until) are done (target j is ids[j + 1])
+    while scored_until < n_targets:
+        start = min(start, n_targets - width)
+        plan.append((start, scored_until - start))
+        scored_until = start + width
+        start += stride
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    offsets = torch.arange(width + 1)
+    for i in range(0, len(plan), batch_size):
+        group = plan[i:i + batch_size]
+        win = ids[torch.tensor([s for s, _ in group])[:, None] + offsets].to(device)  # (b, width+1)
+        logp = torch.log_softmax(model(win[:, :-1]).float(), dim=-1)  # (b, width, V)
+        nll = -logp.gather(-1, win[:, 1:, None]).squeeze(-1)  # (b, width)
+        for row, (_, first) in zip(nll, group):
+            total += row[first:].sum().item()
+            count += width - first
+    model.train(was_training)
+    return total / count

@@ -1,0 +1,137 @@
+"""Recipes that train the book's committed checkpoints: ``python -m arlib.recipes NAME``.
+
+A recipe is deterministic for a given device and thread count (fixed seeds, fixed data order) and
+writes ``data/checkpoints/NAME.safetensors`` with its JSON sidecar. ``--steps`` shortens a run (tests
+use a few steps); ``--out`` writes elsewhere. Under ``torchrun --nproc_per_node N`` the same command
+trains data-parallel (each rank draws its own batches; rank 0 evaluates and saves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from dataclasses import dataclass, replace
+from functools import partial
+
+import torch
+
+from arlib.checkpoints import save_checkpoint
+from arlib.data import SOURCES, shakespeare
+from arlib.env import pick_device, seed_everything
+from arlib.gpt import GPT, GPTConfig
+from arlib.lm import heldout_nll, next_token_loss, random_windows
+from arlib.tokenizer import CharTokenizer
+from arlib.train import TrainConfig, distributed_context, train
+
+
+@dataclass(frozen=True)
+class LMRecipe:
+    """A character GPT trained on Shakespeare's training split, scored on the validation split."""
+
+    model: GPTConfig
+    train: TrainConfig
+    batch_size: int
+    description: str
+
+
+def _shakespeare_vocab() -> str:
+    return CharTokenizer.from_text(shakespeare().text).vocab  # 84 characters
+
+
+RECIPES: dict[str, LMRecipe] = {
+    "shakespeare-target": LMRecipe(
+        model=GPTConfig(vocab_size=84, block_size=256, n_layer=6, n_head=8, n_embd=256),
+        train=TrainConfig(steps=1500, lr=1e-3, warmup=100, min_lr_ratio=0.05, eval_every=250),
+        batch_size=16,
+        description="the target model of chapters 2, 3 and 6 (4.8M parameters)",
+    ),
+    "shakespeare-draft": LMRecipe(
+        model=GPTConfig(vocab_size=84, block_size=256, n_layer=2, n_head=4, n_embd=128),
+        train=TrainConfig(steps=1500, lr=2e-3, warmup=100, min_lr_ratio=0.05, eval_every=250),
+        batch_size=32,
+        description="the draft model of chapters 2 and 3 (under a tenth of the target's parameters)",
+    ),
+}
+
+
+def run_lm_recipe(name: str, steps: int | None = None, out: str | None = None, progress: bool = True,
+                  eval_chars: int | None = None) -> dict:
+    """Train recipe ``name`` and save it; returns the sidecar metadata."""
+    if name not in RECIPES:
+        raise ValueError(f"name: expected one of {sorted(RECIPES)}, got {name!r}")
+    recipe = RECIPES[name]
+    shorter = {"steps": steps, "warmup": min(recipe.train.warmup, steps)} if steps else {}
+    train_config = replace(recipe.train, progress=progress, **shorter)
+    rank, world = distributed_context()
+    seed_everything(train_config.seed)
+    device = pick_device("cpu" if world > 1 and not torch.cuda.is_available() else None)
+    if torch.cuda.is_available() and world > 1:
+        device = torch.device("cuda", rank % torch.cuda.device_count())
+    corpus = shakespeare()
+    tokenizer = CharTokenizer(_shakespeare_vocab())
+    if tokenizer.vocab_size != recipe.model.vocab_size:
+        raise RuntimeError(f"corpus vocabulary has {tokenizer.vocab_size} characters, "
+                           f"recipe expects {recipe.model.vocab_size}")
+    train_ids, val_ids = tokenizer.encode(corpus.train), tokenizer.encode(corpus.val)
+    if eval_chars:
+        val_ids = val_ids[:eval_chars]
+    quick_val = val_ids[: 20_000]
+    model = GPT(recipe.model).to(device)
+    get_batch = partial(_windows, train_ids, recipe.batch_size, recipe.model.block_size, device)
+    t0 = time.time()
+    history = train(model, next_token_loss, get_batch, train_config,
+                    evaluate=lambda m: {"val_nll_20k": heldout_nll(m, quick_val)})
+    if rank != 0:
+        return {}
+    val_nll = heldout_nll(model, val_ids)
+    half = GPT(recipe.model).to(device)
+    half.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
+    val_nll_fp16 = heldout_nll(half, val_ids)
+    meta = {
+        "name": name,
+        "description": recipe.description,
+        "config": recipe.model.to_dict(),
+        "parameters": model.num_params(),
+        "tokenizer": {"kind": "char", "vocab": tokenizer.vocab},
+        "data": {"source": "shakespeare", "sha256": SOURCES["shakespeare"].sha256,
+                 "split": "last 10% of every work held out", "train_chars": len(train_ids),
+                 "val_chars_scored": len(val_ids)},
+        "train": {**history["config"], "batch_size": recipe.batch_size, "world_size": world},
+        "metrics": {"val_nll": round(val_nll, 4), "val_nll_fp16_weights": round(val_nll_fp16, 4),
+                    "val_bits_per_char": round(val_nll / 0.6931471805599453, 4),
+                    "final_train_loss_avg50": round(sum(history["loss"][-50:]) / len(history["loss"][-50:]), 4),
+                    "eval_curve": history["eval"]},
+        "stored_dtype": "float16",
+        "command": f"python -m arlib.recipes {name}" + (f" --steps {steps}" if steps else ""),
+        "wall_seconds": round(time.time() - t0, 1),
+        "environment": {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
+                        "machine": platform.machine()},
+    }
+    save_checkpoint(model, name, meta, directory=out)
+    return meta
+
+
+def _windows(ids, batch_size, block_size, device, step, generator):
+    return random_windows(ids, batch_size, block_size, generator, device)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m arlib.recipes", description=__doc__.splitlines()[0])
+    parser.add_argument("name", choices=sorted(RECIPES))
+    parser.add_argument("--steps", type=int, default=None, help="train for this many steps instead")
+    parser.add_argument("--out", default=None, help="folder for the checkpoint (default data/checkpoints)")
+    parser.add_argument("--eval-chars", type=int, default=None, help="score only this many validation chars")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    meta = run_lm_recipe(args.name, steps=args.steps, out=args.out, progress=not args.no_progress,
+                         eval_chars=args.eval_chars)
+    if meta:
+        print(f"{args.name}: {meta['parameters']:,} parameters, val NLL {meta['metrics']['val_nll']} nats/char, "
+              f"{meta['wall_seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""The book's one training loop: AdamW, linear warm-up then cosine decay, gradient clipping, tqdm,
+safetensors checkpoints, and data-parallel training under ``torchrun`` with no change to the code.
+
+Every model in the book trains through :func:`train`; a chapter supplies a ``loss_fn(model, batch)``
+and a ``get_batch(step, generator)``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    lr: float = 1e-3
+    warmup: int = 100
+    min_lr_ratio: float = 0.05  # the cosine ends at lr * min_lr_ratio
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    clip: float = 1.0
+    eval_every: int = 0  # 0: evaluate only at the end
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps: expected a positive int, got {self.steps!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr: expected a positive learning rate, got {self.lr!r}")
+        if not 0 <= self.warmup <= self.steps:
+            raise ValueError(f"warmup: expected an int in [0, steps={self.steps}], got {self.warmup!r}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio: expected a number in [0, 1], got {self.min_lr_ratio!r}")
+        if not self.clip > 0:
+            raise ValueError(f"clip: expected a positive max gradient norm, got {self.clip!r}")
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Learning rate at ``step``: linear warm-up to ``lr``, then cosine decay to ``lr * min_lr_ratio``."""
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    span = max(1, config.steps - config.warmup)
+    progress = min(1.0, (step - config.warmup) / span)
+    floor = config.lr * config.min_lr_ratio
+    return floor + 0.5 * (config.lr - floor) * (1 + math.cos(math.pi * progress))
+
+
+def distributed_context() -> tuple[int, int]:
+    """(rank, world_size); starts the process group when launched by ``torchrun``."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    return rank, world
+
+
+def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    # Weight decay on matrices only; biases, norms and embeddings' 1-D params are not decayed.
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
+
+
+def train(
+    model: torch.nn.Module,
+    loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor],
+    get_batch: Callable[[int, torch.Generator], Any],
+    config: TrainConfig,
+    evaluate: Callable[[torch.nn.Module], dict] | None = None,
+) -> dict:
+    """Train ``model`` in place and return its history.
+
+    ``get_batch(step, generator)`` returns a batch on the model's device; under ``torchrun`` every rank
+    gets its own generator (seed + rank), so ranks see different data and gradients are averaged.
+    ``evaluate(model)`` (optional) returns a dict of metrics, run every ``eval_every`` steps and at the end.
+    History: ``{"step": [...], "loss": [...], "lr": [...], "eval": [(step, metrics), ...], "seconds": s}``.
+    """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config: expected TrainConfig, got {type(config).__name__}")
+    rank, world = distributed_context()
+    net = model
+    if world > 1:
+        device_ids = [torch.cuda.current_device()] if next(model.parameters()).is_cuda else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    generator = torch.Generator().manual_seed(config.seed + rank)
+    optimizer = _optimizer(model, config)
+    history: dict = {"step": [], "loss": [], "lr": [], "eval": [], "world_size": world}
+    start = time.perf_counter()
+    bar = tqdm(range(config.steps), disable=not config.progress or rank != 0, desc="train", mininterval=2.0)
+    model.train()
+    for step in bar:
+        lr = lr_at(step, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss = loss_fn(net, get_batch(step, generator))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {step}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+        optimizer.step()
+        history["step"].append(step)
+        history["loss"].append(loss.item())
+        history["lr"].append(lr)
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        last = step == config.steps - 1
+        if evaluate is not None and rank == 0 and (last or (config.eval_every and (step + 1) % config.eval_every == 0)):
+            model.eval()
+            with torch.no_grad():
+                metrics = evaluate(model)
+            model.train()
+            history["eval"].append((step + 1, metrics))
+            if config.progress:
+                bar.write(f"step {step + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    model.eval()
+    history["seconds"] = time.perf_counter() - start
+    history["config"] = asdict(config)
+    return history
