@@ -1,0 +1,56 @@
+"""Speech features with torch only: the mel scale, a triangular mel filterbank, log-mel spectrograms.
+
+The mel scale follows O'Shaughnessy (1987): m = 2595 log10(1 + f / 700).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def hz_to_mel(f: torch.Tensor | float) -> torch.Tensor:
+    """Frequency in Hz -> mels (elementwise)."""
+    f = torch.as_tensor(f, dtype=torch.float32)
+    if (f < 0).any():
+        raise ValueError("f: expected non-negative frequencies in Hz")
+    return 2595.0 * torch.log10(1.0 + f / 700.0)
+
+
+def mel_to_hz(m: torch.Tensor | float) -> torch.Tensor:
+    """Mels -> frequency in Hz (elementwise), the inverse of :func:`hz_to_mel`."""
+    m = torch.as_tensor(m, dtype=torch.float32)
+    return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+
+
+def mel_filterbank(n_mels: int, n_fft: int, sample_rate: int, f_min: float = 0.0, f_max: float | None = None
+                   ) -> torch.Tensor:
+    """Triangular filters, equally spaced in mels, over the ``n_fft // 2 + 1`` STFT bins: (n_mels, n_freqs)."""
+    for name, value in (("n_mels", n_mels), ("n_fft", n_fft), ("sample_rate", sample_rate)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    f_max = sample_rate / 2 if f_max is None else f_max
+    if not 0 <= f_min < f_max <= sample_rate / 2:
+        raise ValueError(f"f_min, f_max: expected 0 <= f_min < f_max <= {sample_rate / 2}, got {f_min}, {f_max}")
+    freqs = torch.linspace(0, sample_rate / 2, n_fft // 2 + 1)  # (F,)
+    edges = mel_to_hz(torch.linspace(float(hz_to_mel(f_min)), float(hz_to_mel(f_max)), n_mels + 2))  # (M+2,)
+    lower, center, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]  # (M, 1) each
+    rising = (freqs - lower) / (center - lower)
+    falling = (upper - freqs) / (upper - center)
+    return torch.clamp(torch.minimum(rising, falling), min=0.0)  # (M, F)
+
+
+def log_mel(wave: torch.Tensor, sample_rate: int = 16000, n_fft: int = 400, hop: int = 160, n_mels: int = 80,
+            eps: float = 1e-6) -> torch.Tensor:
+    """Log-mel spectrogram of a waveform (T,) or batch (B, T): (n_mels, frames) or (B, n_mels, frames).
+
+    Defaults give 25 ms windows every 10 ms at 16 kHz, the usual speech front end.
+    """
+    if not isinstance(wave, torch.Tensor) or wave.dim() not in (1, 2) or not wave.is_floating_point():
+        raise ValueError("wave: expected a float tensor of shape (T,) or (B, T)")
+    if wave.shape[-1] < n_fft:
+        raise ValueError(f"wave: expected at least n_fft={n_fft} samples, got {wave.shape[-1]}")
+    window = torch.hann_window(n_fft, device=wave.device)
+    spec = torch.stft(wave, n_fft, hop_length=hop, window=window, center=True, return_complex=True)
+    power = spec.abs() ** 2  # (..., F, frames)
+    mel = mel_filterbank(n_mels, n_fft, sample_rate).to(wave.device) @ power  # (..., M, frames)
+    return torch.log(mel + eps)

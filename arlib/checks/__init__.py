@@ -1,0 +1,12 @@
+"""Automatic checks for the book's exercises (the classroom format of DESIGN.md section 7).
+
+Each check takes the learner's function, tries it on several inputs including edge cases, and either
+prints one line saying it passed or raises :class:`CheckFailed` saying what was tested, what was
+expected, what came, and a hint that does not give the solution away. A stub that still raises
+``NotImplementedError`` is reported as "not yet implemented".
+"""
+
+from arlib.checks.ch00 import class_means, frame_signal, mel_scale, unigram_entropy
+from arlib.checks.core import CheckFailed
+
+__all__ = ["CheckFailed", "unigram_entropy", "class_means", "frame_signal", "mel_scale"]
