@@ -3,14 +3,28 @@
 Loaders: :func:`shakespeare`, :func:`fashion_mnist`, :func:`spoken_utterances`. Each reads a verified
 file from the cache (``$ARLIB_DATA``, default ``data/cache``) or a system package, and fetches it once
 if missing (``python -m arlib.data fetch`` does all of them; ``ARLIB_OFFLINE=1`` forbids fetching).
+Speech is synthesized locally with espeak-ng and cached the same way.
 """
 
 from arlib.data.cache import DataUnavailableError, Source, atomic_write, cache_dir, ensure, locate, sha256_file
+from arlib.data.images import CLASS_NAMES, FASHION_MNIST, fashion_mnist, read_idx
+from arlib.data.speech import (
+    SAMPLE_RATE,
+    TEST_VOICES,
+    TRAIN_VOICES,
+    VOCABULARY,
+    Utterance,
+    espeak_version,
+    spoken_utterances,
+    synthesize,
+)
 from arlib.data.text import SHAKESPEARE, TextCorpus, shakespeare
 
-SOURCES: dict[str, Source] = {SHAKESPEARE.name: SHAKESPEARE}
+SOURCES: dict[str, Source] = {s.name: s for s in (SHAKESPEARE, *FASHION_MNIST.values())}
 
 __all__ = [
-    "SOURCES", "Source", "DataUnavailableError", "TextCorpus",
-    "atomic_write", "cache_dir", "ensure", "locate", "sha256_file", "shakespeare",
+    "SOURCES", "Source", "DataUnavailableError", "TextCorpus", "Utterance",
+    "CLASS_NAMES", "FASHION_MNIST", "SAMPLE_RATE", "TEST_VOICES", "TRAIN_VOICES", "VOCABULARY",
+    "atomic_write", "cache_dir", "ensure", "espeak_version", "fashion_mnist", "locate", "read_idx",
+    "sha256_file", "shakespeare", "spoken_utterances", "synthesize",
 ]
