@@ -6,7 +6,6 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Two pytest workers on the 2-core reference machine; one torch thread each.
 JOBS ?= 2
-export MPLBACKEND := Agg
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
 .PHONY: help setup system-deps data book test lint lab execute student clean lock
@@ -42,7 +41,7 @@ lint: $(STAMP)
 
 test: REQUIRE_SYSTEM = 1
 test: setup lint
-	ARLIB_THREADS=1 $(PY) -m pytest -n $(JOBS) --dist loadfile --nbval-lax tests $$($(PY) tools/book.py notebooks)
+	MPLBACKEND=Agg ARLIB_THREADS=1 $(PY) -m pytest -n $(JOBS) --dist loadfile --nbval-lax tests $$($(PY) tools/book.py notebooks)
 
 lab: setup
 	$(VENV)/bin/jupyter lab chapters/

@@ -48,7 +48,7 @@ def cache_dir() -> Path:
     return root
 
 
-_VERIFIED: dict[tuple[str, int, int, int], str] = {}  # (path, inode, size, mtime_ns) -> sha256, to hash once per process
+_VERIFIED: dict[tuple[str, int, int, int], str] = {}  # (path, inode, size, mtime_ns) -> sha256 (hash once)
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -172,7 +172,7 @@ def _plan(split: str, n: int, seed: int, min_words: int, max_words: int) -> list
 
 def _synthesize_all(plan: list[dict], workers: int) -> list[np.ndarray]:
     """Run espeak-ng over the plan, ``workers`` processes at a time (each call is a short subprocess)."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     _check_variants(_espeak())
     jobs = [(" ".join(p["words"]), p["voice"], p["speed"], p["pitch"]) for p in plan]

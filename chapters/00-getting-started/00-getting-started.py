@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -74,7 +76,7 @@ first = torch.randn(3)
 arlib.setup(seed=123)
 again = torch.randn(3)
 assert torch.equal(first, again), "the same seed must give the same draws"
-arlib.setup(seed=0);
+device = arlib.setup(seed=0)
 
 # %% [markdown]
 # ## Text: the works of Shakespeare
@@ -117,7 +119,7 @@ p = freq / freq.sum()
 H_unigram = float(-(p * np.log2(p)).sum())
 print(f"distinct characters V = {V}")  # NBVAL_CHECK_OUTPUT
 print(f"unigram entropy = {H_unigram:.2f} bits/char, log2 V = {math.log2(V):.2f}")  # NBVAL_CHECK_OUTPUT
-assert H_unigram < math.log2(V)  # characters are far from uniform
+assert 4.7 < H_unigram < 4.9 < math.log2(V)  # about 4.8 bits: characters are far from uniform
 print("most frequent:", [(c if c.strip() else repr(c), n) for c, n in counts.most_common(10)])
 
 fig, ax = plt.subplots()
@@ -289,7 +291,7 @@ arlib.checks.mel_scale(to_mel, to_hz)
 #   `make execute` refreshes them, `make test` checks them all.
 # - `arlib.setup(seed)` makes every chapter reproducible and picks CUDA, MPS or the CPU.
 # - Three real, offline, checksummed data sources: Shakespeare (about 5.1M characters, 84 distinct,
-#   unigram entropy about 4.5 bits), Fashion-MNIST (70 000 images in 10 balanced classes) and speech
+#   unigram entropy 4.8 bits against $\log_2 84 = 6.4$), Fashion-MNIST (70 000 images in 10 balanced classes) and speech
 #   synthesized by `espeak-ng` with disjoint training and test voices.
 #
 # ## References

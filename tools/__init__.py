@@ -1,0 +1,1 @@
+"""Tooling of the book: book.py (book.toml -> Jupyter Book -> HTML), execute.py, classroom.py."""
