@@ -1,0 +1,763 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Autoregressive factorization: from counting to a GPT
+#
+# An autoregressive model writes the probability of a sequence as a product of next-token
+# probabilities and learns each factor. This chapter builds the idea from the ground up on
+# Shakespeare's works, one character at a time: counting models, maximum likelihood, a GPT written
+# from scratch {cite}`radford2019language,vaswani2017attention`, the ways to sample from it
+# {cite}`holtzman2020curious,nguyen2025minp`, and the key-value cache that makes generation fast
+# {cite}`pope2023efficiently`. It ends with two probes of what a next-token predictor does and does
+# not learn: information about tokens further ahead, and the reversal curse {cite}`berglund2024reversal`.
+#
+# **You will learn**
+# - why every joint distribution factorizes autoregressively, in any order;
+# - how n-gram models, smoothed by Kneser–Ney {cite}`kneser1995improved,chen1999empirical`, set a
+#   strong baseline, and how to measure any model by held-out NLL, perplexity and bits per character;
+# - that maximum likelihood is cross-entropy minimization is KL minimization;
+# - how a GPT is assembled (head, multi-head attention, block, model) and trained with teacher forcing;
+# - greedy, temperature, top-k, top-p and min-p sampling, and the KV cache.
+#
+# The book's two Shakespeare models, a *target* GPT and a ten-times-smaller *draft*, are trained by
+# recipes (`python -m arlib.recipes shakespeare-target`) and committed; chapters 2, 3 and 6 reuse them.
+
+# %%
+import itertools
+import math
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import arlib
+import arlib.checks
+from arlib.checkpoints import load_gpt
+from arlib.data import shakespeare
+from arlib.gpt import GPT, GPTConfig
+from arlib.lm import heldout_nll, next_token_loss, random_windows
+from arlib.ngram import NGramModel
+from arlib.sampling import entropy, generate, process_logits
+from arlib.tokenizer import CharTokenizer
+from arlib.train import TrainConfig, train
+
+device = arlib.setup(seed=0)
+print(f"device: {device}")
+
+# %% [markdown]
+# ## 1. The chain rule
+#
+# For any random sequence $x = (x_1, \dots, x_T)$ the definition of conditional probability gives
+#
+# $$
+# p(x_1, \dots, x_T) = \prod_{t=1}^{T} p(x_t \mid x_{<t}).
+# $$ (eq-chain-rule)
+#
+# Nothing is assumed: the identity holds for *every* joint distribution and for *every* ordering of
+# the variables. An autoregressive model picks one order (left to right for text) and learns the
+# conditionals. We check the identity exactly on a random joint distribution of three variables with
+# four values each, rebuilding it from its conditionals in all $3! = 6$ orders.
+
+# %%
+gen = torch.Generator().manual_seed(0)
+joint = torch.rand(4, 4, 4, generator=gen, dtype=torch.float64)
+joint /= joint.sum()  # p(x1, x2, x3)
+
+
+def rebuild_from_conditionals(p, order):
+    """Multiply p(x_a) p(x_b | x_a) p(x_c | x_a, x_b) for the order (a, b, c); return the joint."""
+    q = p.permute(order)  # axes in the chosen order
+    rebuilt = torch.ones_like(q)
+    for d in range(q.dim()):
+        marginal = q.sum(dim=tuple(range(d + 1, q.dim()))) if d + 1 < q.dim() else q  # p(first d+1 vars)
+        conditional = marginal / marginal.sum(dim=-1, keepdim=True)  # p(var d | earlier vars)
+        rebuilt = rebuilt * conditional.reshape(conditional.shape + (1,) * (q.dim() - d - 1))
+    return rebuilt.permute(tuple(np.argsort(order)))  # back to (x1, x2, x3)
+
+
+errors = {order: (rebuild_from_conditionals(joint, order) - joint).abs().max().item()
+          for order in itertools.permutations(range(3))}
+for order, err in errors.items():
+    print(f"order x{order[0] + 1} -> x{order[1] + 1} -> x{order[2] + 1}: max error {err:.1e}")
+assert max(errors.values()) < 1e-15  # every order rebuilds the joint exactly (to float64 rounding)
+
+# %% [markdown]
+# All orders are *equally valid* as factorizations, but not equally easy to *learn*: a model family
+# that is good at one order's conditionals may be poor at another's. Section 8 shows a striking case.
+#
+# ## 2. Counting models on Shakespeare
+#
+# The simplest way to estimate $p(x_t \mid x_{<t})$ is to truncate the context to the last $n-1$
+# characters and count. We score every model by its **held-out negative log-likelihood** per character
+#
+# $$
+# \mathrm{NLL} = -\frac{1}{N} \sum_{t=1}^{N} \log p(x_t \mid x_{<t}) \ \text{nats},\qquad
+# \text{perplexity} = e^{\mathrm{NLL}},\qquad \text{bits per char} = \mathrm{NLL} / \ln 2,
+# $$ (eq-nll)
+#
+# on validation text no model saw during training. Raw counts give probability zero to any n-gram
+# never seen in training, and one such character on the validation set makes the NLL infinite, so
+# we smooth: *add-k* adds a pseudo-count $k$ to every count; *interpolated Kneser–Ney* subtracts a
+# discount $D$ from each seen count and gives the freed mass to a lower-order model that counts in
+# how many *different contexts* a character appears {cite}`kneser1995improved,chen1999empirical`.
+
+# %%
+corpus = shakespeare()
+tokenizer = CharTokenizer.from_text(corpus.text)
+train_ids, val_ids = tokenizer.encode(corpus.train), tokenizer.encode(corpus.val)
+val_eval = val_ids[:50_000]  # a fixed 50k-character slice of the validation text, for every model
+V = tokenizer.vocab_size
+print(f"vocabulary: {V} characters; train {len(train_ids):,}, validation {len(val_ids):,} characters")
+
+counting = {}
+for name, order, smoothing in [("unigram", 1, "add_k"), ("bigram", 2, "add_k"), ("trigram (KN)", 3, "kneser_ney"),
+                               ("5-gram (add-k)", 5, "add_k"), ("5-gram (KN)", 5, "kneser_ney")]:
+    t0 = time.perf_counter()
+    model = NGramModel(order, V, smoothing=smoothing, k=1.0).fit(train_ids)
+    counting[name] = (model, model.nll(val_eval), time.perf_counter() - t0)
+
+print(f"{'model':16s} {'NLL (nats)':>10s} {'perplexity':>10s} {'bits/char':>9s}")
+for name, (_, value, _) in counting.items():
+    print(f"{name:16s} {value:10.3f} {math.exp(value):10.2f} {value / math.log(2):9.3f}")  # NBVAL_CHECK_OUTPUT
+print(f"fitting all five took {sum(seconds for _, _, seconds in counting.values()):.1f} s")
+
+# %% [markdown]
+# More context helps a lot, and smoothing matters more as $n$ grows: with add-one smoothing, the
+# 5-gram wastes mass on the $84$ unseen continuations of every rare context. Two checks tie these
+# numbers to the theory. The unigram model's NLL is the cross-entropy between the validation
+# characters and the training frequencies, so it can only be slightly above the 4.80 bits of entropy
+# measured in chapter 0; and each added character of context lowers the NLL.
+
+# %%
+nll = {name: value for name, (_, value, _) in counting.items()}
+assert 4.80 <= nll["unigram"] / math.log(2) < 4.85
+assert nll["unigram"] > nll["bigram"] > nll["trigram (KN)"] > nll["5-gram (KN)"]
+assert nll["5-gram (KN)"] < nll["5-gram (add-k)"]  # Kneser-Ney beats add-one at order 5
+
+sample_gen = torch.Generator().manual_seed(1)
+prompt = tokenizer.encode("ROMEO.\n")
+for name in ["unigram", "bigram", "5-gram (KN)"]:
+    text = tokenizer.decode(counting[name][0].sample(120, sample_gen, prompt=prompt))
+    print(f"--- {name} ---\n{text}\n")
+
+# %% [markdown]
+# ## 3. Maximum likelihood, cross-entropy and KL
+#
+# Training maximizes the likelihood of the training text, i.e. minimizes its NLL. If $\hat p$ is the
+# empirical distribution of the data and $q$ the model,
+#
+# $$
+# \underbrace{-\mathbb{E}_{x \sim \hat p} \log q(x)}_{\text{NLL = cross-entropy } H(\hat p, q)}
+# = \underbrace{-\mathbb{E}_{x \sim \hat p} \log \hat p(x)}_{\text{entropy } H(\hat p)}
+# + \underbrace{\mathbb{E}_{x \sim \hat p} \log \frac{\hat p(x)}{q(x)}}_{\mathrm{KL}(\hat p \,\|\, q) \,\ge\, 0}.
+# $$ (eq-ce-kl)
+#
+# The entropy does not depend on $q$, so minimizing NLL *is* minimizing the KL divergence to the
+# data, and its minimum, reached at $q = \hat p$, is the data's entropy. For a bigram model the
+# maximum-likelihood solution is the table of normalized counts. We check {eq}`eq-ce-kl` on the
+# training bigrams for the count table and for the add-one smoothed table.
+
+# %%
+pairs = train_ids[:-1] * V + train_ids[1:]
+counts = torch.bincount(pairs, minlength=V * V).reshape(V, V).double()  # counts[a, b] = #(a followed by b)
+p_data = counts / counts.sum()  # empirical joint of (previous, next)
+mle = counts / counts.sum(dim=1, keepdim=True).clamp_min(1)  # maximum likelihood: normalized counts
+add_one = (counts + 1) / (counts + 1).sum(dim=1, keepdim=True)
+seen = p_data > 0
+
+
+def cross_entropy(q_cond):  # H(p_data, q) per character, in nats
+    return -(p_data[seen] * q_cond[seen].log()).sum().item()
+
+
+cond_data = mle  # the data's own conditional distribution
+H_data = cross_entropy(cond_data)
+KL_add_one = (p_data[seen] * (cond_data[seen] / add_one[seen]).log()).sum().item()
+print(f"conditional entropy of the training bigrams: {H_data:.4f} nats")
+print(f"NLL of the count table: {cross_entropy(mle):.4f}; of add-one: {cross_entropy(add_one):.4f} "
+      f"= {H_data:.4f} + KL {KL_add_one:.4f}")
+assert abs(cross_entropy(add_one) - (H_data + KL_add_one)) < 1e-9  # eq. (eq-ce-kl), exactly
+assert cross_entropy(mle) <= cross_entropy(add_one)  # the MLE minimizes training NLL ...
+unseen_val = (counts[val_eval[:-1], val_eval[1:]] == 0).sum().item()
+print(f"... but it gives probability 0 to {unseen_val} validation bigrams, so its held-out NLL is infinite")
+assert unseen_val > 0
+
+# %% [markdown]
+# **Teacher forcing.** A neural model computes all $T$ conditionals of {eq}`eq-chain-rule` for a
+# training sequence in *one* forward pass: position $t$ sees the true prefix $x_{<t}$ (not the
+# model's own guesses) and a causal mask hides the future. The loss is the mean of the $T$
+# next-token cross-entropies. We check on a small random GPT that one pass gives exactly the
+# conditionals that $T$ separate calls on growing prefixes would give.
+
+# %%
+tiny = GPT(GPTConfig(vocab_size=V, block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
+x = val_ids[:20][None]  # (1, 20)
+with torch.no_grad():
+    one_pass = torch.log_softmax(tiny(x), dim=-1)[0]  # (20, V): row t is log p(. | x_{<=t})
+    step_by_step = torch.stack([torch.log_softmax(tiny(x[:, :t + 1]), dim=-1)[0, -1] for t in range(20)])
+assert torch.allclose(one_pass, step_by_step, atol=1e-5)
+print("teacher forcing: one pass == 20 prefix calls; loss =",
+      round(F.cross_entropy(tiny(x[:, :-1])[0], x[0, 1:]).item(), 3), "nats (an untrained model: about ln V =",
+      round(math.log(V), 3), ")")
+
+# %% [markdown]
+# ## 4. A GPT from scratch
+#
+# A GPT {cite}`radford2019language` maps a prefix to next-token logits with a stack of transformer
+# blocks {cite}`vaswani2017attention`. We build it in four steps and then check it against `arlib`.
+#
+# **Step 1: one causal attention head.** Each position $t$ emits a query $q_t$, a key $k_t$ and a
+# value $v_t$ (three linear maps of its vector). Its output is an average of the values of positions
+# $s \le t$, weighted by how well their keys match its query:
+#
+# $$
+# \mathrm{head}(X) = \mathrm{softmax}\!\left(\frac{Q K^\top}{\sqrt{d_h}} + M\right) V, \qquad
+# M_{ts} = \begin{cases} 0 & s \le t \\ -\infty & s > t. \end{cases}
+# $$ (eq-attention)
+
+# %%
+class Head(nn.Module):
+    """One causal self-attention head (eq. eq-attention)."""
+
+    def __init__(self, d_model, d_head):
+        super().__init__()
+        self.query, self.key, self.value = (nn.Linear(d_model, d_head) for _ in range(3))
+
+    def forward(self, x):  # x: (B, T, d_model) -> (B, T, d_head)
+        q, k, v = self.query(x), self.key(x), self.value(x)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(k.shape[-1])  # (B, T, T)
+        T = x.shape[1]
+        future = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)
+        scores = scores.masked_fill(future, float("-inf"))  # position t cannot look at s > t
+        return torch.softmax(scores, dim=-1) @ v
+
+
+# %% [markdown]
+# **Step 2: multi-head attention.** $H$ heads of width $d_h = d/H$ run in parallel and a linear map
+# mixes their concatenated outputs. In practice one matrix computes all queries, keys and values at
+# once and the heads become a tensor dimension, which is what we write next. A check that the
+# batched form equals $H$ separate `Head`s with the corresponding slices of the weights:
+
+# %%
+class MultiHeadAttention(nn.Module):
+    """H causal heads computed together: qkv in one matmul, heads as a tensor dimension."""
+
+    def __init__(self, d_model, n_head):
+        super().__init__()
+        self.n_head = n_head
+        self.c_attn = nn.Linear(d_model, 3 * d_model)  # [queries | keys | values] of all heads
+        self.c_proj = nn.Linear(d_model, d_model)
+
+    def forward(self, x):  # (B, T, d) -> (B, T, d)
+        B, T, d = x.shape
+        q, k, v = self.c_attn(x).split(d, dim=2)
+        q, k, v = (z.view(B, T, self.n_head, d // self.n_head).transpose(1, 2) for z in (q, k, v))  # (B, H, T, d_h)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(d // self.n_head)  # (B, H, T, T)
+        future = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)
+        y = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1) @ v  # (B, H, T, d_h)
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, d))
+
+
+mha = MultiHeadAttention(d_model=16, n_head=4)
+heads = []
+for h in range(4):
+    head = Head(16, 4)
+    for j, part in enumerate((head.query, head.key, head.value)):  # copy head h's slice of the fused weights
+        rows = slice(j * 16 + h * 4, j * 16 + (h + 1) * 4)
+        part.weight.data, part.bias.data = mha.c_attn.weight.data[rows], mha.c_attn.bias.data[rows]
+    heads.append(head)
+x = torch.randn(2, 7, 16)
+with torch.no_grad():
+    separate = mha.c_proj(torch.cat([head(x) for head in heads], dim=-1))
+    assert torch.allclose(mha(x), separate, atol=1e-6)
+print("multi-head attention == 4 separate heads, concatenated and projected")
+
+# %% [markdown]
+# **Step 3: a block.** Attention lets positions communicate; a position-wise MLP (width $4d$, GELU)
+# then computes on each. GPT-2 puts a LayerNorm *before* each sub-layer and adds its output to a
+# residual stream that runs through the whole network: $x \leftarrow x + \mathrm{MHA}(\mathrm{LN}(x))$,
+# then $x \leftarrow x + \mathrm{MLP}(\mathrm{LN}(x))$.
+#
+# **Step 4: the model.** Token embeddings plus learned position embeddings enter the residual stream,
+# $L$ blocks transform it, a final LayerNorm and a linear map to the vocabulary give the logits. The
+# output map reuses the token embedding matrix (*tied* embeddings), saving $V d$ parameters.
+
+# %%
+class MLP(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.c_fc, self.c_proj = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    def __init__(self, d, n_head):
+        super().__init__()
+        self.ln_1, self.attn = nn.LayerNorm(d), MultiHeadAttention(d, n_head)
+        self.ln_2, self.mlp = nn.LayerNorm(d), MLP(d)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))  # communicate
+        return x + self.mlp(self.ln_2(x))  # compute
+
+
+class ScratchGPT(nn.Module):
+    def __init__(self, vocab_size, block_size, n_layer, n_head, d):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab_size, d), nn.Embedding(block_size, d)
+        self.h = nn.ModuleList(Block(d, n_head) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(d)
+
+    def forward(self, idx):  # (B, T) token ids -> (B, T, V) logits
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+        for block in self.h:
+            x = block(x)
+        return self.ln_f(x) @ self.wte.weight.T  # tied output embedding
+
+
+# %% [markdown]
+# The parameter names match `arlib.gpt.GPT` (which follow Hugging Face's GPT-2), so the committed
+# target model's weights load into the scratch model unchanged, and the two must agree.
+
+# %%
+target, _, target_meta = load_gpt("shakespeare-target")
+draft, _, draft_meta = load_gpt("shakespeare-draft")
+assert target_meta["tokenizer"]["vocab"] == draft_meta["tokenizer"]["vocab"] == tokenizer.vocab
+cfg = target.config
+scratch = ScratchGPT(cfg.vocab_size, cfg.block_size, cfg.n_layer, cfg.n_head, cfg.n_embd)
+scratch.load_state_dict(target.state_dict())
+x = val_ids[1000:1256][None]
+with torch.no_grad():
+    max_diff = (scratch(x) - target(x)).abs().max().item()
+print(f"target GPT: {target.num_params():,} parameters; scratch vs arlib max |logit difference| = {max_diff:.1e}")
+assert max_diff < 1e-4
+
+# %% [markdown]
+# ## 5. Training
+#
+# Training minimizes the teacher-forced loss of section 3 over random windows of the training text
+# with AdamW, a linear warm-up and a cosine decay of the learning rate, and gradient clipping
+# (`arlib.train`, the one loop every model in the book uses). A short live run of a tiny GPT shows
+# the loss falling from $\ln V \approx 4.4$ nats, the loss of a uniform guess:
+
+# %%
+arlib.seed_everything(0)
+small = GPT(GPTConfig(vocab_size=V, block_size=64, n_layer=2, n_head=4, n_embd=64))
+batches = lambda step, g: random_windows(train_ids, 16, 64, g)
+t0 = time.perf_counter()
+history = train(small, next_token_loss, batches, TrainConfig(steps=150, lr=3e-3, warmup=15, progress=False))
+print(f"{small.num_params():,} parameters, 150 steps in {time.perf_counter() - t0:.1f} s; "
+      f"loss {history['loss'][0]:.2f} -> {np.mean(history['loss'][-10:]):.2f}")
+assert abs(history["loss"][0] - math.log(V)) < 0.3  # starts near a uniform guess
+assert np.mean(history["loss"][-10:]) < history["loss"][0] - 1.2  # and learns (well below the unigram 3.3)
+fig, ax = plt.subplots()
+ax.plot(history["loss"], label="training loss (one batch)")
+ax.axhline(math.log(V), color="gray", ls=":", label="uniform guess, ln V")
+ax.axhline(nll["unigram"], color="C1", ls="--", label="unigram NLL")
+ax.set_xlabel("step")
+ax.set_ylabel("nats per character")
+ax.legend()
+plt.show()
+
+# %% [markdown]
+# The committed models trained the same way for longer (their JSON sidecars record the recipe, the
+# data checksum and the wall time). On the same 50k validation characters:
+
+# %%
+rows = []
+for name in ["unigram", "bigram", "5-gram (KN)"]:
+    model, value, _ = counting[name]
+    rows.append((name, "-", value))
+for name, model in [("draft GPT", draft), ("target GPT", target)]:
+    rows.append((name, f"{model.num_params():,}", heldout_nll(model, val_eval)))
+print(f"{'model':12s} {'parameters':>11s} {'NLL':>7s} {'ppl':>6s} {'bits/char':>9s}")
+for name, params, value in rows:
+    print(f"{name:12s} {params:>11s} {value:7.3f} {math.exp(value):6.2f} {value / math.log(2):9.3f}")
+gpt_nll = {name: value for name, _, value in rows}
+print(f"full validation set (from the sidecars): draft {draft_meta['metrics']['val_nll']}, "
+      f"target {target_meta['metrics']['val_nll']} nats/char")
+assert gpt_nll["target GPT"] < gpt_nll["draft GPT"] < gpt_nll["bigram"]
+assert target_meta["metrics"]["val_nll"] <= 1.70
+assert draft.num_params() <= target.num_params() / 10
+
+# %%
+# BOOK-PLACEHOLDER: comparison of the GPTs with the 5-gram, written once the checkpoints exist
+
+# %% [markdown]
+# ## 6. Sampling
+#
+# A trained model gives a distribution over the next character; a *decoding strategy* turns it into
+# text. Greedy decoding takes the most likely token; sampling draws from $\mathrm{softmax}(z / \tau)$
+# at temperature $\tau$ (lower is sharper). Truncation methods sample only from a trusted head of the
+# distribution: **top-k** keeps the $k$ most likely tokens, **top-p** (nucleus) keeps the smallest set
+# whose probability reaches $p$ {cite}`holtzman2020curious`, and **min-p** keeps tokens whose
+# probability is at least $p_{\min}$ times the top token's {cite}`nguyen2025minp`, so it adapts to how
+# confident the model is. We generate 8 continuations of 200 characters with each strategy and measure
+# the entropy of the distribution actually sampled from and the diversity of the text (the fraction
+# of distinct 5-grams across the 8 samples).
+
+# %%
+strategies = {
+    "greedy": dict(greedy=True),
+    "T = 0.5": dict(temperature=0.5),
+    "T = 1.0": dict(temperature=1.0),
+    "T = 1.5": dict(temperature=1.5),
+    "top-k 5": dict(top_k=5),
+    "top-p 0.8": dict(top_p=0.8),
+    "min-p 0.1": dict(min_p=0.1),
+}
+prompts = torch.stack([val_ids[s:s + 32] for s in range(0, 8 * 5000, 5000)])  # (8, 32) prompts
+
+
+def distinct_5grams(texts):
+    grams = [t[i:i + 5] for t in texts for i in range(len(t) - 4)]
+    return len(set(grams)) / len(grams)
+
+
+results = {}
+for name, options in strategies.items():
+    out = generate(target, prompts, 200, generator=torch.Generator().manual_seed(0), **options)
+    with torch.no_grad():
+        logits = target(out[:, :-1])[:, 31:]  # the distributions the 200 new tokens were drawn from
+    sampled_from = torch.zeros(1) if options.get("greedy") else entropy(process_logits(
+        logits.reshape(-1, V), **{k: v for k, v in options.items()}))
+    texts = [tokenizer.decode(row[32:]) for row in out]
+    results[name] = (sampled_from.mean().item(), distinct_5grams(texts), texts[0])
+    print(f"{name:10s} entropy {results[name][0]:.2f} nats, distinct 5-grams {results[name][1]:.2f}")
+
+# %%
+H = {name: r[0] for name, r in results.items()}
+D = {name: r[1] for name, r in results.items()}
+assert H["greedy"] == 0 < H["T = 0.5"] < H["T = 1.0"] < H["T = 1.5"]  # temperature sharpens or flattens
+assert max(H["top-k 5"], H["top-p 0.8"], H["min-p 0.1"]) < H["T = 1.0"]  # truncation removes the tail
+assert D["greedy"] < D["T = 0.5"] < D["T = 1.0"]  # and diversity follows entropy
+for name in ["greedy", "T = 1.0", "T = 1.5", "min-p 0.1"]:
+    print(f"--- {name} ---\n{results[name][2]}\n")
+
+# %% [markdown]
+# Greedy text falls into loops (low diversity); high temperature drifts into misspellings; truncation
+# keeps most of the diversity of $\tau = 1$ while removing the unlikely tail where the errors live.
+#
+# ## 7. The KV cache
+#
+# Generating $N$ tokens naively calls the model on the whole prefix at every step, recomputing the
+# keys and values of every earlier position: step $t$ costs $O(t)$ work per layer (and attention
+# $O(t^2)$), so the total grows quadratically. But the keys and values of past positions never
+# change (the mask stops them from seeing new tokens), so we can store them and feed only the new
+# token {cite}`pope2023efficiently`. `arlib.gpt.KVCache` holds them per layer; below we time every
+# step of greedy decoding with and without it.
+
+# %%
+def timed_decode(model, prompt, n_new, use_cache):
+    """Greedy decoding that records the wall time of every step."""
+    ids, times = prompt.clone(), []
+    cache = model.new_cache(1) if use_cache else None
+    with torch.no_grad():
+        logits = model(ids, cache=cache)[:, -1] if use_cache else None
+        for _ in range(n_new):
+            t0 = time.perf_counter()
+            if not use_cache:
+                logits = model(ids)[:, -1]  # recompute the whole prefix
+            token = logits.argmax(-1, keepdim=True)
+            ids = torch.cat([ids, token], dim=1)
+            if use_cache:
+                logits = model(token, cache=cache)[:, -1]  # only the new token
+            times.append(time.perf_counter() - t0)
+    return ids, np.array(times)
+
+
+prompt = val_ids[:16][None]
+n_new = cfg.block_size - 16
+ids_cache, t_cache = timed_decode(target, prompt, n_new, use_cache=True)
+ids_plain, t_plain = timed_decode(target, prompt, n_new, use_cache=False)
+assert torch.equal(ids_cache, ids_plain)  # identical tokens
+assert torch.equal(ids_cache, generate(target, prompt, n_new, greedy=True))  # and arlib.generate agrees
+quarter = n_new // 4
+growth_plain = np.median(t_plain[-quarter:]) / np.median(t_plain[:quarter])
+growth_cache = np.median(t_cache[-quarter:]) / np.median(t_cache[:quarter])
+print(f"{n_new} tokens: {t_plain.sum():.2f} s without the cache, {t_cache.sum():.2f} s with it "
+      f"({t_plain.sum() / t_cache.sum():.1f}x)")
+print(f"time per step, last quarter / first quarter: {growth_plain:.1f}x without, {growth_cache:.1f}x with the cache")
+assert growth_plain > 2.5 and growth_cache < growth_plain / 2  # growing vs (nearly) constant cost
+fig, ax = plt.subplots()
+positions = np.arange(16, 16 + n_new)
+ax.plot(positions, 1e3 * t_plain, label="no cache: recompute the prefix")
+ax.plot(positions, 1e3 * t_cache, label="KV cache: one new token")
+ax.set_xlabel("position of the generated token")
+ax.set_ylabel("ms per token")
+ax.legend()
+plt.show()
+
+# %% [markdown]
+# ## 8. What a next-token predictor knows, and what it does not
+#
+# **Looking ahead.** The model is trained only to predict $x_{t+1}$, but to do that well its hidden
+# state at $t$ must carry information about what comes later (the rest of a word, the end of a line).
+# We fit linear *probes* (softmax regressions) from the target's hidden state at $t$, after each
+# layer, to the character at $t+1$, $t+2$ and $t+3$, on 6000 positions, and score them on 2000 others.
+# This is the information that the extra decoding heads of Medusa-style drafters {cite}`cai2024medusa`
+# and blockwise parallel decoding {cite}`stern2018blockwise` exploit in chapter 2.
+
+# %%
+starts = torch.arange(40) * 10_000 + 5_000  # 40 windows spread over the validation text
+windows = torch.stack([val_ids[s:s + cfg.block_size + 3] for s in starts])  # (40, 259)
+with torch.no_grad():
+    _, hidden = target(windows[:, :cfg.block_size], return_hidden=True)  # n_layer + 1 tensors (40, 256, d)
+positions = torch.arange(64, cfg.block_size)  # skip the first 64 positions (short context)
+perm = torch.randperm(40 * len(positions), generator=torch.Generator().manual_seed(0))
+fit_rows, test_rows = perm[:6000], perm[6000:8000]
+
+
+def probe_nll(features, labels, steps=150):
+    """Fit a softmax regression on fit_rows with Adam; return held-out NLL and accuracy on test_rows."""
+    torch.manual_seed(0)
+    mean, std = features[fit_rows].mean(0), features[fit_rows].std(0) + 1e-5
+    z = (features - mean) / std
+    probe = nn.Linear(z.shape[1], V)
+    opt = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=1e-4)
+    for _ in range(steps):
+        loss = F.cross_entropy(probe(z[fit_rows]), labels[fit_rows])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        logits = probe(z[test_rows])
+        return F.cross_entropy(logits, labels[test_rows]).item(), (logits.argmax(-1) == labels[test_rows]).float().mean().item()
+
+
+probe = {}
+for k in (1, 2, 3):
+    labels = windows[:, positions + k].reshape(-1)  # the character k steps ahead
+    for layer in range(cfg.n_layer + 1):
+        feats = hidden[layer][:, positions].reshape(-1, cfg.n_embd)
+        probe[k, layer] = probe_nll(feats, labels)
+    unigram = torch.bincount(labels[fit_rows], minlength=V).double() + 1
+    probe[k, "unigram"] = (-(unigram / unigram.sum()).log()[labels[test_rows]].mean().item(), None)
+    print(f"t+{k}: best probe NLL {min(probe[k, l][0] for l in range(cfg.n_layer + 1)):.2f} nats "
+          f"(layer {min(range(cfg.n_layer + 1), key=lambda l: probe[k, l][0])}), "
+          f"unigram baseline {probe[k, 'unigram'][0]:.2f}")
+
+# %%
+best = {k: min(probe[k, l][0] for l in range(cfg.n_layer + 1)) for k in (1, 2, 3)}
+assert best[1] < best[2] < best[3]  # the further ahead, the less the state knows ...
+assert best[3] < probe[3, "unigram"][0] - 0.3  # ... but even t+3 is far better than no information
+fig, ax = plt.subplots()
+for k in (1, 2, 3):
+    ax.plot(range(cfg.n_layer + 1), [probe[k, l][0] for l in range(cfg.n_layer + 1)], marker="o", label=f"x(t+{k})")
+    ax.axhline(probe[k, "unigram"][0], color=f"C{k - 1}", ls=":", lw=1)
+ax.set_xlabel("layer (0 = embeddings)")
+ax.set_ylabel("probe NLL (nats), dotted: unigram")
+ax.legend()
+plt.show()
+
+# %% [markdown]
+# **The reversal curse.** The chain rule says a left-to-right model *can* represent any joint
+# distribution; it does not say what it will *learn*. Berglund et al. {cite}`berglund2024reversal`
+# found that a model trained on "A is B" does not infer "B is A". We reproduce it in miniature: a small
+# GPT learns 24 invented facts "*person* is the king of *land*." Twelve of them (group A) appear only
+# in that direction; the other twelve (group B) also appear reversed, "the king of *land* is
+# *person*.", so the model learns the reversed phrasing too. We then ask, for each fact, which of the
+# 24 candidate names the model finds most likely after each prompt.
+
+# %%
+rng = np.random.default_rng(0)
+syllables = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
+names = []
+while len(names) < 48:
+    name = "".join(rng.choice(syllables, 2))
+    if name not in names:
+        names.append(name)
+people, lands = names[:24], names[24:]
+group_a, group_b = list(zip(people[:12], lands[:12])), list(zip(people[12:], lands[12:]))
+forward = lambda person, land: f"{person} is the king of {land}."
+reverse = lambda person, land: f"the king of {land} is {person}."
+statements = [forward(p, l) for p, l in group_a + group_b] + [reverse(p, l) for p, l in group_b]
+fact_tok = CharTokenizer.from_text("\n".join(statements))
+
+
+def fact_batches(step, g, batch=16, T=64):
+    """Windows of a random stream of statements, starting at a random offset (positions vary)."""
+    rows = []
+    for _ in range(batch):
+        text = ""
+        while len(text) < T + 31:
+            text += statements[torch.randint(len(statements), (1,), generator=g).item()] + "\n"
+        offset = torch.randint(0, 30, (1,), generator=g).item()
+        rows.append(fact_tok.encode(text[offset:offset + T + 1]))
+    rows = torch.stack(rows)
+    return rows[:, :-1], rows[:, 1:]
+
+
+arlib.seed_everything(0)
+fact_model = GPT(GPTConfig(vocab_size=fact_tok.vocab_size, block_size=64, n_layer=2, n_head=4, n_embd=128))
+t0 = time.perf_counter()
+fact_history = train(fact_model, next_token_loss, fact_batches, TrainConfig(steps=400, lr=3e-3, warmup=30,
+                                                                              progress=False))
+print(f"trained on {len(statements)} statements in {time.perf_counter() - t0:.1f} s, "
+      f"final loss {np.mean(fact_history['loss'][-20:]):.3f}")
+
+
+def log_prob_of(model, tok, prompt, continuation):
+    ids = tok.encode("\n" + prompt + continuation)[None]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids[:, :-1]), dim=-1)[0]
+    n = len(continuation)
+    return logp[-n:].gather(-1, ids[0, -n:, None]).sum().item()
+
+
+def accuracy(facts, direction):
+    hits = 0
+    for person, land in facts:
+        if direction == "forward":
+            scores = [log_prob_of(fact_model, fact_tok, f"{person} is the king of ", c + ".") for c in lands]
+            hits += int(np.argmax(scores) == lands.index(land))
+        else:
+            scores = [log_prob_of(fact_model, fact_tok, f"the king of {land} is ", c + ".") for c in people]
+            hits += int(np.argmax(scores) == people.index(person))
+    return hits / len(facts)
+
+
+reversal = {(g, d): accuracy(facts, d) for g, facts in [("A", group_a), ("B", group_b)]
+            for d in ("forward", "reverse")}
+print("accuracy, choosing among 24 names (chance 0.04):")
+for (g, d), acc in reversal.items():
+    print(f"  group {g} ({'seen in both directions' if g == 'B' else 'seen forward only'}), {d}: {acc:.2f}")
+
+# %%
+assert reversal["A", "forward"] >= 0.9 and reversal["B", "forward"] >= 0.9 and reversal["B", "reverse"] >= 0.9
+assert reversal["A", "reverse"] <= 0.25  # near chance: "A is B" did not teach "B is A"
+
+# %% [markdown]
+# The model knows every fact in the direction it read it, and knows the reversed phrasing (group B),
+# yet for group A it cannot name the king of a land: the association was stored in one direction only.
+# A left-to-right factorization predicts the *person* before it sees the *land* in every group-A
+# sentence, so nothing in its training signal ever asked it to map lands to people.
+#
+# ## Exercises
+#
+# **Exercise 1.1** (perplexity; easy). Write `perplexity(log_probs)` that takes the natural-log
+# probabilities a model gave to each held-out token (a 1-D tensor) and returns the perplexity
+# {eq}`eq-nll` as a float. What is the perplexity of a model that guesses uniformly among 84
+# characters?
+
+# %%
+def perplexity(log_probs):
+    ### BEGIN SOLUTION
+    return math.exp(-log_probs.double().mean().item())
+    ### END SOLUTION
+
+
+# %%
+arlib.checks.perplexity(perplexity)
+
+# %% [markdown]
+# **Exercise 1.2** (top-p filtering; medium). Write `top_p_filter(logits, p)` for a batch of logits
+# `(B, V)`: keep, in each row, the smallest set of most likely tokens whose total probability is at
+# least `p` (always at least the top token) and set every other logit to `-inf`. Do it without a
+# Python loop over rows or tokens (hint: `torch.sort`, `cumsum`, `scatter`).
+
+# %%
+def top_p_filter(logits, p):
+    ### BEGIN SOLUTION
+    probs, order = torch.softmax(logits, dim=-1).sort(dim=-1, descending=True)
+    mass_before = probs.cumsum(dim=-1) - probs  # mass of strictly more likely tokens
+    drop_sorted = mass_before >= p  # the set already reached p without this token
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+    ### END SOLUTION
+
+
+# %%
+arlib.checks.top_p_filter(top_p_filter)
+
+# %% [markdown]
+# **Exercise 1.3** (attention with a KV cache; medium). Write one decoding step of causal attention
+# with a cache: `cached_attention(q, k_new, v_new, k_cache, v_cache)` gets the new token's query, key
+# and value `(B, H, 1, D)` and the cached keys and values `(B, H, T, D)` (possibly with `T = 0`), and
+# returns `(out, k_all, v_all)`: the attention output `(B, H, 1, D)` and the caches grown by one.
+# Why does the newest query need no causal mask?
+
+# %%
+def cached_attention(q, k_new, v_new, k_cache, v_cache):
+    ### BEGIN SOLUTION
+    k_all = torch.cat([k_cache, k_new], dim=2)
+    v_all = torch.cat([v_cache, v_new], dim=2)
+    weights = torch.softmax(q @ k_all.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)
+    return weights @ v_all, k_all, v_all
+    ### END SOLUTION
+
+
+# %%
+arlib.checks.cached_attention(cached_attention)
+
+# %% [markdown]
+# **Exercise 1.4** (scoring a continuation; medium). The reversal-curse probe ranks candidates by
+# $\log p(\text{continuation} \mid \text{prompt})$. Write `continuation_log_prob(model, prompt_ids,
+# continuation_ids)` (1-D token tensors, an `arlib` GPT) that computes it with a *single* forward pass
+# (teacher forcing), as a float.
+
+# %%
+def continuation_log_prob(model, prompt_ids, continuation_ids):
+    ### BEGIN SOLUTION
+    ids = torch.cat([prompt_ids, continuation_ids])[None]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids[:, :-1]), dim=-1)[0]  # row i predicts token i + 1
+    n = len(continuation_ids)
+    return logp[-n:].gather(-1, continuation_ids[:, None]).sum().item()
+    ### END SOLUTION
+
+
+# %%
+arlib.checks.continuation_log_prob(continuation_log_prob)
+
+# %% [markdown]
+# **Exercise 1.5** (KL divergence; easy). Write `kl_divergence(p, q)` for two probability vectors over
+# the same outcomes, in nats, following {eq}`eq-ce-kl`. Make sure outcomes with $p(x) = 0$ contribute
+# nothing, and that $q(x) = 0 < p(x)$ gives infinity.
+
+# %%
+def kl_divergence(p, q):
+    ### BEGIN SOLUTION
+    support = p > 0
+    return (p[support] * (p[support].log() - q[support].log())).sum().item()
+    ### END SOLUTION
+
+
+# %%
+arlib.checks.kl_divergence(kl_divergence)
+
+# %% [markdown]
+# ## Summary
+#
+# - The chain rule {eq}`eq-chain-rule` factorizes any joint distribution, in any order; an AR model
+#   learns the conditionals of one order.
+# - Maximum likelihood minimizes cross-entropy, which is the KL divergence to the data plus a
+#   constant {eq}`eq-ce-kl`; held-out NLL, perplexity and bits per character measure it.
+# - A GPT is embeddings, a residual stream of pre-LayerNorm attention and MLP blocks, and a tied
+#   output map; teacher forcing trains all positions in one pass.
+# - Decoding strategies trade entropy for reliability; the KV cache makes each step's cost constant
+#   in the prefix length instead of growing with it.
+# - Hidden states carry information about several tokens ahead (which chapter 2's drafters use), but
+#   facts learned in one direction are not available in the other.
+#
+# ## References
+#
+# ```{bibliography}
+# :filter: docname in docnames
+# ```
