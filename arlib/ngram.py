@@ -1,0 +1,218 @@
+"""Counting models: n-gram language models over token ids, with add-k or Kneser-Ney smoothing.
+
+An order-n model predicts a token from the previous ``n - 1`` (order 1: unigram, 2: bigram, ...).
+Counts live in sorted NumPy arrays of n-grams encoded as integers (``code = sum_j x_j V^(n-1-j)``,
+the earliest token in the highest digit), so fitting is a handful of sorts and look-ups are
+``searchsorted``: order 5 on the 4.5M characters of Shakespeare fits in seconds.
+
+Smoothing:
+
+- ``"add_k"`` (Laplace for k = 1): ``P(w | h) = (c(h w) + k) / (c(h) + k V)`` with the full context;
+  an unseen context gets the uniform distribution.
+- ``"kneser_ney"``: interpolated Kneser-Ney (Kneser & Ney 1995) in the form of Chen & Goodman (1999,
+  eq. 17 with one discount ``D`` per model):
+  ``P(w | h) = max(c(h w) - D, 0) / c(h) + D N1+(h .) / c(h) * P(w | h')`` where ``h'`` drops the
+  earliest token of ``h``. The highest order uses raw counts ``c``; every lower order uses
+  continuation counts ``N1+(. h w)``, the number of distinct tokens seen before ``h w``. The recursion
+  ends at the uniform distribution, and a context never seen backs off to ``P(w | h')`` entirely.
+
+Near the start of a sequence a context is shorter than ``n - 1``; it is then scored with the longest
+context available, its own order taking the role of the highest one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from arlib.sampling import sample_probs
+
+
+def _as_ids(ids, vocab_size: int, name: str, min_len: int = 0) -> np.ndarray:
+    if not isinstance(ids, torch.Tensor) or ids.dtype != torch.long or ids.dim() != 1:
+        got = f"{tuple(ids.shape)} {ids.dtype}" if isinstance(ids, torch.Tensor) else type(ids).__name__
+        raise ValueError(f"{name}: expected a 1-D torch.long tensor of token ids, got {got}")
+    if len(ids) < min_len:
+        raise ValueError(f"{name}: expected at least {min_len} token ids, got {len(ids)}")
+    if len(ids) and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise ValueError(f"{name}: token ids must lie in [0, {vocab_size})")
+    return ids.detach().cpu().numpy().astype(np.int64)
+
+
+def _lookup(keys: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """``values[i]`` where ``keys[i] == query``, else 0 (``keys`` sorted and unique)."""
+    if len(keys) == 0:
+        return np.zeros(np.shape(query), dtype=values.dtype)
+    i = np.searchsorted(keys, query).clip(max=len(keys) - 1)
+    return np.where(keys[i] == query, values[i], 0)
+
+
+class _Level:
+    """Counts of the m-grams (contexts of m - 1 tokens), raw or as continuation counts."""
+
+    def __init__(self, codes: np.ndarray, counts: np.ndarray, vocab_size: int):
+        self.vocab_size = vocab_size
+        self.codes, self.counts = codes, counts  # sorted unique m-gram codes and their counts
+        ctx = codes // vocab_size  # sorted, since the token is the lowest digit
+        self.ctx, first = np.unique(ctx, return_index=True)
+        self.total = np.add.reduceat(counts, first) if len(first) else counts[:0]  # sum_w c(h w)
+        self.types = np.add.reduceat((counts > 0).astype(np.int64), first) if len(first) else counts[:0]
+
+    def stats(self, h: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """c(h w) (N, K), sum_w c(h w) (N, 1) and N1+(h .) (N, 1) for contexts ``h`` (N, 1)."""
+        V = self.codes.dtype.type(self.vocab_size)
+        return (_lookup(self.codes, self.counts, h * V + w), _lookup(self.ctx, self.total, h),
+                _lookup(self.ctx, self.types, h))
+
+
+class NGramModel:
+    """An n-gram model of ``order`` over token ids in ``[0, vocab_size)``.
+
+    >>> m = NGramModel(2, vocab_size=3).fit(torch.tensor([0, 1, 2, 0, 1, 2]))
+    >>> m.probs(torch.tensor([0])).argmax().item()
+    1
+    """
+
+    def __init__(self, order: int, vocab_size: int, smoothing: str = "kneser_ney", k: float = 1.0,
+                 discount: float = 0.75):
+        for name, value in (("order", order), ("vocab_size", vocab_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        if vocab_size ** order >= 2**62:
+            raise ValueError(f"order: vocab_size ** order must fit in 62 bits, got {vocab_size}**{order}")
+        if smoothing not in ("add_k", "kneser_ney"):
+            raise ValueError(f"smoothing: expected 'add_k' or 'kneser_ney', got {smoothing!r}")
+        if isinstance(k, bool) or not isinstance(k, (int, float)) or not k > 0:
+            raise ValueError(f"k: expected a number > 0, got {k!r}")
+        if isinstance(discount, bool) or not isinstance(discount, (int, float)) or not 0 < discount <= 1:
+            raise ValueError(f"discount: expected a number in (0, 1], got {discount!r}")
+        self.order, self.vocab_size, self.smoothing = order, vocab_size, smoothing
+        self.k, self.discount = float(k), float(discount)
+        self.raw: list[_Level] = []  # raw[m - 1]: m-gram counts c(h w)
+        self.cont: list[_Level] = []  # cont[m - 1]: continuation counts N1+(. h w), m < order
+
+    def __repr__(self) -> str:
+        state = f"{sum(len(r.codes) for r in self.raw):,} n-grams" if self.raw else "not fitted"
+        return f"NGramModel(order={self.order}, smoothing={self.smoothing!r}, {state})"
+
+    # --- fitting ---------------------------------------------------------------------------------
+
+    def fit(self, ids: torch.Tensor) -> NGramModel:
+        """Count every m-gram of ``ids`` (1-D token ids) for m = 1 .. order; returns ``self``."""
+        x = _as_ids(ids, self.vocab_size, "ids", min_len=1)
+        V = self.vocab_size
+        self.raw, self.cont = [], []
+        grams = np.zeros(len(x), dtype=np.int64)  # grams[i]: code of the m-gram starting at i
+        for m in range(1, self.order + 1):
+            grams = grams[:max(0, len(x) - m + 1)] * V + x[m - 1:]
+            codes, counts = np.unique(grams, return_counts=True)
+            self.raw.append(_Level(codes, counts.astype(np.int64), V))
+        for m in range(1, self.order):  # N1+(. g): distinct left neighbours = (m+1)-gram types ending in g
+            suffixes, n_left = np.unique(self.raw[m].codes % V**m, return_counts=True)
+            codes = self.raw[m - 1].codes
+            self.cont.append(_Level(codes, _lookup(suffixes, n_left, codes), V))
+        return self
+
+    def _check_fitted(self):
+        if not self.raw:
+            raise RuntimeError("NGramModel: call fit(ids) before asking for probabilities")
+
+    # --- probabilities ---------------------------------------------------------------------------
+
+    def _prob(self, hist: np.ndarray, ctx_len: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """P(w | context) (N, K) for tokens ``w`` (N, K) after contexts ``hist`` (N, order - 1).
+
+        Contexts are right-aligned (``hist[:, -1]`` is the previous token) and only the last
+        ``ctx_len`` (N,) tokens of each count: row i uses orders 1 .. ctx_len[i] + 1.
+        """
+        V, D = self.vocab_size, self.discount
+        top = ctx_len[:, None] + 1  # (N, 1): the highest order each row uses
+        h = np.zeros((len(hist), 1), dtype=np.int64)  # (N, 1): code of the last m - 1 tokens
+        p = np.full(w.shape, 1.0 / V)  # order 0: uniform
+        for m in range(1, self.order + 1):
+            if m > 1:
+                h = h + hist[:, -(m - 1), None] * V ** (m - 2)
+            if self.smoothing == "add_k":
+                if (top == m).any():
+                    c, tot, _ = self.raw[m - 1].stats(h, w)
+                    p = np.where(top == m, (c + self.k) / (tot + self.k * V), p)
+                continue
+            # Kneser-Ney: raw counts at the row's highest order, continuation counts below it
+            if (top > m).any():
+                c, tot, types = self.cont[m - 1].stats(h, w)
+                if (top == m).any():
+                    c, tot, types = (np.where(top == m, r, s) for r, s in zip(self.raw[m - 1].stats(h, w),
+                                                                               (c, tot, types)))
+            else:
+                c, tot, types = self.raw[m - 1].stats(h, w)
+            new = (np.maximum(c - D, 0) + D * types * p) / np.maximum(tot, 1)  # Chen & Goodman eq. 17
+            p = np.where((top >= m) & (tot > 0), new, p)  # an unseen context keeps the lower order
+        return p
+
+    def _contexts(self, context: torch.Tensor) -> tuple[np.ndarray, np.ndarray, bool]:
+        if not isinstance(context, torch.Tensor) or context.dim() not in (1, 2):
+            raise ValueError("context: expected a (batch, length) or (length,) tensor of token ids")
+        squeeze = context.dim() == 1
+        ctx = context[None] if squeeze else context
+        flat = _as_ids(ctx.reshape(-1), self.vocab_size, "context").reshape(ctx.shape)
+        n = self.order - 1
+        hist = np.zeros((len(flat), n), dtype=np.int64)
+        keep = min(n, flat.shape[1])
+        if keep:
+            hist[:, n - keep:] = flat[:, flat.shape[1] - keep:]
+        return hist, np.full(len(flat), keep), squeeze
+
+    def probs(self, context: torch.Tensor) -> torch.Tensor:
+        """Next-token distribution after ``context`` (B, L) or (L,): float64 (B, V) or (V,).
+
+        Only the last ``order - 1`` tokens matter; ``L`` may be 0.
+        """
+        self._check_fitted()
+        hist, ctx_len, squeeze = self._contexts(context)
+        w = np.broadcast_to(np.arange(self.vocab_size), (len(hist), self.vocab_size))  # (B, V)
+        p = torch.from_numpy(self._prob(hist, ctx_len, w))
+        return p[0] if squeeze else p
+
+    def log_probs(self, context: torch.Tensor) -> torch.Tensor:
+        """Natural log of :meth:`probs`."""
+        return self.probs(context).log()
+
+    def token_nll(self, ids: torch.Tensor) -> torch.Tensor:
+        """``-log P(x_t | x_{<t})`` for t = 1 .. len(ids) - 1 (float64, length ``len(ids) - 1``)."""
+        self._check_fitted()
+        x = _as_ids(ids, self.vocab_size, "ids", min_len=2)
+        n, t = self.order - 1, np.arange(1, len(x))
+        padded = np.concatenate([np.zeros(n, dtype=np.int64), x])
+        # row t holds x[t-n .. t-1] (zeros before the start, ignored through ctx_len)
+        hist = np.lib.stride_tricks.sliding_window_view(padded, n)[t] if n else np.zeros((len(t), 0), np.int64)
+        p = self._prob(hist, np.minimum(t, n), x[1:, None])[:, 0]  # (len(ids) - 1,)
+        return torch.from_numpy(-np.log(p))
+
+    def nll(self, ids: torch.Tensor) -> float:
+        """Mean negative log-likelihood of held-out ``ids``, in nats per token, over every token after
+        the first (each with up to ``order - 1`` tokens of context)."""
+        return float(self.token_nll(ids).mean())
+
+    # --- sampling --------------------------------------------------------------------------------
+
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               prompt: torch.Tensor | None = None) -> torch.Tensor:
+        """``prompt`` (T,) or (B, T) followed by ``n`` sampled tokens: (T + n,) or (B, T + n).
+
+        Without a prompt the first token is drawn from the model's unigram distribution.
+        """
+        self._check_fitted()
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"n: expected an int >= 0, got {n!r}")
+        if prompt is None:
+            prompt = torch.zeros(0, dtype=torch.long)
+        if not isinstance(prompt, torch.Tensor) or prompt.dim() not in (1, 2):
+            raise ValueError("prompt: expected a (batch, length) or (length,) tensor of token ids")
+        seq = prompt[None] if prompt.dim() == 1 else prompt  # (B, T)
+        _as_ids(seq.reshape(-1), self.vocab_size, "prompt")
+        out = torch.cat([seq.cpu(), torch.zeros(len(seq), n, dtype=torch.long)], dim=1)
+        T = seq.shape[1]
+        for t in range(T, T + n):
+            probs = self.probs(out[:, max(0, t - self.order + 1):t])  # (B, V)
+            out[:, t] = sample_probs(probs, generator)
+        return out[0] if prompt.dim() == 1 else out

@@ -1,0 +1,146 @@
+"""Tests of arlib.gpt: shapes, causality, the KV cache, hidden states and input checks."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from arlib.gpt import GPT, GPTConfig, KVCache
+
+V = 13
+
+
+def tiny(block_size=16, n_layer=2, n_head=2, n_embd=16, seed=0, dropout=0.0) -> GPT:
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(vocab_size=V, block_size=block_size, n_layer=n_layer, n_head=n_head, n_embd=n_embd,
+                          dropout=dropout))
+    return model.eval()
+
+
+def ids(B, T, seed=1):
+    return torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+def test_shapes_and_params():
+    model = tiny()
+    logits = model(ids(3, 7))
+    assert logits.shape == (3, 7, V) and logits.dtype == torch.float32
+    d, L = 16, 2
+    per_block = 2 * 2 * d + (d * 3 * d + 3 * d) + (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d)
+    expected = V * d + 16 * d + L * per_block + 2 * d  # tied head adds nothing
+    assert model.num_params() == expected
+    assert model.num_params(non_embedding=True) == expected - 16 * d
+
+
+def test_hidden_states():
+    model = tiny(n_layer=3)
+    x = ids(2, 5)
+    logits, hidden = model(x, return_hidden=True)
+    assert len(hidden) == 4 and all(h.shape == (2, 5, 16) for h in hidden)
+    assert torch.allclose(hidden[0], model.wte(x) + model.wpe(torch.arange(5)))
+    assert torch.allclose(logits, model.ln_f(hidden[-1]) @ model.wte.weight.T, atol=1e-6)
+
+
+@settings(max_examples=15, deadline=None)
+@given(T=st.integers(2, 16), pos=st.data())
+def test_causality(T, pos):
+    """Changing token j changes no logit before position j."""
+    model = tiny()
+    x = ids(2, T)
+    j = pos.draw(st.integers(0, T - 1))
+    y = x.clone()
+    y[:, j] = (y[:, j] + 1) % V
+    a, b = model(x), model(y)
+    torch.testing.assert_close(a[:, :j], b[:, :j], rtol=0, atol=1e-6)
+    assert not torch.allclose(a[:, j], b[:, j])
+
+
+def test_cache_prefill_then_steps_equals_full_forward():
+    model = tiny()
+    x = ids(3, 12)
+    full = model(x)
+    cache = model.new_cache(3)
+    parts = [model(x[:, :5], cache=cache)] + [model(x[:, t:t + 1], cache=cache) for t in range(5, 12)]
+    assert cache.length == 12
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_cache_chunk_continuation_and_crop():
+    """Speculative verification: feed a chunk of gamma+1 tokens after the cache, then roll back."""
+    model = tiny()
+    x = ids(2, 14)
+    cache = model.new_cache(2)
+    model(x[:, :6], cache=cache)
+    chunk = model(x[:, 6:11], cache=cache)  # 5 positions at once, on top of 6 cached
+    torch.testing.assert_close(chunk, model(x[:, :11])[:, 6:], rtol=1e-5, atol=1e-5)
+    cache.crop(8)  # reject the last 3: continue from position 8 with other tokens
+    y = x.clone()
+    y[:, 8:] = (y[:, 8:] + 3) % V
+    cont = model(y[:, 8:14], cache=cache)
+    torch.testing.assert_close(cont, model(y)[:, 8:], rtol=1e-5, atol=1e-5)
+    assert cache.length == 14
+
+
+def test_cache_errors():
+    model = tiny(block_size=8)
+    cache = model.new_cache(2)
+    model(ids(2, 6), cache=cache)
+    with pytest.raises(ValueError, match="idx"):
+        model(ids(2, 3), cache=cache)  # 9 > 8 positions
+    with pytest.raises(ValueError, match="cache"):
+        model(ids(3, 1), cache=cache)  # wrong batch
+    with pytest.raises(ValueError, match="length"):
+        cache.crop(7)
+    with pytest.raises(ValueError, match="length"):
+        cache.crop(-1)
+    with pytest.raises(ValueError, match="batch_size"):
+        KVCache(model.config, 0)
+    cache.crop(0)
+    assert cache.length == 0
+
+
+def test_bad_inputs():
+    model = tiny(block_size=8)
+    with pytest.raises(ValueError, match="idx"):
+        model(ids(2, 3).float())
+    with pytest.raises(ValueError, match="idx"):
+        model(ids(2, 3).int())
+    with pytest.raises(ValueError, match="idx"):
+        model(torch.arange(3))  # 1-D
+    with pytest.raises(ValueError, match="idx"):
+        model([[1, 2, 3]])
+    with pytest.raises(ValueError, match="idx"):
+        model(ids(1, 9))  # longer than the context
+    with pytest.raises(ValueError, match="idx"):
+        model(torch.tensor([[0, V]]))
+    with pytest.raises(ValueError, match="idx"):
+        model(torch.tensor([[-1, 0]]))
+    with pytest.raises(TypeError, match="config"):
+        GPT({"vocab_size": V})
+
+
+@pytest.mark.parametrize("field, value", [
+    ("vocab_size", 0), ("vocab_size", 2.0), ("block_size", -1), ("n_layer", True), ("n_head", 0),
+    ("n_embd", 0), ("n_embd", 30), ("dropout", 1.0), ("dropout", -0.1),
+])
+def test_bad_config(field, value):
+    kwargs = dict(vocab_size=V, block_size=8, n_layer=1, n_head=4, n_embd=16, dropout=0.0)
+    kwargs[field] = value
+    with pytest.raises(ValueError, match=field):
+        GPTConfig(**kwargs)
+
+
+def test_dropout_only_in_training():
+    model = tiny(dropout=0.5)
+    x = ids(2, 8)
+    torch.testing.assert_close(model(x), model(x))  # eval: deterministic
+    model.train()
+    assert not torch.allclose(model(x), model(x))
+
+
+def test_untrained_loss_near_uniform():
+    model = tiny()
+    x = ids(4, 16)
+    loss = F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
+    assert abs(loss.item() - torch.log(torch.tensor(float(V))).item()) < 0.1
