@@ -27,8 +27,8 @@ def next_token_loss(model, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Te
 
 
 @torch.no_grad()
-def heldout_nll(model, ids: torch.Tensor, stride: int | None = None, batch_size: int = 16) -> float:
-    """Mean negative log-likelihood (nats per token) of ``ids`` under ``model``.
+def token_nll(model, ids: torch.Tensor, stride: int | None = None, batch_size: int = 16) -> torch.Tensor:
+    """``-log p(x_t | x_<t)`` (nats) for t = 1 .. len(ids) - 1 under ``model``: a float tensor (len(ids) - 1,).
 
     Windows of the model's full context slide by ``stride`` (default half the context); each scores
     only targets no earlier window scored, so every token after the first is scored exactly once and,
@@ -52,15 +52,19 @@ def heldout_nll(model, ids: torch.Tensor, stride: int | None = None, batch_size:
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    out = torch.empty(n_targets)
     offsets = torch.arange(width + 1)
     for i in range(0, len(plan), batch_size):
         group = plan[i:i + batch_size]
         win = ids[torch.tensor([s for s, _ in group])[:, None] + offsets].to(device)  # (b, width+1)
         logp = torch.log_softmax(model(win[:, :-1]).float(), dim=-1)  # (b, width, V)
-        nll = -logp.gather(-1, win[:, 1:, None]).squeeze(-1)  # (b, width)
-        for row, (_, first) in zip(nll, group):
-            total += row[first:].sum().item()
-            count += width - first
+        nll = -logp.gather(-1, win[:, 1:, None]).squeeze(-1).cpu()  # (b, width)
+        for row, (s, first) in zip(nll, group):
+            out[s + first:s + width] = row[first:]
     model.train(was_training)
-    return total / count
+    return out
+
+
+def heldout_nll(model, ids: torch.Tensor, stride: int | None = None, batch_size: int = 16) -> float:
+    """Mean negative log-likelihood (nats per token) of ``ids`` under ``model``; see :func:`token_nll`."""
+    return token_nll(model, ids, stride, batch_size).double().mean().item()

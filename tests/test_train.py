@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from arlib.checkpoints import list_checkpoints, load_gpt, load_meta, save_checkpoint
 from arlib.gpt import GPT, GPTConfig
-from arlib.lm import heldout_nll, next_token_loss, random_windows
+from arlib.lm import heldout_nll, next_token_loss, random_windows, token_nll
 from arlib.train import TrainConfig, lr_at, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,6 +116,9 @@ def test_heldout_nll_scores_every_token_once(n, block_size, stride_frac, batch_s
     expected = F.cross_entropy(model(ids[:-1]), ids[1:]).item()
     got = heldout_nll(model, ids, stride=stride, batch_size=batch_size)
     assert got == pytest.approx(expected, rel=1e-5)
+    per_token = token_nll(model, ids, stride=stride, batch_size=batch_size)  # each target at its own index
+    direct = F.cross_entropy(model(ids[:-1]), ids[1:], reduction="none")
+    assert per_token.shape == (n - 1,) and torch.allclose(per_token, direct.detach(), atol=1e-5)
 
 
 def test_heldout_nll_equals_cross_entropy_in_one_window():
