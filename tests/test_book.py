@@ -131,6 +131,7 @@ budget_s = 60
 def _fake_book(tmp_path: Path, text: str = MINIMAL) -> Path:
     (tmp_path / "chapters/00-x").mkdir(parents=True)
     (tmp_path / "chapters/00-x/00-x.ipynb").write_text("{}")
+    (tmp_path / "chapters/teach.md").write_text("# Teach\n")
     (tmp_path / "intro.md").write_text("# T\n")
     (tmp_path / "refs.bib").write_text("")
     (tmp_path / "book.toml").write_text(text)
@@ -167,6 +168,37 @@ def test_manifest_minimal_example(tmp_path):
 )
 def test_manifest_errors_say_what_is_wrong(tmp_path, edit, message):
     root = _fake_book(tmp_path, edit(MINIMAL))
+    with pytest.raises(book.ManifestError) as info:
+        book.load_manifest(root)
+    assert message in str(info.value)
+
+
+PAGES = '\n[[parts]]\ncaption = "Q"\npages = ["chapters/teach.md"]\n'
+
+
+def test_a_part_of_pages(tmp_path):
+    b = book.load_manifest(_fake_book(tmp_path, MINIMAL + PAGES))
+    assert [c.notebook for c in b.chapters] == ["chapters/00-x/00-x.ipynb"]
+    assert b.pages == ["chapters/teach.md"]
+    assert book.jb_toc(b)["parts"][1] == {"caption": "Q", "chapters": [{"file": "chapters/teach"}]}
+
+
+@pytest.mark.parametrize(
+    "pages, message",
+    [
+        (PAGES.replace('pages = ["chapters/teach.md"]', ""), "has no [[parts.chapters]] and no pages"),
+        (PAGES.replace('"chapters/teach.md"', '"chapters/nope.md"'), "file not found: chapters/nope.md"),
+        (PAGES.replace('"chapters/teach.md"', '"chapters/00-x/00-x.ipynb"'), "must be a markdown (.md) file"),
+        (PAGES.replace('"chapters/teach.md"', '"chapters/teach.md", "chapters/teach.md"'), "duplicate page"),
+        (PAGES.replace('"chapters/teach.md"', '"intro.md"'), "intro 'intro.md' is also listed"),
+        (PAGES.replace("pages = [", "pages = []  # ["), "pages must be a non-empty list"),
+        (PAGES.replace('pages = ["chapters/teach.md"]', 'pages = "chapters/teach.md"'), "pages must be a non-empty"),
+        (PAGES + '\n[[parts.chapters]]\nnotebook = "chapters/00-x/00-x.ipynb"\ntitle = "Y"\n', "has both"),
+        (PAGES.replace("pages =", "page ="), "unknown key(s) 'page'"),
+    ],
+)
+def test_page_errors_say_what_is_wrong(tmp_path, pages, message):
+    root = _fake_book(tmp_path, MINIMAL + pages)
     with pytest.raises(book.ManifestError) as info:
         book.load_manifest(root)
     assert message in str(info.value)
@@ -229,7 +261,8 @@ def test_generated_config_is_offline_and_strict(manifest, tmp_path):
     )
     assert toc["root"] == Path(manifest.intro).with_suffix("").as_posix()
     files = [c["file"] for p in toc["parts"] for c in p["chapters"]]
-    assert files == [c.docname for c in manifest.chapters]
+    docnames = [c.docname for c in manifest.chapters] + [Path(p).with_suffix("").as_posix() for p in manifest.pages]
+    assert files == docnames
 
 
 # --------------------------------------------------------------------------------------------- the build
@@ -254,7 +287,10 @@ def page_of(manifest_path: str) -> str:
 
 
 def pages(manifest) -> list[str]:
-    return [page_of(manifest.intro)] + [page_of(c.notebook) for c in manifest.chapters]
+    """The intro, every chapter and every markdown page, as built HTML pages."""
+    return [page_of(manifest.intro)] + [page_of(c.notebook) for c in manifest.chapters] + [
+        page_of(p) for p in manifest.pages
+    ]
 
 
 def test_build_succeeds_with_warnings_as_errors(html, manifest):
@@ -271,6 +307,60 @@ def test_solutions_are_folded_in_the_book(html, manifest):
         solutions = sum(book.SOLUTION_BEGIN in "".join(c["source"]) for c in json.loads(text)["cells"])
         folded = (html / page_of(ch.notebook)).read_text().count(">Show solution<")
         assert folded == solutions, f"{ch.notebook}: {solutions} solution cells, {folded} folded in the book"
+
+
+class _Folded(HTMLParser):
+    """Splits a page's text into what is inside a closed ``<details>`` (hidden until clicked) and the rest."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.closed: list[bool] = []  # one entry per open <details>: True while it is folded
+        self.hidden: list[str] = []
+        self.shown: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "details":
+            self.closed.append("open" not in dict(attrs))
+
+    def handle_endtag(self, tag):
+        if tag == "details" and self.closed:
+            self.closed.pop()
+
+    def handle_data(self, data):
+        (self.hidden if any(self.closed) else self.shown).append(data)
+
+
+def squeeze(text: str) -> str:
+    return " ".join(text.split())
+
+
+def solution_blocks(notebook: Path) -> list[str]:
+    """The code between BEGIN and END SOLUTION of every solution cell, one string per block, whitespace squeezed."""
+    blocks = []
+    for cell in json.loads(notebook.read_text(encoding="utf-8"))["cells"]:
+        source = "".join(cell["source"]) if cell["cell_type"] == "code" else ""
+        for block in re.findall(r"### BEGIN SOLUTION\n(.*?)### END SOLUTION", source, flags=re.S):
+            blocks.append(squeeze(block))
+    return blocks
+
+
+def assert_solutions_folded(page_text: str, notebook: Path, where: str) -> None:
+    folded = _Folded()
+    folded.feed(page_text)
+    hidden, shown = squeeze("".join(folded.hidden)), squeeze("".join(folded.shown))
+    blocks = solution_blocks(notebook)
+    assert blocks, f"{notebook.name} has no solution"
+    for block in blocks:
+        assert block in hidden, f"{where}: solution not inside a closed toggle:\n{block[:300]}"
+        assert block not in shown, f"{where}: solution visible without opening a toggle:\n{block[:300]}"
+
+
+def test_solution_code_is_hidden_until_opened(html, manifest):
+    with_exercises = [ch for ch in manifest.chapters if solution_blocks(ROOT / ch.notebook)]
+    assert with_exercises, "no chapter has exercises"
+    for ch in with_exercises:
+        page = page_of(ch.notebook)
+        assert_solutions_folded((html / page).read_text(), ROOT / ch.notebook, page)
 
 
 class _Tags(HTMLParser):
@@ -325,9 +415,11 @@ def test_no_asset_is_loaded_from_the_network(html):
 
 def test_mathjax_is_local(html, manifest):
     for page in pages(manifest):
-        scripts = [a.get("src", "") for t, a in parse((html / page).read_text()).tags if t == "script"]
+        text = (html / page).read_text()
+        scripts = [a.get("src", "") for t, a in parse(text).tags if t == "script"]
         mathjax = [s for s in scripts if "mathjax" in s.lower() or "tex-" in s.lower()]
-        assert mathjax, f"{page} loads no MathJax"
+        if MATH_SOURCE.search(text) or page == page_of(manifest.intro):  # Sphinx loads MathJax where there is maths
+            assert mathjax, f"{page} loads no MathJax"
         for src in mathjax:
             assert not is_external(src), f"{page} loads MathJax from {src}"
             target = (html / page).parent / unquote(urlsplit(src).path)
@@ -461,6 +553,24 @@ def test_links_and_images_resolve_in_the_browser(doms, html, manifest):
     for page in pages(manifest):
         problems += check_links(html, (html / page).resolve(), doms[page])
     assert not problems, "broken links in the rendered pages:\n" + "\n".join(problems[:50])
+
+
+@needs_chromium
+def test_solutions_stay_folded_in_the_browser(doms, manifest):
+    for ch in manifest.chapters:
+        if solution_blocks(ROOT / ch.notebook):
+            page = page_of(ch.notebook)
+            assert_solutions_folded(doms[page], ROOT / ch.notebook, f"{page} (in Chromium)")
+
+
+@needs_chromium
+def test_the_instructor_page_shows_the_exercise_table(doms, manifest):
+    instructors = [p for p in manifest.pages if p.endswith("instructors.md")]
+    assert instructors, "book.toml lists no instructor page"
+    dom = doms[page_of(instructors[0])]
+    assert "<table" in dom, f"{instructors[0]}: no table rendered"
+    for ch in manifest.chapters:
+        assert ch.title in dom, f"the instructor page does not list {ch.title!r}"
 
 
 @needs_chromium

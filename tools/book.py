@@ -6,9 +6,11 @@
     python tools/book.py notebooks # print the chapters' notebooks, one a line (for nbval in `make test`)
 
 The book's root is the repository root: chapters/intro.md is the landing page and each chapter's notebook
-is built from its committed outputs (``execute_notebooks: off``). The build runs with warnings as errors
-(``-W -n --keep-going``) and needs no network: maths is typeset by a local MathJax copy
-(sphinx-mathjax-offline), and no launch, repository, analytics or comment buttons are configured.
+is built from its committed outputs (``execute_notebooks: off``). A part lists either chapters (notebooks, with
+their twins, titles and time budgets) or markdown pages (``pages = ["chapters/instructors.md"]``), titled by
+their first heading. The build runs with warnings as errors (``-W -n --keep-going``) and needs no network:
+maths is typeset by a local MathJax copy (sphinx-mathjax-offline), and no launch, repository, analytics or
+comment buttons are configured.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ DEFAULT_BUDGET_S = 180.0
 
 BOOK_KEYS = {"title", "authors", "description", "intro", "bibliography", "repository", "copyright", "branch"}
 BOOK_REQUIRED = ("title", "authors", "intro", "bibliography")
-PART_KEYS = {"caption", "chapters"}
+PART_KEYS = {"caption", "chapters", "pages"}
 CHAPTER_KEYS = {"notebook", "title", "budget_s"}
 CHAPTER_REQUIRED = ("notebook", "title")
 
@@ -112,6 +114,7 @@ class Chapter:
 class Part:
     caption: str
     chapters: list[Chapter]
+    pages: list[str] = field(default_factory=list)  # markdown pages (posix paths), for a part without chapters
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,11 @@ class Book:
     @property
     def chapters(self) -> list[Chapter]:
         return [c for p in self.parts for c in p.chapters]
+
+    @property
+    def pages(self) -> list[str]:
+        """The markdown pages listed in parts (the intro not included)."""
+        return [page for p in self.parts for page in p.pages]
 
 
 def _need(table: dict, keys, where: str) -> None:
@@ -200,9 +208,34 @@ def load_manifest(root: Path | str = ROOT, manifest: Path | str | None = None) -
     seen: dict[str, str] = {}
     for i, part in enumerate(parts_raw, 1):
         where = f"[[parts]] #{i}"
-        _need(part, ("caption", "chapters"), where)
+        _need(part, ("caption",), where)
         _no_unknown(part, PART_KEYS, where)
         caption = _nonempty_str(part["caption"], f"{where} caption")
+        if "chapters" in part and "pages" in part:
+            raise ManifestError(
+                f"{where} ({caption!r}) has both [[parts.chapters]] and pages; put the pages in a part of their own"
+            )
+        if "pages" in part:
+            pages_raw = part["pages"]
+            if not isinstance(pages_raw, list) or not pages_raw:
+                raise ManifestError(f"{where} ({caption!r}) pages must be a non-empty list of .md files")
+            pages = []
+            for j, page in enumerate(pages_raw, 1):
+                pwhere = f"{where} ({caption!r}) page #{j}"
+                page = _existing_file(root, page, pwhere)
+                if Path(page).suffix != ".md":
+                    raise ManifestError(f"{pwhere} must be a markdown (.md) file, got {page!r}")
+                if page in seen:
+                    raise ManifestError(f"duplicate page {page!r}: listed in {seen[page]} and in {pwhere}")
+                seen[page] = pwhere
+                pages.append(page)
+            parts.append(Part(caption=caption, chapters=[], pages=pages))
+            continue
+        if "chapters" not in part:
+            raise ManifestError(
+                f"{where} ({caption!r}) has no [[parts.chapters]] and no pages; give it chapters (notebooks) "
+                'or pages = ["some/page.md"]'
+            )
         chapters_raw = part["chapters"]
         if not isinstance(chapters_raw, list) or not chapters_raw:
             raise ManifestError(f"{where} ({caption!r}) has no [[parts.chapters]]")
@@ -226,7 +259,7 @@ def load_manifest(root: Path | str = ROOT, manifest: Path | str | None = None) -
             chapters.append(Chapter(notebook=notebook, title=title, budget_s=float(budget), part=caption))
         parts.append(Part(caption=caption, chapters=chapters))
     if intro in seen:
-        raise ManifestError(f"[book] intro {intro!r} is also listed as a chapter")
+        raise ManifestError(f"[book] intro {intro!r} is also listed in {seen[intro]}")
 
     return Book(
         root=root,
@@ -322,14 +355,18 @@ def jb_config(book: Book) -> dict:
 
 
 def jb_toc(book: Book) -> dict:
-    """The Jupyter Book 1 ``_toc.yml`` (jb-book format): the intro as root, one caption per part."""
+    """The Jupyter Book 1 ``_toc.yml`` (jb-book format): the intro as root, one caption per part.
+
+    A chapter's entry carries its title from book.toml; a markdown page takes its title from its first heading.
+    """
     return {
         "format": "jb-book",
         "root": str(Path(book.intro).with_suffix("").as_posix()),
         "parts": [
             {
                 "caption": part.caption,
-                "chapters": [{"file": ch.docname, "title": ch.title} for ch in part.chapters],
+                "chapters": [{"file": ch.docname, "title": ch.title} for ch in part.chapters]
+                + [{"file": Path(page).with_suffix("").as_posix()} for page in part.pages],
             }
             for part in book.parts
         ],
@@ -469,7 +506,8 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(ch.notebook for ch in book.chapters))
             return 0
         if args.command == "check":
-            print(f"{MANIFEST} OK: {len(book.parts)} part(s), {len(book.chapters)} chapter(s)")
+            counts = f"{len(book.parts)} part(s), {len(book.chapters)} chapter(s), {len(book.pages)} page(s)"
+            print(f"{MANIFEST} OK: {counts}")
             return 0
         if args.command == "config":
             out = Path(args.path_output).resolve() if args.path_output else book.root

@@ -2,13 +2,19 @@
 
     python tools/classroom.py student   [--chapter NN] [--out _build/student]
     python tools/classroom.py solutions [--chapter NN] [--out _build/solutions]
-    python tools/classroom.py table      # markdown table of every exercise (the instructor page's)
+    python tools/classroom.py table              # print the table of exercises (markdown)
+    python tools/classroom.py table --write      # refresh it in chapters/instructors.md, between its markers
+    python tools/classroom.py table --check      # exit 1 if chapters/instructors.md is out of date
+    python tools/classroom.py grade NB.ipynb ... # run learners' notebooks' exercises with the book's checks
 
-An exercise (DESIGN.md section 7) is a markdown cell starting ``**Exercise N.M** (topic; difficulty)``,
-a code cell whose solution sits between ``### BEGIN SOLUTION`` and ``### END SOLUTION``, and a check
-cell calling ``arlib.checks.<name>(...)``. A student notebook replaces every solution block by
-``raise NotImplementedError()`` (at the block's indentation) and clears the outputs of solution and
-check cells; every other cell is left as it is.
+An exercise (DESIGN.md section 7) is a markdown cell whose first line, or the first line of one of its
+paragraphs, starts ``**Exercise N.M** (topic; easy|medium|hard)``; then a code cell whose solution sits
+between ``### BEGIN SOLUTION`` and ``### END SOLUTION``; then a check cell calling ``arlib.checks.<name>(...)``.
+The first exercise may share its cell with the chapter's ``## Exercises`` heading. Exercises come after that
+heading and use only what the chapter's first code cell (imports and setup) defines, so they run on their own.
+
+A student notebook replaces every solution block by ``raise NotImplementedError()`` (at the block's
+indentation) and clears the outputs of solution and check cells; every other cell is left as it is.
 """
 
 from __future__ import annotations
@@ -17,16 +23,26 @@ import argparse
 import copy
 import re
 import sys
-import tomllib
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as `python tools/classroom.py`
+    sys.path.insert(0, str(ROOT))
+
+from tools import book as manifest  # noqa: E402
+
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
-EXERCISE_RE = re.compile(r"^\*\*Exercise (\d+)\.(\d+)\*\* \(([^;()]+); (easy|medium|hard)\)")
+DIFFICULTIES = ("easy", "medium", "hard")
+EXERCISE_RE = re.compile(r"^\*\*Exercise (\d+)\.(\d+)\*\* \(([^;()]+); (easy|medium|hard)\)", re.MULTILINE)
+HEADER_START_RE = re.compile(r"^\*\*Exercise\b.*$", re.MULTILINE)  # anything that looks like a header
+HEADING_RE = re.compile(r"^## Exercises\s*$", re.MULTILINE)
 CHECK_RE = re.compile(r"\barlib\.checks\.(\w+)\(")
+INSTRUCTORS = "chapters/instructors.md"
+TABLE_START, TABLE_END = "<!-- exercise-table:start -->", "<!-- exercise-table:end -->"
 
 
 @dataclass
@@ -41,14 +57,18 @@ class Exercise:
     check_cell: int
 
 
-def chapter_notebooks(chapter: str | None = None) -> list[Path]:
-    book = tomllib.loads((ROOT / "book.toml").read_text())
-    paths = [ROOT / ch["notebook"] for part in book["parts"] for ch in part["chapters"]]
+def chapters(chapter: str | None = None, root: Path = ROOT) -> list[manifest.Chapter]:
+    """The chapters listed in book.toml, or the one numbered ``chapter`` (two digits, e.g. "01")."""
+    found = manifest.load_manifest(root).chapters
     if chapter is not None:
-        paths = [p for p in paths if p.name.startswith(f"{chapter}-")]
-        if not paths:
+        found = [ch for ch in found if ch.number == chapter]
+        if not found:
             raise SystemExit(f"--chapter: no chapter {chapter!r} in book.toml")
-    return paths
+    return found
+
+
+def chapter_notebooks(chapter: str | None = None, root: Path = ROOT) -> list[Path]:
+    return [root / ch.notebook for ch in chapters(chapter, root)]
 
 
 def is_solution_cell(cell) -> bool:
@@ -59,23 +79,137 @@ def is_check_cell(cell) -> bool:
     return cell.cell_type == "code" and CHECK_RE.search(cell.source) is not None
 
 
-def find_exercises(nb, chapter: str = "") -> list[Exercise]:
-    """Every exercise of a notebook: its statement, solution and check cells, in order."""
-    found = []
+def exercises_heading(nb) -> int | None:
+    """Index of the markdown cell holding the ``## Exercises`` heading, or None."""
+    return next((i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and HEADING_RE.search(c.source)),
+                None)
+
+
+def find_exercises(nb, chapter: str = "", strict: bool = True) -> list[Exercise]:
+    """Every exercise of a notebook: its statement, solution and check cells, in order.
+
+    The solution cell is the first code cell after the statement holding ``### BEGIN SOLUTION``, the check cell
+    the first that calls ``arlib.checks``. With ``strict=False`` (a learner's notebook: the markers are gone and a
+    check may have been edited) the solution is the first code cell that is not a check, and the check, if
+    none calls ``arlib.checks``, the next code cell.
+
+    Raises ValueError for a malformed header, a header before the ``## Exercises`` heading, two headers in one
+    cell, or an exercise without a solution cell followed by a check cell (before the next exercise).
+    """
     cells = nb.cells
+    headers: list[tuple[int, re.Match]] = []
     for i, cell in enumerate(cells):
         if cell.cell_type != "markdown":
             continue
-        match = EXERCISE_RE.match(cell.source.lstrip())
-        if not match:
-            continue
-        solution = next((j for j in range(i + 1, len(cells)) if is_solution_cell(cells[j])), None)
-        check = next((j for j in range(i + 1, len(cells)) if is_check_cell(cells[j])), None)
+        for line in HEADER_START_RE.findall(cell.source):
+            if not EXERCISE_RE.match(line):
+                raise ValueError(f"{chapter}: cell {i}: malformed exercise header {line[:80]!r}; write "
+                                 "**Exercise N.M** (topic; easy|medium|hard)")
+        matches = list(EXERCISE_RE.finditer(cell.source))
+        if len(matches) > 1:
+            raise ValueError(f"{chapter}: cell {i} holds {len(matches)} exercise headers; give each its own cell")
+        if matches:
+            headers.append((i, matches[0]))
+    heading = exercises_heading(nb)
+    if headers and (heading is None or headers[0][0] < heading):
+        raise ValueError(f"{chapter}: exercise {headers[0][1][1]}.{headers[0][1][2]} comes before the "
+                         "'## Exercises' heading; exercises belong in the chapter's Exercises section")
+    found = []
+    for k, (i, match) in enumerate(headers):
+        number = f"{match[1]}.{match[2]}"
+        stop = headers[k + 1][0] if k + 1 < len(headers) else len(cells)
+        answers = is_solution_cell if strict else (lambda c: c.cell_type == "code" and not is_check_cell(c))
+        solution = next((j for j in range(i + 1, stop) if answers(cells[j])), None)
+        check = next((j for j in range(i + 1, stop) if is_check_cell(cells[j])), None)
+        if check is None and solution is not None and not strict:
+            check = next((j for j in range(solution + 1, stop) if cells[j].cell_type == "code"), None)
         if solution is None or check is None or check < solution:
-            raise ValueError(f"{chapter}: exercise {match[1]}.{match[2]} needs a solution cell then a check cell")
-        found.append(Exercise(chapter, f"{match[1]}.{match[2]}", match[3].strip(), match[4],
-                              CHECK_RE.search(cells[check].source)[1], i, solution, check))
+            raise ValueError(f"{chapter}: exercise {number} needs a solution cell then a check cell")
+        called = CHECK_RE.search(cells[check].source)
+        found.append(Exercise(chapter, number, match[3].strip(), match[4], called[1] if called else "",
+                              i, solution, check))
     return found
+
+
+def exercises_only(nb):
+    """The chapter's first code cell (imports and setup) and every cell from the ``## Exercises`` heading on.
+
+    Exercises depend on nothing else, so this notebook runs them on their own (the classroom tests do).
+    """
+    heading = exercises_heading(nb)
+    if heading is None:
+        raise ValueError("the notebook has no '## Exercises' heading")
+    first = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code")
+    cells = [copy.deepcopy(nb.cells[first])] + copy.deepcopy(nb.cells[heading:])
+    return nbformat.v4.new_notebook(cells=cells, metadata=copy.deepcopy(nb.metadata))
+
+
+def run_exercises(nb, cwd: Path | str, timeout: int = 600, env: dict | None = None):
+    """Execute :func:`exercises_only` of ``nb`` in a fresh ``python3`` kernel and return the executed notebook.
+
+    Errors do not stop the run (``allow_errors``): every check cell runs and records its own outcome.
+    """
+    from nbclient import NotebookClient
+
+    run = exercises_only(nb)
+    client = NotebookClient(run, timeout=timeout, kernel_name="python3", allow_errors=True,
+                            resources={"metadata": {"path": str(cwd)}})
+    client.execute(**({"env": env} if env is not None else {}))
+    return run
+
+
+@dataclass
+class Result:
+    number: str
+    status: str  # "pass", "not yet implemented", "fail", "not run"
+    message: str
+
+
+def results(executed) -> list[Result]:
+    """The outcome of every exercise in a notebook that ran (see :func:`run_exercises`), from its check cells."""
+    out = []
+    for ex in find_exercises(executed, strict=False):
+        outputs = executed.cells[ex.check_cell].get("outputs", [])
+        errors = [o for o in outputs if o.output_type == "error"]
+        text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+        if errors:
+            message = f"{errors[0].ename}: {errors[0].evalue}"
+            stub = errors[0].ename == "CheckFailed" and "not yet implemented" in errors[0].evalue
+            out.append(Result(ex.number, "not yet implemented" if stub else "fail", message))
+        elif re.search(r"all \d+ cases pass", text):
+            out.append(Result(ex.number, "pass", text.strip()))
+        else:
+            out.append(Result(ex.number, "not run", text.strip()))
+    return out
+
+
+def with_book_checks(submitted, root: Path = ROOT, name: str = "notebook"):
+    """A learner's notebook with every check cell reset to the book's, and the chapter it belongs to."""
+    submitted = copy.deepcopy(submitted)
+    mine = find_exercises(submitted, name, strict=False)
+    if not mine:
+        raise ValueError(f"{name}: no exercises found")
+    number = int(mine[0].number.split(".")[0])
+    chapter = next((ch for ch in chapters(root=root) if int(ch.number) == number), None)
+    if chapter is None:
+        raise ValueError(f"{name}: exercise {mine[0].number} belongs to no chapter of book.toml")
+    original = nbformat.read(root / chapter.notebook, as_version=4)
+    checks = {ex.number: original.cells[ex.check_cell].source for ex in find_exercises(original, chapter.notebook)}
+    if [ex.number for ex in mine] != list(checks):
+        raise ValueError(f"{name}: exercises {[ex.number for ex in mine]}, the book has {list(checks)}")
+    for ex in mine:
+        submitted.cells[ex.check_cell].source = checks[ex.number]
+    return submitted, chapter
+
+
+def grade(path: Path, root: Path = ROOT) -> list[Result]:
+    """Run a learner's notebook's exercises with the book's own check cells and return their outcomes.
+
+    The check cells are reset to the book's, so an edited check cannot pass; the learner's code still runs
+    with the learner's rights, so grade untrusted notebooks in a sandbox.
+    """
+    submitted, chapter = with_book_checks(nbformat.read(path, as_version=4), root, Path(path).name)
+    return results(run_exercises(submitted, (root / chapter.notebook).parent))
 
 
 def strip_solution(source: str) -> str:
@@ -121,41 +255,116 @@ def solutions_version(nb, title: str):
     exercises = find_exercises(nb, title)
     cells = [nbformat.v4.new_markdown_cell(f"# Solutions: {title}")]
     for ex in exercises:
-        for index in (ex.statement_cell, ex.solution_cell, ex.check_cell):
+        for index in range(ex.statement_cell, ex.check_cell + 1):
             cells.append(copy.deepcopy(nb.cells[index]))
     out = nbformat.v4.new_notebook(cells=cells, metadata=copy.deepcopy(nb.metadata))
     out.metadata.pop("jupytext", None)
     return out
 
 
-def exercise_table() -> str:
-    rows = ["| chapter | exercise | topic | difficulty | check |", "|---|---|---|---|---|"]
-    for path in chapter_notebooks():
-        nb = nbformat.read(path, as_version=4)
-        for ex in find_exercises(nb, path.stem):
-            rows.append(f"| {path.stem} | {ex.number} | {ex.topic} | {ex.difficulty} | `arlib.checks.{ex.check}` |")
-    return "\n".join(rows)
+def exercise_table(root: Path = ROOT) -> str:
+    """The instructor page's table: exercises per chapter by difficulty, then every exercise (markdown)."""
+    page_dir = (root / INSTRUCTORS).parent
+    summary = ["| chapter | exercises | easy | medium | hard |", "|---|---|---|---|---|"]
+    rows = ["| exercise | chapter | topic | difficulty | check |", "|---|---|---|---|---|"]
+    total: Counter = Counter()
+    for ch in chapters(root=root):
+        nb = nbformat.read(root / ch.notebook, as_version=4)
+        found = find_exercises(nb, Path(ch.notebook).stem)
+        counts = Counter(ex.difficulty for ex in found)
+        total.update(counts)
+        total["all"] += len(found)
+        link = Path(ch.notebook).relative_to(page_dir.relative_to(root)).as_posix()
+        summary.append(f"| {int(ch.number)}. [{ch.title}]({link}) | {len(found)} | "
+                       + " | ".join(str(counts[d]) for d in DIFFICULTIES) + " |")
+        rows += [f"| {ex.number} | {ch.title} | {ex.topic} | {ex.difficulty} | `arlib.checks.{ex.check}` |"
+                 for ex in found]
+    summary.append(f"| **all chapters** | **{total['all']}** | "
+                   + " | ".join(f"**{total[d]}**" for d in DIFFICULTIES) + " |")
+    return "\n".join(summary) + "\n\n" + "\n".join(rows)
+
+
+def page_table(text: str) -> str:
+    """The text between the table markers of the instructor page."""
+    if text.count(TABLE_START) != 1 or text.count(TABLE_END) != 1 or text.index(TABLE_START) > text.index(TABLE_END):
+        raise ValueError(f"{INSTRUCTORS} must hold the markers {TABLE_START} and {TABLE_END} once each, in order")
+    return text.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0].strip("\n")
+
+
+def with_table(text: str, table: str) -> str:
+    page_table(text)  # validates the markers
+    before, rest = text.split(TABLE_START, 1)
+    after = rest.split(TABLE_END, 1)[1]
+    return f"{before}{TABLE_START}\n{table}\n{TABLE_END}{after}"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["student", "solutions", "table"])
+    parser.add_argument("command", choices=["student", "solutions", "table", "grade"])
+    parser.add_argument("notebooks", nargs="*", type=Path, help="grade: the learners' notebooks")
     parser.add_argument("--chapter", help="two-digit chapter number, e.g. 01 (default: all)")
     parser.add_argument("--out", help="output folder")
+    parser.add_argument("--root", default=str(ROOT), help="the book's root (holds book.toml)")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--write", action="store_true", help=f"table: refresh the table in {INSTRUCTORS}")
+    what.add_argument("--check", action="store_true", help=f"table: exit 1 if {INSTRUCTORS} is out of date")
     args = parser.parse_args(argv)
-    if args.command == "table":
-        print(exercise_table())
+    root = Path(args.root).resolve()
+    try:
+        if args.command == "table":
+            return _table(root, args.write, args.check)
+        if args.command == "grade":
+            return _grade(args.notebooks, root)
+        out = Path(args.out) if args.out else root / "_build" / args.command
+        out.mkdir(parents=True, exist_ok=True)
+        for ch in chapters(args.chapter, root):
+            path = root / ch.notebook
+            nb = nbformat.read(path, as_version=4)
+            count = len(find_exercises(nb, path.stem))
+            if args.command == "student":
+                result, name = student_version(nb), path.name
+            else:
+                result, name = solutions_version(nb, ch.title), f"{path.stem}-solutions.ipynb"
+            nbformat.validate(result)
+            nbformat.write(result, out / name)
+            print(f"{out / name}: {count} exercises")
+    except (manifest.ManifestError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _grade(paths: list[Path], root: Path) -> int:
+    if not paths:
+        raise ValueError("grade: name the notebooks to grade")
+    for path in paths:
+        outcome = grade(path, root)
+        passed = sum(r.status == "pass" for r in outcome)
+        print(f"{path}: {passed}/{len(outcome)} exercises pass")
+        for r in outcome:
+            first = r.message.splitlines()[0] if r.message and r.status == "fail" else ""
+            print(f"  {r.number}: {r.status}" + (f"  ({first})" if first else ""))
+    return 0
+
+
+def _table(root: Path, write: bool, check: bool) -> int:
+    table = exercise_table(root)
+    if not (write or check):
+        print(table)
         return 0
-    out = Path(args.out or ROOT / "_build" / args.command)
-    out.mkdir(parents=True, exist_ok=True)
-    for path in chapter_notebooks(args.chapter):
-        nb = nbformat.read(path, as_version=4)
-        if args.command == "student":
-            result, name = student_version(nb), path.name
-        else:
-            result, name = solutions_version(nb, path.stem), f"{path.stem}-solutions.ipynb"
-        nbformat.write(result, out / name)
-        print(f"{out / name}: {len(find_exercises(nb, path.stem))} exercises")
+    page = root / INSTRUCTORS
+    text = page.read_text(encoding="utf-8")
+    if check:
+        if page_table(text) != table:
+            print(f"{INSTRUCTORS}: the exercise table is out of date; run python tools/classroom.py table --write",
+                  file=sys.stderr)
+            return 1
+        print(f"{INSTRUCTORS}: the exercise table is up to date")
+        return 0
+    new = with_table(text, table)
+    if new != text:
+        page.write_text(new, encoding="utf-8")
+    print(f"{INSTRUCTORS}: {'updated' if new != text else 'already up to date'}")
     return 0
 
 

@@ -25,7 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def chapter_notebooks(chapter: str | None = None) -> list[Path]:
     book = tomllib.loads((ROOT / "book.toml").read_text())
-    paths = [ROOT / ch["notebook"] for part in book["parts"] for ch in part["chapters"]]
+    # Read book.toml directly, not through tools/book.py, which demands that each notebook exist: a new chapter
+    # has only its twin until it is executed here. Parts of markdown pages (no chapters) are skipped.
+    paths = [ROOT / ch["notebook"] for part in book["parts"] for ch in part.get("chapters", [])]
     if chapter is not None:
         paths = [p for p in paths if p.name.startswith(f"{chapter}-")]
         if not paths:

@@ -1,0 +1,459 @@
+"""Classroom mode (DESIGN.md section 7): the exercises, their checks, the student notebooks, the instructor page.
+
+For every chapter of book.toml, the student notebook holds no solution text and runs: its first code cell and
+its exercises section execute in a fresh kernel, and every check reports "not yet implemented"; the original
+notebook's same cells pass every check. Each check is also shown to catch deliberately wrong answers. The
+kernels run once per chapter and version (module-scoped fixtures), a few seconds each.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import nbformat
+import pytest
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import arlib.checks  # noqa: E402
+from arlib.checks import CheckFailed  # noqa: E402
+from tools import book, classroom  # noqa: E402
+
+ROOT = Path(os.environ.get("BOOK_TEST_ROOT", REPO)).resolve()
+CHAPTERS = [ch for ch in book.load_manifest(ROOT).chapters if (ROOT / ch.notebook).is_file()]
+IDS = [Path(ch.notebook).stem for ch in CHAPTERS]
+MIN_EXERCISES = 4  # DESIGN.md section 6
+PASS_RE = re.compile(r"^Exercise (\d+\.\d+) \(.+\): all \d+ cases pass\.$", re.MULTILINE)
+
+
+def read(ch) -> nbformat.NotebookNode:
+    return nbformat.read(ROOT / ch.notebook, as_version=4)
+
+
+def solution_blocks(source: str) -> list[str]:
+    return re.findall(r"### BEGIN SOLUTION\n(.*?)### END SOLUTION", source, flags=re.S)
+
+
+# ----------------------------------------------------------------------------------------- strip_solution
+
+
+def test_strip_solution_keeps_the_indentation_and_the_rest():
+    source = "def f(x):\n    '''Doc.'''\n    ### BEGIN SOLUTION\n    y = x + 1\n    return y\n    ### END SOLUTION\n"
+    assert classroom.strip_solution(source) == "def f(x):\n    '''Doc.'''\n    raise NotImplementedError()"
+
+
+def test_strip_solution_replaces_every_block():
+    source = (
+        "def f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION\n\n\n"
+        "def g():\n    if True:\n        ### BEGIN SOLUTION\n        return 2\n        ### END SOLUTION\n    return 0\n"
+        "### BEGIN SOLUTION\nh = 3\n### END SOLUTION\n"
+    )
+    assert classroom.strip_solution(source) == (
+        "def f():\n    raise NotImplementedError()\n\n\n"
+        "def g():\n    if True:\n        raise NotImplementedError()\n    return 0\n"
+        "raise NotImplementedError()"
+    )
+    compile(classroom.strip_solution(source), "<stub>", "exec")
+
+
+def test_strip_solution_leaves_a_cell_without_markers_alone():
+    assert classroom.strip_solution("x = 1\nprint(x)") == "x = 1\nprint(x)"
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("### BEGIN SOLUTION\nx = 1\n", "BEGIN SOLUTION without END"),
+        ("x = 1\n### END SOLUTION\n", "END SOLUTION without BEGIN"),
+        ("### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION\n", "nested"),
+        ("### BEGIN SOLUTION\n### END SOLUTION\n### END SOLUTION\n", "END SOLUTION without BEGIN"),
+    ],
+)
+def test_strip_solution_rejects_unbalanced_markers(source, message):
+    with pytest.raises(ValueError, match=message):
+        classroom.strip_solution(source)
+
+
+# ----------------------------------------------------------------------------------------- find_exercises
+
+
+def _nb(*cells):
+    made = [nbformat.v4.new_markdown_cell(s[3:]) if s.startswith("md:") else nbformat.v4.new_code_cell(s)
+            for s in cells]
+    return nbformat.v4.new_notebook(cells=made)
+
+
+SETUP = "import arlib.checks"
+HEADING = "md:## Exercises\n\nIntro.\n\n**Exercise 3.1** (a topic; easy). Write f."
+SOLUTION = "def f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION"
+CHECK = "arlib.checks.perplexity(f)"
+
+
+def test_find_exercises_reads_the_header_and_the_cells():
+    nb = _nb(SETUP, "md:text", HEADING, SOLUTION, CHECK, "md:**Exercise 3.2** (other; hard). Write g.",
+             "md:A hint.", SOLUTION.replace("f", "g"), CHECK.replace("(f)", "(g)"), "md:## Summary")
+    found = classroom.find_exercises(nb, "03-x")
+    assert [(e.number, e.topic, e.difficulty, e.check) for e in found] == [
+        ("3.1", "a topic", "easy", "perplexity"), ("3.2", "other", "hard", "perplexity")]
+    assert [(e.statement_cell, e.solution_cell, e.check_cell) for e in found] == [(2, 3, 4), (5, 7, 8)]
+    only = classroom.exercises_only(nb)
+    assert [c.source for c in only.cells] == [SETUP] + [c.source for c in nb.cells[2:]]
+
+
+@pytest.mark.parametrize(
+    "cells, message",
+    [
+        ([SETUP, HEADING.replace("easy", "trivial"), SOLUTION, CHECK], "malformed exercise header"),
+        ([SETUP, HEADING.replace("**Exercise 3.1**", "**Exercise 3**"), SOLUTION, CHECK], "malformed"),
+        ([SETUP, "md:**Exercise 3.1** (a; easy).", SOLUTION, CHECK, HEADING.replace("3.1", "3.2"), SOLUTION, CHECK],
+         "comes before the '## Exercises' heading"),
+        ([SETUP, HEADING + "\n\n**Exercise 3.2** (b; easy).", SOLUTION, CHECK], "holds 2 exercise headers"),
+        ([SETUP, HEADING, SOLUTION], "needs a solution cell then a check cell"),
+        ([SETUP, HEADING, CHECK, SOLUTION], "needs a solution cell then a check cell"),
+        ([SETUP, HEADING, "md:**Exercise 3.2** (b; easy).", SOLUTION, CHECK], "exercise 3.1 needs a solution"),
+    ],
+)
+def test_find_exercises_rejects_a_malformed_exercise(cells, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        classroom.find_exercises(_nb(*cells), "03-x")
+
+
+def test_a_learners_notebook_is_graded_with_the_books_checks():
+    """In a learner's notebook the markers are gone and a check may be edited; grading restores the check."""
+    ch = CHAPTERS[0]
+    submitted = classroom.student_version(read(ch))
+    found = classroom.find_exercises(submitted, strict=False)
+    submitted.cells[found[0].solution_cell].source = "def whatever():\n    return 0"
+    submitted.cells[found[0].check_cell].source = 'print("all 3 cases pass")'
+    graded, chapter = classroom.with_book_checks(submitted, ROOT)
+    assert chapter == ch
+    original = classroom.find_exercises(read(ch))
+    assert graded.cells[found[0].check_cell].source == read(ch).cells[original[0].check_cell].source
+    assert graded.cells[found[0].solution_cell].source == "def whatever():\n    return 0"
+
+
+# ----------------------------------------------------------------------------------------- every chapter
+
+
+@pytest.mark.parametrize("ch", CHAPTERS, ids=IDS)
+def test_every_exercise_has_a_statement_a_solution_and_a_check(ch):
+    nb = read(ch)
+    found = classroom.find_exercises(nb, ch.notebook)
+    assert len(found) >= MIN_EXERCISES, f"{ch.notebook}: {len(found)} exercises, at least {MIN_EXERCISES} needed"
+    assert [e.number for e in found] == [f"{int(ch.number)}.{k}" for k in range(1, len(found) + 1)], (
+        f"{ch.notebook}: exercises must be numbered {int(ch.number)}.1, {int(ch.number)}.2, ... in order")
+    checks = [e.check for e in found]
+    assert len(set(checks)) == len(checks), f"{ch.notebook}: a check is used by two exercises: {checks}"
+    for e in found:
+        assert e.statement_cell < e.solution_cell < e.check_cell
+        statement = nb.cells[e.statement_cell].source
+        assert len(statement.split(f"**Exercise {e.number}**", 1)[1].split()) >= 12, (
+            f"{ch.notebook}: exercise {e.number} has no real statement")
+        assert solution_blocks(nb.cells[e.solution_cell].source), f"exercise {e.number}: empty solution cell"
+        assert e.check in arlib.checks.__all__ and callable(getattr(arlib.checks, e.check)), (
+            f"{ch.notebook}: exercise {e.number} calls arlib.checks.{e.check}, which does not exist")
+
+
+@pytest.mark.parametrize("ch", CHAPTERS, ids=IDS)
+def test_every_solution_belongs_to_an_exercise(ch):
+    nb = read(ch)
+    found = classroom.find_exercises(nb, ch.notebook)
+    heading = classroom.exercises_heading(nb)
+    solution_cells = [i for i, c in enumerate(nb.cells) if classroom.is_solution_cell(c)]
+    assert solution_cells, f"{ch.notebook} has no solution cell"
+    assert min(solution_cells) > heading, f"{ch.notebook}: a solution cell comes before '## Exercises'"
+    owned = set()
+    for e in found:
+        owned.update(range(e.solution_cell, e.check_cell))
+    stray = [i for i in solution_cells if i not in owned]
+    assert not stray, f"{ch.notebook}: solution cells {stray} sit between an exercise's check and the next statement"
+
+
+@pytest.mark.parametrize("ch", CHAPTERS, ids=IDS)
+def test_the_student_notebook_holds_no_solution(ch):
+    original = read(ch)
+    student = classroom.student_version(original)
+    assert len(student.cells) == len(original.cells)
+    blocks = [b for c in original.cells if c.cell_type == "code" for b in solution_blocks(c.source)]
+    assert blocks
+    # Text outside the solution blocks is given to the student anyway; every other line of a solution is secret.
+    given = "\n".join(re.sub(r"### BEGIN SOLUTION\n.*?### END SOLUTION", "", c.source, flags=re.S)
+                      for c in original.cells)
+    secret = {line.strip() for b in blocks for line in b.splitlines()}
+    secret = {line for line in secret if len(line) > 3 and line not in given}
+    assert secret
+    for i, cell in enumerate(student.cells):
+        text = cell.source
+        assert "### BEGIN SOLUTION" not in text and "### END SOLUTION" not in text, f"student cell {i} has markers"
+        leaked = sorted(line for line in secret if line in text)
+        assert not leaked, f"student cell {i} holds solution lines: {leaked}"
+
+
+@pytest.mark.parametrize("ch", CHAPTERS, ids=IDS)
+def test_the_student_notebook_changes_only_solutions_and_check_outputs(ch):
+    original = read(ch)
+    student = classroom.student_version(original)
+    for i, (a, b) in enumerate(zip(original.cells, student.cells, strict=True)):
+        if classroom.is_solution_cell(a):
+            assert b.source == classroom.strip_solution(a.source)
+            assert "raise NotImplementedError()" in b.source
+            assert b.outputs == [] and b.execution_count is None
+            assert b.metadata == a.metadata and b.get("id") == a.get("id")
+        elif classroom.is_check_cell(a):
+            assert b.source == a.source
+            assert b.outputs == [] and b.execution_count is None, f"cell {i}: check outputs must be cleared"
+        else:
+            assert b == a, f"cell {i} ({a.cell_type}) differs in the student notebook"
+    assert student.metadata == original.metadata
+
+
+# ----------------------------------------------------------------------------------------- running the exercises
+
+
+def _run(nb, ch):
+    env = {**os.environ, "ARLIB_THREADS": "1", "MPLBACKEND": "Agg", "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+    return classroom.run_exercises(nb, (ROOT / ch.notebook).parent, timeout=600, env=env)
+
+
+@pytest.fixture(scope="module", params=CHAPTERS, ids=IDS)
+def ran(request):
+    """One chapter's first code cell and exercises, executed once as the student notebook and once as the book's."""
+    ch = request.param
+    original = read(ch)
+    return SimpleNamespace(
+        chapter=ch,
+        exercises=classroom.find_exercises(classroom.exercises_only(original), ch.notebook),
+        student=_run(classroom.student_version(original), ch),
+        original=_run(original, ch),
+    )
+
+
+def _errors(cell) -> list:
+    return [o for o in cell.get("outputs", []) if o.output_type == "error"]
+
+
+def _stdout(cell) -> str:
+    return "".join(o.get("text", "") for o in cell.get("outputs", []) if o.output_type == "stream")
+
+
+@pytest.mark.slow
+def test_every_check_reports_a_stub_as_not_yet_implemented(ran):
+    checks = {e.check_cell: e.number for e in ran.exercises}
+    for i, cell in enumerate(ran.student.cells):
+        if cell.cell_type != "code":
+            continue
+        errors = _errors(cell)
+        if i not in checks:
+            assert not errors, f"student notebook, cell {i} failed: {errors[0].ename}: {errors[0].evalue}"
+            continue
+        assert len(errors) == 1, f"exercise {checks[i]}: the check did not fail on the stub"
+        err = errors[0]
+        assert err.ename == "CheckFailed", f"exercise {checks[i]}: the check crashed: {err.ename}: {err.evalue}"
+        assert "not yet implemented" in err.evalue, f"exercise {checks[i]}: {err.evalue}"
+        assert f"Exercise {checks[i]} " in err.evalue
+    assert [r.status for r in classroom.results(ran.student)] == ["not yet implemented"] * len(ran.exercises)
+
+
+@pytest.mark.slow
+def test_every_check_passes_on_the_solution(ran):
+    for i, cell in enumerate(ran.original.cells):
+        for err in _errors(cell):
+            pytest.fail(f"{ran.chapter.notebook}, cell {i}: {err.ename}: {err.evalue}")
+    for e in ran.exercises:
+        out = _stdout(ran.original.cells[e.check_cell])
+        assert PASS_RE.findall(out) == [e.number], f"exercise {e.number}: its check printed {out!r}"
+    assert [r.status for r in classroom.results(ran.original)] == ["pass"] * len(ran.exercises)
+
+
+# ----------------------------------------------------------------------------------------- the instructor page
+
+
+def test_the_instructor_page_table_matches_the_notebooks():
+    page = (ROOT / classroom.INSTRUCTORS).read_text(encoding="utf-8")
+    assert classroom.page_table(page) == classroom.exercise_table(ROOT), (
+        f"{classroom.INSTRUCTORS} is out of date: python tools/classroom.py table --write")
+
+
+def test_the_instructor_page_lists_every_chapter_and_exercise():
+    table = classroom.exercise_table(ROOT)
+    manifest = book.load_manifest(ROOT)
+    assert classroom.INSTRUCTORS in manifest.pages, "book.toml does not list the instructor page"
+    for ch in manifest.chapters:
+        assert f"[{ch.title}](" in table, f"the table misses chapter {ch.title!r}"
+        for e in classroom.find_exercises(read(ch), ch.notebook):
+            assert f"| {e.number} | {ch.title} | {e.topic} | {e.difficulty} | `arlib.checks.{e.check}` |" in table
+
+
+def test_the_table_command_writes_and_checks_the_page(tmp_path):
+    page = tmp_path / "instructors.md"
+    page.write_text(f"# I\n\nbefore\n\n{classroom.TABLE_START}\nold\n{classroom.TABLE_END}\n\nafter\n")
+    table = classroom.exercise_table(ROOT)
+    new = classroom.with_table(page.read_text(), table)
+    assert new == f"# I\n\nbefore\n\n{classroom.TABLE_START}\n{table}\n{classroom.TABLE_END}\n\nafter\n"
+    assert classroom.with_table(new, table) == new
+    with pytest.raises(ValueError, match="markers"):
+        classroom.page_table("# no markers")
+    proc = subprocess.run([sys.executable, str(REPO / "tools/classroom.py"), "table", "--check", "--root", str(ROOT)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+# ----------------------------------------------------------------------------------------- the exports
+
+
+@pytest.mark.parametrize("command", ["student", "solutions"])
+def test_the_exports_write_one_valid_notebook_per_chapter(command, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools/classroom.py"), command, "--out", str(tmp_path), "--root", str(ROOT)],
+        capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    written = sorted(tmp_path.glob("*.ipynb"))
+    assert len(written) == len(CHAPTERS), [p.name for p in written]
+    for ch in CHAPTERS:
+        stem = Path(ch.notebook).stem
+        path = tmp_path / (f"{stem}.ipynb" if command == "student" else f"{stem}-solutions.ipynb")
+        nb = nbformat.read(path, as_version=4)
+        nbformat.validate(nb)
+        text = path.read_text(encoding="utf-8")
+        exercises = classroom.find_exercises(read(ch))
+        if command == "student":
+            assert "### BEGIN SOLUTION" not in text
+            assert sum("raise NotImplementedError()" in c.source for c in nb.cells) >= len(exercises)
+        else:
+            assert [e.number for e in classroom.find_exercises(nb)] == [e.number for e in exercises]
+
+
+def test_one_chapter_only(tmp_path):
+    ch = CHAPTERS[0]
+    assert classroom.main(["student", "--chapter", ch.number, "--out", str(tmp_path), "--root", str(ROOT)]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == [Path(ch.notebook).name]
+    with pytest.raises(SystemExit, match="no chapter '99'"):
+        classroom.main(["student", "--chapter", "99", "--out", str(tmp_path), "--root", str(ROOT)])
+
+
+# ----------------------------------------------------------------------------------------- each check, directly
+
+def _stub(*args):
+    raise NotImplementedError()
+
+
+def _entropy_nats(text):
+    counts = {c: text.count(c) for c in set(text)}
+    return -sum(n / len(text) * math.log(n / len(text)) for n in counts.values())
+
+
+def _class_means_ignoring_labels(images, labels, num_classes):
+    return images.float().mean(0).expand(num_classes, *images.shape[1:]).clone()
+
+
+def _class_means_off_by_one(images, labels, num_classes):
+    return torch.stack([images[labels == (k + 1) % num_classes].float().mean(0) for k in range(num_classes)])
+
+
+def _to_mel(f):
+    return 2595.0 * torch.log10(1.0 + f / 700.0)
+
+
+def _to_hz(m):
+    return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
+
+
+def _top_p_excluding_the_crossing_token(logits, p):
+    probs, order = torch.softmax(logits, dim=-1).sort(dim=-1, descending=True)
+    drop_sorted = probs.cumsum(dim=-1) > p  # drops the token that makes the mass reach p
+    return logits.masked_fill(torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted), float("-inf"))
+
+
+def _attention_unscaled(q, k_new, v_new, k_cache, v_cache):
+    k_all, v_all = torch.cat([k_cache, k_new], dim=2), torch.cat([v_cache, v_new], dim=2)
+    return torch.softmax(q @ k_all.transpose(-2, -1), dim=-1) @ v_all, k_all, v_all
+
+
+def _attention_prepending(q, k_new, v_new, k_cache, v_cache):
+    k_all, v_all = torch.cat([k_new, k_cache], dim=2), torch.cat([v_new, v_cache], dim=2)
+    return F.scaled_dot_product_attention(q, k_all, v_all), k_all, v_all
+
+
+def _continuation(model, prompt_ids, continuation_ids, reduce="sum", normalize=True):
+    ids = torch.cat([prompt_ids, continuation_ids])[None]
+    with torch.no_grad():
+        logits = model(ids[:, :-1])
+    scores = (torch.log_softmax(logits, dim=-1) if normalize else logits)[0]
+    picked = scores[-len(continuation_ids):].gather(-1, continuation_ids[:, None])
+    return getattr(picked, reduce)().item()
+
+
+def _kl_unmasked(p, q):
+    return (p * (p / q).log()).sum().item()
+
+
+# check -> (what the wrong answer gets wrong, the arguments of the check); every check of arlib.checks is here.
+WRONG = {
+    "unigram_entropy": [("zeros", (lambda text: 0.0,)), ("nats instead of bits", (_entropy_nats,))],
+    "class_means": [("ignores the labels", (_class_means_ignoring_labels,)),
+                    ("class off by one", (_class_means_off_by_one,)),
+                    ("integer division", (lambda im, lab, k: torch.stack(
+                        [im[lab == c].sum(0) // (lab == c).sum() for c in range(k)]),))],
+    "frame_signal": [("one frame short", (lambda w, n, h: w.unfold(0, n, h)[:-1],)),
+                     ("zeros", (lambda w, n, h: torch.zeros(1 + (len(w) - n) // h, n),)),
+                     ("hop off by one", (lambda w, n, h: w.unfold(0, n, h + 1),))],
+    "mel_scale": [("natural log", (lambda f: 2595.0 * torch.log(1.0 + f / 700.0), _to_hz)),
+                  ("inverse not exact", (_to_mel, lambda m: 700.0 * (10.0 ** (m / 2595.0))))],
+    "perplexity": [("mean NLL without exp", (lambda lp: float(-lp.mean()),)),
+                   ("clamps an impossible token", (lambda lp: math.exp(float(-lp.clamp(min=-30).mean())),)),
+                   ("exp of the sum", (lambda lp: math.exp(float(-lp.sum())),))],
+    "top_p_filter": [("keeps everything", (lambda logits, p: logits.clone(),)),
+                     ("drops the token that reaches p", (_top_p_excluding_the_crossing_token,))],
+    "cached_attention": [("no 1/sqrt(D) scaling", (_attention_unscaled,)),
+                         ("new key prepended", (_attention_prepending,))],
+    "continuation_log_prob": [("mean instead of sum", (lambda m, p, c: _continuation(m, p, c, reduce="mean"),)),
+                              ("raw logits", (lambda m, p, c: _continuation(m, p, c, normalize=False),)),
+                              ("zeros", (lambda m, p, c: 0.0,))],
+    "kl_divergence": [("zeros", (lambda p, q: 0.0,)), ("reversed KL(q||p)", (lambda p, q: _kl_unmasked(q, p),)),
+                      ("0 log 0 left as nan", (_kl_unmasked,))],
+}
+CASES = [(name, what, args) for name, wrongs in WRONG.items() for what, args in wrongs]
+
+
+def test_every_check_has_wrong_answers_to_catch():
+    checks = sorted(set(arlib.checks.__all__) - {"CheckFailed"})
+    assert sorted(WRONG) == checks, "add wrong answers for every check of arlib.checks to WRONG"
+
+
+@pytest.mark.parametrize("name, what, args", CASES, ids=[f"{n}-{w}" for n, w, _ in CASES])
+def test_a_wrong_answer_fails_with_expected_and_hint(name, what, args):
+    with pytest.raises(CheckFailed) as info:
+        getattr(arlib.checks, name)(*args)
+    message = str(info.value)
+    assert re.match(r"Exercise \d+\.\d+ \(", message), message
+    assert "expected" in message and "hint" in message and "got" in message, message
+
+
+@pytest.mark.parametrize("name", sorted(WRONG))
+def test_a_stub_is_reported_as_not_yet_implemented(name, capsys):
+    arity = len(WRONG[name][0][1])
+    with pytest.raises(CheckFailed, match="not yet implemented") as info:
+        getattr(arlib.checks, name)(*([_stub] * arity))
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+    assert "cases pass" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", sorted(WRONG))
+def test_a_crash_is_reported_with_its_input(name):
+    def crash(*args):
+        raise ZeroDivisionError("division by zero")
+
+    arity = len(WRONG[name][0][1])
+    with pytest.raises(CheckFailed, match="your function raised ZeroDivisionError") as info:
+        getattr(arlib.checks, name)(*([crash] * arity))
+    assert "on the case" in str(info.value)
