@@ -49,7 +49,7 @@ lab: setup
 execute: setup
 	$(PY) tools/execute.py $(if $(CHAPTER),--chapter $(CHAPTER),)
 
-student: setup
+student: $(STAMP)
 	$(PY) tools/classroom.py student $(if $(CHAPTER),--chapter $(CHAPTER),)
 
 lock:
