@@ -1,0 +1,205 @@
+"""Drafters for speculative decoding: cheap proposals that the target model then verifies.
+
+A drafter proposes up to ``gamma`` tokens that continue the current sequence, and (optionally) the
+distributions q it drew them from. :func:`arlib.speculative.speculative_generate` accepts a prefix of
+them with Leviathan et al. (2023, Algorithm 1), so the output follows the target whatever the drafter
+proposes; a better drafter only gets more tokens accepted per target call. Two families live here:
+
+- :class:`ModelDrafter`: a small autoregressive model sampled gamma times with its own KV cache,
+  rolled back after each verification (Leviathan et al. 2023; Chen et al. 2023).
+- :class:`NGramDrafter`: no model and no training; it copies what followed the most recent earlier
+  occurrence of the last n tokens (prompt lookup, Saxena 2023; in the spirit of Aggressive Decoding's
+  input copying, Ge et al. 2022, and ADED's adaptive n-gram drafts). Its drafts are one-hot (q = None).
+
+Every drafter works on batch size 1: a sequence is a (1, L) tensor of token ids.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
+from typing import NamedTuple
+
+import torch
+
+from arlib.sampling import process_logits, sample_probs
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How logits become the distribution a token is drawn from, shared by the target and the drafts.
+
+    Speculative sampling reproduces the target's *processed* distribution
+    ``softmax(process_logits(logits, ...))``; applying the same processing to the draft keeps q close to p.
+    ``greedy=True`` takes argmaxes instead (verification by exact match).
+    """
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    greedy: bool = False
+
+    def __post_init__(self):
+        if not self.greedy:  # the processors check their own arguments and name them
+            process_logits(torch.zeros(1, 1), self.temperature, self.top_k, self.top_p, self.min_p)
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Probabilities (..., V) from logits (..., V), float32."""
+        flat = logits.reshape(-1, logits.shape[-1]).float()  # (N, V): the processors take 2-D logits
+        flat = process_logits(flat, self.temperature, self.top_k, self.top_p, self.min_p)
+        return flat.softmax(dim=-1).reshape(logits.shape)
+
+
+class Draft(NamedTuple):
+    """A proposal: ``tokens`` (1, g) with ``0 <= g <= gamma``; ``probs`` (1, g, V) the distributions
+    they were drawn from, or None for one-hot drafts (deterministic proposals); ``calls`` the
+    forward passes the drafter spent."""
+
+    tokens: torch.Tensor
+    probs: torch.Tensor | None
+    calls: int = 0
+
+
+class Drafter(ABC):
+    """The interface every drafter implements.
+
+    ``propose(seq, gamma, options, generator)`` looks at the sequence so far, seq (1, L), and returns
+    a :class:`Draft` of at most ``gamma`` tokens (fewer, even none, is allowed: the generator then
+    takes a plain target step). ``accept(n)`` reports how many of the last proposal were accepted, so
+    that a stateful drafter can roll back (a KV cache); ``reset()`` forgets any state.
+    """
+
+    @abstractmethod
+    def propose(self, seq: torch.Tensor, gamma: int, options: SamplingOptions = SamplingOptions(),
+                generator: torch.Generator | None = None) -> Draft: ...
+
+    def accept(self, n_accepted: int) -> None:
+        """Called after each verification with the number of draft tokens accepted (no-op by default)."""
+        return None
+
+    def reset(self) -> None:
+        """Called before a new sequence (no-op by default)."""
+        return None
+
+
+def _check_seq(seq) -> int:
+    if not isinstance(seq, torch.Tensor) or seq.dtype != torch.long or seq.dim() != 2 or seq.shape != (1, seq.shape[1]):
+        got = f"{tuple(seq.shape)} {seq.dtype}" if isinstance(seq, torch.Tensor) else type(seq).__name__
+        raise ValueError(f"seq: expected a (1, length) torch.long tensor (batch size 1), got {got}")
+    if seq.shape[1] == 0:
+        raise ValueError("seq: expected at least one token")
+    return seq.shape[1]
+
+
+def _check_gamma(gamma) -> None:
+    if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 0:
+        raise ValueError(f"gamma: expected an int >= 0, got {gamma!r}")
+
+
+class ModelDrafter(Drafter):
+    """Draft with a small autoregressive model (Leviathan et al. 2023, Algorithm 1, lines 1-4).
+
+    Draws x_1 ~ q_1, ..., x_gamma ~ q_gamma one step at a time with the draft model's own KV cache,
+    under the generation's :class:`SamplingOptions`; keyword ``overrides`` (e.g. ``temperature=0.7``)
+    change them for the draft only: speculative sampling stays exact for any q, only acceptance
+    changes. After verification the cache is cropped to the accepted prefix; it also checks, at each
+    proposal, that what it holds is a prefix of the sequence, so a drafter reused on a new sequence
+    stays correct.
+    """
+
+    def __init__(self, model, **overrides):
+        unknown = set(overrides) - {"temperature", "top_k", "top_p", "min_p"}
+        if unknown:
+            raise ValueError(f"overrides: unknown sampling options {sorted(unknown)}")
+        replace(SamplingOptions(), **overrides)  # check the values now
+        self.model, self.overrides = model, overrides
+        self.reset()
+
+    def reset(self) -> None:
+        self.cache = None  # created on the first proposal, on the model's device
+        self._ids = None  # (1, block_size): the tokens whose keys and values the cache holds
+        self._base = 0  # sequence length at the last proposal
+
+    def _sync(self, seq: torch.Tensor) -> int:
+        """Crop the cache to the longest prefix of seq (leaving at least one token to feed); returns it."""
+        if self.cache is None:
+            self.cache = self.model.new_cache(1)
+            self._ids = torch.empty(1, self.model.config.block_size, dtype=torch.long, device=seq.device)
+        m = min(self.cache.length, seq.shape[1] - 1)
+        differs = (self._ids[0, :m] != seq[0, :m]).nonzero()
+        common = int(differs[0]) if len(differs) else m
+        self.cache.crop(common)
+        return common
+
+    @torch.no_grad()
+    def propose(self, seq, gamma, options=SamplingOptions(), generator=None) -> Draft:
+        L = _check_seq(seq)
+        _check_gamma(gamma)
+        options = replace(options, **self.overrides) if self.overrides else options
+        block_size = self.model.config.block_size
+        g = min(gamma, block_size - L + 1)  # the cache must hold L + g - 1 positions
+        self._base = L
+        if g <= 0:
+            return Draft(seq.new_empty(1, 0), None, 0)
+        start = self._sync(seq)
+        tokens = seq.new_empty(1, g)  # (1, g)
+        probs = None if options.greedy else torch.empty(1, g, self.model.config.vocab_size, device=seq.device)
+        x = seq[:, start:]  # (1, L - start): the tokens the cache lacks, at least one
+        was_training = self.model.training
+        if was_training:  # (setting the mode walks every module: too slow to do at every step)
+            self.model.eval()
+        try:
+            for i in range(g):
+                pos = self.cache.length
+                logits = self.model(x, cache=self.cache)[:, -1]  # (1, V)
+                self._ids[:, pos:pos + x.shape[1]] = x
+                if options.greedy:
+                    tok = logits.argmax(dim=-1)  # (1,)
+                else:
+                    probs[:, i] = options.probs(logits)
+                    tok = sample_probs(probs[:, i], generator)
+                tokens[:, i] = tok
+                x = tok[:, None]
+        finally:
+            if was_training:
+                self.model.train()
+        return Draft(tokens, probs, g)
+
+    def accept(self, n_accepted: int) -> None:
+        """Keep the keys of the accepted drafts: the cache held seq and x_1 .. x_(g-1)."""
+        if self.cache is not None:
+            self.cache.crop(min(self.cache.length, self._base + n_accepted))
+
+
+class NGramDrafter(Drafter):
+    """Prompt lookup: find the most recent earlier occurrence of the last n tokens and propose the
+    gamma tokens that followed it, trying n = max_n down to min_n (Saxena 2023; cf. Ge et al. 2022 and
+    ADED). A match d tokens back proposes a copy with period d, so a short loop is continued past the
+    end of the text. No training and no model calls; drafts are one-hot, so verification accepts x
+    with probability p(x) and on rejection samples p with x removed, renormalized. When nothing
+    matches it proposes no tokens (the generator then takes a plain target step).
+    """
+
+    def __init__(self, max_n: int = 3, min_n: int = 1):
+        for name, value in (("max_n", max_n), ("min_n", min_n)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+        if min_n > max_n:
+            raise ValueError(f"min_n: expected min_n <= max_n={max_n}, got {min_n}")
+        self.max_n, self.min_n = max_n, min_n
+
+    @torch.no_grad()
+    def propose(self, seq, gamma, options=SamplingOptions(), generator=None) -> Draft:
+        L = _check_seq(seq)
+        _check_gamma(gamma)
+        s = seq[0]  # (L,)
+        for n in range(min(self.max_n, L - 1), self.min_n - 1, -1):
+            windows = s[:-1].unfold(0, n, 1)  # (L - n, n): every n-gram followed by a token, except the suffix
+            hits = (windows == s[L - n:]).all(dim=-1).nonzero()
+            if len(hits):
+                d = L - n - int(hits[-1])  # the most recent match starts d tokens before the suffix
+                # copy what followed it; past the end the copy reads its own output (as in LZ77): period d
+                return Draft(s[L - d + torch.arange(gamma, device=s.device) % d][None], None, 0)
+        return Draft(seq.new_empty(1, 0), None, 0)
+

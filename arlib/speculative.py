@@ -1,0 +1,335 @@
+"""Speculative decoding (Leviathan et al. 2023; Chen et al. 2023): several tokens per target call, exactly.
+
+Letters follow Leviathan et al.: p is the target's distribution, q the draft's (Chen et al. and SpecTr
+swap them). A drafter proposes x_1 .. x_gamma with x_i ~ q_i; one target pass scores the gamma + 1
+positions; :func:`verify` accepts x_i with probability ``min(1, p_i(x_i) / q_i(x_i))`` left to right, and
+at the first rejection draws from the residual ``norm(max(0, p_i - q_i))``; if every draft is accepted it
+draws a bonus token from p_(gamma+1). Each emitted token is then distributed exactly as p
+(Leviathan et al. 2023, Theorem 3.5): ``min(p, q)(x) + (1 - beta) * residual(x) = p(x)`` with
+``beta = sum_x min(p(x), q(x)) = 1 - TV(p, q)``.
+
+The theory (section 3 of the paper) lives here too: :func:`expected_tokens`, :func:`speedup`,
+:func:`optimal_gamma` and :func:`acceptance_rate`. The drafters are in :mod:`arlib.drafters`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from arlib.drafters import Draft, Drafter, ModelDrafter, NGramDrafter, SamplingOptions
+from arlib.sampling import sample_probs
+
+__all__ = ["verify", "verify_greedy", "residual", "Verification", "acceptance_rate", "expected_tokens",
+           "speedup", "optimal_gamma", "speculative_generate", "SpecStats", "Draft", "Drafter",
+           "ModelDrafter", "NGramDrafter", "SamplingOptions"]
+
+# --- verification -------------------------------------------------------------------------------
+
+
+class Verification(NamedTuple):
+    """Result of one verification: ``n_accepted`` (B,) in [0, gamma] and ``next_token`` (B,), the
+    token drawn after the accepted drafts (from the residual, or the bonus token from p_(gamma+1))."""
+
+    n_accepted: torch.Tensor
+    next_token: torch.Tensor
+
+
+def _shape(t) -> str:
+    return f"{tuple(t.shape)} {t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__
+
+
+def _check_tokens(tokens, name: str) -> tuple[int, int]:
+    if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long or tokens.dim() != 2:
+        raise ValueError(f"{name}: expected a (batch, gamma) torch.long tensor, got {_shape(tokens)}")
+    if tokens.shape[1] < 1:
+        raise ValueError(f"{name}: expected gamma >= 1 draft tokens per row, got gamma = {tokens.shape[1]}")
+    return tokens.shape
+
+
+def _check_probs(t, name: str, atol: float) -> None:
+    """t (..., V): finite, non-negative, each distribution summing to 1 within ``atol``."""
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+        raise ValueError(f"{name}: expected a floating tensor of probabilities, got {_shape(t)}")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name}: contains NaN or inf")
+    if bool((t < 0).any()):
+        raise ValueError(f"{name}: probabilities must be >= 0, found {t.min().item():.3g}")
+    err = (t.double().sum(dim=-1) - 1).abs()
+    if bool((err > atol).any()):
+        raise ValueError(f"{name}: each distribution must sum to 1 (atol {atol:g}); found a sum off by "
+                         f"{err.max().item():.3g}")
+
+
+def _check_verify(p, q, draft_tokens, atol: float) -> None:
+    B, G = _check_tokens(draft_tokens, "draft_tokens")
+    if not isinstance(p, torch.Tensor) or p.dim() != 3 or p.shape[:2] != (B, G + 1):
+        raise ValueError(f"p: expected target probabilities of shape (batch, gamma + 1, V) = ({B}, {G + 1}, V) "
+                         f"for draft_tokens of shape ({B}, {G}), got {_shape(p)}")
+    _check_probs(p, "p", atol)
+    V = p.shape[-1]
+    if q is not None:
+        if not isinstance(q, torch.Tensor) or q.dim() != 3 or q.shape[:2] != (B, G):
+            raise ValueError(f"q: expected draft probabilities of shape (batch, gamma, V) = ({B}, {G}, V), "
+                             f"got {_shape(q)}")
+        if q.shape[-1] != V:
+            raise ValueError(f"q: vocabulary mismatch: p has V = {V} tokens, q has V = {q.shape[-1]}")
+        _check_probs(q, "q", atol)
+    if bool((draft_tokens < 0).any()) or bool((draft_tokens >= V).any()):
+        raise ValueError(f"draft_tokens: token ids must lie in [0, {V})")
+    if q is not None:
+        impossible = (q.gather(-1, draft_tokens[..., None]).squeeze(-1) == 0).nonzero()  # (K, 2)
+        if len(impossible):
+            b, i = impossible[0].tolist()
+            raise ValueError(f"draft_tokens: token {draft_tokens[b, i].item()} at row {b}, position {i} has "
+                             f"q = 0: it cannot have been drawn from q")
+
+
+def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """The residual distribution ``norm(max(0, p - q))`` (Leviathan et al. 2023, Algorithm 1), (..., V).
+
+    Where it has no mass (p <= q everywhere, i.e. p == q: a rejection cannot happen there) it falls
+    back to p.
+    """
+    r = (p - q).clamp_min(0)  # (..., V)
+    mass = r.sum(dim=-1, keepdim=True)
+    return torch.where(mass > 0, r / mass.clamp_min(torch.finfo(r.dtype).tiny), p)
+
+
+def _uniform(shape, generator, device) -> torch.Tensor:
+    gen_device = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=gen_device).to(device)
+
+
+def verify(p: torch.Tensor, q: torch.Tensor | None, draft_tokens: torch.Tensor,
+           generator: torch.Generator | None = None, *, atol: float = 1e-4, validate: bool = True) -> Verification:
+    """One batched verification step of speculative sampling (Leviathan et al. 2023, Algorithm 1, lines 5-8).
+
+    p (B, gamma + 1, V): the target's probabilities at the gamma + 1 scored positions; q (B, gamma, V):
+    the draft's, or None for one-hot drafts (n-gram / prompt lookup), which is the same as q = one_hot(x):
+    accept x with probability p(x), else draw from p with x removed; draft_tokens (B, gamma).
+    Row b accepts x_i with probability ``min(1, p_i(x_i) / q_i(x_i))`` for i = 1, 2, ... up to the first
+    rejection, draws ``next_token`` from ``residual(p_i, q_i)`` there, or from p_(gamma+1) when all are
+    accepted. Uniforms come from ``generator``. ``validate=False`` skips the input checks.
+    """
+    if validate:
+        _check_verify(p, q, draft_tokens, atol)
+    B, G = draft_tokens.shape
+    x = draft_tokens[..., None]  # (B, G, 1)
+    if q is None:  # one-hot drafts
+        q = torch.zeros_like(p[:, :G]).scatter_(-1, x, 1.0)  # (B, G, V)
+    px = p[:, :G].gather(-1, x).squeeze(-1)  # (B, G): p_i(x_i)
+    qx = q.gather(-1, x).squeeze(-1)  # (B, G): q_i(x_i) > 0
+    u = _uniform((B, G), generator, p.device)  # (B, G)
+    accepted = u * qx < px  # P(accept) = min(1, p/q), without dividing
+    n = accepted.long().cumprod(dim=-1).sum(dim=-1)  # (B,): length of the leading run of acceptances
+    rows = torch.arange(B, device=p.device)
+    q_next = F.pad(q, (0, 0, 0, 1))[rows, n]  # (B, V): q_n, or zeros at the bonus position
+    next_dist = residual(p[rows, n], q_next)  # (B, V): norm(max(0, p_n - q_n)), = p_(gamma+1) for the bonus
+    return Verification(n, sample_probs(next_dist, generator))
+
+
+def verify_greedy(target_tokens: torch.Tensor, draft_tokens: torch.Tensor) -> Verification:
+    """Greedy verification by exact match: accept the longest prefix of the drafts (B, gamma) that
+    equals the target's argmaxes target_tokens (B, gamma + 1); the next token is the target's argmax at
+    the first mismatch, or its bonus argmax when everything matched. Equals greedy decoding of the target."""
+    B, G = _check_tokens(draft_tokens, "draft_tokens")
+    if not isinstance(target_tokens, torch.Tensor) or target_tokens.dtype != torch.long \
+            or target_tokens.shape != (B, G + 1):
+        raise ValueError(f"target_tokens: expected a torch.long tensor of shape (batch, gamma + 1) = ({B}, {G + 1}), "
+                         f"got {_shape(target_tokens)}")
+    n = (target_tokens[:, :G] == draft_tokens).long().cumprod(dim=-1).sum(dim=-1)  # (B,)
+    return Verification(n, target_tokens.gather(1, n[:, None]).squeeze(1))
+
+
+# --- theory (Leviathan et al. 2023, section 3) ----------------------------------------------------
+
+
+def acceptance_rate(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """beta = sum_x min(p(x), q(x)) = 1 - TV(p, q): the probability that a draft x ~ q is accepted
+    (Leviathan et al. 2023, Definition 3.1 and Lemma 3.3). p, q (..., V) -> (...)."""
+    if not isinstance(p, torch.Tensor) or not isinstance(q, torch.Tensor) or p.shape != q.shape or p.dim() < 1:
+        raise ValueError(f"q: expected the shape of p {_shape(p)}, got {_shape(q)}")
+    return torch.minimum(p, q).sum(dim=-1)
+
+
+def _check_alpha(alpha) -> np.ndarray:
+    a = np.asarray(alpha, dtype=float)
+    if not np.all((a >= 0) & (a <= 1)):
+        raise ValueError(f"alpha: expected acceptance rates in [0, 1], got {alpha!r}")
+    return a
+
+
+def _check_gamma(gamma, minimum: int = 0) -> np.ndarray:
+    g = np.asarray(gamma)
+    if g.dtype == bool or not np.issubdtype(g.dtype, np.integer) or np.any(g < minimum):
+        raise ValueError(f"gamma: expected integers >= {minimum}, got {gamma!r}")
+    return g
+
+
+def _scalar(x):
+    return float(x) if np.ndim(x) == 0 else x
+
+
+def expected_tokens(alpha, gamma):
+    """Expected tokens per target call, ``(1 - alpha^(gamma+1)) / (1 - alpha)`` (Leviathan et al. 2023,
+    eq. 1), gamma + 1 at alpha = 1; assumes i.i.d. acceptance with rate alpha. Broadcasts over arrays;
+    gamma = 0 is plain decoding (one token)."""
+    a, g = _check_alpha(alpha), _check_gamma(gamma)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e = np.where(a == 1, g + 1.0, (1 - a ** (g + 1)) / np.where(a == 1, 1.0, 1 - a))
+    return _scalar(e)
+
+
+def speedup(alpha, gamma, c, verify_cost=None):
+    """Expected walltime improvement over plain decoding, ``E[tokens] / (gamma c + v)`` (Leviathan et al.
+    2023, Theorem 3.8, with v = 1).
+
+    c: cost of one draft step relative to one target step. ``verify_cost`` refines the model with v, the
+    cost of one target pass over gamma + 1 positions relative to one target step (on a CPU it exceeds 1):
+    a number, an array broadcasting with gamma, or a function of gamma.
+    """
+    c_arr = np.asarray(c, dtype=float)
+    if not np.all((c_arr >= 0) & np.isfinite(c_arr)):
+        raise ValueError(f"c: expected a finite cost ratio >= 0, got {c!r}")
+    g = _check_gamma(gamma)
+    v = 1.0 if verify_cost is None else verify_cost(g) if callable(verify_cost) else verify_cost
+    v = np.asarray(v, dtype=float)
+    if not np.all((v > 0) & np.isfinite(v)):
+        raise ValueError(f"verify_cost: expected positive finite costs, got {verify_cost!r}")
+    return _scalar(expected_tokens(alpha, g) / (g * c_arr + v))
+
+
+def optimal_gamma(alpha: float, c: float, max_gamma: int = 64, verify_cost=None) -> int:
+    """The gamma in [1, max_gamma] that maximizes :func:`speedup` (Leviathan et al. 2023, section 3.4)."""
+    if isinstance(max_gamma, bool) or not isinstance(max_gamma, int) or max_gamma < 1:
+        raise ValueError(f"max_gamma: expected an int >= 1, got {max_gamma!r}")
+    gammas = np.arange(1, max_gamma + 1)
+    return int(gammas[np.argmax(speedup(alpha, gammas, c, verify_cost))])
+
+
+# --- generation ---------------------------------------------------------------------------------
+
+
+@dataclass
+class SpecStats:
+    """What one speculative generation did. ``accepted[s]`` and ``drafted[s]`` count the drafts of step
+    s; ``betas`` holds beta = sum min(p, q) at every draft position the verifier examined (the accepted
+    ones and the first rejected one), so its mean is comparable with :attr:`acceptance_rate`.
+    ``target_calls`` counts verification passes (the prompt's prefill is not counted); ``draft_calls``
+    the drafter's forward passes; ``wall_time`` is in seconds, prefill included."""
+
+    accepted: list[int] = field(default_factory=list)
+    drafted: list[int] = field(default_factory=list)
+    betas: list[float] = field(default_factory=list)
+    target_calls: int = 0
+    draft_calls: int = 0
+    new_tokens: int = 0
+    wall_time: float = 0.0
+
+    @property
+    def steps(self) -> int:
+        return len(self.accepted)
+
+    @property
+    def mean_accepted(self) -> float:
+        return sum(self.accepted) / max(1, self.steps)
+
+    @property
+    def tokens_per_call(self) -> float:
+        """Generated tokens per target call: compare with :func:`expected_tokens`."""
+        return self.new_tokens / max(1, self.target_calls)
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted / examined drafts: the estimate of alpha under i.i.d. acceptance (a rejection ends a step)."""
+        examined = sum(min(a + 1, d) for a, d in zip(self.accepted, self.drafted))
+        return sum(self.accepted) / max(1, examined)
+
+
+@torch.no_grad()
+def speculative_generate(target, drafter: Drafter, prompt: torch.Tensor, max_new_tokens: int, gamma: int, *,
+                         generator: torch.Generator | None = None, temperature: float = 1.0,
+                         top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
+                         greedy: bool = False, stats: bool = True):
+    """Continue ``prompt`` (T,) or (1, T) by ``max_new_tokens`` tokens with speculative decoding
+    (Leviathan et al. 2023, Algorithm 1, repeated): ``(tokens, SpecStats)``, or the tokens alone with
+    ``stats=False``. Batch size 1.
+
+    The output has the law of :func:`arlib.sampling.generate` on ``target`` with the same sampling options
+    (which apply to the draft as well), and with ``greedy=True`` the same tokens. The target keeps a KV
+    cache of every token but the last; each step runs it once over that token and the g <= gamma drafts,
+    crops the cache to the accepted prefix and appends the accepted drafts and one more token. A step
+    with no drafts (a drafter may propose none) is a plain target step. Drafts are capped so that the
+    output has exactly ``max_new_tokens`` new tokens; ``T + max_new_tokens`` must fit the target's context.
+    """
+    if not isinstance(drafter, Drafter):
+        raise TypeError(f"drafter: expected an arlib.drafters.Drafter, got {type(drafter).__name__}")
+    if not isinstance(prompt, torch.Tensor) or prompt.dtype != torch.long or prompt.dim() not in (1, 2) \
+            or (prompt.dim() == 2 and prompt.shape[0] != 1) or prompt.shape[-1] == 0:
+        raise ValueError(f"prompt: expected a non-empty (time,) or (1, time) torch.long tensor (batch size 1), "
+                         f"got {_shape(prompt)}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
+    if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
+        raise ValueError(f"gamma: expected an int >= 1, got {gamma!r}")
+    options = SamplingOptions(temperature, top_k, top_p, min_p, greedy)
+    T, block_size = prompt.shape[-1], target.config.block_size
+    if T + max_new_tokens > block_size:
+        raise ValueError(f"max_new_tokens: prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds the target's "
+                         f"context of {block_size} tokens")
+    record = SpecStats()
+    start = time.perf_counter()
+    device = next(target.parameters()).device
+    out = torch.empty(1, T + max_new_tokens, dtype=torch.long, device=device)
+    out[0, :T] = prompt.reshape(-1)
+    n, end = T, T + max_new_tokens  # out[:, :n] is decided
+    validated = False  # check the first verification's inputs (draft vocabulary, ...), then trust them
+    was_training = target.training
+    target.eval()
+    drafter.reset()
+    try:
+        cache = target.new_cache(1)
+        if T > 1:
+            target(out[:, :T - 1], cache=cache)  # prefill: the cache holds every token but the last
+        while n < end:
+            asked = min(gamma, end - n - 1)  # never draft past the last token wanted
+            draft: Draft = drafter.propose(out[:, :n], asked, options, generator)
+            x, g = draft.tokens, draft.tokens.shape[-1]  # (1, g)
+            if g > asked:
+                raise ValueError(f"drafter: proposed {g} tokens, more than the {asked} asked for")
+            logits = target(torch.cat([out[:, n - 1:n], x], dim=1), cache=cache)  # (1, g + 1, V)
+            if greedy:
+                k, y = verify_greedy(logits.argmax(dim=-1), x) if g else (0, logits[:, 0].argmax(dim=-1))
+            elif g == 0:  # nothing to verify: a plain target step
+                k, y = 0, sample_probs(options.probs(logits[:, 0]), generator)
+            else:
+                p = options.probs(logits)  # (1, g + 1, V)
+                k, y = verify(p, draft.probs, x, generator, validate=not validated)
+                validated = True
+                if stats:  # beta at the accepted drafts and the first rejected one
+                    examined = min(int(k) + 1, g)
+                    q = draft.probs if draft.probs is not None else F.one_hot(x, p.shape[-1]).to(p.dtype)
+                    record.betas += acceptance_rate(p[0, :examined], q[0, :examined]).tolist()
+            k = int(k)
+            cache.crop(n + k)  # keep x_1 .. x_k; the next token y is fed at the next step
+            out[:, n:n + k] = x[:, :k]
+            out[:, n + k] = y
+            n += k + 1
+            drafter.accept(k)
+            record.accepted.append(k)
+            record.drafted.append(g)
+            record.target_calls += 1
+            record.draft_calls += draft.calls
+    finally:
+        target.train(was_training)
+    record.new_tokens = max_new_tokens
+    record.wall_time = time.perf_counter() - start
+    tokens = out[0] if prompt.dim() == 1 else out
+    return (tokens, record) if stats else tokens
+
