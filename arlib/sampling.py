@@ -9,7 +9,7 @@ sampler draws one token per row from the softmax of what remains. The processors
 - :func:`top_p` keeps the smallest set of most likely tokens whose mass reaches ``p``: nucleus
   sampling (Holtzman et al. 2020, eq. 2-3);
 - :func:`min_p` keeps tokens whose probability is at least ``min_p`` times the top token's
-  (Nguyen et al. 2024).
+  (Nguyen et al. 2025).
 
 :func:`generate` decodes with or without the KV cache; both give the same tokens for the same
 generator seed, the cache only removes the recomputation of past keys and values.
@@ -75,7 +75,7 @@ def top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def min_p(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """Min-p filtering (Nguyen et al. 2024): keep tokens with ``prob >= p * max prob``.
+    """Min-p filtering (Nguyen et al. 2025): keep tokens with ``prob >= p * max prob``.
 
     In log space the rule reads ``logit >= max logit + log p``: the softmax normaliser cancels.
     """

@@ -36,8 +36,9 @@ def top_p_filter(fn) -> None:
         hint = ("sort probabilities in decreasing order, keep the shortest prefix whose mass reaches p "
                 "(always at least one token), set the other logits to -inf, and undo the sort")
         g = torch.Generator().manual_seed(1)
-        for batch, vocab, p in [(1, 5, 0.5), (4, 10, 0.9), (3, 84, 0.95), (2, 7, 1.0), (2, 6, 1e-6)]:
-            logits = torch.randn(batch, vocab, generator=g) * 2
+        for batch, vocab, p, scale in [(1, 5, 0.5, 2), (4, 10, 0.9, 2), (3, 84, 0.95, 2), (2, 7, 1.0, 2),
+                                       (2, 6, 1e-6, 2), (200, 84, 1.0, 4)]:
+            logits = torch.randn(batch, vocab, generator=g) * scale
             got = c.call(fn, logits.clone(), p)
             expected = reference_top_p(logits, p)
             c.expect(isinstance(got, torch.Tensor) and got.shape == logits.shape, "output shape",
@@ -88,9 +89,16 @@ def continuation_log_prob(fn) -> None:
             with torch.no_grad():
                 logp = torch.log_softmax(model(ids[:, :-1]), dim=-1)[0]  # (T-1, V)
             expected = logp[n_prompt - 1:].gather(-1, cont[:, None]).sum().item()
-            got = c.call(fn, model, prompt.clone(), cont.clone())
+            calls = []
+            hook = model.register_forward_hook(lambda module, inputs, output, calls=calls: calls.append(1))
+            try:
+                got = c.call(fn, model, prompt.clone(), cont.clone())
+            finally:
+                hook.remove()
             c.expect(abs(float(got) - expected) < 1e-4, f"log p of {n_cont} tokens after a {n_prompt}-token prompt",
                      round(expected, 5), float(got), hint)
+            c.expect(len(calls) == 1, "the number of forward passes", 1, len(calls),
+                     "teacher forcing scores every continuation token in a single call of the model")
 
 
 def kl_divergence(fn) -> None:

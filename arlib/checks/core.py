@@ -31,7 +31,7 @@ class Check:
         if not callable(fn):
             raise CheckFailed(f"Exercise {self.exercise}: expected a function, got {type(fn).__name__}.")
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
         except NotImplementedError:
             raise CheckFailed(
                 f"Exercise {self.exercise} ({self.title}): not yet implemented. Replace "
@@ -42,6 +42,10 @@ class Check:
             raise CheckFailed(
                 f"Exercise {self.exercise} ({self.title}): your function raised {type(exc).__name__}: {exc}\n"
                 f"  on the case: {_describe(args)}") from exc
+        if result is None:
+            raise CheckFailed(f"Exercise {self.exercise} ({self.title}): your function returned None. "
+                              "Did you forget a `return` statement?")
+        return result
 
     def expect(self, ok: bool, what: str, expected: Any, got: Any, hint: str) -> None:
         """Record one case; fail with a full explanation if ``ok`` is false."""
