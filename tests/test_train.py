@@ -205,3 +205,13 @@ def test_recipe_runs_under_torchrun(tmp_path):
            "--out", str(tmp_path)]
     meta = _run(cmd, tmp_path)
     assert meta["train"]["world_size"] == 2
+
+
+def test_recipe_rejects_unknown_names():
+    from arlib.recipes import RECIPES, main, run_lm_recipe
+
+    assert {"shakespeare-target", "shakespeare-draft"} <= set(RECIPES)
+    with pytest.raises(ValueError, match="name"):
+        run_lm_recipe("no-such-recipe")
+    with pytest.raises(SystemExit):
+        main(["no-such-recipe"])
