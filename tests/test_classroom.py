@@ -397,6 +397,26 @@ def _kl_unmasked(p, q):
     return (p * (p / q).log()).sum().item()
 
 
+def _kn_bigram(counts, D, lower=None, unseen=None):
+    counts = counts.double()
+    V = counts.shape[0]
+    preceders = (counts > 0).sum(0).double()
+    T = (preceders > 0).sum()
+    p_uni = (torch.clamp(preceders - D, min=0) + D * T / V) / preceders.sum() if lower is None else lower(counts)
+    c_h, T_h = counts.sum(1, keepdim=True), (counts > 0).sum(1, keepdim=True)
+    p = (torch.clamp(counts - D, min=0) + D * T_h * p_uni) / c_h.clamp_min(1)
+    fallback = p_uni.expand_as(p) if unseen is None else torch.full_like(p, 1 / V)
+    return torch.where(c_h > 0, p, fallback)
+
+
+def _kn_with_raw_unigram(counts, D):  # occurrence counts, not continuation counts, for the lower order
+    return _kn_bigram(counts, D, lower=lambda c: c.sum(0) / c.sum())
+
+
+def _kn_uniform_for_unseen(counts, D):
+    return _kn_bigram(counts, D, unseen=True)
+
+
 # check -> (what the wrong answer gets wrong, the arguments of the check); every check of arlib.checks is here.
 WRONG = {
     "unigram_entropy": [("zeros", (lambda text: 0.0,)), ("nats instead of bits", (_entropy_nats,))],
@@ -421,6 +441,9 @@ WRONG = {
                               ("zeros", (lambda m, p, c: 0.0,))],
     "kl_divergence": [("zeros", (lambda p, q: 0.0,)), ("reversed KL(q||p)", (lambda p, q: _kl_unmasked(q, p),)),
                       ("0 log 0 left as nan", (_kl_unmasked,))],
+    "kneser_ney_bigram": [("add-one instead", (lambda c, D: (c + 1) / (c + 1).sum(1, keepdim=True),)),
+                          ("raw counts as lower order", (_kn_with_raw_unigram,)),
+                          ("unseen contexts left uniform", (_kn_uniform_for_unseen,))],
 }
 CASES = [(name, what, args) for name, wrongs in WRONG.items() for what, args in wrongs]
 

@@ -7,10 +7,17 @@ expected, what came, and a hint that does not give the solution away. A stub tha
 """
 
 from arlib.checks.ch00 import class_means, frame_signal, mel_scale, unigram_entropy
-from arlib.checks.ch01 import cached_attention, continuation_log_prob, kl_divergence, perplexity, top_p_filter
+from arlib.checks.ch01 import (
+    cached_attention,
+    continuation_log_prob,
+    kl_divergence,
+    kneser_ney_bigram,
+    perplexity,
+    top_p_filter,
+)
 from arlib.checks.core import CheckFailed
 
 __all__ = [
     "CheckFailed", "unigram_entropy", "class_means", "frame_signal", "mel_scale",
-    "perplexity", "top_p_filter", "cached_attention", "continuation_log_prob", "kl_divergence",
+    "perplexity", "top_p_filter", "cached_attention", "continuation_log_prob", "kl_divergence", "kneser_ney_bigram",
 ]

@@ -118,3 +118,21 @@ def kl_divergence(fn) -> None:
         got = c.call(fn, torch.tensor([0.5, 0.5]), torch.tensor([1.0, 0.0]))
         c.expect(math.isinf(float(got)), "KL when q is 0 where p is not", "inf", float(got),
                  "a model that gives probability 0 to an observed outcome is infinitely surprised")
+
+
+def kneser_ney_bigram(fn) -> None:
+    """Exercise 1.6: ``fn(counts, D) -> (V, V)`` interpolated Kneser-Ney bigram table from bigram counts."""
+    from arlib.ngram import NGramModel
+
+    with Check("1.6", "a Kneser-Ney bigram model") as c:
+        hint = ("p_uni(w) = (max(N(w) - D, 0) + D T / V) / sum_w N(w) with N(w) the number of distinct characters "
+                "seen before w; p(w|h) = (max(c(h w) - D, 0) + D T(h) p_uni(w)) / c(h), or p_uni(w) if c(h) = 0")
+        g = torch.Generator().manual_seed(4)
+        for V, n, D in [(5, 40, 0.75), (12, 300, 0.5), (30, 50, 0.75), (8, 2000, 0.9)]:
+            ids = torch.randint(0, V, (n,), generator=g)
+            counts = torch.zeros(V, V).index_put_((ids[:-1], ids[1:]), torch.ones(n - 1), accumulate=True)
+            got = c.call(fn, counts.clone(), D)
+            expected = NGramModel(2, V, smoothing="kneser_ney", discount=D).fit(ids).probs(torch.arange(V)[:, None])
+            unseen = int((counts.sum(1) == 0).sum())
+            c.close(got, expected, f"the table for {V} characters, {n} tokens, D = {D} ({unseen} unseen contexts)",
+                    atol=1e-6, hint=hint)

@@ -877,6 +877,35 @@ def kl_divergence(p, q):
 arlib.checks.kl_divergence(kl_divergence)
 
 # %% [markdown]
+# **Exercise 1.6** (a Kneser–Ney bigram model; hard). Build the interpolated Kneser–Ney bigram table
+# {eq}`eq-kneser-ney` from a matrix of bigram counts `counts[h, w]` (`(V, V)`, float) and a discount
+# `D`, as a `(V, V)` tensor whose row `h` is $p(\cdot \mid h)$. The lower-order model is itself
+# smoothed towards the uniform distribution:
+# $p_{\mathrm{uni}}(w) = \big(\max(N(w) - D, 0) + D\,T/V\big) / \sum_{w'} N(w')$, where $N(w)$ is the
+# number of *distinct* characters seen before $w$ and $T$ the number of characters with $N(w) > 0$.
+# Then $p(w \mid h) = \big(\max(c(hw) - D, 0) + D\,T(h)\,p_{\mathrm{uni}}(w)\big) / c(h)$ with $T(h)$ the
+# number of distinct characters seen after $h$, and $p(w \mid h) = p_{\mathrm{uni}}(w)$ for a context
+# never seen. No loops: use comparisons, sums and broadcasting. Why does every row sum to 1?
+
+# %%
+def kneser_ney_bigram(counts, D):
+    ### BEGIN SOLUTION
+    counts = counts.double()
+    V = counts.shape[0]
+    preceders = (counts > 0).sum(dim=0).double()  # N(w): distinct characters seen before w
+    T = (preceders > 0).sum()
+    p_uni = (torch.clamp(preceders - D, min=0) + D * T / V) / preceders.sum()  # (V,)
+    c_h = counts.sum(dim=1, keepdim=True)  # (V, 1)
+    T_h = (counts > 0).sum(dim=1, keepdim=True)  # distinct followers of each context
+    p = (torch.clamp(counts - D, min=0) + D * T_h * p_uni) / c_h.clamp_min(1)
+    return torch.where(c_h > 0, p, p_uni.expand_as(p))
+    ### END SOLUTION
+
+
+# %%
+arlib.checks.kneser_ney_bigram(kneser_ney_bigram)
+
+# %% [markdown]
 # ## Summary
 #
 # - The chain rule {eq}`eq-chain-rule` factorizes any joint distribution, in any order; an AR model
