@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import torch
 
-from arlib.sampling import process_logits, sample_probs
+from arlib.sampling import process_logits
 
 
 @dataclass(frozen=True)
@@ -44,11 +44,17 @@ class SamplingOptions:
         if not self.greedy:  # the processors check their own arguments and name them
             process_logits(torch.zeros(1, 1), self.temperature, self.top_k, self.top_p, self.min_p)
 
+    def process(self, logits: torch.Tensor) -> torch.Tensor:
+        """Processed logits (..., V), float32: ``softmax`` of them is the distribution to draw from."""
+        flat = logits.reshape(-1, logits.shape[-1]).float()  # (N, V): the processors take 2-D logits
+        if self.temperature == 1.0 and self.top_k is None and self.top_p is None and self.min_p is None:
+            return flat.reshape(logits.shape)  # nothing to do (the common case: skip the calls)
+        flat = process_logits(flat, self.temperature, self.top_k, self.top_p, self.min_p)
+        return flat.reshape(logits.shape)
+
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         """Probabilities (..., V) from logits (..., V), float32."""
-        flat = logits.reshape(-1, logits.shape[-1]).float()  # (N, V): the processors take 2-D logits
-        flat = process_logits(flat, self.temperature, self.top_k, self.top_p, self.min_p)
-        return flat.softmax(dim=-1).reshape(logits.shape)
+        return self.process(logits).softmax(dim=-1)
 
 
 class Draft(NamedTuple):
@@ -92,6 +98,13 @@ def _check_seq(seq) -> int:
     return seq.shape[1]
 
 
+def _gumbel(shape, generator, device) -> torch.Tensor:
+    """i.i.d. standard Gumbel noise ``-log(E)``, E ~ Exp(1), drawn on the generator's device."""
+    gen_device = generator.device if generator is not None else device
+    e = torch.empty(shape, device=gen_device).exponential_(generator=generator)
+    return e.clamp_min_(torch.finfo(e.dtype).tiny).log_().neg_().to(device)  # E = 0 would give +inf
+
+
 def _check_gamma(gamma) -> None:
     if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 0:
         raise ValueError(f"gamma: expected an int >= 0, got {gamma!r}")
@@ -120,6 +133,7 @@ class ModelDrafter(Drafter):
         self.cache = None  # created on the first proposal, on the model's device
         self._ids = None  # (1, block_size): the tokens whose keys and values the cache holds
         self._base = 0  # sequence length at the last proposal
+        self._last = None  # (options, options with the overrides applied)
 
     def _sync(self, seq: torch.Tensor) -> int:
         """Crop the cache to the longest prefix of seq (leaving at least one token to feed); returns it."""
@@ -127,43 +141,59 @@ class ModelDrafter(Drafter):
             self.cache = self.model.new_cache(1)
             self._ids = torch.empty(1, self.model.config.block_size, dtype=torch.long, device=seq.device)
         m = min(self.cache.length, seq.shape[1] - 1)
-        differs = (self._ids[0, :m] != seq[0, :m]).nonzero()
-        common = int(differs[0]) if len(differs) else m
+        if torch.equal(self._ids[0, :m], seq[0, :m]):  # the usual case: one comparison, no search
+            common = m
+        else:
+            common = int((self._ids[0, :m] != seq[0, :m]).nonzero()[0])
         self.cache.crop(common)
         return common
 
+    def _options(self, options: SamplingOptions) -> SamplingOptions:
+        if not self.overrides:
+            return options
+        if self._last is None or self._last[0] is not options:  # dataclasses.replace is slow: once per options
+            self._last = (options, replace(options, **self.overrides))
+        return self._last[1]
+
     @torch.no_grad()
     def propose(self, seq, gamma, options=SamplingOptions(), generator=None) -> Draft:
+        """Draw x_i ~ q_i by the Gumbel-max trick, ``argmax(z_i + G_i)`` with z_i the processed logits and
+        G_i i.i.d. Gumbel noise drawn for all gamma steps at once: its law is exactly ``softmax(z_i)``
+        (Gumbel 1954; Maddison et al. 2014), and it costs two tensor ops per step where inverting the
+        CDF costs many. The q_i are computed in one softmax after the loop."""
         L = _check_seq(seq)
         _check_gamma(gamma)
-        options = replace(options, **self.overrides) if self.overrides else options
-        block_size = self.model.config.block_size
-        g = min(gamma, block_size - L + 1)  # the cache must hold L + g - 1 positions
+        options = self._options(options)
+        config = self.model.config
+        g = min(gamma, config.block_size - L + 1)  # the cache must hold L + g - 1 positions
         self._base = L
         if g <= 0:
             return Draft(seq.new_empty(1, 0), None, 0)
         start = self._sync(seq)
-        tokens = seq.new_empty(1, g)  # (1, g)
-        probs = None if options.greedy else torch.empty(1, g, self.model.config.vocab_size, device=seq.device)
         x = seq[:, start:]  # (1, L - start): the tokens the cache lacks, at least one
+        self._ids[:, start:L] = x
+        if not options.greedy:
+            gumbel = _gumbel((g, config.vocab_size), generator, seq.device)  # (g, V)
+            z = []
         was_training = self.model.training
         if was_training:  # (setting the mode walks every module: too slow to do at every step)
             self.model.eval()
         try:
+            xs = []
             for i in range(g):
-                pos = self.cache.length
                 logits = self.model(x, cache=self.cache)[:, -1]  # (1, V)
-                self._ids[:, pos:pos + x.shape[1]] = x
                 if options.greedy:
-                    tok = logits.argmax(dim=-1)  # (1,)
+                    x = logits.argmax(dim=-1, keepdim=True)  # (1, 1)
                 else:
-                    probs[:, i] = options.probs(logits)
-                    tok = sample_probs(probs[:, i], generator)
-                tokens[:, i] = tok
-                x = tok[:, None]
+                    z.append(options.process(logits))
+                    x = (z[-1] + gumbel[i]).argmax(dim=-1, keepdim=True)  # (1, 1): x_i ~ softmax(z_i)
+                xs.append(x)
         finally:
             if was_training:
                 self.model.train()
+        tokens = torch.cat(xs, dim=1)  # (1, g)
+        self._ids[:, L:L + g - 1] = tokens[:, :g - 1]  # x_1 .. x_(g-1) were fed; x_g was not
+        probs = None if options.greedy else torch.stack(z, dim=1).softmax(dim=-1)  # (1, g, V)
         return Draft(tokens, probs, g)
 
     def accept(self, n_accepted: int) -> None:

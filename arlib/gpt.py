@@ -62,6 +62,12 @@ class KVCache:
         self.length = length
 
 
+def causal_mask(T: int, start: int, device=None) -> torch.Tensor:
+    """The boolean mask (T, start + T) of T new queries after ``start`` cached positions: query i sits
+    at position start + i and sees keys 0 .. start + i."""
+    return torch.ones(T, start + T, dtype=torch.bool, device=device).tril(diagonal=start)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -71,7 +77,10 @@ class CausalSelfAttention(nn.Module):
         self.attn_dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask`` (T, start + T) optionally passes the causal mask of a multi-position cached call
+        (:func:`causal_mask`), so that the layers of one forward build it once."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         # (B, T, C) -> (B, H, T, D)
@@ -87,7 +96,7 @@ class CausalSelfAttention(nn.Module):
             if T == 1:  # one new query sees every cached key: no mask needed
                 y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
             else:  # query i sits at position start+i and sees keys 0..start+i
-                mask = torch.ones(T, start + T, dtype=torch.bool, device=x.device).tril(diagonal=start)
+                mask = causal_mask(T, start, x.device) if mask is None else mask
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
@@ -112,8 +121,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None, layer=0):
-        x = x + self.attn(self.ln_1(x), cache, layer)  # pre-LN residual blocks
+    def forward(self, x, cache=None, layer=0, mask=None):
+        x = x + self.attn(self.ln_1(x), cache, layer, mask)  # pre-LN residual blocks
         return x + self.mlp(self.ln_2(x))
 
 
@@ -173,8 +182,9 @@ class GPT(nn.Module):
         pos = torch.arange(start, start + T, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, d)
         hidden = [x]
+        mask = causal_mask(T, start, idx.device) if cache is not None and T > 1 else None  # once, for all layers
         for layer, block in enumerate(self.h):
-            x = block(x, cache, layer)
+            x = block(x, cache, layer, mask)
             hidden.append(x)
         if cache is not None:
             cache.length += T

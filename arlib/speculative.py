@@ -147,6 +147,33 @@ def verify_greedy(target_tokens: torch.Tensor, draft_tokens: torch.Tensor) -> Ve
     return Verification(n, target_tokens.gather(1, n[:, None]).squeeze(1))
 
 
+def _verify_one(p: torch.Tensor, q: torch.Tensor | None, x: torch.Tensor, generator) -> tuple[int, torch.Tensor]:
+    """:func:`verify` for one sequence with few tensor ops (each costs microseconds on a CPU, more
+    right after a large forward pass has flushed the caches): p (g + 1, V), q (g, V) or None, x (g,).
+    The same law: the acceptances compare ``u q(x) < p(x)``; the next token is drawn from the residual
+    (or the bonus distribution) as an exponential race, ``argmax r / E`` with E ~ Exp(1) i.i.d.,
+    which picks i with probability r_i / sum(r) (no normalization or CDF needed). Returns (k, y (1,))."""
+    g = x.shape[0]
+    px = p[:g].gather(1, x[:, None]).squeeze(1)  # (g,): p_i(x_i)
+    u = _uniform((g,), generator, p.device)  # (g,)
+    accepted = (u < px if q is None else u * q[:g].gather(1, x[:, None]).squeeze(1) < px).tolist()
+    k = accepted.index(False) if False in accepted else g
+    if k == g:  # every draft accepted: the bonus token from p_(gamma+1)
+        r = p[g]
+    elif q is None:  # one-hot draft: p with x_k removed
+        r = p[k].clone()
+        r[x[k]] = 0
+    else:
+        r = (p[k] - q[k]).clamp_min(0)  # (V,): proportional to the residual norm(max(0, p - q))
+    gen_device = generator.device if generator is not None else p.device
+    e = torch.empty(r.shape, device=gen_device).exponential_(generator=generator)  # (V,)
+    e = e.clamp_min_(torch.finfo(e.dtype).tiny).to(p.device)  # E = 0 would give inf or nan
+    y = (r / e).argmax()
+    if not r[y] > 0:  # r is zero everywhere (p = q, or p one-hot on x_k): a rejection cannot happen there
+        y = (p[k] / e).argmax()
+    return k, y[None]
+
+
 # --- theory (Leviathan et al. 2023, section 3) ----------------------------------------------------
 
 
@@ -222,7 +249,10 @@ class SpecStats:
     s; ``betas`` holds beta = sum min(p, q) at every draft position the verifier examined (the accepted
     ones and the first rejected one), so its mean is comparable with :attr:`acceptance_rate`.
     ``target_calls`` counts verification passes (the prompt's prefill is not counted); ``draft_calls``
-    the drafter's forward passes; ``wall_time`` is in seconds, prefill included."""
+    the drafter's forward passes; ``wall_time`` is in seconds, prefill included, of which ``draft_time``
+    was spent in the drafter's proposals and ``target_time`` in the target's passes (prefill included):
+    the rest is verification and bookkeeping. Comparing them with step costs measured in isolation
+    shows what a cost model leaves out (on a CPU, a pass right after another model's is slower)."""
 
     accepted: list[int] = field(default_factory=list)
     drafted: list[int] = field(default_factory=list)
@@ -231,6 +261,8 @@ class SpecStats:
     draft_calls: int = 0
     new_tokens: int = 0
     wall_time: float = 0.0
+    draft_time: float = 0.0
+    target_time: float = 0.0
 
     @property
     def steps(self) -> int:
@@ -296,30 +328,38 @@ def speculative_generate(target, drafter: Drafter, prompt: torch.Tensor, max_new
     try:
         cache = target.new_cache(1)
         if T > 1:
+            t0 = time.perf_counter()
             target(out[:, :T - 1], cache=cache)  # prefill: the cache holds every token but the last
+            record.target_time += time.perf_counter() - t0
         while n < end:
             asked = min(gamma, end - n - 1)  # never draft past the last token wanted
+            t0 = time.perf_counter()
             draft: Draft = drafter.propose(out[:, :n], asked, options, generator)
+            t1 = time.perf_counter()
             x, g = draft.tokens, draft.tokens.shape[-1]  # (1, g)
             if g > asked:
                 raise ValueError(f"drafter: proposed {g} tokens, more than the {asked} asked for")
-            logits = target(torch.cat([out[:, n - 1:n], x], dim=1), cache=cache)  # (1, g + 1, V)
+            out[:, n:n + g] = x  # tentatively: what the target scores (n + g < end, so it fits)
+            logits = target(out[:, n - 1:n + g], cache=cache)  # (1, g + 1, V)
+            record.draft_time += t1 - t0
+            record.target_time += time.perf_counter() - t1
             if greedy:
                 k, y = verify_greedy(logits.argmax(dim=-1), x) if g else (0, logits[:, 0].argmax(dim=-1))
             elif g == 0:  # nothing to verify: a plain target step
                 k, y = 0, sample_probs(options.probs(logits[:, 0]), generator)
             else:
                 p = options.probs(logits)  # (1, g + 1, V)
-                k, y = verify(p, draft.probs, x, generator, validate=not validated)
-                validated = True
+                if not validated:  # check the first verification's inputs (draft vocabulary, ...), then trust them
+                    _check_verify(p, draft.probs, x, 1e-4)
+                    validated = True
+                k, y = _verify_one(p[0], None if draft.probs is None else draft.probs[0], x[0], generator)
                 if stats:  # beta at the accepted drafts and the first rejected one
                     examined = min(int(k) + 1, g)
                     q = draft.probs if draft.probs is not None else F.one_hot(x, p.shape[-1]).to(p.dtype)
                     record.betas += acceptance_rate(p[0, :examined], q[0, :examined]).tolist()
             k = int(k)
             cache.crop(n + k)  # keep x_1 .. x_k; the next token y is fed at the next step
-            out[:, n:n + k] = x[:, :k]
-            out[:, n + k] = y
+            out[:, n + k] = y  # x_1 .. x_k are in place already
             n += k + 1
             drafter.accept(k)
             record.accepted.append(k)

@@ -14,6 +14,7 @@ from arlib.drafters import Draft, Drafter, ModelDrafter, NGramDrafter, SamplingO
 from arlib.gpt import GPT, GPTConfig
 from arlib.sampling import generate, sample_probs
 from arlib.speculative import (
+    _verify_one,
     acceptance_rate,
     expected_tokens,
     optimal_gamma,
@@ -152,6 +153,25 @@ def chisquare_pvalue(tokens, p) -> float:
 def test_verify_first_token_chisquare(name):
     p, q = PAIRS[name]
     assert chisquare_pvalue(first_tokens(verify, p, q, 20_000, seed=1, gamma=2), p) > 1e-3
+
+
+def rowwise_verify_one(p, q, x, generator=None):
+    """speculative_generate's single-sequence verification (arlib.speculative._verify_one), row by row."""
+    ks, ys = zip(*(_verify_one(p[b], None if q is None else q[b], x[b], generator) for b in range(len(x))))
+    return torch.tensor(ks), torch.cat(ys)
+
+
+@pytest.mark.parametrize("one_hot_drafts", [False, True])
+@pytest.mark.parametrize("name", PAIRS)
+def test_single_sequence_fast_path_has_the_same_law(name, one_hot_drafts):
+    p, q = PAIRS[name]
+    if one_hot_drafts:  # q = None: the drafts are one-hot at x (drawn from q here)
+        verifier = lambda P, Q, x, g: rowwise_verify_one(P, None, x, g)  # noqa: E731
+    else:
+        verifier = rowwise_verify_one
+    assert chisquare_pvalue(first_tokens(verifier, p, q, 4_000, seed=3, gamma=2), p) > 1e-3
+    k, y = _verify_one(p.expand(3, -1), p.expand(2, -1), p.argmax().repeat(2), gen(0))  # p = q: all accepted
+    assert k == 2 and y.shape == (1,) and p[y] > 0
 
 
 @pytest.mark.parametrize("broken", [broken_ratio, broken_resample])
@@ -398,6 +418,7 @@ def test_stats_are_consistent(pair):
         out, s = speculative_generate(target, drafter, prompt(), 37, 4, generator=gen(7))
         assert s.new_tokens == 37 == sum(s.accepted) + s.steps
         assert s.target_calls == s.steps and s.wall_time > 0
+        assert 0 < s.draft_time + s.target_time < s.wall_time
         assert all(0 <= a <= d <= 4 for a, d in zip(s.accepted, s.drafted))
         assert len(s.betas) == sum(min(a + 1, d) for a, d in zip(s.accepted, s.drafted))
         assert s.tokens_per_call == pytest.approx(37 / s.steps)
