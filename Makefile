@@ -41,7 +41,7 @@ lint: $(STAMP)
 
 test: REQUIRE_SYSTEM = 1
 test: setup lint
-	MPLBACKEND=Agg ARLIB_THREADS=1 $(PY) -m pytest -n $(JOBS) --dist loadfile --nbval-lax tests $$($(PY) tools/book.py notebooks)
+	MPLBACKEND=Agg ARLIB_THREADS=1 ARLIB_TIMING_ASSERTS=0 $(PY) -m pytest -n $(JOBS) --dist loadfile --nbval-lax tests $$($(PY) tools/book.py notebooks)
 
 lab: setup
 	$(VENV)/bin/jupyter lab chapters/

@@ -76,6 +76,10 @@ class Drafter(ABC):
     that a stateful drafter can roll back (a KV cache); ``reset()`` forgets any state.
     """
 
+    #: True for drafters that read the target's hidden state (:mod:`arlib.heads`): the generator then
+    #: calls :meth:`observe` with it after the prefill and after every verification.
+    uses_hidden: bool = False
+
     @abstractmethod
     def propose(self, seq: torch.Tensor, gamma: int, options: SamplingOptions = SamplingOptions(),
                 generator: torch.Generator | None = None) -> Draft: ...
@@ -86,6 +90,11 @@ class Drafter(ABC):
 
     def reset(self) -> None:
         """Called before a new sequence (no-op by default)."""
+        return None
+
+    def observe(self, hidden: torch.Tensor) -> None:
+        """Receives h (1, d), the target's final residual stream at the second-to-last decided position
+        (its logits gave the last decided token); only called when ``uses_hidden`` is True."""
         return None
 
 

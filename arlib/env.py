@@ -63,3 +63,22 @@ def setup(seed: int = 0, device: str | None = None, threads: int | None = None, 
 
         matplotlib.rcParams.update(_STYLE)
     return pick_device(device)
+
+
+TIMING_NOTICE = "timing claim not enforced here (ARLIB_TIMING_ASSERTS=0)"
+
+
+def check_timing(ok: bool, message: str) -> None:
+    """Assert a claim about wall-clock time (``message`` says what was expected and what came).
+
+    Chapters execute on a quiet machine for the book, where their timing claims are asserted. The test
+    suite (``make test``) sets ``ARLIB_TIMING_ASSERTS=0``: there the notebooks share the cores with other
+    tests, and speed is never asserted in tests (it is measured in ``benchmarks/``), so a failed claim
+    prints a notice instead. The committed outputs must carry no such notice (tests/test_notebooks.py).
+    """
+    if bool(ok):
+        return
+    if os.environ.get("ARLIB_TIMING_ASSERTS", "1") == "0":
+        print(f"{TIMING_NOTICE}: {message}")
+        return
+    raise AssertionError(message)

@@ -168,25 +168,37 @@ class GPT(nn.Module):
         With ``return_hidden=True`` also returns the residual stream (B, T, d) after the embeddings
         and after each block: a list of ``n_layer + 1`` tensors.
         """
+        hidden = self.trunk(idx, cache)
+        logits = F.linear(self.ln_f(hidden[-1]), self.wte.weight)  # tied head: (B, T, V)
+        return (logits, hidden) if return_hidden else logits
+
+    def trunk(self, idx: torch.Tensor, cache: KVCache | None = None, n_layers: int | None = None) -> list:
+        """The residual stream (B, T, d) after the embeddings and after each of the first ``n_layers``
+        blocks (all by default): a list of ``n_layers + 1`` tensors. A cache, if given, must hold at
+        least ``n_layers`` layers (the first ones are used) and grows by T. Early-exit drafters
+        (:mod:`arlib.heads`) run the first layers only."""
         if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype != torch.long:
             got = f"{tuple(idx.shape)} {idx.dtype}" if isinstance(idx, torch.Tensor) else type(idx).__name__
             raise ValueError(f"idx: expected a (batch, time) tensor of torch.long token ids, got {got}")
+        n_layers = self.config.n_layer if n_layers is None else n_layers
+        if isinstance(n_layers, bool) or not isinstance(n_layers, int) or not 0 <= n_layers <= self.config.n_layer:
+            raise ValueError(f"n_layers: expected an int in [0, {self.config.n_layer}], got {n_layers!r}")
         B, T = idx.shape
         start = 0 if cache is None else cache.length
         if start + T > self.config.block_size:
             raise ValueError(f"idx: {start + T} positions exceed the context of {self.config.block_size}")
-        if cache is not None and cache.k.shape[1] != B:
-            raise ValueError(f"cache: built for batch {cache.k.shape[1]}, got batch {B}")
+        if cache is not None and (cache.k.shape[1] != B or cache.k.shape[0] < n_layers):
+            raise ValueError(f"cache: built for batch {cache.k.shape[1]} and {cache.k.shape[0]} layers, "
+                             f"got batch {B} and {n_layers} layers")
         if T and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
             raise ValueError(f"idx: token ids must lie in [0, {self.config.vocab_size})")
         pos = torch.arange(start, start + T, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, d)
         hidden = [x]
         mask = causal_mask(T, start, idx.device) if cache is not None and T > 1 else None  # once, for all layers
-        for layer, block in enumerate(self.h):
-            x = block(x, cache, layer, mask)
+        for layer in range(n_layers):
+            x = self.h[layer](x, cache, layer, mask)
             hidden.append(x)
         if cache is not None:
             cache.length += T
-        logits = F.linear(self.ln_f(x), self.wte.weight)  # tied head: (B, T, V)
-        return (logits, hidden) if return_hidden else logits
+        return hidden

@@ -17,10 +17,11 @@ from functools import partial
 
 import torch
 
-from arlib.checkpoints import save_checkpoint
+from arlib.checkpoints import load_gpt, save_checkpoint
 from arlib.data import SOURCES, shakespeare
 from arlib.env import pick_device, seed_everything
 from arlib.gpt import GPT, GPTConfig
+from arlib.heads import DraftHeads
 from arlib.lm import heldout_nll, next_token_loss, random_windows
 from arlib.tokenizer import CharTokenizer
 from arlib.train import TrainConfig, distributed_context, train
@@ -113,21 +114,97 @@ def run_lm_recipe(name: str, steps: int | None = None, out: str | None = None, p
     return meta
 
 
+HEAD_RECIPES: dict[str, dict] = {
+    "shakespeare-heads": dict(
+        target="shakespeare-target", n_heads=6, batch_size=16,
+        train=TrainConfig(steps=2000, lr=2e-3, warmup=100, min_lr_ratio=0.05, weight_decay=0.0, eval_every=500),
+        description="early-exit, Medusa and Hydra draft heads on the frozen shakespeare-target (chapter 2)",
+    ),
+}
+
+
+def run_heads_recipe(name: str, steps: int | None = None, out: str | None = None, progress: bool = True,
+                     eval_chars: int | None = None) -> dict:
+    """Distill draft heads of every family (:mod:`arlib.heads`) from the frozen target and save them."""
+    recipe = HEAD_RECIPES[name]
+    shorter = {"steps": steps, "warmup": min(recipe["train"].warmup, steps)} if steps else {}
+    train_config = replace(recipe["train"], progress=progress, **shorter)
+    seed_everything(train_config.seed)
+    device = pick_device()
+    target, tokenizer, target_meta = load_gpt(recipe["target"], device=device)
+    for p in target.parameters():
+        p.requires_grad_(False)  # frozen: only the heads learn
+    corpus = shakespeare()
+    train_ids, val_ids = tokenizer.encode(corpus.train), tokenizer.encode(corpus.val)
+    block = target.config.block_size
+    val_windows = val_ids[: (eval_chars or 64 * block) // block * block].view(-1, block).to(device)  # (N, T)
+    heads = DraftHeads(target, recipe["n_heads"]).to(device)
+    heads.copy_from(target)
+    get_batch = lambda step, gen: random_windows(train_ids, recipe["batch_size"], block, gen, device)[0]  # noqa: E731
+
+    def loss_fn(model, x):
+        return sum(model.losses(target, x).values())
+
+    def evaluate(model):
+        acc = _acceptance(model, target, val_windows)
+        return {"exit_3": acc["exit"][2], "medusa_1": acc["medusa"][0], "hydra_1": acc["hydra"][0],
+                "hydra_4": acc["hydra"][3]}
+
+    t0 = time.time()
+    before = _acceptance(heads, target, val_windows)
+    history = train(heads, loss_fn, get_batch, train_config, evaluate=evaluate)
+    after = _acceptance(heads, target, val_windows)
+    meta = {
+        "name": name,
+        "description": recipe["description"],
+        "n_heads": recipe["n_heads"],
+        "parameters": {k: sum(p.numel() for p in getattr(heads, k).parameters()) for k in ("exits", "medusa", "hydra")},
+        "target": {"name": recipe["target"], "config": target.config.to_dict(), "val_nll":
+                   target_meta["metrics"]["val_nll"]},
+        "tokenizer": {"kind": "char", "vocab": tokenizer.vocab},
+        "data": {"source": "shakespeare", "sha256": SOURCES["shakespeare"].sha256,
+                 "val_chars_scored": int(val_windows.numel())},
+        "train": {**history["config"], "batch_size": recipe["batch_size"], "loss": "soft cross-entropy to the target"},
+        "metrics": {"teacher_forced_beta_before": _rounded(before), "teacher_forced_beta": _rounded(after),
+                    "final_train_loss_avg50": round(sum(history["loss"][-50:]) / len(history["loss"][-50:]), 4)},
+        "stored_dtype": "float16",
+        "command": f"python -m arlib.recipes {name}" + (f" --steps {steps}" if steps else ""),
+        "wall_seconds": round(time.time() - t0, 1),
+        "environment": {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
+                        "machine": platform.machine()},
+    }
+    save_checkpoint(heads, name, meta, directory=out)
+    return meta
+
+
+@torch.no_grad()
+def _acceptance(heads, target, windows, batch: int = 16) -> dict[str, list[float]]:
+    """Teacher-forced mean beta of every head over ``windows`` (N, T), averaged over batches."""
+    parts = [heads.acceptance(target, windows[i:i + batch]) for i in range(0, len(windows), batch)]
+    return {k: [sum(p[k][j] for p in parts) / len(parts) for j in range(len(parts[0][k]))] for k in parts[0]}
+
+
+def _rounded(acc: dict) -> dict:
+    return {k: [round(v, 4) for v in vals] for k, vals in acc.items()}
+
+
 def _windows(ids, batch_size, block_size, device, step, generator):
     return random_windows(ids, batch_size, block_size, generator, device)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m arlib.recipes", description=__doc__.splitlines()[0])
-    parser.add_argument("name", choices=sorted(RECIPES))
+    parser.add_argument("name", choices=sorted(RECIPES) + sorted(HEAD_RECIPES))
     parser.add_argument("--steps", type=int, default=None, help="train for this many steps instead")
     parser.add_argument("--out", default=None, help="folder for the checkpoint (default data/checkpoints)")
     parser.add_argument("--eval-chars", type=int, default=None, help="score only this many validation chars")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
-    meta = run_lm_recipe(args.name, steps=args.steps, out=args.out, progress=not args.no_progress,
-                         eval_chars=args.eval_chars)
-    if meta:
+    run = run_heads_recipe if args.name in HEAD_RECIPES else run_lm_recipe
+    meta = run(args.name, steps=args.steps, out=args.out, progress=not args.no_progress, eval_chars=args.eval_chars)
+    if meta and args.name in HEAD_RECIPES:
+        print(f"{args.name}: teacher-forced beta {meta['metrics']['teacher_forced_beta']}, {meta['wall_seconds']} s")
+    elif meta:
         print(f"{args.name}: {meta['parameters']:,} parameters, val NLL {meta['metrics']['val_nll']} nats/char, "
               f"{meta['wall_seconds']} s")
     return 0

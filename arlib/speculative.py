@@ -26,7 +26,8 @@ from arlib.drafters import Draft, Drafter, ModelDrafter, NGramDrafter, SamplingO
 from arlib.sampling import sample_probs
 
 __all__ = ["verify", "verify_greedy", "residual", "Verification", "acceptance_rate", "expected_tokens",
-           "speedup", "optimal_gamma", "speculative_generate", "SpecStats", "Draft", "Drafter",
+           "speedup", "optimal_gamma", "speculative_generate", "SpecStats", "draft_cost", "step_costs", "Draft",
+           "Drafter",
            "ModelDrafter", "NGramDrafter", "SamplingOptions"]
 
 # --- verification -------------------------------------------------------------------------------
@@ -327,9 +328,12 @@ def speculative_generate(target, drafter: Drafter, prompt: torch.Tensor, max_new
     drafter.reset()
     try:
         cache = target.new_cache(1)
+        hidden = getattr(drafter, "uses_hidden", False)  # heads on the target's state: hand it over
         if T > 1:
             t0 = time.perf_counter()
-            target(out[:, :T - 1], cache=cache)  # prefill: the cache holds every token but the last
+            run = target(out[:, :T - 1], cache=cache, return_hidden=hidden)  # prefill: every token but the last
+            if hidden:
+                drafter.observe(run[1][-1][:, -1])  # (1, d): h at position T - 2
             record.target_time += time.perf_counter() - t0
         while n < end:
             asked = min(gamma, end - n - 1)  # never draft past the last token wanted
@@ -340,7 +344,9 @@ def speculative_generate(target, drafter: Drafter, prompt: torch.Tensor, max_new
             if g > asked:
                 raise ValueError(f"drafter: proposed {g} tokens, more than the {asked} asked for")
             out[:, n:n + g] = x  # tentatively: what the target scores (n + g < end, so it fits)
-            logits = target(out[:, n - 1:n + g], cache=cache)  # (1, g + 1, V)
+            logits = target(out[:, n - 1:n + g], cache=cache, return_hidden=hidden)  # (1, g + 1, V)
+            if hidden:
+                logits, states = logits[0], logits[1][-1]  # states (1, g + 1, d)
             record.draft_time += t1 - t0
             record.target_time += time.perf_counter() - t1
             if greedy:
@@ -362,6 +368,8 @@ def speculative_generate(target, drafter: Drafter, prompt: torch.Tensor, max_new
             out[:, n + k] = y  # x_1 .. x_k are in place already
             n += k + 1
             drafter.accept(k)
+            if hidden:
+                drafter.observe(states[:, k])  # (1, d): h at the position whose logits gave y
             record.accepted.append(k)
             record.drafted.append(g)
             record.target_calls += 1
@@ -373,3 +381,87 @@ def speculative_generate(target, drafter: Drafter, prompt: torch.Tensor, max_new
     tokens = out[0] if prompt.dim() == 1 else out
     return (tokens, record) if stats else tokens
 
+
+
+@torch.no_grad()
+def draft_cost(drafter: Drafter, target, prefix: torch.Tensor, gamma: int, repeats: int = 30,
+               rounds: int = 3) -> float:
+    """Seconds one ``drafter.propose(prefix, gamma)`` takes in steady state (the median of ``repeats``
+    calls, the smallest of ``rounds`` rounds), sampling included. A stateful drafter is rolled back
+    after each call as if nothing was accepted; a drafter that reads the target's hidden state is
+    first shown it. Divide by gamma and the target's step time for the cost ratio c of the theory."""
+    if not isinstance(drafter, Drafter):
+        raise TypeError(f"drafter: expected an arlib.drafters.Drafter, got {type(drafter).__name__}")
+    if not isinstance(prefix, torch.Tensor) or prefix.dtype != torch.long or prefix.dim() != 2 or prefix.shape[0] != 1:
+        raise ValueError(f"prefix: expected a (1, length) torch.long tensor, got {_shape(prefix)}")
+    drafter.reset()
+    if getattr(drafter, "uses_hidden", False):
+        drafter.observe(target(prefix[:, :-1], return_hidden=True)[1][-1][:, -1])
+    generator = torch.Generator(device=prefix.device).manual_seed(0)
+    sync = torch.cuda.synchronize if prefix.device.type == "cuda" else (lambda: None)
+    best = float("inf")
+    for _ in range(rounds):
+        times = []
+        for _ in range(repeats + 3):
+            sync()
+            t0 = time.perf_counter()
+            drafter.propose(prefix, gamma, SamplingOptions(), generator)
+            sync()
+            times.append(time.perf_counter() - t0)
+            drafter.accept(0)
+        best = min(best, float(np.median(times[3:])))
+    return best
+
+
+@torch.no_grad()
+def step_costs(target, drafter: Drafter, prefix: torch.Tensor, gamma: int, repeats: int = 30,
+               rounds: int = 3) -> dict[str, float]:
+    """Seconds of the three parts of one speculative step at temperature 1, measured the way the loop
+    runs them: ``drafter.propose`` of gamma drafts, the target's pass over the gamma + 1 positions, and
+    the verification (probabilities, acceptance, the next token), one after the other, then both models
+    rolled back to ``prefix`` (1, L) as if no draft had been accepted. Unlike costs measured one at a
+    time, each part here finds the processor caches as the other parts leave them, as in generation.
+    Medians of ``repeats`` steps, the smallest of ``rounds`` rounds: ``{"draft", "score", "verify"}``."""
+    if not isinstance(drafter, Drafter):
+        raise TypeError(f"drafter: expected an arlib.drafters.Drafter, got {type(drafter).__name__}")
+    if not isinstance(prefix, torch.Tensor) or prefix.dtype != torch.long or prefix.dim() != 2 \
+            or prefix.shape[0] != 1 or prefix.shape[1] < 2:
+        raise ValueError(f"prefix: expected a (1, length >= 2) torch.long tensor, got {_shape(prefix)}")
+    if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
+        raise ValueError(f"gamma: expected an int >= 1, got {gamma!r}")
+    L, options = prefix.shape[1], SamplingOptions()
+    if L + gamma > target.config.block_size:
+        raise ValueError(f"gamma: prefix ({L}) + gamma ({gamma}) exceeds the target's context")
+    cache, tokens = target.new_cache(1), prefix.new_empty(1, L + gamma)
+    tokens[:, :L] = prefix
+    drafter.reset()
+    prefill = target(prefix[:, :-1], cache=cache, return_hidden=True)
+    if getattr(drafter, "uses_hidden", False):
+        drafter.observe(prefill[1][-1][:, -1])
+    generator = torch.Generator(device=prefix.device).manual_seed(0)
+    sync = torch.cuda.synchronize if prefix.device.type == "cuda" else (lambda: None)
+    best = {"draft": float("inf"), "score": float("inf"), "verify": float("inf")}
+    for _ in range(rounds):
+        laps = {key: [] for key in best}
+        for _ in range(repeats + 3):
+            sync()
+            t0 = time.perf_counter()
+            draft = drafter.propose(prefix, gamma, options, generator)
+            g = draft.tokens.shape[1]
+            tokens[:, L:L + g] = draft.tokens
+            sync()
+            t1 = time.perf_counter()
+            logits = target(tokens[:, L - 1:L + g], cache=cache)  # (1, g + 1, V)
+            sync()
+            t2 = time.perf_counter()
+            if g:
+                _verify_one(options.probs(logits)[0], None if draft.probs is None else draft.probs[0],
+                            draft.tokens[0], generator)
+            sync()
+            t3 = time.perf_counter()
+            cache.crop(L - 1)
+            drafter.accept(0)
+            for key, lap in zip(best, (t1 - t0, t2 - t1, t3 - t2)):
+                laps[key].append(lap)
+        best = {key: min(best[key], float(np.median(laps[key][3:]))) for key in best}
+    return best

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import nbformat
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -417,6 +418,45 @@ def _kn_uniform_for_unseen(counts, D):
     return _kn_bigram(counts, D, unseen=True)
 
 
+def _tokens_closed_form(alpha, gamma):  # (1 - alpha^(gamma+1)) / (1 - alpha), no case for alpha = 1: nan there
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.float64(1 - alpha ** (gamma + 1)) / np.float64(1 - alpha))
+
+
+def _residual(p, q, reverse=False, normalize=True, fallback=True, absolute=False):
+    d = (q - p) if reverse else (p - q)
+    r = d.abs() if absolute else d.clamp_min(0)
+    if not normalize:
+        return r
+    if fallback and r.sum() <= 0:
+        return p
+    return r / r.sum()
+
+
+def _best_gamma(alpha, c, max_gamma=32, first=1, stop=1, bonus=1, index=False):
+    gammas = np.arange(first, max_gamma + stop)
+    improvement = (1 - alpha ** (gammas + bonus)) / ((1 - alpha) * (gammas * c + 1))
+    best = int(np.argmax(improvement))
+    return best if index else int(gammas[best])
+
+
+def _lookup(tokens, n, gamma, oldest=False, periodic=True, self_match=False):
+    L = len(tokens)
+    starts = range(L - n + (1 if self_match else 0))
+    for i in (starts if oldest else reversed(starts)):
+        if tokens[i:i + n] == tokens[L - n:]:
+            if not periodic or self_match:
+                return tokens[i + n:i + n + gamma]
+            d = L - n - i
+            return [tokens[L - d + j % d] for j in range(gamma)]
+    return []
+
+
+def _accepted(p_x, q_x, u, rule=lambda p, q, u: u * q < p, prefix=True):
+    accepted = rule(p_x, q_x, u).long()
+    return int((accepted.cumprod(dim=0) if prefix else accepted).sum())
+
+
 # check -> (what the wrong answer gets wrong, the arguments of the check); every check of arlib.checks is here.
 WRONG = {
     "unigram_entropy": [("zeros", (lambda text: 0.0,)), ("nats instead of bits", (_entropy_nats,))],
@@ -444,6 +484,23 @@ WRONG = {
     "kneser_ney_bigram": [("add-one instead", (lambda c, D: (c + 1) / (c + 1).sum(1, keepdim=True),)),
                           ("raw counts as lower order", (_kn_with_raw_unigram,)),
                           ("unseen contexts left uniform", (_kn_uniform_for_unseen,))],
+    "expected_tokens_sum": [("no bonus token", (lambda a, g: float(sum(a**k for k in range(1, g + 1))),)),
+                            ("one term short", (lambda a, g: float(sum(a**k for k in range(g))),)),
+                            ("closed form, nan at alpha = 1", (_tokens_closed_form,))],
+    "residual_distribution": [("not renormalized", (lambda p, q: _residual(p, q, normalize=False),)),
+                              ("max(0, q - p)", (lambda p, q: _residual(p, q, reverse=True),)),
+                              ("|p - q|", (lambda p, q: _residual(p, q, absolute=True),)),
+                              ("nan when p == q", (lambda p, q: _residual(p, q, fallback=False),))],
+    "optimal_gamma_search": [("argmax index", (lambda a, c, max_gamma=32: _best_gamma(a, c, max_gamma, index=True),)),
+                             ("max_gamma left out", (lambda a, c, max_gamma=32: _best_gamma(a, c, max_gamma, stop=0),)),
+                             ("no bonus token", (lambda a, c, max_gamma=32: _best_gamma(a, c, max_gamma, bonus=0),)),
+                             ("ignores the cost", (lambda a, c, max_gamma=32: max_gamma,))],
+    "prompt_lookup": [("the oldest match", (lambda t, n, g: _lookup(t, n, g, oldest=True),)),
+                      ("no copy past the end", (lambda t, n, g: _lookup(t, n, g, periodic=False),)),
+                      ("the suffix matches itself", (lambda t, n, g: _lookup(t, n, g, self_match=True),))],
+    "accept_prefix": [("counts every acceptance", (lambda p, q, u: _accepted(p, q, u, prefix=False),)),
+                      ("min(1, q/p)", (lambda p, q, u: _accepted(p, q, u, rule=lambda p, q, u: u * p < q),)),
+                      ("u <= p/q", (lambda p, q, u: _accepted(p, q, u, rule=lambda p, q, u: u * q <= p),))],
 }
 CASES = [(name, what, args) for name, wrongs in WRONG.items() for what, args in wrongs]
 

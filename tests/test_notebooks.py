@@ -16,6 +16,8 @@ import jupytext
 import nbformat
 import pytest
 
+from arlib.env import TIMING_NOTICE
+
 REPO = Path(__file__).resolve().parents[1]
 # The book under test: the repository, or another root (to test these tests).
 ROOT = Path(os.environ.get("BOOK_TEST_ROOT", REPO)).resolve()
@@ -99,6 +101,11 @@ def test_executed_in_order_without_errors(path):
         for out in cell.get("outputs", []):
             assert out.output_type != "error", (
                 f"{path.name}, code cell {i}: {out.get('ename')}: {out.get('evalue')}\n{cell.source[:500]}"
+            )
+            text = out.get("text", "") if isinstance(out.get("text", ""), str) else "".join(out["text"])
+            assert TIMING_NOTICE not in text, (
+                f"{path.name}, code cell {i}: executed with ARLIB_TIMING_ASSERTS=0, so a timing claim went unchecked; "
+                f"{FIX} on a quiet machine"
             )
             data = out.get("data", {})
             assert "application/vnd.jupyter.widget-view+json" not in data, (

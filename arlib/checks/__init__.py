@@ -15,9 +15,17 @@ from arlib.checks.ch01 import (
     perplexity,
     top_p_filter,
 )
+from arlib.checks.ch02 import (
+    accept_prefix,
+    expected_tokens_sum,
+    optimal_gamma_search,
+    prompt_lookup,
+    residual_distribution,
+)
 from arlib.checks.core import CheckFailed
 
 __all__ = [
     "CheckFailed", "unigram_entropy", "class_means", "frame_signal", "mel_scale",
     "perplexity", "top_p_filter", "cached_attention", "continuation_log_prob", "kl_divergence", "kneser_ney_bigram",
+    "expected_tokens_sum", "residual_distribution", "optimal_gamma_search", "prompt_lookup", "accept_prefix",
 ]

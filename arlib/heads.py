@@ -1,0 +1,332 @@
+"""Drafters built on the target itself: early exit, Medusa heads and Hydra heads.
+
+All three read the frozen target's hidden states and are trained briefly by distillation (soft
+cross-entropy to the target's own next-token distributions on real text, which is what acceptance
+``sum min(p, q)`` rewards), with the target untouched:
+
+- :class:`ExitHeads` + :class:`EarlyExitModel`: self-speculative decoding. The draft is the target's
+  first E layers followed by an exit head (a LayerNorm and an unembedding, initialized as the
+  target's own "logit lens"), as in DEL (Zarch et al. 2024) and LayerSkip (Elhoushi et al. 2024).
+- :class:`MedusaHeads`: K independent heads on the target's last hidden state h_t; head k guesses
+  x_(t+1+k) without seeing the tokens in between (Cai et al. 2024, eq. 1: a residual SiLU block and an
+  unembedding per head).
+- :class:`HydraHeads`: sequentially dependent heads (Ankner et al. 2024): head k also reads the
+  embeddings of x_(t+1) .. x_(t+k), the tokens already decided or drafted before it.
+
+:class:`HeadDrafter` turns Medusa or Hydra heads into an :class:`arlib.drafters.Drafter`;
+``ModelDrafter(EarlyExitModel(target, E, exits))`` is the early-exit drafter. Position convention:
+h_t is the final residual stream (before ``ln_f``) at position t, whose logits give x_(t+1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from arlib.drafters import Draft, Drafter, SamplingOptions, _check_gamma, _check_seq, _gumbel
+from arlib.gpt import GPT, KVCache
+
+_PLAIN = SamplingOptions()  # sampling at temperature 1, no truncation
+
+
+def _check_target(target) -> GPT:
+    if not isinstance(target, GPT):
+        raise TypeError(f"target: expected an arlib.gpt.GPT, got {type(target).__name__}")
+    return target
+
+
+def _check_count(value, name: str, low: int = 1, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name}: expected an int {bound}, got {value!r}")
+    return value
+
+
+class Unembed(nn.Module):
+    """LayerNorm then a linear map to the vocabulary: a head's way out, initialized from the target's
+    ``ln_f`` and tied embedding so that training starts from the target's own reading of a state."""
+
+    def __init__(self, n_embd: int, vocab_size: int):
+        super().__init__()
+        self.ln = nn.LayerNorm(n_embd)
+        self.proj = nn.Linear(n_embd, vocab_size, bias=False)
+
+    def copy_from(self, target: GPT) -> None:
+        with torch.no_grad():
+            self.ln.load_state_dict(target.ln_f.state_dict())
+            self.proj.weight.copy_(target.wte.weight)
+
+    def forward(self, x):
+        return self.proj(self.ln(x))  # (..., V)
+
+
+class ResidualSiLU(nn.Module):
+    """``h + W_out silu(W_in x)``: Medusa's residual block (W_out zero-initialized, so a new head starts
+    as the target's own unembedding of h), with a wider input for Hydra."""
+
+    def __init__(self, n_in: int, n_embd: int):
+        super().__init__()
+        self.inp = nn.Linear(n_in, n_embd)
+        self.out = nn.Linear(n_embd, n_embd)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, h, x):
+        return h + self.out(F.silu(self.inp(x)))
+
+
+class ExitHeads(nn.Module):
+    """One exit head per layer 1 .. n_layer - 1: logits of x_(t+1) from the residual stream after E blocks."""
+
+    def __init__(self, n_layer: int, n_embd: int, vocab_size: int):
+        super().__init__()
+        _check_count(n_layer, "n_layer", 2)
+        self.heads = nn.ModuleList(Unembed(n_embd, vocab_size) for _ in range(n_layer - 1))
+
+    def copy_from(self, target: GPT) -> None:
+        for head in self.heads:
+            head.copy_from(target)
+
+    def forward(self, exit_layer: int, x: torch.Tensor) -> torch.Tensor:
+        """Logits (..., V) from the residual stream x (..., d) after ``exit_layer`` blocks."""
+        _check_count(exit_layer, "exit_layer", 1, len(self.heads))
+        return self.heads[exit_layer - 1](x)
+
+
+class EarlyExitModel(nn.Module):
+    """The target's first ``exit_layer`` blocks and an exit head, with the interface of a GPT that
+    :class:`arlib.drafters.ModelDrafter` drives (``config``, ``new_cache``, ``forward(idx, cache)``).
+    The blocks are the target's own (shared, not copied): the draft costs about exit_layer / n_layer of
+    a target step."""
+
+    def __init__(self, target: GPT, exit_layer: int, exits: ExitHeads):
+        super().__init__()
+        _check_target(target)
+        _check_count(exit_layer, "exit_layer", 1, target.config.n_layer - 1)
+        if not isinstance(exits, ExitHeads) or len(exits.heads) != target.config.n_layer - 1:
+            raise ValueError(f"exits: expected ExitHeads for a {target.config.n_layer}-layer target")
+        self.config = replace(target.config, n_layer=exit_layer)
+        self.exit_layer = exit_layer
+        self._target = (target,)  # a tuple, not a submodule: the target's weights are not the draft's
+        self.head = exits.heads[exit_layer - 1]
+
+    def new_cache(self, batch_size: int = 1) -> KVCache:
+        p = self._target[0].wte.weight
+        return KVCache(self.config, batch_size, device=p.device, dtype=p.dtype)
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = self._target[0].trunk(idx, cache, self.exit_layer)[-1]  # (B, T, d)
+        return self.head(x)  # (B, T, V)
+
+
+class MedusaHeads(nn.Module):
+    """K independent draft heads on h_t (Cai et al. 2024): head k = 1 .. K gives logits of x_(t+1+k)."""
+
+    def __init__(self, n_heads: int, n_embd: int, vocab_size: int):
+        super().__init__()
+        _check_count(n_heads, "n_heads")
+        self.blocks = nn.ModuleList(ResidualSiLU(n_embd, n_embd) for _ in range(n_heads))
+        self.unembed = nn.ModuleList(Unembed(n_embd, vocab_size) for _ in range(n_heads))
+
+    @property
+    def n_heads(self) -> int:
+        return len(self.blocks)
+
+    def copy_from(self, target: GPT) -> None:
+        for u in self.unembed:
+            u.copy_from(target)
+
+    def forward(self, h: torch.Tensor, n: int | None = None) -> torch.Tensor:
+        """Logits (..., n, V) of the first n heads (all by default) from h (..., d)."""
+        n = self.n_heads if n is None else n
+        return torch.stack([self.unembed[k](self.blocks[k](h, h)) for k in range(n)], dim=-2)
+
+
+class HydraHeads(nn.Module):
+    """K sequentially dependent draft heads (Ankner et al. 2024): head k = 1 .. K gives logits of
+    x_(t+1+k) from h_t and the embeddings of x_(t+1) .. x_(t+k), concatenated."""
+
+    def __init__(self, n_heads: int, n_embd: int, vocab_size: int):
+        super().__init__()
+        _check_count(n_heads, "n_heads")
+        self.embed = nn.Embedding(vocab_size, n_embd)
+        self.blocks = nn.ModuleList(ResidualSiLU((k + 2) * n_embd, n_embd) for k in range(n_heads))
+        self.unembed = nn.ModuleList(Unembed(n_embd, vocab_size) for _ in range(n_heads))
+
+    @property
+    def n_heads(self) -> int:
+        return len(self.blocks)
+
+    def copy_from(self, target: GPT) -> None:
+        with torch.no_grad():
+            self.embed.weight.copy_(target.wte.weight)
+        for u in self.unembed:
+            u.copy_from(target)
+
+    def head(self, k: int, h: torch.Tensor, embedded: list[torch.Tensor]) -> torch.Tensor:
+        """Logits (..., V) of head k (0-based: it guesses x_(t+2+k)) from h (..., d) and the embeddings
+        of x_(t+1) .. x_(t+1+k): a list of k + 1 tensors (..., d)."""
+        return self.unembed[k](self.blocks[k](h, torch.cat([h, *embedded], dim=-1)))
+
+    def forward(self, h: torch.Tensor, following: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits (B, T, n, V) of the first n heads, n = following.shape[-1]: h (B, T, d);
+        following (B, T, n) holds x_(t+1) .. x_(t+n) at every position t."""
+        e = self.embed(following)  # (B, T, n, d)
+        return torch.stack([self.head(k, h, list(e.unbind(-2))[:k + 1]) for k in range(following.shape[-1])], -2)
+
+
+class HeadDrafter(Drafter):
+    """Draft with Medusa or Hydra heads on the target's hidden state: no draft model at all.
+
+    :func:`arlib.speculative.speculative_generate` hands it h_t, the target's final residual stream at
+    the second-to-last decided position t (its logits gave the last decided token x_(t+1)), through
+    :meth:`observe` after the prompt's prefill and after every verification. It then drafts
+    x_(t+2) .. x_(t+1+g), g <= number of heads, in g head calls (Hydra) or one (Medusa), under the
+    generation's sampling options (drawn by the Gumbel-max trick, like ModelDrafter). Before it has
+    seen a hidden state (a one-token prompt) it proposes nothing.
+    """
+
+    uses_hidden = True
+
+    def __init__(self, heads: MedusaHeads | HydraHeads):
+        if not isinstance(heads, (MedusaHeads, HydraHeads)):
+            raise TypeError(f"heads: expected MedusaHeads or HydraHeads, got {type(heads).__name__}")
+        self.heads = heads.eval()
+        self.reset()
+
+    def reset(self) -> None:
+        self.h = None  # (1, d)
+
+    def observe(self, hidden: torch.Tensor) -> None:
+        self.h = hidden
+
+    @torch.no_grad()
+    def propose(self, seq, gamma, options: SamplingOptions = _PLAIN, generator=None) -> Draft:
+        _check_seq(seq)
+        _check_gamma(gamma)
+        g = min(gamma, self.heads.n_heads)
+        if self.h is None or g == 0:
+            return Draft(seq.new_empty(1, 0), None, 0)
+        V = self.heads.unembed[0].proj.out_features
+        noise = None if options.greedy else _gumbel((g, V), generator, seq.device)  # (g, V)
+
+        def draw(logits, i):  # logits (1, V) -> processed logits, token (1, 1)
+            if options.greedy:
+                return logits, logits.argmax(dim=-1, keepdim=True)
+            z = options.process(logits)
+            return z, (z + noise[i]).argmax(dim=-1, keepdim=True)
+
+        zs, xs = [], []
+        if isinstance(self.heads, MedusaHeads):
+            logits = self.heads(self.h, g)  # (1, g, V): one call, the heads do not see each other's drafts
+            for i in range(g):
+                z, x = draw(logits[:, i], i)
+                zs.append(z)
+                xs.append(x)
+        else:
+            embedded = [self.heads.embed(seq[:, -1])]  # (1, d): x_(t+1), the last decided token
+            for i in range(g):
+                z, x = draw(self.heads.head(i, self.h, embedded), i)
+                zs.append(z)
+                xs.append(x)
+                embedded.append(self.heads.embed(x[:, 0]))
+        tokens = torch.cat(xs, dim=1)  # (1, g)
+        probs = None if options.greedy else torch.stack(zs, dim=1).softmax(dim=-1)  # (1, g, V)
+        return Draft(tokens, probs, g if isinstance(self.heads, HydraHeads) else 1)
+
+
+def soft_cross_entropy(logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
+    """Mean over positions of ``-sum_x p(x) log q(x)``: KL(p || q) up to p's entropy (distillation)."""
+    return -(teacher_probs * logits.log_softmax(dim=-1)).sum(dim=-1).mean()
+
+
+def distillation_losses(target: GPT, exits: ExitHeads, medusa: MedusaHeads, hydra: HydraHeads,
+                        x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each family's loss on a batch of windows x (B, T): every head learns the target's own
+    distribution of the token it guesses, with the true text as context (teacher forcing).
+    Positions t < T - K - 1 are used, K the number of Medusa/Hydra heads."""
+    K = max(medusa.n_heads, hydra.n_heads)
+    B, T = x.shape
+    n = T - K - 1  # positions with every future token in the window
+    if n < 1:
+        raise ValueError(f"x: windows of {T} tokens are too short for {K} heads")
+    with torch.no_grad():
+        logits, hidden = target(x, return_hidden=True)
+        p = logits.float().softmax(dim=-1)  # (B, T, V): the teacher at every position
+    h = hidden[-1][:, :n]  # (B, n, d)
+    losses = {"exit": sum(soft_cross_entropy(exits(e, hidden[e][:, :n]), p[:, :n]) for e in range(1, len(hidden) - 1))
+              / (len(hidden) - 2)}
+    # head k guesses x_(t+1+k): the teacher is the target at position t + k
+    teach = lambda k: p[:, k:k + n]  # noqa: E731
+    med = medusa(h)  # (B, n, K, V)
+    losses["medusa"] = sum(soft_cross_entropy(med[:, :, k - 1], teach(k)) for k in range(1, medusa.n_heads + 1)) \
+        / medusa.n_heads
+    following = torch.stack([x[:, k:k + n] for k in range(1, hydra.n_heads + 1)], dim=-1)  # (B, n, K)
+    hyd = hydra(h, following)  # (B, n, K, V)
+    losses["hydra"] = sum(soft_cross_entropy(hyd[:, :, k - 1], teach(k)) for k in range(1, hydra.n_heads + 1)) \
+        / hydra.n_heads
+    return losses
+
+
+@torch.no_grad()
+def head_acceptance(target: GPT, exits: ExitHeads, medusa: MedusaHeads, hydra: HydraHeads,
+                    x: torch.Tensor) -> dict[str, list[float]]:
+    """Teacher-forced mean ``beta = sum min(p, q)`` of every head on windows x (B, T): under i.i.d.
+    acceptance this is the probability that the head's draft is accepted given that the drafts before
+    it were (for Medusa and Hydra heads k >= 2 the drafts before are the true tokens here, so this is an
+    upper estimate of in-loop acceptance)."""
+    K = max(medusa.n_heads, hydra.n_heads)
+    n = x.shape[1] - K - 1
+    logits, hidden = target(x, return_hidden=True)
+    p = logits.softmax(dim=-1)
+    beta = lambda logits_q, p_: torch.minimum(logits_q.softmax(-1), p_).sum(-1).mean().item()  # noqa: E731
+    h = hidden[-1][:, :n]
+    following = torch.stack([x[:, k:k + n] for k in range(1, hydra.n_heads + 1)], dim=-1)
+    med, hyd = medusa(h), hydra(h, following)
+    return {
+        "exit": [beta(exits(e, hidden[e][:, :n]), p[:, :n]) for e in range(1, len(hidden) - 1)],
+        "medusa": [beta(med[:, :, k - 1], p[:, k:k + n]) for k in range(1, medusa.n_heads + 1)],
+        "hydra": [beta(hyd[:, :, k - 1], p[:, k:k + n]) for k in range(1, hydra.n_heads + 1)],
+    }
+
+
+class DraftHeads(nn.Module):
+    """Every family's heads for one target, trained together and stored as one checkpoint."""
+
+    def __init__(self, target: GPT, n_heads: int = 6):
+        super().__init__()
+        _check_target(target)
+        c = target.config
+        self.exits = ExitHeads(c.n_layer, c.n_embd, c.vocab_size)
+        self.medusa = MedusaHeads(n_heads, c.n_embd, c.vocab_size)
+        self.hydra = HydraHeads(n_heads, c.n_embd, c.vocab_size)
+        self.n_heads = n_heads
+
+    def copy_from(self, target: GPT) -> None:
+        """Start every unembedding (and Hydra's embedding) from the target's own."""
+        for family in (self.exits, self.medusa, self.hydra):
+            family.copy_from(target)
+
+    def losses(self, target: GPT, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return distillation_losses(target, self.exits, self.medusa, self.hydra, x)
+
+    def acceptance(self, target: GPT, x: torch.Tensor) -> dict[str, list[float]]:
+        return head_acceptance(target, self.exits, self.medusa, self.hydra, x)
+
+
+def load_heads(target: GPT, name: str = "shakespeare-heads", directory=None) -> DraftHeads:
+    """Load the heads trained by ``python -m arlib.recipes shakespeare-heads`` for ``target``."""
+    from safetensors.torch import load_file
+
+    from arlib.checkpoints import _paths, load_meta
+
+    meta = load_meta(name, directory)
+    if meta["target"]["config"] != target.config.to_dict():
+        raise ValueError(f"target: the heads {name!r} were trained for a target with config {meta['target']['config']}")
+    heads = DraftHeads(target, meta["n_heads"])
+    state = {k: v.float() for k, v in load_file(str(_paths(name, directory)[0])).items()}
+    heads.load_state_dict(state)
+    return heads.to(target.wte.weight.device).eval()
