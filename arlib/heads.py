@@ -177,6 +177,25 @@ class HydraHeads(nn.Module):
         e = self.embed(following)  # (B, T, n, d)
         return torch.stack([self.head(k, h, list(e.unbind(-2))[:k + 1]) for k in range(following.shape[-1])], -2)
 
+    @torch.no_grad()
+    def drafting_tables(self) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """The first layer of every head, rearranged for drafting one token at a time (same function,
+        fewer operations). Head k's input is [h, e_0, .., e_k] with e_j = embed(x_j), so its first layer
+        is ``W_h h + b + sum_j W_j e_j``. The h part of all heads is one matrix, applied once per
+        proposal; and since the vocabulary is small, each ``W_j embed(.)`` is a (V, d) table, so adding a
+        token's contribution to every later head is one lookup. Returns ``W_h`` (K d, d), ``b`` (K, d)
+        and ``tables[j]`` (K - j, V, d) for heads j .. K - 1. Cached until a weight changes."""
+        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        if getattr(self, "_tables", None) is None or self._tables[0] != key:
+            d, K = self.embed.embedding_dim, self.n_heads
+            w = [block.inp.weight for block in self.blocks]  # (d, (k + 2) d) each
+            w_h = torch.cat([wk[:, :d] for wk in w], dim=0)  # (K d, d)
+            b = torch.stack([block.inp.bias for block in self.blocks])  # (K, d)
+            tables = [torch.stack([self.embed.weight @ w[k][:, (j + 1) * d:(j + 2) * d].T for k in range(j, K)])
+                      for j in range(K)]  # tables[j][k - j] = embed @ W_(k, j)^T: (V, d)
+            self._tables = (key, (w_h, b, tables))
+        return self._tables[1]
+
 
 class HeadDrafter(Drafter):
     """Draft with Medusa or Hydra heads on the target's hidden state: no draft model at all.
@@ -199,6 +218,8 @@ class HeadDrafter(Drafter):
 
     def reset(self) -> None:
         self.h = None  # (1, d)
+        # Hydra's first layers rearranged for drafting; refreshed here, once per sequence, if a weight changed
+        self._tables = self.heads.drafting_tables() if isinstance(self.heads, HydraHeads) else None
 
     def observe(self, hidden: torch.Tensor) -> None:
         self.h = hidden
@@ -227,12 +248,16 @@ class HeadDrafter(Drafter):
                 zs.append(z)
                 xs.append(x)
         else:
-            embedded = [self.heads.embed(seq[:, -1])]  # (1, d): x_(t+1), the last decided token
+            w_h, b, tables = self._tables
+            d = w_h.shape[1]
+            pre = (self.h @ w_h.T).view(-1, d)[:g] + b[:g]  # (g, d): every head's first layer, h part
+            x = seq[:, -1:]  # (1, 1): x_(t+1), the last decided token, is seen by every head
             for i in range(g):
-                z, x = draw(self.heads.head(i, self.h, embedded), i)
+                pre[i:] += tables[i][:g - i, int(x)]  # token i's part of heads i .. g - 1
+                block = self.heads.blocks[i]
+                z, x = draw(self.heads.unembed[i](self.h + block.out(F.silu(pre[i:i + 1]))), i)  # (1, V)
                 zs.append(z)
                 xs.append(x)
-                embedded.append(self.heads.embed(x[:, 0]))
         tokens = torch.cat(xs, dim=1)  # (1, g)
         probs = None if options.greedy else torch.stack(zs, dim=1).softmax(dim=-1)  # (1, g, V)
         return Draft(tokens, probs, g if isinstance(self.heads, HydraHeads) else 1)

@@ -4,13 +4,17 @@
     python benchmarks/speculative.py --quick    # 6 prompts, three gammas, one timed run each
 
 For each drafter (the draft model sampled at the generation's temperature; prompt lookup, the n-gram
-drafter; greedy verification with the draft model) and each gamma, every prompt is decoded by the
+drafter; early exit from the target's first layers; Medusa and Hydra heads on the target's hidden
+state; greedy verification with the draft model) and each gamma, every prompt is decoded by the
 target alone (``arlib.sampling.generate`` with the KV cache, same temperature or greedy) and by
 ``speculative_generate``, interleaved, the faster of the timed runs kept; the speed-up is the median over
 prompts of the per-prompt ratio. The best gamma is the one with the highest median. Beside it stand
 the predictions: Leviathan et al.'s ``(1 - alpha^(gamma+1)) / ((1 - alpha)(gamma c + 1))`` with the
-measured alpha and c, and the refined model whose denominator is ``gamma c + v(gamma)``, v the measured
-cost of one target pass over gamma + 1 positions relative to one step. Then Hugging Face's assisted
+measured alpha and c (each drafter's ``draft_cost`` per token over a target step), the refined model whose
+denominator is ``gamma c + v(gamma)``, v the measured cost of one target pass over gamma + 1 positions
+relative to one step, and the loop-order cost model of chapter 2: E[tokens] times the plain decoding
+cost per token over the three parts of a step timed in the loop's order (``arlib.speculative.step_costs``).
+Then Hugging Face's assisted
 generation on the same weights (``to_hf`` of both models, ``assistant_model=``), greedy, must give the
 same tokens as arlib's greedy decoding (asserted), and its speed-up over its own greedy ``generate``.
 Every number comes from this one run; compare ratios across machines, not tokens per second.
@@ -27,11 +31,12 @@ import torch
 from arlib.checkpoints import load_gpt
 from arlib.data import shakespeare
 from arlib.drafters import ModelDrafter, NGramDrafter
+from arlib.heads import EarlyExitModel, HeadDrafter, load_heads
 from arlib.sampling import generate
-from arlib.speculative import expected_tokens, speculative_generate, speedup
+from arlib.speculative import draft_cost, expected_tokens, speculative_generate, speedup, step_costs
 
 
-def step_costs(target, draft, prefix: torch.Tensor, gammas, repeats: int, rounds: int = 5):
+def isolated_costs(target, draft, prefix: torch.Tensor, gammas, repeats: int, rounds: int = 5):
     """Seconds of one cached target step, one cached draft step, and v(gamma): one target pass over
     gamma + 1 positions relative to a step, after ``prefix`` (1, T). Each cost is the median of
     ``repeats`` runs (rolling the cache back each time); the rounds interleave the measurements and
@@ -82,6 +87,7 @@ def main(argv=None) -> None:
     parser.add_argument("--temperature", type=float, default=1.0, help="for the sampled rows, target and draft")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--no-hf", action="store_true", help="skip Hugging Face's assisted generation")
+    parser.add_argument("--exit-layer", type=int, default=3, help="layer of the early-exit drafter")
     args = parser.parse_args(argv)
     if args.quick:
         args.prompts, args.gammas, args.runs = 6, [3, 4, 6], 1
@@ -91,6 +97,7 @@ def main(argv=None) -> None:
     target, tokenizer, _ = load_gpt("shakespeare-target")
     draft, _, _ = load_gpt("shakespeare-draft")
     target.eval(), draft.eval()
+    heads = load_heads(target)
     val, P, N = shakespeare().val, args.prompt_len, args.new_tokens
     stride = (len(val) - P) // args.prompts
     prompts = [tokenizer.encode(val[i * stride:i * stride + P]) for i in range(args.prompts)]  # (P,) each
@@ -103,7 +110,7 @@ def main(argv=None) -> None:
     # the step costs, measured midway through a generation's context
     prefix = tokenizer.encode(val[:P + N // 2])[None]
     with torch.no_grad():
-        t_target, t_draft, v = step_costs(target, draft, prefix, args.gammas, 100 if not args.quick else 30)
+        t_target, t_draft, v = isolated_costs(target, draft, prefix, args.gammas, 100 if not args.quick else 30)
     c = t_draft / t_target
     print(f"target step {t_target * 1e3:.3f} ms, draft step {t_draft * 1e3:.3f} ms (c = {c:.3f}); verify cost "
           f"v(gamma) = " + ", ".join(f"{g}: {v[g]:.2f}" for g in args.gammas))
@@ -111,6 +118,10 @@ def main(argv=None) -> None:
     drafters = {  # name -> (make drafter, greedy)
         "draft model": (lambda: ModelDrafter(draft), False),
         "prompt lookup": (lambda: NGramDrafter(max_n=3), False),
+        f"early exit, layer {args.exit_layer}": (lambda: ModelDrafter(EarlyExitModel(target, args.exit_layer,
+                                                                                   heads.exits)), False),
+        "Medusa heads": (lambda: HeadDrafter(heads.medusa), False),
+        "Hydra heads": (lambda: HeadDrafter(heads.hydra), False),
         "draft model, greedy": (lambda: ModelDrafter(draft), True),
     }
     base_time = {False: [], True: []}
@@ -148,8 +159,12 @@ def main(argv=None) -> None:
         greedy = drafters[name][1]
         return statistics.median(b / t for b, t in zip(base_time[greedy], spec[name, g]["time"]))
 
-    header = (f"{'drafter':<20} | {'gamma':>5} | {'alpha':>5} | {'tok/call':>8} | {'E[tok/call]':>11} | "
-              f"{'tok/s':>6} | {'target tok/s':>12} | {'speedup':>7} | {'Leviathan':>9} | {'refined':>7}")
+    with torch.no_grad():
+        gen_plain = torch.Generator().manual_seed(0)
+        t_plain = min(best_of(1, generate, target, prompts[0], N, generator=gen_plain)[0] for _ in range(5)) / N
+    header = (f"{'drafter':<20} | {'gamma':>5} | {'c':>5} | {'alpha':>5} | {'tok/call':>8} | {'E[tok/call]':>11} | "
+              f"{'tok/s':>6} | {'target tok/s':>12} | {'speedup':>7} | {'Leviathan':>9} | {'refined':>7} | "
+              f"{'loop order':>10}")
     print("\nat the best gamma of each drafter (speedup: median over prompts of target-only time / speculative time)")
     print(header)
     print("-" * len(header))
@@ -159,24 +174,27 @@ def main(argv=None) -> None:
         rec = spec[name, g]
         # alpha: mean beta = 1 - TV(p, q) at the examined positions; for one-hot and greedy drafts, the
         # accepted fraction of the examined drafts (beta is then the chance of the exact match)
-        alpha = statistics.fmean(rec["betas"]) if rec["betas"] and name == "draft model" \
+        alpha = statistics.fmean(rec["betas"]) if rec["betas"] and not greedy and name != "prompt lookup" \
             else rec["accepted"] / max(1, rec["examined"])
-        cost = 0.0 if name == "prompt lookup" else c
+        make = drafters[name][0]
+        with torch.no_grad():
+            propose_seconds = draft_cost(make(), target, prefix, g)
+            cost = propose_seconds / g / t_target
+            loop_order = expected_tokens(alpha, g) * t_plain / sum(step_costs(target, make(), prefix, g).values())
         measured = ratio(name, g)
-        summary[name] = (g, measured)
-        print(f"{name:<20} | {g:>5} | {alpha:5.3f} | {len(prompts) * N / rec['calls']:8.2f} | "
+        summary[name] = (g, measured, propose_seconds)
+        print(f"{name:<20} | {g:>5} | {cost:5.3f} | {alpha:5.3f} | {len(prompts) * N / rec['calls']:8.2f} | "
               f"{expected_tokens(alpha, g):11.2f} | {N / statistics.median(rec['time']):6.0f} | "
               f"{N / statistics.median(base_time[greedy]):12.0f} | {measured:6.2f}x | "
-              f"{speedup(alpha, g, cost):8.2f}x | {speedup(alpha, g, cost, v[g]):6.2f}x")
+              f"{speedup(alpha, g, cost):8.2f}x | {speedup(alpha, g, cost, v[g]):6.2f}x | {loop_order:9.2f}x")
     print("\nwhere the time goes at the best gamma, per target call, in ms: in the loop vs the isolated step "
-          "costs above (gamma' c + v(gamma) target steps, gamma' the mean drafts per call)")
+          "costs above (one proposal of gamma drafts by draft_cost, and v(gamma) target steps)")
     print(f"{'drafter':<20} | {'drafting':>17} | {'target pass':>17} | {'rest':>5} | {'total':>5}")
     for name in drafters:
         g, rec = summary[name][0], spec[name, summary[name][0]]
         per_call = lambda key, rec=rec: rec[key] / rec["calls"] * 1e3  # noqa: E731
-        drafts = rec["draft_calls"] / rec["calls"]
         rest = per_call("wall_time") - per_call("draft_time") - per_call("target_time")
-        print(f"{name:<20} | {per_call('draft_time'):5.2f} (isol {drafts * t_draft * 1e3:4.2f}) | "
+        print(f"{name:<20} | {per_call('draft_time'):5.2f} (isol {summary[name][2] * 1e3:4.2f}) | "
               f"{per_call('target_time'):5.2f} (isol {v[g] * t_target * 1e3:4.2f}) | {rest:5.2f} | "
               f"{per_call('wall_time'):5.2f}")
     print("\nspeedup by gamma (median over prompts)")

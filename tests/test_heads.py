@@ -232,3 +232,22 @@ def test_check_timing(monkeypatch, capsys):
     monkeypatch.setenv("ARLIB_TIMING_ASSERTS", "0")
     check_timing(False, "too slow")
     assert TIMING_NOTICE in capsys.readouterr().out
+
+
+def test_hydra_drafting_tables_give_the_same_heads(target, heads):
+    """The rearranged first layer used for drafting equals the concatenated one, and is recomputed
+    when a weight changes."""
+    h = torch.randn(1, 16, generator=gen(14))
+    xs = torch.tensor([3, 7, 1, 9])
+    w_h, b, tables = heads.hydra.drafting_tables()
+    for k in range(3):
+        embedded = [heads.hydra.embed(xs[j:j + 1]) for j in range(k + 1)]
+        expected = heads.hydra.blocks[k].inp(torch.cat([h, *embedded], dim=-1))
+        fast = h @ w_h[k * 16:(k + 1) * 16].T + b[k] + sum(tables[j][k - j, xs[j]] for j in range(k + 1))
+        assert torch.allclose(fast, expected, atol=1e-5)
+    copy = DraftHeads(target, n_heads=3)
+    copy.load_state_dict(heads.state_dict())
+    before = copy.hydra.drafting_tables()[1].clone()
+    with torch.no_grad():
+        copy.hydra.blocks[0].inp.bias.add_(1.0)
+    assert torch.allclose(copy.hydra.drafting_tables()[1][0], before[0] + 1.0)
