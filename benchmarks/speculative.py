@@ -124,10 +124,15 @@ def main(argv=None) -> None:
         "Hydra heads": (lambda: HeadDrafter(heads.hydra), False),
         "draft model, greedy": (lambda: ModelDrafter(draft), True),
     }
+
+    def gammas_of(name):  # heads propose at most n_heads tokens: a larger gamma would repeat the largest
+        cap = heads.hydra.n_heads if "heads" in name else max(args.gammas)
+        return [g for g in args.gammas if g <= cap] or [cap]
+
     base_time = {False: [], True: []}
     spec = {(name, g): {"time": [], "betas": [], "accepted": 0, "examined": 0, "calls": 0, "draft_calls": 0,
                         "draft_time": 0.0, "target_time": 0.0, "wall_time": 0.0}
-            for name in drafters for g in args.gammas}
+            for name in drafters for g in gammas_of(name)}
     greedy_out = []
     gen = torch.Generator()
     for i, prompt in enumerate(prompts):
@@ -138,7 +143,7 @@ def main(argv=None) -> None:
             if greedy:
                 greedy_out.append(out)
         for name, (make, greedy) in drafters.items():
-            for g in args.gammas:
+            for g in gammas_of(name):
                 t, (out, s) = best_of(args.runs, seeded, gen, i, speculative_generate, target, make(), prompt, N, g,
                                       generator=gen, temperature=args.temperature, greedy=greedy)
                 if greedy:
@@ -170,7 +175,7 @@ def main(argv=None) -> None:
     print("-" * len(header))
     summary = {}
     for name, (_, greedy) in drafters.items():
-        g = max(args.gammas, key=lambda g: ratio(name, g))
+        g = max(gammas_of(name), key=lambda g: ratio(name, g))
         rec = spec[name, g]
         # alpha: mean beta = 1 - TV(p, q) at the examined positions; for one-hot and greedy drafts, the
         # accepted fraction of the examined drafts (beta is then the chance of the exact match)
@@ -200,7 +205,8 @@ def main(argv=None) -> None:
     print("\nspeedup by gamma (median over prompts)")
     print(f"{'drafter':<20} | " + " | ".join(f"{g:>5}" for g in args.gammas))
     for name in drafters:
-        print(f"{name:<20} | " + " | ".join(f"{ratio(name, g):5.2f}" for g in args.gammas))
+        print(f"{name:<20} | " + " | ".join(f"{ratio(name, g):5.2f}" if g in gammas_of(name) else f"{'-':>5}"
+                                              for g in args.gammas))
 
     if args.no_hf:
         return
