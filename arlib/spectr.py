@@ -1,0 +1,255 @@
+"""Multi-draft speculative sampling as optimal transport (Sun et al. 2023, "SpecTr").
+
+The book keeps Leviathan's letters throughout: **p is the target, q the draft**. SpecTr's paper swaps
+them (its p is the draft, its q the target); every formula below is written in the book's letters, and
+the docstrings give the paper's form next to it.
+
+With k i.i.d. drafts X_1 .. X_k ~ q and the target Y ~ p, the best possible acceptance is
+
+    alpha*_k = max over couplings pi of (q^(x)k, p) of P(Y in {X_1, .., X_k})
+
+(a linear program, :func:`optimal_acceptance_lp`; k = 1 gives the maximal coupling, 1 - TV). It is at
+most ``min over S of p(S) + 1 - q(S)^k`` (:func:`acceptance_upper_bound`). K-SEQ (:func:`kseq_select`)
+reaches at least (1 - 1/e) alpha*_k in O(k V) work; SpecInfer's recursive rejection sampling
+(:func:`recursive_rejection_select`, Miao et al. 2024) is the other classic multi-draft rule.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+
+from arlib.sampling import sample_probs
+
+__all__ = ["optimal_acceptance_lp", "acceptance_upper_bound", "kseq_beta", "kseq_rho", "kseq_acceptance",
+           "kseq_residual", "kseq_select", "recursive_rejection_select", "rrs_acceptance"]
+
+
+def _check_k(k) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k: expected an int >= 1 (the number of drafts), got {k!r}")
+    return k
+
+
+def _check_pair(p, q, atol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """p, q (..., V): torch tensors of probabilities of the same shape (numpy arrays are converted)."""
+    p = torch.as_tensor(p)
+    q = torch.as_tensor(q)
+    for name, t in (("p", p), ("q", q)):
+        if not t.is_floating_point() or t.dim() < 1:
+            raise ValueError(f"{name}: expected a floating tensor of probabilities (..., V), got {tuple(t.shape)} "
+                             f"{t.dtype}")
+        if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
+            raise ValueError(f"{name}: probabilities must be finite and >= 0")
+        err = (t.double().sum(-1) - 1).abs().max().item()
+        if err > atol:
+            raise ValueError(f"{name}: each distribution must sum to 1 (atol {atol:g}); found a sum off by {err:.3g}")
+    if p.shape != q.shape:
+        raise ValueError(f"q: expected the shape of p {tuple(p.shape)} (same vocabulary), got {tuple(q.shape)}")
+    dtype = torch.promote_types(p.dtype, q.dtype)
+    return p.to(dtype), q.to(dtype)
+
+
+# --- the optimum and its bound --------------------------------------------------------------------
+
+
+def optimal_acceptance_lp(p, q, k: int) -> float:
+    """alpha*_k, the best acceptance of any valid k-draft verifier, by linear programming (SpecTr,
+    section 3; their letters: max over couplings of p^(x)k and q of P(Y in X)).
+
+    p (V,) target, q (V,) draft. Only the mass that a draft tuple x sends to a target token y in x
+    counts, so the LP is a transport problem with variables w(x, y) >= 0 for y in set(x):
+    ``sum_y w(x, y) <= q^(x)k(x)``, ``sum_x w(x, y) <= p(y)``, maximize ``sum w`` (unused mass is
+    coupled arbitrarily). It has about V^k k variables: small vocabularies and k only. Solved with
+    scipy's HiGHS.
+    """
+    from scipy.optimize import linprog
+    from scipy.sparse import coo_matrix
+
+    k = _check_k(k)
+    p, q = _check_pair(p, q)
+    if p.dim() != 1:
+        raise ValueError(f"p: expected one distribution (V,), got shape {tuple(p.shape)}")
+    V = p.shape[0]
+    if V ** k > 2_000_000:
+        raise ValueError(f"k: V^k = {V}^{k} draft tuples is too large for the exact LP")
+    p_np, q_np = p.double().numpy(), q.double().numpy()
+    support = np.flatnonzero(q_np > 0)  # tuples with a zero-probability draft carry no mass
+    rows, cols, col = [], [], 0  # constraint matrix entries: (constraint, variable)
+    n_tuples = 0
+    tuple_mass = []
+    for t, x in enumerate(itertools.product(support, repeat=k)):
+        tuple_mass.append(np.prod(q_np[list(x)]))
+        for y in set(x):
+            rows += [t, len(support) ** k + int(y)]  # tuple t's mass, target token y's mass
+            cols += [col, col]
+            col += 1
+        n_tuples = t + 1
+    A = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n_tuples + V, col)).tocsr()
+    b = np.concatenate([np.array(tuple_mass), p_np])
+    result = linprog(-np.ones(col), A_ub=A, b_ub=b, bounds=(0, None), method="highs")
+    if result.status != 0:
+        raise RuntimeError(f"the LP solver failed: {result.message}")
+    return float(min(1.0, -result.fun))
+
+
+def acceptance_upper_bound(p, q, k: int) -> float:
+    """``min over subsets S of p(S) + 1 - q(S)^k`` >= alpha*_k (SpecTr, Lemma 2 in their letters:
+    q(S) + 1 - p(S)^k): the target must land outside S with probability 1 - p(S), and all k drafts land
+    in S with probability q(S)^k. Enumerates the 2^V subsets: V <= 20."""
+    k = _check_k(k)
+    p, q = _check_pair(p, q)
+    if p.dim() != 1 or p.shape[0] > 20:
+        raise ValueError(f"p: expected one distribution over at most 20 tokens, got shape {tuple(p.shape)}")
+    V = p.shape[0]
+    masks = torch.tensor(list(itertools.product([0.0, 1.0], repeat=V)), dtype=torch.float64)  # (2^V, V)
+    values = masks @ p.double() + 1 - (masks @ q.double()) ** k
+    return float(values.min().clamp(max=1.0))
+
+
+# --- K-SEQ (SpecTr, Algorithm 2) ------------------------------------------------------------------
+
+
+def kseq_beta(p, q, rho) -> torch.Tensor:
+    """beta(rho) = sum_x min(q(x), p(x) / rho): the chance that one draft passes K-SEQ's test
+    (SpecTr: sum_x min(p(x), q(x) / rho) in their letters). p, q (..., V); rho a number or (...,)."""
+    p, q = _check_pair(p, q)
+    rho = torch.as_tensor(rho, dtype=p.dtype)
+    return torch.minimum(q, p / rho[..., None]).sum(-1)
+
+
+def kseq_rho(p, q, k: int, iterations: int = 60) -> torch.Tensor:
+    """rho* in [1, k], the smallest rho with ``1 - (1 - beta(rho))^k <= rho beta(rho)``, by bisection
+    (batched over the leading dimensions of p, q (..., V)): the condition that keeps K-SEQ's residual
+    non-negative, and at equality the acceptance is largest. Returns (...)."""
+    k = _check_k(k)
+    p, q = _check_pair(p, q)
+    lo = torch.ones(p.shape[:-1], dtype=p.dtype)
+    hi = torch.full(p.shape[:-1], float(k), dtype=p.dtype)
+
+    def feasible(rho):
+        beta = kseq_beta(p, q, rho)
+        return 1 - (1 - beta) ** k <= rho * beta + 1e-12
+
+    ok_at_one = feasible(lo)  # e.g. p == q, or k == 1: rho = 1 already works
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        good = feasible(mid)
+        hi = torch.where(good, mid, hi)
+        lo = torch.where(good, lo, mid)
+    return torch.where(ok_at_one, torch.ones_like(hi), hi)
+
+
+def kseq_acceptance(p, q, k: int) -> torch.Tensor:
+    """K-SEQ's acceptance ``1 - (1 - beta(rho*))^k`` (SpecTr, Theorem 3: at least (1 - 1/e) alpha*_k). (...)."""
+    p, q = _check_pair(p, q)
+    beta = kseq_beta(p, q, kseq_rho(p, q, k))
+    return 1 - (1 - beta) ** k
+
+
+def kseq_residual(p, q, k: int, rho=None) -> torch.Tensor:
+    """The distribution K-SEQ samples when all k drafts are rejected (SpecTr, Algorithm 2 in our letters):
+    ``[p(x) - min(q(x), p(x)/rho) (1 - (1 - beta)^k) / beta] / (1 - beta)^k``. (..., V); where nothing
+    can be rejected (beta = 1) it returns p."""
+    k = _check_k(k)
+    p, q = _check_pair(p, q)
+    rho = kseq_rho(p, q, k) if rho is None else torch.as_tensor(rho, dtype=p.dtype)
+    accept = torch.minimum(q, p / rho[..., None])  # (..., V)
+    beta = accept.sum(-1, keepdim=True)
+    passed = (1 - (1 - beta) ** k) / beta.clamp_min(torch.finfo(p.dtype).tiny)  # (..., 1)
+    r = (p - accept * passed).clamp_min(0)
+    mass = r.sum(-1, keepdim=True)
+    return torch.where(mass > 1e-12, r / mass.clamp_min(torch.finfo(p.dtype).tiny), p)
+
+
+def _check_drafts(drafts, batch: int, V: int) -> torch.Tensor:
+    if not isinstance(drafts, torch.Tensor) or drafts.dtype != torch.long or drafts.dim() != 2 \
+            or drafts.shape[0] != batch:
+        got = f"{tuple(drafts.shape)} {drafts.dtype}" if isinstance(drafts, torch.Tensor) else type(drafts).__name__
+        raise ValueError(f"drafts: expected a ({batch}, k) torch.long tensor, got {got}")
+    if drafts.numel() and (drafts.min() < 0 or drafts.max() >= V):
+        raise ValueError(f"drafts: token ids must lie in [0, {V})")
+    return drafts
+
+
+def kseq_select(p, q, drafts: torch.Tensor, generator: torch.Generator | None = None):
+    """One K-SEQ verification (SpecTr, Algorithm 2), batched: p, q (B, V), drafts (B, k) i.i.d. from q.
+
+    Draft i is accepted with probability ``min(1, p(x_i) / (rho q(x_i)))``, in order; the first accepted
+    one is the output; if none is, the output is drawn from :func:`kseq_residual`. Returns
+    (index (B,) of the accepted draft or -1, token (B,)); the token has law p exactly.
+    """
+    p, q = _check_pair(p, q)
+    if p.dim() != 2:
+        raise ValueError(f"p: expected (batch, V), got {tuple(p.shape)}")
+    B, V = p.shape
+    drafts = _check_drafts(drafts, B, V)
+    k = drafts.shape[1]
+    rho = kseq_rho(p, q, k)  # (B,)
+    px, qx = p.gather(1, drafts), q.gather(1, drafts)  # (B, k)
+    u = torch.rand(B, k, generator=generator, dtype=p.dtype)
+    accepted = u * rho[:, None] * qx < px  # probability min(1, p / (rho q))
+    first = torch.where(accepted.any(1), accepted.long().argmax(1), torch.full((B,), -1))
+    fallback = sample_probs(kseq_residual(p, q, k, rho), generator)
+    token = torch.where(first >= 0, drafts.gather(1, first.clamp_min(0)[:, None])[:, 0], fallback)
+    return first, token
+
+
+# --- SpecInfer's recursive rejection sampling ------------------------------------------------------
+
+
+def recursive_rejection_select(p, q, drafts: torch.Tensor, generator: torch.Generator | None = None,
+                               replacement: bool = True):
+    """Recursive rejection sampling (SpecInfer, Miao et al. 2024), batched: p, q (B, V), drafts (B, k).
+
+    Try the drafts in turn: accept x_i with probability ``min(1, p(x_i) / q(x_i))``; after a rejection
+    replace p by ``norm(max(0, p - q))`` and try the next. ``replacement=False`` is the variant for drafts
+    drawn *without* replacement from q: after a rejection x_i is also removed from q (q renormalized).
+    If all are rejected the output is drawn from the final p. Returns (index or -1 (B,), token (B,)).
+    """
+    p, q = _check_pair(p, q)
+    if p.dim() != 2:
+        raise ValueError(f"p: expected (batch, V), got {tuple(p.shape)}")
+    B, V = p.shape
+    drafts = _check_drafts(drafts, B, V)
+    tiny = torch.finfo(p.dtype).tiny
+    p, q = p.clone(), q.clone()
+    first = torch.full((B,), -1)
+    u = torch.rand(B, drafts.shape[1], generator=generator, dtype=p.dtype)
+    for i in range(drafts.shape[1]):
+        x = drafts[:, i:i + 1]
+        open_ = first < 0
+        px, qx = p.gather(1, x)[:, 0], q.gather(1, x)[:, 0]
+        take = open_ & (u[:, i] * qx < px)
+        first = torch.where(take, torch.full_like(first, i), first)
+        rejected = (open_ & ~take)[:, None]
+        r = (p - q).clamp_min(0)
+        r = torch.where(r.sum(-1, keepdim=True) > 0, r / r.sum(-1, keepdim=True).clamp_min(tiny), p)
+        p = torch.where(rejected, r, p)
+        if not replacement:
+            q_new = q.scatter(1, x, 0.0)
+            q_new = torch.where(q_new.sum(-1, keepdim=True) > 0, q_new / q_new.sum(-1, keepdim=True).clamp_min(tiny), q)
+            q = torch.where(rejected, q_new, q)
+    fallback = sample_probs(p, generator)
+    token = torch.where(first >= 0, drafts.gather(1, first.clamp_min(0)[:, None])[:, 0], fallback)
+    return first, token
+
+
+def rrs_acceptance(p, q, k: int) -> torch.Tensor:
+    """Exact acceptance of recursive rejection sampling *with* replacement: the residual after a
+    rejection does not depend on which draft was rejected, so ``1 - prod_i (1 - beta_i)`` with beta_i =
+    sum min(p_i, q) and p_(i+1) = norm(max(0, p_i - q)). p, q (..., V) -> (...)."""
+    k = _check_k(k)
+    p, q = _check_pair(p, q)
+    tiny = torch.finfo(p.dtype).tiny
+    reject = torch.ones(p.shape[:-1], dtype=p.dtype)
+    for _ in range(k):
+        beta = torch.minimum(p, q).sum(-1)
+        reject = reject * (1 - beta)
+        r = (p - q).clamp_min(0)
+        mass = r.sum(-1, keepdim=True)
+        p = torch.where(mass > 0, r / mass.clamp_min(tiny), p)
+    return 1 - reject
+

@@ -1,0 +1,211 @@
+"""Tests of arlib.spectr: the LP optimum and its bound, K-SEQ (rho, acceptance, residual, selection) and
+recursive rejection sampling, exactly by enumeration and statistically, with broken variants that fail."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from arlib.spectr import (
+    acceptance_upper_bound,
+    kseq_acceptance,
+    kseq_beta,
+    kseq_residual,
+    kseq_rho,
+    kseq_select,
+    optimal_acceptance_lp,
+    recursive_rejection_select,
+    rrs_acceptance,
+)
+
+
+def pair(V, seed, concentration=1.0):
+    rng = np.random.default_rng(seed)
+    p, q = rng.dirichlet(np.full(V, concentration)), rng.dirichlet(np.full(V, concentration))
+    return torch.tensor(p), torch.tensor(q)
+
+
+EDGE = {
+    "p = q": (torch.tensor([0.2, 0.3, 0.5, 0.0]), torch.tensor([0.2, 0.3, 0.5, 0.0])),
+    "q zero where p not": (torch.tensor([0.1, 0.4, 0.3, 0.2]), torch.tensor([0.0, 0.5, 0.5, 0.0])),
+    "p zero where q not": (torch.tensor([0.0, 0.6, 0.4, 0.0]), torch.tensor([0.25, 0.25, 0.25, 0.25])),
+    "one-hot q": (torch.tensor([0.1, 0.4, 0.3, 0.2]), torch.tensor([0.0, 0.0, 1.0, 0.0])),
+    "random": pair(4, 0),
+}
+
+
+def kseq_law(p, q, k):
+    """Exact law of K-SEQ's output by enumerating every tuple of k drafts (float64)."""
+    rho = kseq_rho(p, q, k)
+    r = kseq_residual(p, q, k, rho)
+    a = torch.minimum(torch.ones_like(p), p / (rho * q).clamp_min(1e-300))  # acceptance of each token
+    law = torch.zeros_like(p)
+    V = len(p)
+    for x in itertools.product(range(V), repeat=k):
+        w = torch.prod(q[list(x)])
+        if w == 0:
+            continue
+        alive = torch.tensor(1.0, dtype=p.dtype)
+        for xi in x:
+            law[xi] += w * alive * a[xi]
+            alive = alive * (1 - a[xi])
+        law += w * alive * r
+    return law
+
+
+@pytest.mark.parametrize("name", list(EDGE))
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_kseq_preserves_the_target_exactly(name, k):
+    p, q = EDGE[name]
+    assert torch.allclose(kseq_law(p.double(), q.double(), k), p.double(), atol=1e-12)
+
+
+def rrs_law(p, q, k, replacement):
+    """Exact law of recursive rejection sampling's output, enumerating draws (with or without replacement)."""
+    V = len(p)
+    law = torch.zeros_like(p)
+
+    def walk(p_cur, q_cur, weight, depth):
+        if depth == k:
+            law.add_(weight * p_cur)
+            return
+        for x in range(V):
+            if q_cur[x] == 0:
+                continue
+            w = weight * q_cur[x]
+            a = min(1.0, float(p_cur[x] / q_cur[x]))
+            law[x] += w * a
+            r = (p_cur - q_cur).clamp_min(0)
+            p_next = r / r.sum() if r.sum() > 0 else p_cur
+            q_next = q_cur
+            if not replacement:
+                q_next = q_cur.clone()
+                q_next[x] = 0
+                q_next = q_next / q_next.sum() if q_next.sum() > 0 else q_cur
+            walk(p_next, q_next, w * (1 - a), depth + 1)
+
+    walk(p, q, torch.tensor(1.0, dtype=p.dtype), 0)
+    return law
+
+
+@pytest.mark.parametrize("replacement", [True, False])
+@pytest.mark.parametrize("name", list(EDGE))
+def test_recursive_rejection_preserves_the_target_exactly(name, replacement):
+    p, q = EDGE[name]
+    assert torch.allclose(rrs_law(p.double(), q.double(), 3, replacement), p.double(), atol=1e-12)
+
+
+def test_rrs_acceptance_matches_enumeration():
+    for seed in range(5):
+        p, q = pair(4, seed)
+        k = 3
+        # acceptance = P(some draft accepted): enumerate with a sentinel for "fell through"
+        total = 0.0
+        p_cur = p.clone()
+        survive = 1.0
+        for _ in range(k):
+            beta = torch.minimum(p_cur, q).sum().item()
+            total += survive * beta
+            survive *= 1 - beta
+            r = (p_cur - q).clamp_min(0)
+            p_cur = r / r.sum() if r.sum() > 0 else p_cur
+        assert rrs_acceptance(p, q, k).item() == pytest.approx(total, abs=1e-12)
+
+
+def test_lp_at_k1_is_one_minus_tv_and_bounds_hold():
+    for seed in range(8):
+        p, q = pair(5, seed, concentration=0.5 + seed % 3)
+        tv = 0.5 * (p - q).abs().sum().item()
+        assert optimal_acceptance_lp(p, q, 1) == pytest.approx(1 - tv, abs=1e-9)
+        assert acceptance_upper_bound(p, q, 1) == pytest.approx(1 - tv, abs=1e-9)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_kseq_guarantee_and_ordering_on_random_instances(k):
+    """(1 - 1/e) LP <= K-SEQ <= LP <= upper bound, and LP >= recursive rejection and single draft."""
+    floor = 1 - math.exp(-1)
+    for seed in range(15):
+        p, q = pair(4, 100 + seed, concentration=[0.3, 1.0, 3.0][seed % 3])
+        lp = optimal_acceptance_lp(p, q, k)
+        ks = kseq_acceptance(p, q, k).item()
+        assert floor * lp - 1e-9 <= ks <= lp + 1e-7
+        assert lp <= acceptance_upper_bound(p, q, k) + 1e-7
+        assert rrs_acceptance(p, q, k).item() <= lp + 1e-7
+        assert optimal_acceptance_lp(p, q, 1) <= lp + 1e-9
+
+
+def test_kseq_rho_solves_the_balance_equation():
+    p, q = pair(6, 7, concentration=0.4)
+    for k in (2, 4, 8):
+        rho = kseq_rho(p, q, k)
+        beta = kseq_beta(p, q, rho)
+        assert 1 <= rho.item() <= k
+        assert (1 - (1 - beta) ** k).item() == pytest.approx((rho * beta).item(), abs=1e-9)
+        r = kseq_residual(p, q, k, rho)
+        assert (r >= 0).all() and r.sum().item() == pytest.approx(1, abs=1e-9)
+    # batched over positions
+    P = torch.stack([pair(6, s)[0] for s in range(4)])
+    Q = torch.stack([pair(6, s)[1] for s in range(4)])
+    assert torch.allclose(kseq_rho(P, Q, 3), torch.stack([kseq_rho(P[i], Q[i], 3) for i in range(4)]))
+
+
+def chi2_pvalue(tokens, p):
+    counts = np.bincount(tokens.numpy(), minlength=len(p))
+    p = p.numpy()
+    assert counts[p == 0].sum() == 0
+    keep = p > 0
+    return stats.chisquare(counts[keep], counts.sum() * p[keep]).pvalue
+
+
+def broken_kseq(p, q, drafts, generator):
+    """K-SEQ with the single-draft residual norm(max(0, p - q)) instead of its own: biased."""
+    first, token = kseq_select(p, q, drafts, generator)
+    r = (p - q).clamp_min(0)
+    r = r / r.sum(-1, keepdim=True)
+    fallback = torch.multinomial(r, 1, generator=generator)[:, 0]
+    return first, torch.where(first >= 0, token, fallback)
+
+
+@pytest.mark.parametrize("select", ["kseq", "rrs", "rrs-without", "broken"])
+def test_selection_statistics(select):
+    p, q = pair(5, 3, concentration=0.7)
+    N, k = 60_000, 3
+    g = torch.Generator().manual_seed(0)
+    P, Q = p.expand(N, -1), q.expand(N, -1)
+    if select == "rrs-without":  # k distinct drafts, drawn without replacement from q
+        drafts = torch.multinomial(Q.float(), k, replacement=False, generator=g)
+    else:
+        drafts = torch.multinomial(Q.float(), k, replacement=True, generator=g)
+    fn = {"kseq": kseq_select, "rrs": recursive_rejection_select, "broken": broken_kseq,
+          "rrs-without": lambda *a: recursive_rejection_select(*a, replacement=False)}[select]
+    first, token = fn(P, Q, drafts, g)
+    pvalue = chi2_pvalue(token, p)
+    if select == "broken":
+        assert pvalue < 1e-6
+    else:
+        assert pvalue > 1e-3
+        if select == "kseq":
+            assert (first >= 0).double().mean().item() == pytest.approx(kseq_acceptance(p, q, k).item(), abs=0.01)
+        if select == "rrs":
+            assert (first >= 0).double().mean().item() == pytest.approx(rrs_acceptance(p, q, k).item(), abs=0.01)
+
+
+def test_errors():
+    p, q = pair(4, 0)
+    with pytest.raises(ValueError, match="k"):
+        kseq_rho(p, q, 0)
+    with pytest.raises(ValueError, match="q"):
+        kseq_acceptance(p, torch.tensor([0.5, 0.5]), 2)
+    with pytest.raises(ValueError, match="sum to 1"):
+        optimal_acceptance_lp(p * 2, q, 2)
+    with pytest.raises(ValueError, match=">= 0"):
+        acceptance_upper_bound(torch.tensor([1.5, -0.5]), torch.tensor([0.5, 0.5]), 2)
+    with pytest.raises(ValueError, match="drafts"):
+        kseq_select(p[None], q[None], torch.tensor([[0, 9]]))
+    with pytest.raises(ValueError, match="drafts"):
+        recursive_rejection_select(p[None], q[None], torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="too large"):
+        optimal_acceptance_lp(torch.full((84,), 1 / 84), torch.full((84,), 1 / 84), 4)
