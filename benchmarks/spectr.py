@@ -1,0 +1,103 @@
+"""Multi-draft verification: acceptance vs the number of drafts k, and what the exact optimum costs.
+
+    python benchmarks/spectr.py            # random instances and the Shakespeare pair, k = 1..8; LP timings
+    python benchmarks/spectr.py --quick    # fewer instances and sizes
+
+Part 1 prints, for k = 1..8, the mean acceptance of single-draft speculative sampling (1 - TV, which no
+k improves), SpecInfer's recursive rejection sampling with replacement (exact formula), K-SEQ (exact
+formula) and, where it is small enough to solve, the LP optimum alpha*_k, over (a) random Dirichlet pairs
+on a small vocabulary and (b) the Shakespeare target's and draft's real next-character distributions
+at held-out positions, restricted to the 6 characters the draft finds most likely (renormalized) so that
+the LP stays small. Part 2 times the exact LP against vocabulary size and k: its size grows as V^k,
+while K-SEQ's work is O(k V). SpecTr generation (k draft sequences verified as a tree) is not built yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from arlib.checkpoints import load_gpt
+from arlib.data import shakespeare
+from arlib.spectr import kseq_acceptance, optimal_acceptance_lp, rrs_acceptance
+
+
+def random_pairs(n: int, V: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    rng = np.random.default_rng(seed)
+    return [(torch.tensor(rng.dirichlet(np.full(V, a))), torch.tensor(rng.dirichlet(np.full(V, a))))
+            for a in rng.choice([0.3, 1.0, 3.0], size=n)]
+
+
+@torch.no_grad()
+def shakespeare_pairs(n: int, top: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(p, q) of the target and the draft at n held-out positions, restricted to the draft's top characters."""
+    target, tokenizer, _ = load_gpt("shakespeare-target")
+    draft, _, _ = load_gpt("shakespeare-draft")
+    ids = tokenizer.encode(shakespeare().val)[:256 * 8].view(8, 256)  # (8, 256)
+    p, q = target(ids).double().softmax(-1), draft(ids).double().softmax(-1)  # (8, 256, V)
+    flat_p, flat_q = p.flatten(0, 1), q.flatten(0, 1)
+    positions = torch.linspace(16, len(flat_p) - 1, n).long()
+    pairs = []
+    for i in positions:
+        keep = flat_q[i].topk(top).indices
+        pi, qi = flat_p[i, keep], flat_q[i, keep]
+        pairs.append((pi / pi.sum(), qi / qi.sum()))
+    return pairs
+
+
+def acceptance_table(title: str, pairs, ks, lp_max_k: int) -> None:
+    print(f"\n{title}: mean acceptance over {len(pairs)} pairs")
+    print(f"{'k':>3} | {'single (1-TV)':>13} | {'recursive rej.':>14} | {'K-SEQ':>6} | {'LP optimum':>10} | "
+          f"{'K-SEQ / LP (min)':>16}")
+    for k in ks:
+        single = statistics.fmean(float(torch.minimum(p, q).sum()) for p, q in pairs)
+        rrs = statistics.fmean(float(rrs_acceptance(p, q, k)) for p, q in pairs)
+        ks_ = [float(kseq_acceptance(p, q, k)) for p, q in pairs]
+        if k <= lp_max_k:
+            lp = [optimal_acceptance_lp(p, q, k) for p, q in pairs]
+            ratio = min(a / b for a, b in zip(ks_, lp) if b > 0)
+            lp_text, ratio_text = f"{statistics.fmean(lp):10.4f}", f"{ratio:16.3f}"
+        else:
+            lp_text, ratio_text = f"{'-':>10}", f"{'-':>16}"
+        print(f"{k:3d} | {single:13.4f} | {rrs:14.4f} | {statistics.fmean(ks_):6.4f} | {lp_text} | {ratio_text}")
+
+
+def lp_timings(sizes, ks, repeats: int) -> None:
+    print("\nexact LP solve time (HiGHS), median of a few random pairs, vs K-SEQ's closed form")
+    print(f"{'V':>4} | {'k':>2} | {'LP variables':>12} | {'LP s':>8} | {'K-SEQ s':>8}")
+    for V in sizes:
+        for k in ks:
+            if V ** k > 200_000:
+                continue
+            pairs = random_pairs(repeats, V, seed=V * 10 + k)
+            lp_times, ks_times = [], []
+            for p, q in pairs:
+                t0 = time.perf_counter()
+                optimal_acceptance_lp(p, q, k)
+                lp_times.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                kseq_acceptance(p, q, k)
+                ks_times.append(time.perf_counter() - t0)
+            variables = sum(len(set(t)) for t in np.ndindex(*([V] * k)))  # one per (tuple, token in it)
+            print(f"{V:4d} | {k:2d} | {variables:12,d} | {statistics.median(lp_times):8.4f} | "
+                  f"{statistics.median(ks_times):8.5f}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    n, ks = (20, [1, 2, 3, 4]) if args.quick else (100, list(range(1, 9)))
+    torch.set_num_threads(1)
+    acceptance_table("random Dirichlet pairs, V = 5", random_pairs(n, 5, seed=0), ks, lp_max_k=4)
+    acceptance_table("Shakespeare target vs draft, the draft's top 6 characters", shakespeare_pairs(n, 6), ks,
+                     lp_max_k=4)
+    lp_timings([4, 8, 16, 32] if not args.quick else [4, 8], [1, 2, 3, 4], 3)
+
+
+if __name__ == "__main__":
+    main()
