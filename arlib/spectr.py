@@ -24,7 +24,7 @@ import torch
 from arlib.sampling import sample_probs
 
 __all__ = ["optimal_acceptance_lp", "acceptance_upper_bound", "kseq_beta", "kseq_rho", "kseq_acceptance",
-           "kseq_residual", "kseq_select", "recursive_rejection_select", "rrs_acceptance"]
+           "kseq_residual", "kseq_select", "recursive_rejection_select", "rrs_acceptance", "spectr_generate"]
 
 
 def _check_k(k) -> int:
@@ -253,3 +253,102 @@ def rrs_acceptance(p, q, k: int) -> torch.Tensor:
         p = torch.where(mass > 0, r / mass.clamp_min(tiny), p)
     return 1 - reject
 
+
+
+# --- SpecTr decoding: k draft sequences, verified as a tree -----------------------------------------
+
+
+def _copy_row(cache, row: int) -> None:
+    """Make every batch row of a KV cache equal to ``row`` (the accepted path) over its cached positions."""
+    n = cache.length
+    cache.k[:, :, :, :n] = cache.k[:, row:row + 1, :, :n].clone()
+    cache.v[:, :, :, :n] = cache.v[:, row:row + 1, :, :n].clone()
+
+
+@torch.no_grad()
+def spectr_generate(target, draft, prompt: torch.Tensor, max_new_tokens: int, k: int, gamma: int, *,
+                    generator: torch.Generator | None = None, select: str = "kseq", stats: bool = True):
+    """SpecTr decoding (Sun et al. 2023, section 4): k draft sequences, verified token by token as a tree.
+
+    Each step draws k i.i.d. continuations of gamma tokens from ``draft`` (one batched pass per depth),
+    scores all of them with ``target`` in one batched pass over k rows of gamma + 1 positions, and walks
+    down the tree: at depth i the rows still alive share the decided prefix, so their i-th tokens are
+    i.i.d. draws from q(. | prefix) and a multi-draft rule (``select="kseq"`` for K-SEQ, ``"rrs"`` for
+    recursive rejection sampling) picks one, or a replacement, with the target's law exactly. The rows
+    whose token was picked stay alive; a replacement ends the step; if every depth is accepted a bonus
+    token comes from the target. Temperature 1, batch size 1: prompt (T,). Returns (tokens (T + N,),
+    :class:`arlib.speculative.SpecStats`) or the tokens alone with ``stats=False``.
+    """
+    import time as _time
+
+    from arlib.speculative import SpecStats
+
+    k = _check_k(k)
+    if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
+        raise ValueError(f"gamma: expected an int >= 1, got {gamma!r}")
+    if select not in ("kseq", "rrs"):
+        raise ValueError(f"select: expected 'kseq' or 'rrs', got {select!r}")
+    if not isinstance(prompt, torch.Tensor) or prompt.dtype != torch.long or prompt.dim() != 1 or len(prompt) < 2:
+        raise ValueError("prompt: expected a (time,) torch.long tensor of at least 2 tokens")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
+    if target.config.vocab_size != draft.config.vocab_size:
+        raise ValueError(f"draft: vocabulary of {draft.config.vocab_size} tokens, the target has "
+                         f"{target.config.vocab_size}")
+    T = len(prompt)
+    if T + max_new_tokens > min(target.config.block_size, draft.config.block_size):
+        raise ValueError("max_new_tokens: the output must fit both models' contexts")
+    rule = kseq_select if select == "kseq" else recursive_rejection_select
+    record, start = SpecStats(), _time.perf_counter()
+    device = prompt.device
+    out = torch.empty(T + max_new_tokens, dtype=torch.long, device=device)
+    out[:T] = prompt
+    n, end = T, T + max_new_tokens
+    t_cache, d_cache = target.new_cache(k), draft.new_cache(k)
+    target(out[None, :T - 1].expand(k, -1), cache=t_cache)  # both caches: every token but the last
+    draft(out[None, :T - 1].expand(k, -1), cache=d_cache)
+    while n < end:
+        g = min(gamma, end - n - 1)
+        if g == 0:  # the last token: a plain target step
+            p = target(out[None, n - 1:n].expand(k, -1), cache=t_cache)[0, -1].double().softmax(-1)
+            out[n] = sample_probs(p[None], generator)[0]
+            t_cache.crop(n)
+            n += 1
+            record.target_calls += 1
+            record.accepted.append(0)
+            record.drafted.append(0)
+            continue
+        # draft k sequences: feed what the draft cache lacks, then g - 1 more tokens
+        x = out[None, d_cache.length:n].expand(k, -1)  # (k, m >= 1)
+        drafts, qs = [], []
+        for _ in range(g):
+            q = draft(x, cache=d_cache)[:, -1].double().softmax(-1)  # (k, V)
+            x = torch.multinomial(q.float(), 1, generator=generator)  # (k, 1): i.i.d. across rows
+            drafts.append(x)
+            qs.append(q)
+        drafts, qs = torch.cat(drafts, 1), torch.stack(qs, 1)  # (k, g), (k, g, V)
+        p = target(torch.cat([out[None, n - 1:n].expand(k, -1), drafts], 1), cache=t_cache).double().softmax(-1)
+        record.target_calls += 1
+        record.draft_calls += g
+        alive = torch.arange(k, device=device)
+        accepted = 0
+        for i in range(g):
+            r = alive[0]  # every alive row shares the prefix: same p_i and q_i
+            first, token = rule(p[r, i][None], qs[r, i][None], drafts[alive, i][None], generator)
+            out[n + i] = token[0]
+            if first[0] < 0:  # a replacement: the step ends here
+                break
+            accepted += 1
+            alive = alive[drafts[alive, i] == token[0]]
+        else:
+            out[n + g] = sample_probs(p[alive[0], g][None], generator)[0]  # the bonus token
+        row = int(alive[0])
+        for cache in (t_cache, d_cache):  # keep the accepted path in every row, drop the rest
+            cache.crop(min(cache.length, n + accepted))
+            _copy_row(cache, row)
+        record.accepted.append(accepted)
+        record.drafted.append(g)
+        n += accepted + 1
+    record.new_tokens = max_new_tokens
+    record.wall_time = _time.perf_counter() - start
+    return (out, record) if stats else out

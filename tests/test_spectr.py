@@ -209,3 +209,69 @@ def test_errors():
         recursive_rejection_select(p[None], q[None], torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="too large"):
         optimal_acceptance_lp(torch.full((84,), 1 / 84), torch.full((84,), 1 / 84), 4)
+
+
+def tiny_gpt(seed, n_layer, V=4, std=0.4):
+    from arlib.gpt import GPT, GPTConfig
+
+    model = GPT(GPTConfig(vocab_size=V, block_size=32, n_layer=n_layer, n_head=2, n_embd=16))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for w in model.parameters():
+            w.copy_(torch.randn(w.shape, generator=g) * std)
+    return model.eval()
+
+
+@pytest.mark.parametrize("select", ["kseq", "rrs", "broken"])
+def test_spectr_generate_law_end_to_end(select, monkeypatch):
+    """Chi-square of whole 3-token continuations against the target's law, enumerated; a rule that
+    always takes the first draft (the draft's law) must fail it."""
+    import arlib.spectr
+
+    if select == "broken":
+        monkeypatch.setattr(arlib.spectr, "kseq_select", lambda p, q, drafts, g: (torch.zeros(1, dtype=torch.long),
+                                                                                   drafts[:, 0]))
+    Vs = 4
+    target, draft = tiny_gpt(2, 2), tiny_gpt(3, 1)
+    x = torch.tensor([1, 2, 1])
+    conts = torch.tensor(list(itertools.product(range(Vs), repeat=3)))  # (64, 3)
+    with torch.no_grad():
+        probs = target(torch.cat([x.expand(len(conts), -1), conts], dim=1)[:, :-1])[:, 2:].softmax(-1)
+    law = probs.gather(-1, conts[..., None]).squeeze(-1).prod(-1).double()  # (64,)
+    from arlib.spectr import spectr_generate
+
+    N, g = 1500, torch.Generator().manual_seed(4)
+    counts = torch.zeros(len(conts), dtype=torch.float64)
+    for _ in range(N):
+        out = spectr_generate(target, draft, x, 3, k=3, gamma=2, generator=g, stats=False,
+                              select="kseq" if select == "broken" else select)
+        counts[(out[3:] * torch.tensor([Vs * Vs, Vs, 1])).sum()] += 1
+    big = law * N >= 5
+    obs = torch.cat([counts[big], counts[~big].sum()[None]])
+    exp = torch.cat([law[big], law[~big].sum()[None]]) * N
+    pvalue = stats.chisquare(obs.numpy(), (exp / exp.sum() * N).numpy()).pvalue
+    assert pvalue < 1e-6 if select == "broken" else pvalue > 1e-3
+
+
+def test_spectr_generate_stats_and_errors():
+    from arlib.spectr import spectr_generate
+
+    target, draft = tiny_gpt(5, 2, V=6), tiny_gpt(6, 1, V=6)
+    x = torch.tensor([0, 3, 2, 5])
+    out, s = spectr_generate(target, draft, x, 20, k=4, gamma=3, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (24,) and torch.equal(out[:4], x)
+    assert sum(s.accepted) + s.steps == 20 and s.target_calls == s.steps
+    assert all(0 <= a <= d for a, d in zip(s.accepted, s.drafted))
+    # with the target as its own draft every draft is accepted
+    out, s = spectr_generate(target, target, x, 12, k=2, gamma=3, generator=torch.Generator().manual_seed(1))
+    assert s.accepted == s.drafted
+    with pytest.raises(ValueError, match="k"):
+        spectr_generate(target, draft, x, 5, k=0, gamma=2)
+    with pytest.raises(ValueError, match="gamma"):
+        spectr_generate(target, draft, x, 5, k=2, gamma=0)
+    with pytest.raises(ValueError, match="select"):
+        spectr_generate(target, draft, x, 5, k=2, gamma=2, select="best")
+    with pytest.raises(ValueError, match="draft"):
+        spectr_generate(target, tiny_gpt(7, 1, V=5), x, 5, k=2, gamma=2)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        spectr_generate(target, draft, x, 40, k=2, gamma=2)
