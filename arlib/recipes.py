@@ -102,13 +102,8 @@ def run_lm_recipe(name: str, steps: int | None = None, out: str | None = None, p
         "train": {**history["config"], "batch_size": recipe.batch_size, "world_size": world},
         "metrics": {"val_nll": round(val_nll, 4), "val_nll_fp16_weights": round(val_nll_fp16, 4),
                     "val_bits_per_char": round(val_nll / 0.6931471805599453, 4),
-                    "final_train_loss_avg50": round(sum(history["loss"][-50:]) / len(history["loss"][-50:]), 4),
-                    "eval_curve": history["eval"]},
-        "stored_dtype": "float16",
-        "command": f"python -m arlib.recipes {name}" + (f" --steps {steps}" if steps else ""),
-        "wall_seconds": round(time.time() - t0, 1),
-        "environment": {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
-                        "machine": platform.machine()},
+                    "final_train_loss_avg50": _last50(history), "eval_curve": history["eval"]},
+        **_provenance(name, steps, t0, device),
     }
     save_checkpoint(model, name, meta, directory=out)
     return meta
@@ -166,12 +161,8 @@ def run_heads_recipe(name: str, steps: int | None = None, out: str | None = None
                  "val_chars_scored": int(val_windows.numel())},
         "train": {**history["config"], "batch_size": recipe["batch_size"], "loss": "soft cross-entropy to the target"},
         "metrics": {"teacher_forced_beta_before": _rounded(before), "teacher_forced_beta": _rounded(after),
-                    "final_train_loss_avg50": round(sum(history["loss"][-50:]) / len(history["loss"][-50:]), 4)},
-        "stored_dtype": "float16",
-        "command": f"python -m arlib.recipes {name}" + (f" --steps {steps}" if steps else ""),
-        "wall_seconds": round(time.time() - t0, 1),
-        "environment": {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
-                        "machine": platform.machine()},
+                    "final_train_loss_avg50": _last50(history)},
+        **_provenance(name, steps, t0, device),
     }
     save_checkpoint(heads, name, meta, directory=out)
     return meta
@@ -186,6 +177,22 @@ def _acceptance(heads, target, windows, batch: int = 16) -> dict[str, list[float
 
 def _rounded(acc: dict) -> dict:
     return {k: [round(v, 4) for v in vals] for k, vals in acc.items()}
+
+
+def _last50(history: dict) -> float:
+    """Mean training loss over the last 50 steps, rounded for the sidecar."""
+    return round(sum(history["loss"][-50:]) / len(history["loss"][-50:]), 4)
+
+
+def _provenance(name: str, steps: int | None, t0: float, device) -> dict:
+    """The sidecar fields that say how a checkpoint was made: dtype, command, wall time, environment."""
+    return {
+        "stored_dtype": "float16",
+        "command": f"python -m arlib.recipes {name}" + (f" --steps {steps}" if steps else ""),
+        "wall_seconds": round(time.time() - t0, 1),
+        "environment": {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
+                        "machine": platform.machine()},
+    }
 
 
 def _windows(ids, batch_size, block_size, device, step, generator):

@@ -6,11 +6,12 @@ import itertools
 import pytest
 import torch
 from scipy import stats
+from tiny_models import tiny_gpt
 
 from arlib.checkpoints import save_checkpoint
 from arlib.drafters import ModelDrafter, NGramDrafter, SamplingOptions
 from arlib.env import TIMING_NOTICE, check_timing
-from arlib.gpt import GPT, GPTConfig
+from arlib.gpt import GPT
 from arlib.heads import (
     DraftHeads,
     EarlyExitModel,
@@ -32,12 +33,7 @@ def gen(seed):
 
 
 def tiny(seed=0, n_layer=3, vocab_size=11, std=0.5) -> GPT:
-    model = GPT(GPTConfig(vocab_size=vocab_size, block_size=48, n_layer=n_layer, n_head=2, n_embd=16))
-    g = gen(seed)
-    with torch.no_grad():
-        for w in model.parameters():
-            w.copy_(torch.randn(w.shape, generator=g) * std)
-    return model.eval()
+    return tiny_gpt(seed, n_layer, vocab_size, block_size=48, std=std)
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats
+from tiny_models import tiny_gpt
 
 from arlib.spectr import (
     acceptance_upper_bound,
@@ -211,15 +212,8 @@ def test_errors():
         optimal_acceptance_lp(torch.full((84,), 1 / 84), torch.full((84,), 1 / 84), 4)
 
 
-def tiny_gpt(seed, n_layer, V=4, std=0.4):
-    from arlib.gpt import GPT, GPTConfig
-
-    model = GPT(GPTConfig(vocab_size=V, block_size=32, n_layer=n_layer, n_head=2, n_embd=16))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for w in model.parameters():
-            w.copy_(torch.randn(w.shape, generator=g) * std)
-    return model.eval()
+def tiny_pair_model(seed, n_layer, V=4, std=0.4):
+    return tiny_gpt(seed, n_layer, vocab_size=V, block_size=32, std=std)
 
 
 @pytest.mark.parametrize("select", ["kseq", "rrs", "broken"])
@@ -232,7 +226,7 @@ def test_spectr_generate_law_end_to_end(select, monkeypatch):
         monkeypatch.setattr(arlib.spectr, "kseq_select", lambda p, q, drafts, g: (torch.zeros(1, dtype=torch.long),
                                                                                    drafts[:, 0]))
     Vs = 4
-    target, draft = tiny_gpt(2, 2), tiny_gpt(3, 1)
+    target, draft = tiny_pair_model(2, 2), tiny_pair_model(3, 1)
     x = torch.tensor([1, 2, 1])
     conts = torch.tensor(list(itertools.product(range(Vs), repeat=3)))  # (64, 3)
     with torch.no_grad():
@@ -256,7 +250,7 @@ def test_spectr_generate_law_end_to_end(select, monkeypatch):
 def test_spectr_generate_stats_and_errors():
     from arlib.spectr import spectr_generate
 
-    target, draft = tiny_gpt(5, 2, V=6), tiny_gpt(6, 1, V=6)
+    target, draft = tiny_pair_model(5, 2, V=6), tiny_pair_model(6, 1, V=6)
     x = torch.tensor([0, 3, 2, 5])
     out, s = spectr_generate(target, draft, x, 20, k=4, gamma=3, generator=torch.Generator().manual_seed(0))
     assert out.shape == (24,) and torch.equal(out[:4], x)
@@ -272,6 +266,6 @@ def test_spectr_generate_stats_and_errors():
     with pytest.raises(ValueError, match="select"):
         spectr_generate(target, draft, x, 5, k=2, gamma=2, select="best")
     with pytest.raises(ValueError, match="draft"):
-        spectr_generate(target, tiny_gpt(7, 1, V=5), x, 5, k=2, gamma=2)
+        spectr_generate(target, tiny_pair_model(7, 1, V=5), x, 5, k=2, gamma=2)
     with pytest.raises(ValueError, match="max_new_tokens"):
         spectr_generate(target, draft, x, 40, k=2, gamma=2)

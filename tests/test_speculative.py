@@ -9,9 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
+from tiny_models import tiny_gpt
 
 from arlib.drafters import Draft, Drafter, ModelDrafter, NGramDrafter, SamplingOptions
-from arlib.gpt import GPT, GPTConfig
 from arlib.sampling import generate, sample_probs
 from arlib.speculative import (
     _verify_one,
@@ -289,14 +289,7 @@ def test_verify_is_reproducible_and_guards_zero_residual():
 # --- generation ---------------------------------------------------------------------------------------
 
 
-def tiny(seed, n_layer=2, vocab_size=13, block_size=64, std=0.5) -> GPT:
-    """A tiny random GPT with large weights, so that its distributions are far from uniform."""
-    model = GPT(GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=n_layer, n_head=2, n_embd=16))
-    g = gen(seed)
-    with torch.no_grad():
-        for w in model.parameters():
-            w.copy_(torch.randn(w.shape, generator=g) * std)
-    return model.eval()
+tiny = tiny_gpt
 
 
 @pytest.fixture(scope="module")

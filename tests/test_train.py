@@ -215,3 +215,21 @@ def test_recipe_rejects_unknown_names():
         run_lm_recipe("no-such-recipe")
     with pytest.raises(SystemExit):
         main(["no-such-recipe"])
+
+
+@pytest.mark.slow
+def test_heads_recipe_runs_and_its_checkpoint_loads(tmp_path):
+    """`python -m arlib.recipes shakespeare-heads`, shortened: distills every head family from the committed
+    target, records provenance, and loads back onto the target."""
+    _need_shakespeare()
+    from arlib.heads import load_heads
+    from arlib.recipes import run_heads_recipe
+
+    meta = run_heads_recipe("shakespeare-heads", steps=2, out=str(tmp_path), progress=False, eval_chars=2048)
+    assert meta["command"] == "python -m arlib.recipes shakespeare-heads --steps 2" and meta["train"]["steps"] == 2
+    betas = meta["metrics"]["teacher_forced_beta"]
+    assert {k: len(v) for k, v in betas.items()} == {"exit": 5, "medusa": 6, "hydra": 6}
+    assert meta["stored_dtype"] == "float16" and meta["wall_seconds"] > 0
+    target, _, _ = load_gpt("shakespeare-target")
+    heads = load_heads(target, directory=tmp_path)
+    assert heads.n_heads == 6
