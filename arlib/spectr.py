@@ -256,6 +256,76 @@ def rrs_acceptance(p, q, k: int) -> torch.Tensor:
 
 
 # --- SpecTr decoding: k draft sequences, verified as a tree -----------------------------------------
+#
+# The decoding loop makes one verification decision per tree depth, on one (p, q) pair of V numbers:
+# the batched torch functions above cost ~100 tensor calls each (the bisection alone 60 x 3), which is
+# slower than the target's forward pass. The loop therefore uses the numpy versions below, with rho
+# solved exactly on the segment where it lies instead of bisected over [1, k].
+
+
+def _kseq_rho_exact(p: np.ndarray, q: np.ndarray, k: int) -> float:
+    """rho* of :func:`kseq_rho` for one pair, p, q (V,) float64 numpy. ``rho beta(rho) = sum min(rho q, p)``
+    is increasing and ``beta(rho)`` decreasing, so the feasibility gap ``f(rho) = sum min(rho q, p) - 1 +
+    (1 - beta(rho))^k`` is increasing; between consecutive ratios p(x)/q(x) both sums are linear in rho
+    and 1/rho (``rho A + B`` and ``A + B / rho``), so one evaluation at every ratio in (1, k) brackets the
+    root and a scalar bisection on that segment finishes it."""
+    ratio = np.divide(p, q, out=np.full_like(p, np.inf), where=q > 0)
+    inner = ratio[(ratio > 1) & (ratio < k)]
+    rho = np.concatenate(([1.0], np.sort(inner), [float(k)]))  # (m,) candidate segment ends
+    rho_beta = np.minimum(rho[:, None] * q, p).sum(1)  # (m,)
+    gap = rho_beta - 1 + (1 - rho_beta / rho) ** k
+    if gap[0] >= -1e-12:
+        return 1.0
+    j = int(np.argmax(gap >= -1e-12))  # gap[-1] >= 0 always (a union bound)
+    lo, hi = rho[j - 1], rho[j]
+    full = (q > 0) & (ratio >= hi)  # min(rho q, p) = rho q on the whole segment
+    A, B = float(q[full].sum()), float(p[(q > 0) & ~full].sum())
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if mid * A + B - 1 + (1 - A - B / mid) ** k >= -1e-12:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _inverse_cdf(weights: np.ndarray, u: float) -> int:
+    """Index drawn with probability proportional to weights (V,) >= 0, from one uniform u in [0, 1)."""
+    cdf = np.cumsum(weights)
+    i = int(np.searchsorted(cdf, u * cdf[-1], side="right"))
+    while i >= len(weights) or weights[i] <= 0:  # u * total rounded onto the last bin's edge
+        i -= 1
+    return i
+
+
+def _kseq_pick(p: np.ndarray, q: np.ndarray, tokens: np.ndarray, u: np.ndarray) -> tuple[int, int]:
+    """K-SEQ on one position: p, q (V,), tokens (k,) i.i.d. from q, u (k + 1,) uniforms. Returns (index of
+    the accepted draft or -1, token); the same rule as :func:`kseq_select`."""
+    k = len(tokens)
+    rho = _kseq_rho_exact(p, q, k)
+    for i, x in enumerate(tokens):
+        if u[i] * rho * q[x] < p[x]:
+            return i, int(x)
+    accept = np.minimum(q, p / rho)
+    beta = accept.sum()
+    residual = np.maximum(p - accept * ((1 - (1 - beta) ** k) / max(beta, 1e-300)), 0)
+    if residual.sum() <= 1e-12:
+        residual = p
+    return -1, _inverse_cdf(residual, u[k])
+
+
+def _rrs_pick(p: np.ndarray, q: np.ndarray, tokens: np.ndarray, u: np.ndarray) -> tuple[int, int]:
+    """Recursive rejection sampling with replacement on one position (see :func:`recursive_rejection_select`)."""
+    for i, x in enumerate(tokens):
+        if u[i] * q[x] < p[x]:
+            return i, int(x)
+        r = np.maximum(p - q, 0)
+        if r.sum() > 0:
+            p = r / r.sum()
+    return -1, _inverse_cdf(p, u[len(tokens)])
+
+
+_PICKS = {"kseq": _kseq_pick, "rrs": _rrs_pick}
 
 
 def _copy_row(cache, row: int) -> None:
@@ -266,86 +336,115 @@ def _copy_row(cache, row: int) -> None:
 
 
 @torch.no_grad()
-def spectr_generate(target, draft, prompt: torch.Tensor, max_new_tokens: int, k: int, gamma: int, *,
-                    generator: torch.Generator | None = None, select: str = "kseq", stats: bool = True):
+def spectr_generate(target, drafter, prompt: torch.Tensor, max_new_tokens: int, k: int, gamma: int, *,
+                    generator: torch.Generator | None = None, select: str = "kseq", temperature: float = 1.0,
+                    top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
+                    stats: bool = True):
     """SpecTr decoding (Sun et al. 2023, section 4): k draft sequences, verified token by token as a tree.
 
-    Each step draws k i.i.d. continuations of gamma tokens from ``draft`` (one batched pass per depth),
-    scores all of them with ``target`` in one batched pass over k rows of gamma + 1 positions, and walks
-    down the tree: at depth i the rows still alive share the decided prefix, so their i-th tokens are
-    i.i.d. draws from q(. | prefix) and a multi-draft rule (``select="kseq"`` for K-SEQ, ``"rrs"`` for
-    recursive rejection sampling) picks one, or a replacement, with the target's law exactly. The rows
-    whose token was picked stay alive; a replacement ends the step; if every depth is accepted a bonus
-    token comes from the target. Temperature 1, batch size 1: prompt (T,). Returns (tokens (T + N,),
+    ``drafter`` is an :class:`arlib.drafters.ModelDrafter` (its sampling overrides apply to the drafts)
+    or a bare draft model. Each step draws k i.i.d. continuations of gamma tokens from the draft model
+    (one batched pass per depth), scores all of them with ``target`` in one batched pass over k rows of
+    gamma + 1 positions, and walks down the tree: at depth i the rows still alive share the decided
+    prefix, so their i-th tokens are i.i.d. draws from q(. | prefix) and a multi-draft rule
+    (``select="kseq"`` for K-SEQ, ``"rrs"`` for recursive rejection sampling) picks one, or a
+    replacement, with the target's law exactly. The rows whose token was picked stay alive; a
+    replacement ends the step; if every depth is accepted a bonus token comes from the target. The
+    sampling options (temperature, top-k, top-p, min-p; not greedy: k identical drafts help nothing)
+    define p for the target and q for the draft, as in :func:`arlib.speculative.speculative_generate`.
+    Batch size 1: prompt (T,) of at least 2 tokens. Returns (tokens (T + N,),
     :class:`arlib.speculative.SpecStats`) or the tokens alone with ``stats=False``.
     """
     import time as _time
 
+    from arlib.drafters import ModelDrafter, SamplingOptions, _gumbel
     from arlib.speculative import SpecStats
 
     k = _check_k(k)
     if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
         raise ValueError(f"gamma: expected an int >= 1, got {gamma!r}")
-    if select not in ("kseq", "rrs"):
+    if select not in _PICKS:
         raise ValueError(f"select: expected 'kseq' or 'rrs', got {select!r}")
     if not isinstance(prompt, torch.Tensor) or prompt.dtype != torch.long or prompt.dim() != 1 or len(prompt) < 2:
         raise ValueError("prompt: expected a (time,) torch.long tensor of at least 2 tokens")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
-    if target.config.vocab_size != draft.config.vocab_size:
-        raise ValueError(f"draft: vocabulary of {draft.config.vocab_size} tokens, the target has "
-                         f"{target.config.vocab_size}")
+    options = SamplingOptions(temperature, top_k, top_p, min_p)
+    if isinstance(drafter, ModelDrafter):
+        draft, draft_options = drafter.model, drafter._options(options)
+    elif hasattr(drafter, "new_cache") and hasattr(drafter, "config"):
+        draft, draft_options = drafter, options
+    else:
+        raise TypeError(f"drafter: expected an arlib.drafters.ModelDrafter or a GPT, got {type(drafter).__name__}")
+    V = target.config.vocab_size
+    if draft.config.vocab_size != V:
+        raise ValueError(f"drafter: vocabulary of {draft.config.vocab_size} tokens, the target has {V}")
     T = len(prompt)
     if T + max_new_tokens > min(target.config.block_size, draft.config.block_size):
         raise ValueError("max_new_tokens: the output must fit both models' contexts")
-    rule = kseq_select if select == "kseq" else recursive_rejection_select
+    pick = _PICKS[select]
     record, start = SpecStats(), _time.perf_counter()
     device = prompt.device
     out = torch.empty(T + max_new_tokens, dtype=torch.long, device=device)
     out[:T] = prompt
+    decided = prompt.tolist() + [0] * max_new_tokens  # a python copy of out: no tensor writes per token
     n, end = T, T + max_new_tokens
     t_cache, d_cache = target.new_cache(k), draft.new_cache(k)
+    tick = _time.perf_counter()
     target(out[None, :T - 1].expand(k, -1), cache=t_cache)  # both caches: every token but the last
+    record.target_time += _time.perf_counter() - tick
     draft(out[None, :T - 1].expand(k, -1), cache=d_cache)
     while n < end:
         g = min(gamma, end - n - 1)
+        u = torch.rand(max(g, 1), k + 1, generator=generator, dtype=torch.float64).numpy()  # (g, k + 1)
         if g == 0:  # the last token: a plain target step
-            p = target(out[None, n - 1:n].expand(k, -1), cache=t_cache)[0, -1].double().softmax(-1)
-            out[n] = sample_probs(p[None], generator)[0]
+            tick = _time.perf_counter()
+            logits = target(out[None, n - 1:n].expand(k, -1), cache=t_cache)[0, -1]
+            record.target_time += _time.perf_counter() - tick
+            decided[n] = _inverse_cdf(options.probs(logits).double().numpy(), u[0, 0])
+            out[n] = decided[n]
             t_cache.crop(n)
             n += 1
             record.target_calls += 1
             record.accepted.append(0)
             record.drafted.append(0)
             continue
-        # draft k sequences: feed what the draft cache lacks, then g - 1 more tokens
+        # draft k sequences by Gumbel-max: feed what the draft cache lacks, then g - 1 more tokens
+        tick = _time.perf_counter()
         x = out[None, d_cache.length:n].expand(k, -1)  # (k, m >= 1)
-        drafts, qs = [], []
-        for _ in range(g):
-            q = draft(x, cache=d_cache)[:, -1].double().softmax(-1)  # (k, V)
-            x = torch.multinomial(q.float(), 1, generator=generator)  # (k, 1): i.i.d. across rows
+        noise = _gumbel((g, k, V), generator, device)  # (g, k, V)
+        drafts, z = [], []
+        for i in range(g):
+            z.append(draft_options.process(draft(x, cache=d_cache)[:, -1]))  # (k, V)
+            x = (z[-1] + noise[i]).argmax(-1, keepdim=True)  # (k, 1): i.i.d. across rows
             drafts.append(x)
-            qs.append(q)
-        drafts, qs = torch.cat(drafts, 1), torch.stack(qs, 1)  # (k, g), (k, g, V)
-        p = target(torch.cat([out[None, n - 1:n].expand(k, -1), drafts], 1), cache=t_cache).double().softmax(-1)
+        drafts = torch.cat(drafts, 1)  # (k, g)
+        qs = torch.stack(z, 1).softmax(-1).double().numpy()  # (k, g, V)
+        record.draft_time += _time.perf_counter() - tick
+        tick = _time.perf_counter()
+        logits = target(torch.cat([out[None, n - 1:n].expand(k, -1), drafts], 1), cache=t_cache)  # (k, g+1, V)
+        record.target_time += _time.perf_counter() - tick
+        p = options.probs(logits).double().numpy()  # (k, g + 1, V)
+        tokens = drafts.numpy() if drafts.device.type == "cpu" else drafts.cpu().numpy()
         record.target_calls += 1
         record.draft_calls += g
-        alive = torch.arange(k, device=device)
+        alive = np.arange(k)
         accepted = 0
         for i in range(g):
             r = alive[0]  # every alive row shares the prefix: same p_i and q_i
-            first, token = rule(p[r, i][None], qs[r, i][None], drafts[alive, i][None], generator)
-            out[n + i] = token[0]
-            if first[0] < 0:  # a replacement: the step ends here
+            first, token = pick(p[r, i], qs[r, i], tokens[alive, i], u[i])
+            decided[n + i] = token
+            if first < 0:  # a replacement: the step ends here
                 break
             accepted += 1
-            alive = alive[drafts[alive, i] == token[0]]
+            alive = alive[tokens[alive, i] == token]
         else:
-            out[n + g] = sample_probs(p[alive[0], g][None], generator)[0]  # the bonus token
+            decided[n + g] = _inverse_cdf(p[alive[0], g], u[g - 1, k])  # the bonus token (u[g-1, k] is unused)
         row = int(alive[0])
         for cache in (t_cache, d_cache):  # keep the accepted path in every row, drop the rest
             cache.crop(min(cache.length, n + accepted))
             _copy_row(cache, row)
+        out[n:n + accepted + 1] = torch.tensor(decided[n:n + accepted + 1], device=device)
         record.accepted.append(accepted)
         record.drafted.append(g)
         n += accepted + 1

@@ -223,8 +223,7 @@ def test_spectr_generate_law_end_to_end(select, monkeypatch):
     import arlib.spectr
 
     if select == "broken":
-        monkeypatch.setattr(arlib.spectr, "kseq_select", lambda p, q, drafts, g: (torch.zeros(1, dtype=torch.long),
-                                                                                   drafts[:, 0]))
+        monkeypatch.setitem(arlib.spectr._PICKS, "kseq", lambda p, q, tokens, u: (0, int(tokens[0])))
     Vs = 4
     target, draft = tiny_pair_model(2, 2), tiny_pair_model(3, 1)
     x = torch.tensor([1, 2, 1])
@@ -269,3 +268,26 @@ def test_spectr_generate_stats_and_errors():
         spectr_generate(target, tiny_pair_model(7, 1, V=5), x, 5, k=2, gamma=2)
     with pytest.raises(ValueError, match="max_new_tokens"):
         spectr_generate(target, draft, x, 40, k=2, gamma=2)
+
+
+def test_exact_rho_matches_bisection():
+    """The decoding loop's segment solve of rho equals kseq_rho's bisection, edge cases included."""
+    from arlib.spectr import _kseq_rho_exact
+
+    gen = torch.Generator().manual_seed(11)
+    cases = []
+    for V in (2, 5, 65):
+        for _ in range(60):
+            p = torch.rand(V, generator=gen, dtype=torch.float64) ** 3
+            q = torch.rand(V, generator=gen, dtype=torch.float64) ** 3
+            p[torch.rand(V, generator=gen) < 0.2] = 0
+            q[torch.rand(V, generator=gen) < 0.2] = 0
+            p[0] += 1e-3
+            q[-1] += 1e-3
+            cases.append((p / p.sum(), q / q.sum()))
+    u = torch.tensor([0.5, 0.5, 0, 0], dtype=torch.float64)
+    cases += [(u, u), (u, u.flip(0)), (torch.tensor([1.0, 0, 0, 0], dtype=torch.float64), u)]
+    for p, q in cases:
+        for k in (1, 2, 3, 8):
+            exact = _kseq_rho_exact(p.numpy(), q.numpy(), k)
+            assert exact == pytest.approx(float(kseq_rho(p, q, k)), abs=1e-9)
