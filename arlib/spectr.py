@@ -143,7 +143,8 @@ def kseq_rho(p, q, k: int, iterations: int = 60) -> torch.Tensor:
 
 
 def kseq_acceptance(p, q, k: int) -> torch.Tensor:
-    """K-SEQ's acceptance ``1 - (1 - beta(rho*))^k`` (SpecTr, Theorem 3: at least (1 - 1/e) alpha*_k). (...)."""
+    """K-SEQ's acceptance ``1 - (1 - beta(rho*))^k`` (SpecTr, section 4: at least (1 - 1/e) alpha*_k;
+    chapter 3 proves the sharper (1 - (1 - 1/k)^k) alpha*_k). (...)."""
     p, q = _check_pair(p, q)
     beta = kseq_beta(p, q, kseq_rho(p, q, k))
     return 1 - (1 - beta) ** k
@@ -298,31 +299,39 @@ def _inverse_cdf(weights: np.ndarray, u: float) -> int:
     return i
 
 
-def _kseq_pick(p: np.ndarray, q: np.ndarray, tokens: np.ndarray, u: np.ndarray) -> tuple[int, int]:
+def _kseq_pick(p: np.ndarray, q: np.ndarray, tokens: np.ndarray, u: np.ndarray) -> tuple[int, int, float]:
     """K-SEQ on one position: p, q (V,), tokens (k,) i.i.d. from q, u (k + 1,) uniforms. Returns (index of
-    the accepted draft or -1, token); the same rule as :func:`kseq_select`."""
+    the accepted draft or -1, token, the rule's acceptance probability); the rule of :func:`kseq_select`."""
     k = len(tokens)
     rho = _kseq_rho_exact(p, q, k)
-    for i, x in enumerate(tokens):
-        if u[i] * rho * q[x] < p[x]:
-            return i, int(x)
     accept = np.minimum(q, p / rho)
     beta = accept.sum()
-    residual = np.maximum(p - accept * ((1 - (1 - beta) ** k) / max(beta, 1e-300)), 0)
+    passed = 1 - (1 - beta) ** k  # P(some draft passes)
+    for i, x in enumerate(tokens):
+        if u[i] * rho * q[x] < p[x]:
+            return i, int(x), passed
+    residual = np.maximum(p - accept * (passed / max(beta, 1e-300)), 0)
     if residual.sum() <= 1e-12:
         residual = p
-    return -1, _inverse_cdf(residual, u[k])
+    return -1, _inverse_cdf(residual, u[k]), passed
 
 
-def _rrs_pick(p: np.ndarray, q: np.ndarray, tokens: np.ndarray, u: np.ndarray) -> tuple[int, int]:
-    """Recursive rejection sampling with replacement on one position (see :func:`recursive_rejection_select`)."""
+def _rrs_pick(p: np.ndarray, q: np.ndarray, tokens: np.ndarray, u: np.ndarray) -> tuple[int, int, float]:
+    """Recursive rejection sampling with replacement on one position (see :func:`recursive_rejection_select`);
+    returns (index or -1, token, the rule's acceptance probability, as in :func:`rrs_acceptance`)."""
+    first, token, rejected, p_i = -1, -1, 1.0, p
     for i, x in enumerate(tokens):
-        if u[i] * q[x] < p[x]:
-            return i, int(x)
-        r = np.maximum(p - q, 0)
+        rejected *= 1 - np.minimum(p_i, q).sum()
+        if first < 0 and u[i] * q[x] < p_i[x]:
+            first, token = i, int(x)
+        r = np.maximum(p_i - q, 0)
         if r.sum() > 0:
-            p = r / r.sum()
-    return -1, _inverse_cdf(p, u[len(tokens)])
+            if first < 0:
+                p = r / r.sum()  # the law the next draft is verified against
+            p_i = r / r.sum()
+    if first < 0:
+        token = _inverse_cdf(p, u[len(tokens)])
+    return first, token, 1 - rejected
 
 
 _PICKS = {"kseq": _kseq_pick, "rrs": _rrs_pick}
@@ -353,7 +362,9 @@ def spectr_generate(target, drafter, prompt: torch.Tensor, max_new_tokens: int, 
     sampling options (temperature, top-k, top-p, min-p; not greedy: k identical drafts help nothing)
     define p for the target and q for the draft, as in :func:`arlib.speculative.speculative_generate`.
     Batch size 1: prompt (T,) of at least 2 tokens. Returns (tokens (T + N,),
-    :class:`arlib.speculative.SpecStats`) or the tokens alone with ``stats=False``.
+    :class:`arlib.speculative.SpecStats`) or the tokens alone with ``stats=False``; the stats' ``betas``
+    hold the rule's acceptance probability at every depth it examined (for the alive drafts there), so
+    their mean predicts the accepted fraction ``acceptance_rate``.
     """
     import time as _time
 
@@ -432,7 +443,8 @@ def spectr_generate(target, drafter, prompt: torch.Tensor, max_new_tokens: int, 
         accepted = 0
         for i in range(g):
             r = alive[0]  # every alive row shares the prefix: same p_i and q_i
-            first, token = pick(p[r, i], qs[r, i], tokens[alive, i], u[i])
+            first, token, acceptance = pick(p[r, i], qs[r, i], tokens[alive, i], u[i])
+            record.betas.append(acceptance)
             decided[n + i] = token
             if first < 0:  # a replacement: the step ends here
                 break

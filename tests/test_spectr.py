@@ -223,7 +223,7 @@ def test_spectr_generate_law_end_to_end(select, monkeypatch):
     import arlib.spectr
 
     if select == "broken":
-        monkeypatch.setitem(arlib.spectr._PICKS, "kseq", lambda p, q, tokens, u: (0, int(tokens[0])))
+        monkeypatch.setitem(arlib.spectr._PICKS, "kseq", lambda p, q, tokens, u: (0, int(tokens[0]), 1.0))
     Vs = 4
     target, draft = tiny_pair_model(2, 2), tiny_pair_model(3, 1)
     x = torch.tensor([1, 2, 1])
@@ -291,3 +291,23 @@ def test_exact_rho_matches_bisection():
         for k in (1, 2, 3, 8):
             exact = _kseq_rho_exact(p.numpy(), q.numpy(), k)
             assert exact == pytest.approx(float(kseq_rho(p, q, k)), abs=1e-9)
+
+
+@pytest.mark.parametrize("select", ["kseq", "rrs"])
+def test_loop_rules_accept_at_their_stated_probability(select):
+    """The decoding loop's one-position rules: the returned acceptance probability is the exact one
+    (kseq_acceptance / rrs_acceptance), the accepted fraction matches it, and the output has law p."""
+    from arlib.spectr import _PICKS
+
+    p, q = pair(6, 21)
+    k, n = 3, 40_000
+    rng = np.random.default_rng(5)
+    drafts = rng.choice(6, size=(n, k), p=q.numpy())
+    u = rng.random((n, k + 1))
+    results = [_PICKS[select](p.numpy(), q.numpy(), drafts[j], u[j]) for j in range(n)]
+    exact = float(kseq_acceptance(p, q, k) if select == "kseq" else rrs_acceptance(p, q, k))
+    assert results[0][2] == pytest.approx(exact, abs=1e-9)
+    accepted = np.mean([r[0] >= 0 for r in results])
+    assert abs(accepted - exact) < 5 * math.sqrt(exact * (1 - exact) / n)
+    counts = np.bincount([r[1] for r in results], minlength=6)
+    assert stats.chisquare(counts, p.numpy() * n).pvalue > 1e-3
