@@ -23,8 +23,9 @@ import torch
 
 from arlib.sampling import sample_probs
 
-__all__ = ["optimal_acceptance_lp", "acceptance_upper_bound", "kseq_beta", "kseq_rho", "kseq_acceptance",
-           "kseq_residual", "kseq_select", "recursive_rejection_select", "rrs_acceptance", "spectr_generate"]
+__all__ = ["optimal_acceptance_lp", "acceptance_upper_bound", "kseq_beta", "kseq_rho", "kseq_rho_exact",
+           "kseq_acceptance", "kseq_residual", "kseq_select", "recursive_rejection_select", "rrs_acceptance",
+           "spectr_generate"]
 
 
 def _check_k(k) -> int:
@@ -265,22 +266,32 @@ def rrs_acceptance(p, q, k: int) -> torch.Tensor:
 
 
 def _kseq_rho_exact(p: np.ndarray, q: np.ndarray, k: int) -> float:
-    """rho* of :func:`kseq_rho` for one pair, p, q (V,) float64 numpy. ``rho beta(rho) = sum min(rho q, p)``
-    is increasing and ``beta(rho)`` decreasing, so the feasibility gap ``f(rho) = sum min(rho q, p) - 1 +
-    (1 - beta(rho))^k`` is increasing; between consecutive ratios p(x)/q(x) both sums are linear in rho
-    and 1/rho (``rho A + B`` and ``A + B / rho``), so one evaluation at every ratio in (1, k) brackets the
-    root and a scalar bisection on that segment finishes it."""
-    ratio = np.divide(p, q, out=np.full_like(p, np.inf), where=q > 0)
-    inner = ratio[(ratio > 1) & (ratio < k)]
-    rho = np.concatenate(([1.0], np.sort(inner), [float(k)]))  # (m,) candidate segment ends
-    rho_beta = np.minimum(rho[:, None] * q, p).sum(1)  # (m,)
-    gap = rho_beta - 1 + (1 - rho_beta / rho) ** k
+    """rho* of :func:`kseq_rho` for one pair, p, q (V,) float64 numpy, in O(V log V).
+
+    ``rho beta(rho) = sum min(rho q, p)`` increases in rho and ``beta(rho)`` decreases, so the gap
+    ``f(rho) = sum min(rho q, p) - 1 + (1 - beta(rho))^k`` increases. Sorting the ratios p(x)/q(x) once,
+    ``sum min(rho q, p) = rho A + B`` with A the draft mass of the tokens whose ratio is >= rho and B the
+    target mass of the others (prefix sums); evaluating f at every ratio in (1, k) brackets the root,
+    and on that segment A and B are constant, so a scalar bisection finishes it."""
+    support = q > 0  # tokens the draft never proposes add nothing to either sum
+    ratio = p[support] / q[support]
+    order = np.argsort(ratio)
+    ratio = ratio[order]
+    cum_p = np.concatenate(([0.0], np.cumsum(p[support][order])))
+    cum_q = np.concatenate(([0.0], np.cumsum(q[support][order])))
+
+    def parts(rho, side):  # (A, B) with the tokens of ratio < rho (side "left") or <= rho ("right") below
+        below = np.searchsorted(ratio, rho, side=side)
+        return cum_q[-1] - cum_q[below], cum_p[below]
+
+    rho = np.concatenate(([1.0], ratio[(ratio > 1) & (ratio < k)], [float(k)]))  # (m,) sorted segment ends
+    A, B = parts(rho, "left")
+    gap = rho * A + B - 1 + (1 - A - B / rho) ** k
     if gap[0] >= -1e-12:
         return 1.0
     j = int(np.argmax(gap >= -1e-12))  # gap[-1] >= 0 always (a union bound)
-    lo, hi = rho[j - 1], rho[j]
-    full = (q > 0) & (ratio >= hi)  # min(rho q, p) = rho q on the whole segment
-    A, B = float(q[full].sum()), float(p[(q > 0) & ~full].sum())
+    lo, hi = float(rho[j - 1]), float(rho[j])
+    A, B = (float(v) for v in parts(lo, "right"))  # constant on (lo, hi): no ratio lies inside
     for _ in range(60):
         mid = (lo + hi) / 2
         if mid * A + B - 1 + (1 - A - B / mid) ** k >= -1e-12:
@@ -288,6 +299,16 @@ def _kseq_rho_exact(p: np.ndarray, q: np.ndarray, k: int) -> float:
         else:
             lo = mid
     return hi
+
+
+def kseq_rho_exact(p, q, k: int) -> float:
+    """rho* of :func:`kseq_rho` for one pair p, q (V,), exactly and in O(V log V) (sorting the ratios
+    p(x)/q(x), see :func:`_kseq_rho_exact`) instead of 60 bisection passes over the vocabulary."""
+    k = _check_k(k)
+    p, q = _check_pair(p, q)
+    if p.dim() != 1:
+        raise ValueError(f"p: expected one distribution (V,), got shape {tuple(p.shape)}")
+    return _kseq_rho_exact(p.double().cpu().numpy(), q.double().cpu().numpy(), k)
 
 
 def _inverse_cdf(weights: np.ndarray, u: float) -> int:
@@ -337,11 +358,13 @@ def _rrs_pick(p: np.ndarray, q: np.ndarray, tokens: np.ndarray, u: np.ndarray) -
 _PICKS = {"kseq": _kseq_pick, "rrs": _rrs_pick}
 
 
-def _copy_row(cache, row: int) -> None:
-    """Make every batch row of a KV cache equal to ``row`` (the accepted path) over its cached positions."""
+def _copy_row(cache, row: int, start: int) -> None:
+    """Make every batch row of a KV cache equal to ``row`` (the accepted path) over positions [start,
+    length): the positions before ``start`` are the same in every row already."""
     n = cache.length
-    cache.k[:, :, :, :n] = cache.k[:, row:row + 1, :, :n].clone()
-    cache.v[:, :, :, :n] = cache.v[:, row:row + 1, :, :n].clone()
+    if start < n:
+        cache.k[:, :, :, start:n] = cache.k[:, row:row + 1, :, start:n].clone()
+        cache.v[:, :, :, start:n] = cache.v[:, row:row + 1, :, start:n].clone()
 
 
 @torch.no_grad()
@@ -421,6 +444,7 @@ def spectr_generate(target, drafter, prompt: torch.Tensor, max_new_tokens: int, 
             record.drafted.append(0)
             continue
         # draft k sequences by Gumbel-max: feed what the draft cache lacks, then g - 1 more tokens
+        shared = {id(t_cache): t_cache.length, id(d_cache): d_cache.length}  # identical in every row up to here
         tick = _time.perf_counter()
         x = out[None, d_cache.length:n].expand(k, -1)  # (k, m >= 1)
         noise = _gumbel((g, k, V), generator, device)  # (g, k, V)
@@ -455,7 +479,8 @@ def spectr_generate(target, drafter, prompt: torch.Tensor, max_new_tokens: int, 
         row = int(alive[0])
         for cache in (t_cache, d_cache):  # keep the accepted path in every row, drop the rest
             cache.crop(min(cache.length, n + accepted))
-            _copy_row(cache, row)
+            if k > 1:
+                _copy_row(cache, row, shared[id(cache)])
         out[n:n + accepted + 1] = torch.tensor(decided[n:n + accepted + 1], device=device)
         record.accepted.append(accepted)
         record.drafted.append(g)

@@ -1,7 +1,7 @@
 """Multi-draft verification: acceptance vs the number of drafts k, and what the exact optimum costs.
 
-    python benchmarks/spectr.py            # random instances and the Shakespeare pair, k = 1..8; LP timings
-    python benchmarks/spectr.py --quick    # fewer instances and sizes
+    python benchmarks/spectr.py            # acceptance vs k, LP timings, SpecTr decoding vs speculative decoding
+    python benchmarks/spectr.py --quick    # fewer instances, sizes and prompts
 
 Part 1 prints, for k = 1..8, the mean acceptance of single-draft speculative sampling (1 - TV, which no
 k improves), SpecInfer's recursive rejection sampling with replacement (exact formula), K-SEQ (exact
@@ -9,7 +9,12 @@ formula) and, where it is small enough to solve, the LP optimum alpha*_k, over (
 on a small vocabulary and (b) the Shakespeare target's and draft's real next-character distributions
 at held-out positions, restricted to the 6 characters the draft finds most likely (renormalized) so that
 the LP stays small. Part 2 times the exact LP against vocabulary size and k: its size grows as V^k,
-while K-SEQ's work is O(k V). SpecTr generation (k draft sequences verified as a tree) is not built yet.
+while K-SEQ's work is O(k V). Part 3 decodes held-out prompts with the Shakespeare pair three ways,
+interleaved prompt by prompt: the target alone (``generate``, KV cache), single-draft speculative decoding
+(``speculative_generate`` with the draft model) and SpecTr (``spectr_generate``, K-SEQ) for each k, at
+each gamma. It prints tokens per target call (block efficiency) and the median per-prompt speed-up over
+plain decoding, both also relative to speculative decoding at the same gamma. All ratios come from this
+one run; compare them across machines, not the absolute times.
 """
 
 from __future__ import annotations
@@ -23,7 +28,10 @@ import torch
 
 from arlib.checkpoints import load_gpt
 from arlib.data import shakespeare
-from arlib.spectr import kseq_acceptance, optimal_acceptance_lp, rrs_acceptance
+from arlib.drafters import ModelDrafter
+from arlib.sampling import generate
+from arlib.spectr import kseq_acceptance, optimal_acceptance_lp, rrs_acceptance, spectr_generate
+from arlib.speculative import speculative_generate
 
 
 def random_pairs(n: int, V: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -87,6 +95,42 @@ def lp_timings(sizes, ks, repeats: int) -> None:
                   f"{statistics.median(ks_times):8.5f}")
 
 
+def timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return time.perf_counter() - start, result
+
+
+@torch.no_grad()
+def decoding_table(n_prompts: int, new_tokens: int, gammas, ks) -> None:
+    """SpecTr (K-SEQ) against speculative decoding and plain decoding on held-out prompts, interleaved."""
+    target, tokenizer, _ = load_gpt("shakespeare-target")
+    draft, _, _ = load_gpt("shakespeare-draft")
+    val = shakespeare().val
+    stride = (len(val) - 64) // n_prompts
+    prompts = [tokenizer.encode(val[i * stride:i * stride + 64]) for i in range(n_prompts)]  # (64,) each
+    generator = torch.Generator().manual_seed(0)
+    print(f"\nSpecTr decoding, {n_prompts} prompts x {new_tokens} characters (median per-prompt ratios)")
+    print(f"{'gamma':>5} | {'method':>10} | {'tokens/call':>11} | {'vs SD':>6} | {'speed-up':>8} | {'vs SD':>6}")
+    for gamma in gammas:
+        rows = {}  # method -> list of (speed-up over plain, tokens per call) per prompt
+        for x in prompts:
+            plain, _ = timed(generate, target, x[None], new_tokens, generator=generator)
+            t, (_, s) = timed(speculative_generate, target, ModelDrafter(draft), x, new_tokens, gamma,
+                              generator=generator)
+            rows.setdefault("SD", []).append((plain / t, s.tokens_per_call))
+            for k in ks:
+                t, (_, s) = timed(spectr_generate, target, draft, x, new_tokens, k, gamma, generator=generator)
+                rows.setdefault(f"SpecTr k={k}", []).append((plain / t, s.tokens_per_call))
+        sd_tokens = statistics.fmean(b for _, b in rows["SD"])
+        for method, values in rows.items():
+            tokens = statistics.fmean(b for _, b in values)
+            speed = statistics.median(a for a, _ in values)
+            vs_sd = statistics.median(a / s for (a, _), (s, _) in zip(values, rows["SD"]))
+            print(f"{gamma:5d} | {method:>10} | {tokens:11.2f} | {tokens / sd_tokens:6.2f} | {speed:7.2f}x | "
+                  f"{vs_sd:6.2f}")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -97,6 +141,10 @@ def main(argv=None) -> None:
     acceptance_table("Shakespeare target vs draft, the draft's top 6 characters", shakespeare_pairs(n, 6), ks,
                      lp_max_k=4)
     lp_timings([4, 8, 16, 32] if not args.quick else [4, 8], [1, 2, 3, 4], 3)
+    if args.quick:
+        decoding_table(4, 96, [4], [1, 2, 4])
+    else:
+        decoding_table(16, 128, [3, 5], [1, 2, 4, 8])
 
 
 if __name__ == "__main__":

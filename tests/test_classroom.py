@@ -457,6 +457,50 @@ def _accepted(p_x, q_x, u, rule=lambda p, q, u: u * q < p, prefix=True):
     return int((accepted.cumprod(dim=0) if prefix else accepted).sum())
 
 
+def _coupling(p, q, divide=True, guard=True):
+    both = torch.minimum(p, q)
+    tv = 1 - both.sum()
+    if guard and tv <= 0:
+        return torch.diag(both)
+    return torch.diag(both) + torch.outer(q - both, p - both) / (tv if divide else 1)
+
+
+def _rho(p, q, k, wrong_end=False):
+    def valid(rho):
+        beta = torch.minimum(q, p / rho).sum().item()
+        return 1 - (1 - beta) ** k <= rho * beta + 1e-12
+
+    if valid(1.0):
+        return 1.0
+    lo, hi = 1.0, float(k)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if valid(mid) != wrong_end:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _kseq_res(p, q, k, rho, by_beta=True, normalize=True):
+    a = torch.minimum(q, p / rho)
+    beta = a.sum()
+    if beta >= 1 - 1e-12:
+        return p
+    passed = sum((1 - beta) ** i for i in range(k)) if by_beta else 1 - (1 - beta) ** k
+    r = p - a * passed
+    return r / (1 - beta) ** k if normalize else r
+
+
+def _rrs(p, q, k, renormalize=True, guard=True):
+    reject = 1.0
+    for _ in range(k):
+        reject *= 1 - torch.minimum(p, q).sum().item()
+        r = (p - q).clamp_min(0)
+        p = r / r.sum() if renormalize and (r.sum() > 0 or not guard) else (p if renormalize else r)
+    return 1 - reject
+
+
 # check -> (what the wrong answer gets wrong, the arguments of the check); every check of arlib.checks is here.
 WRONG = {
     "unigram_entropy": [("zeros", (lambda text: 0.0,)), ("nats instead of bits", (_entropy_nats,))],
@@ -501,6 +545,20 @@ WRONG = {
     "accept_prefix": [("counts every acceptance", (lambda p, q, u: _accepted(p, q, u, prefix=False),)),
                       ("min(1, q/p)", (lambda p, q, u: _accepted(p, q, u, rule=lambda p, q, u: u * p < q),)),
                       ("u <= p/q", (lambda p, q, u: _accepted(p, q, u, rule=lambda p, q, u: u * q <= p),))],
+    "maximal_coupling": [("independent coupling", (lambda p, q: torch.outer(q, p),)),
+                         ("rows and columns swapped", (lambda p, q: _coupling(p, q).T,)),
+                         ("diagonal only", (lambda p, q: torch.diag(torch.minimum(p, q)),)),
+                         ("leftovers not divided by TV", (lambda p, q: _coupling(p, q, divide=False),)),
+                         ("nan when p == q", (lambda p, q: _coupling(p, q, guard=False),))],
+    "kseq_rho_search": [("always k", (lambda p, q, k: float(k),)), ("always 1", (lambda p, q, k: 1.0,)),
+                        ("bisection moves the wrong end", (lambda p, q, k: _rho(p, q, k, wrong_end=True),))],
+    "kseq_residual_law": [("chapter 2's residual", (lambda p, q, k, rho: _residual(p, q),)),
+                          ("no division by beta", (lambda p, q, k, rho: _kseq_res(p, q, k, rho, by_beta=False),)),
+                          ("not normalized", (lambda p, q, k, rho: _kseq_res(p, q, k, rho, normalize=False),))],
+    "rrs_acceptance_exact": [("the same beta for every try",
+                              (lambda p, q, k: 1 - (1 - torch.minimum(p, q).sum().item()) ** k,)),
+                             ("not renormalized", (lambda p, q, k: _rrs(p, q, k, renormalize=False),)),
+                             ("nan when p == q", (lambda p, q, k: _rrs(p, q, k, guard=False),))],
 }
 CASES = [(name, what, args) for name, wrongs in WRONG.items() for what, args in wrongs]
 

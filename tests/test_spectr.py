@@ -272,7 +272,7 @@ def test_spectr_generate_stats_and_errors():
 
 def test_exact_rho_matches_bisection():
     """The decoding loop's segment solve of rho equals kseq_rho's bisection, edge cases included."""
-    from arlib.spectr import _kseq_rho_exact
+    from arlib.spectr import _kseq_rho_exact, kseq_rho_exact
 
     gen = torch.Generator().manual_seed(11)
     cases = []
@@ -291,6 +291,11 @@ def test_exact_rho_matches_bisection():
         for k in (1, 2, 3, 8):
             exact = _kseq_rho_exact(p.numpy(), q.numpy(), k)
             assert exact == pytest.approx(float(kseq_rho(p, q, k)), abs=1e-9)
+            assert kseq_rho_exact(p, q, k) == exact
+    with pytest.raises(ValueError, match="one distribution"):
+        kseq_rho_exact(u[None], u[None], 2)
+    with pytest.raises(ValueError, match="k"):
+        kseq_rho_exact(u, u, 0)
 
 
 @pytest.mark.parametrize("select", ["kseq", "rrs"])
@@ -311,3 +316,34 @@ def test_loop_rules_accept_at_their_stated_probability(select):
     assert abs(accepted - exact) < 5 * math.sqrt(exact * (1 - exact) / n)
     counts = np.bincount([r[1] for r in results], minlength=6)
     assert stats.chisquare(counts, p.numpy() * n).pvalue > 1e-3
+
+
+def test_spectr_generate_law_with_sampling_options():
+    """Temperature and top-k define the target's law (the processed distribution); a ModelDrafter with its
+    own temperature proposes the drafts. Chi-square of the 2-token continuations against that law."""
+    from arlib.drafters import ModelDrafter
+    from arlib.sampling import process_logits
+    from arlib.spectr import spectr_generate
+
+    Vs = 4
+    target, draft = tiny_pair_model(2, 2), tiny_pair_model(3, 1)
+    x = torch.tensor([1, 2, 1])
+    conts = torch.tensor(list(itertools.product(range(Vs), repeat=2)))  # (16, 2)
+    with torch.no_grad():
+        logits = target(torch.cat([x.expand(len(conts), -1), conts], dim=1)[:, :-1])[:, 2:]  # (16, 2, V)
+        probs = process_logits(logits.reshape(-1, Vs), 0.7, 3, None, None).softmax(-1).view(len(conts), 2, Vs)
+    law = probs.gather(-1, conts[..., None]).squeeze(-1).prod(-1).double()  # (16,)
+    N, g = 1500, torch.Generator().manual_seed(8)
+    counts = torch.zeros(len(conts), dtype=torch.float64)
+    drafter = ModelDrafter(draft, temperature=1.3)
+    for _ in range(N):
+        out = spectr_generate(target, drafter, x, 2, k=3, gamma=2, generator=g, stats=False, temperature=0.7,
+                              top_k=3)
+        counts[out[3] * Vs + out[4]] += 1
+    assert counts[law == 0].sum() == 0  # top-k removed tokens never appear
+    big, small = law * N >= 5, (law > 0) & (law * N < 5)
+    obs = torch.cat([counts[big], counts[small].sum()[None]]) if small.any() else counts[big]
+    exp = (torch.cat([law[big], law[small].sum()[None]]) if small.any() else law[big]) * N
+    assert stats.chisquare(obs.numpy(), (exp / exp.sum() * N).numpy()).pvalue > 1e-3
+    with pytest.raises(TypeError, match="drafter"):
+        spectr_generate(target, "draft", x, 2, k=2, gamma=2)

@@ -22,10 +22,12 @@ from arlib.checks.ch02 import (
     prompt_lookup,
     residual_distribution,
 )
+from arlib.checks.ch03 import kseq_residual_law, kseq_rho_search, maximal_coupling, rrs_acceptance_exact
 from arlib.checks.core import CheckFailed
 
 __all__ = [
     "CheckFailed", "unigram_entropy", "class_means", "frame_signal", "mel_scale",
     "perplexity", "top_p_filter", "cached_attention", "continuation_log_prob", "kl_divergence", "kneser_ney_bigram",
     "expected_tokens_sum", "residual_distribution", "optimal_gamma_search", "prompt_lookup", "accept_prefix",
+    "maximal_coupling", "kseq_rho_search", "kseq_residual_law", "rrs_acceptance_exact",
 ]
