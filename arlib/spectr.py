@@ -8,10 +8,12 @@ With k i.i.d. drafts X_1 .. X_k ~ q and the target Y ~ p, the best possible acce
 
     alpha*_k = max over couplings pi of (q^(x)k, p) of P(Y in {X_1, .., X_k})
 
-(a linear program, :func:`optimal_acceptance_lp`; k = 1 gives the maximal coupling, 1 - TV). It is at
-most ``min over S of p(S) + 1 - q(S)^k`` (:func:`acceptance_upper_bound`). K-SEQ (:func:`kseq_select`)
-reaches at least (1 - 1/e) alpha*_k in O(k V) work; SpecInfer's recursive rejection sampling
-(:func:`recursive_rejection_select`, Miao et al. 2024) is the other classic multi-draft rule.
+(a linear program, :func:`optimal_acceptance_lp`; k = 1 gives the maximal coupling, 1 - TV). It equals
+``min over S of p(S) + 1 - q(S)^k`` (:func:`acceptance_upper_bound`, max-flow min-cut), whose minimum lies
+on a prefix of the tokens sorted by p/q (:func:`optimal_acceptance`, O(V log V)). K-SEQ
+(:func:`kseq_select`) reaches at least (1 - 1/e) alpha*_k with O(V log V) work per position; SpecInfer's
+recursive rejection sampling (:func:`recursive_rejection_select`, Miao et al. 2024) is the other classic
+multi-draft rule.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ import torch
 
 from arlib.sampling import sample_probs
 
-__all__ = ["optimal_acceptance_lp", "acceptance_upper_bound", "kseq_beta", "kseq_rho", "kseq_rho_exact",
-           "kseq_acceptance", "kseq_residual", "kseq_select", "recursive_rejection_select", "rrs_acceptance",
-           "spectr_generate"]
+__all__ = ["optimal_acceptance_lp", "optimal_acceptance", "acceptance_upper_bound", "kseq_beta", "kseq_rho",
+           "kseq_rho_exact", "kseq_acceptance", "kseq_residual", "kseq_select", "recursive_rejection_select",
+           "rrs_acceptance", "spectr_generate"]
 
 
 def _check_k(k) -> int:
@@ -97,9 +99,13 @@ def optimal_acceptance_lp(p, q, k: int) -> float:
 
 
 def acceptance_upper_bound(p, q, k: int) -> float:
-    """``min over subsets S of p(S) + 1 - q(S)^k`` >= alpha*_k (SpecTr, Lemma 2 in their letters:
-    q(S) + 1 - p(S)^k): the target must land outside S with probability 1 - p(S), and all k drafts land
-    in S with probability q(S)^k. Enumerates the 2^V subsets: V <= 20."""
+    """``min over subsets S of p(S) + 1 - q(S)^k``, by enumerating the 2^V subsets (V <= 20).
+
+    SpecTr bounds alpha*_k by it (in their letters q(S) + 1 - p(S)^k): a verifier accepts either with
+    Y in S (probability <= p(S)) or with Y outside S, which needs a draft outside S, and all k drafts land
+    in S with probability q(S)^k. It is in fact equal to alpha*_k: the reduced LP of
+    :func:`optimal_acceptance_lp` is a max-flow problem and this is its min cut (chapter 3).
+    :func:`optimal_acceptance` finds the same minimum in O(V log V)."""
     k = _check_k(k)
     p, q = _check_pair(p, q)
     if p.dim() != 1 or p.shape[0] > 20:
@@ -108,6 +114,27 @@ def acceptance_upper_bound(p, q, k: int) -> float:
     masks = torch.tensor(list(itertools.product([0.0, 1.0], repeat=V)), dtype=torch.float64)  # (2^V, V)
     values = masks @ p.double() + 1 - (masks @ q.double()) ** k
     return float(values.min().clamp(max=1.0))
+
+
+def optimal_acceptance(p, q, k: int) -> torch.Tensor:
+    """alpha*_k exactly in O(V log V), batched over the leading dimensions of p, q (..., V) -> (...).
+
+    alpha*_k = min over S of p(S) + 1 - q(S)^k (the min-cut form of the LP, see
+    :func:`acceptance_upper_bound`), and a minimizing S can be taken among the prefixes of the tokens
+    sorted by p(x)/q(x): at a minimizer with c = q(S), adding a token a outside S must not help, so
+    p(a) >= (c + q(a))^k - c^k >= k c^(k-1) q(a), and removing one inside must not either, so
+    p(a) <= c^k - (c - q(a))^k <= k c^(k-1) q(a) (both by convexity of x^k): every ratio inside is at most
+    k c^(k-1), every ratio outside at least that. The value is cheap; a verifier that *reaches* it needs
+    the LP's coupling."""
+    k = _check_k(k)
+    p, q = _check_pair(p, q)
+    p, q = p.double(), q.double()
+    ratio = torch.where(q > 0, p / q.clamp_min(torch.finfo(torch.float64).tiny), torch.inf)  # q = 0: last
+    order = ratio.argsort(dim=-1)
+    p_prefix = p.gather(-1, order).cumsum(-1)  # (..., V): p(S) for the prefixes of length 1..V
+    q_prefix = q.gather(-1, order).cumsum(-1)
+    values = p_prefix + 1 - q_prefix.clamp(max=1.0) ** k  # the empty prefix gives 1
+    return values.min(-1).values.clamp(0.0, 1.0)
 
 
 # --- K-SEQ (SpecTr, Algorithm 2) ------------------------------------------------------------------
@@ -430,7 +457,8 @@ def spectr_generate(target, drafter, prompt: torch.Tensor, max_new_tokens: int, 
     draft(out[None, :T - 1].expand(k, -1), cache=d_cache)
     while n < end:
         g = min(gamma, end - n - 1)
-        u = torch.rand(max(g, 1), k + 1, generator=generator, dtype=torch.float64).numpy()  # (g, k + 1)
+        u = torch.rand(max(g, 1), k + 1, generator=generator, dtype=torch.float64,
+                       device=generator.device if generator is not None else "cpu").cpu().numpy()  # (g, k + 1)
         if g == 0:  # the last token: a plain target step
             tick = _time.perf_counter()
             logits = target(out[None, n - 1:n].expand(k, -1), cache=t_cache)[0, -1]
@@ -469,6 +497,7 @@ def spectr_generate(target, drafter, prompt: torch.Tensor, max_new_tokens: int, 
             r = alive[0]  # every alive row shares the prefix: same p_i and q_i
             first, token, acceptance = pick(p[r, i], qs[r, i], tokens[alive, i], u[i])
             record.betas.append(acceptance)
+            record.candidates.append(len(alive))
             decided[n + i] = token
             if first < 0:  # a replacement: the step ends here
                 break

@@ -253,11 +253,15 @@ class SpecStats:
     the drafter's forward passes; ``wall_time`` is in seconds, prefill included, of which ``draft_time``
     was spent in the drafter's proposals and ``target_time`` in the target's passes (prefill included):
     the rest is verification and bookkeeping. Comparing them with step costs measured in isolation
-    shows what a cost model leaves out (on a CPU, a pass right after another model's is slower)."""
+    shows what a cost model leaves out (on a CPU, a pass right after another model's is slower).
+    Multi-draft generation (:func:`arlib.spectr.spectr_generate`) also records in ``candidates`` how many
+    drafts were alive at each position it examined, and stores in ``betas`` the multi-draft rule's
+    acceptance probability there instead of a single draft's beta."""
 
     accepted: list[int] = field(default_factory=list)
     drafted: list[int] = field(default_factory=list)
     betas: list[float] = field(default_factory=list)
+    candidates: list[int] = field(default_factory=list)
     target_calls: int = 0
     draft_calls: int = 0
     new_tokens: int = 0

@@ -17,6 +17,7 @@ from arlib.spectr import (
     kseq_residual,
     kseq_rho,
     kseq_select,
+    optimal_acceptance,
     optimal_acceptance_lp,
     recursive_rejection_select,
     rrs_acceptance,
@@ -347,3 +348,30 @@ def test_spectr_generate_law_with_sampling_options():
     assert stats.chisquare(obs.numpy(), (exp / exp.sum() * N).numpy()).pvalue > 1e-3
     with pytest.raises(TypeError, match="drafter"):
         spectr_generate(target, "draft", x, 2, k=2, gamma=2)
+
+
+def test_optimal_acceptance_is_the_lp_and_the_subset_minimum():
+    """The O(V log V) sorted-prefix formula equals the subset enumeration and the LP, ties and zeros included."""
+    rng = np.random.default_rng(13)
+    for trial in range(150):
+        V, k = int(rng.integers(2, 8)), int(rng.integers(1, 6))
+        p, q = pair(V, trial, concentration=float(rng.choice([0.2, 1.0, 4.0])))
+        if trial % 3 == 0:  # zeros on either side, and tied ratios
+            p[0], q[1] = 0.0, 0.0
+            if V > 2:
+                q[2] = p[2] * q.sum() / p.sum()
+            p, q = p / p.sum(), q / q.sum()
+        fast = float(optimal_acceptance(p, q, k))
+        assert fast == pytest.approx(acceptance_upper_bound(p, q, k), abs=1e-12)
+        if V ** k <= 3000:
+            assert fast == pytest.approx(optimal_acceptance_lp(p, q, k), abs=1e-8)
+    for name, (p, q) in EDGE.items():
+        p, q = p.double(), q.double()
+        for k in (1, 2, 3):
+            assert float(optimal_acceptance(p, q, k)) == pytest.approx(optimal_acceptance_lp(p, q, k), abs=1e-8), name
+    batch = torch.stack([torch.stack(pair(6, s)) for s in range(5)])  # (5, 2, 6)
+    got = optimal_acceptance(batch[:, 0], batch[:, 1], 3)
+    assert got.shape == (5,) and torch.allclose(got, torch.stack([optimal_acceptance(*b, 3) for b in batch]))
+    assert float(optimal_acceptance(*pair(5, 1), 1)) == pytest.approx(float(torch.minimum(*pair(5, 1)).sum()))
+    with pytest.raises(ValueError, match="k"):
+        optimal_acceptance(*pair(3, 0), 0)
