@@ -80,14 +80,18 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         """``mask`` (T, start + T) optionally passes the causal mask of a multi-position cached call
-        (:func:`causal_mask`), so that the layers of one forward build it once."""
+        (:func:`causal_mask`), so that the layers of one forward build it once; without a cache, a mask
+        (T, T) replaces the causal one."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         # (B, T, C) -> (B, H, T, D)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         dropout = self.attn_dropout if self.training else 0.0
-        if cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        if cache is None:  # causal by default; a mask (T, T) replaces it (next-scale models: block-causal)
+            if mask is None:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         else:
             start = cache.length
             cache.k[layer, :, :, start:start + T] = k
