@@ -501,6 +501,53 @@ def _rrs(p, q, k, renormalize=True, guard=True):
     return 1 - reject
 
 
+def _st_quantize(z, codebook, pick="near", through="straight"):
+    distance = (z.detach()[:, None] - codebook[None]).pow(2).sum(-1)
+    idx = {"near": distance.argmin(1), "far": distance.argmax(1), "dot": (z.detach() @ codebook.T).argmax(1)}[pick]
+    e = codebook[idx]
+    z_q = {"straight": z + (e - z).detach(), "none": e, "backwards": e + (z - e).detach(), "undetached": z + (e - z)}
+    return z_q[through], idx
+
+
+def _ms_quantize(f, codebook, scales, down="area", up="bicubic", subtract=True, accumulate=True):
+    B, D, H, _ = f.shape
+    residual, f_hat, maps = f, torch.zeros_like(f), []
+    for s in scales:
+        r = residual if s == H else F.interpolate(residual, size=(s, s), mode=down)
+        idx = torch.cdist(r.permute(0, 2, 3, 1).reshape(-1, D), codebook).argmin(1).view(B, s, s)
+        codes = codebook[idx].permute(0, 3, 1, 2)
+        back = codes if s == H else F.interpolate(codes, size=(H, H), mode=up)
+        f_hat = f_hat + back if accumulate else back
+        residual = residual - back if subtract else residual
+        maps.append(idx)
+    return maps, f_hat
+
+
+def _verify(p, q, drafts, u, accept=lambda u, p, q: u * q < p, residual=lambda p, q: (p - q).clamp_min(0), stop=True):
+    decided = []
+    for i, x in enumerate(drafts.tolist()):
+        if accept(u[i, 0], p[i, x], q[i, x]):
+            decided.append(x)
+            continue
+        r = residual(p[i], q[i])
+        cdf = torch.cumsum(r if r.sum() > 0 else p[i], 0)
+        decided.append(min(int((cdf <= u[i, 1] * cdf[-1]).sum()), len(r) - 1))
+        if stop:
+            break
+    return decided
+
+
+def _proximity(p, x, neighbors, delta, own=False, strict=False, each=False, keep_x=True):
+    row = neighbors[x]
+    mass = p[row] if own else torch.where(row == x, torch.zeros_like(p[row]), p[row])
+    if each:
+        chosen = row[mass <= delta]
+    else:
+        spent = torch.cumsum(mass, 0)
+        chosen = row[: int(((spent < delta) if strict else (spent <= delta)).sum())]
+    return chosen if keep_x else chosen[chosen != x]
+
+
 # check -> (what the wrong answer gets wrong, the arguments of the check); every check of arlib.checks is here.
 WRONG = {
     "unigram_entropy": [("zeros", (lambda text: 0.0,)), ("nats instead of bits", (_entropy_nats,))],
@@ -559,6 +606,26 @@ WRONG = {
                               (lambda p, q, k: 1 - (1 - torch.minimum(p, q).sum().item()) ** k,)),
                              ("not renormalized", (lambda p, q, k: _rrs(p, q, k, renormalize=False),)),
                              ("nan when p == q", (lambda p, q, k: _rrs(p, q, k, guard=False),))],
+    "straight_through_quantize": [("argmax of the distance", (lambda z, e: _st_quantize(z, e, pick="far"),)),
+                                  ("largest dot product", (lambda z, e: _st_quantize(z, e, pick="dot"),)),
+                                  ("no straight-through", (lambda z, e: _st_quantize(z, e, through="none"),)),
+                                  ("straight-through backwards",
+                                   (lambda z, e: _st_quantize(z, e, through="backwards"),)),
+                                  ("no detach", (lambda z, e: _st_quantize(z, e, through="undetached"),))],
+    "residual_quantize": [("no subtraction", (lambda f, e, s: _ms_quantize(f, e, s, subtract=False),)),
+                          ("nearest upsampling", (lambda f, e, s: _ms_quantize(f, e, s, up="nearest"),)),
+                          ("bilinear downsampling", (lambda f, e, s: _ms_quantize(f, e, s, down="bilinear"),)),
+                          ("f_hat is the last scale only", (lambda f, e, s: _ms_quantize(f, e, s, accumulate=False),))],
+    "sjd_verify": [("accept iff p >= q", (lambda p, q, d, u: _verify(p, q, d, u, accept=lambda u, p, q: p >= q),)),
+                   ("residual max(0, q - p)",
+                    (lambda p, q, d, u: _verify(p, q, d, u, residual=lambda p, q: (q - p).clamp_min(0)),)),
+                   ("no stop after the rejection", (lambda p, q, d, u: _verify(p, q, d, u, stop=False),)),
+                   ("replacement drawn from p", (lambda p, q, d, u: _verify(p, q, d, u, residual=lambda p, q: p),)),
+                   ("u <= p / q", (lambda p, q, d, u: _verify(p, q, d, u, accept=lambda u, p, q: u * q <= p),))],
+    "lantern_proximity": [("counts x's own mass", (lambda p, x, n, d: _proximity(p, x, n, d, own=True),)),
+                          ("strict < delta", (lambda p, x, n, d: _proximity(p, x, n, d, strict=True),)),
+                          ("every light neighbour", (lambda p, x, n, d: _proximity(p, x, n, d, each=True),)),
+                          ("forgets x", (lambda p, x, n, d: _proximity(p, x, n, d, keep_x=False),))],
 }
 CASES = [(name, what, args) for name, wrongs in WRONG.items() for what, args in wrongs]
 

@@ -233,3 +233,20 @@ def test_heads_recipe_runs_and_its_checkpoint_loads(tmp_path):
     target, _, _ = load_gpt("shakespeare-target")
     heads = load_heads(target, directory=tmp_path)
     assert heads.n_heads == 6
+
+
+@pytest.mark.slow
+def test_visual_recipes_run_in_order_and_their_checkpoints_load(tmp_path):
+    """Chapter 4's recipes, shortened to 2 steps each, in dependency order (each generator finds its
+    tokenizer in the same folder); every checkpoint loads back and records its provenance."""
+    from arlib.visual_recipes import VISUAL_RECIPES, load_visual, run_visual_recipe
+
+    names = ("fashion-vq", "fashion-msvq", "fashion-classifier", "fashion-raster", "fashion-var", "fashion-var-markov")
+    for name in names:
+        meta = run_visual_recipe(name, steps=2, out=str(tmp_path), progress=False)
+        assert meta["command"] == f"python -m arlib.recipes {name} --steps 2" and meta["train"]["steps"] == 2
+        assert meta["data"] and all(len(sha) == 64 for sha in meta["data"].values())
+        model, loaded = load_visual(name, directory=tmp_path)
+        assert loaded["parameters"] == sum(p.numel() for p in model.parameters())
+    assert loaded["tokenizer"] == "fashion-msvq" and "test_nll" in loaded["metrics"]
+    assert set(VISUAL_RECIPES) == set(names) and loaded["config"]["markov"] is True

@@ -23,6 +23,7 @@ from arlib.checks.ch02 import (
     residual_distribution,
 )
 from arlib.checks.ch03 import kseq_residual_law, kseq_rho_search, maximal_coupling, rrs_acceptance_exact
+from arlib.checks.ch04 import lantern_proximity, residual_quantize, sjd_verify, straight_through_quantize
 from arlib.checks.core import CheckFailed
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "perplexity", "top_p_filter", "cached_attention", "continuation_log_prob", "kl_divergence", "kneser_ney_bigram",
     "expected_tokens_sum", "residual_distribution", "optimal_gamma_search", "prompt_lookup", "accept_prefix",
     "maximal_coupling", "kseq_rho_search", "kseq_residual_law", "rrs_acceptance_exact",
+    "straight_through_quantize", "residual_quantize", "sjd_verify", "lantern_proximity",
 ]

@@ -1,0 +1,165 @@
+"""Fast sampling from a raster-order model without retraining it: speculative Jacobi decoding and
+LANTERN's relaxed acceptance.
+
+Speculative Jacobi decoding (SJD, Teng et al. 2024): keep a window of L draft tokens after the decided
+prefix. One forward pass over [last decided token, d_1, .., d_L] gives the model's distribution p_i at
+every window position (position i conditions on the drafts before it). Accept d_1, d_2, .. in turn with
+probability ``min(1, p_i(d_i) / q_i(d_i))``, q_i the distribution d_i was drawn from (speculative
+sampling, chapter 2: the accepted token and the residual draw ``norm(max(0, p_i - q_i))`` at the first
+rejection have exactly the law p_i). The positions after the first rejection were conditioned on a wrong
+token; their p_i are still fine *proposals*: the next drafts are drawn from them (the Jacobi update),
+with q = p_i, and new positions at the end of the window start from uniform guesses. If the whole window
+passes, the pass's last distribution gives one more token. With every q recorded, the output has the
+law of plain sequential sampling, while one pass can decide several tokens.
+
+LANTERN (Jang et al. 2025) relaxes the test for image tokens, where many codes look alike: let B_k(x)
+be the k nearest codes of x in the tokenizer's latent space (x first), and A the longest nearest-first
+prefix of B_k(x) whose mass ``sum over x' in A, x' != x of p(x')`` stays within a budget delta. The test
+uses ``p~(x) = p(x) + that mass`` (p with A's mass moved onto x, a distribution within total variation
+delta of p); after a rejection, x and A are removed from the residual. delta = 0 is SJD.
+
+Batch size 1 (the window's acceptance differs between images); with classifier-free guidance the
+model runs on two rows (conditional, null class) that share the tokens.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from arlib.sampling import process_logits
+from arlib.visual_ar import GRID, _check_labels, cfg_logits
+
+__all__ = ["lantern_neighbors", "proximity_set", "relaxed_target", "jacobi_generate", "sample_raster_sjd"]
+
+
+def lantern_neighbors(codebook: torch.Tensor, k: int) -> torch.Tensor:
+    """(K, k) ids of each code's k nearest codes in Euclidean distance, the code itself first."""
+    if not isinstance(codebook, torch.Tensor) or codebook.dim() != 2:
+        raise ValueError("codebook: expected a (K, D) tensor of code vectors")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= codebook.shape[0]:
+        raise ValueError(f"k: expected an int in [1, {codebook.shape[0]}], got {k!r}")
+    distance = torch.cdist(codebook.double(), codebook.double())  # (K, K)
+    distance.fill_diagonal_(-1.0)  # the code itself first, even among duplicates
+    return distance.argsort(dim=1)[:, :k]
+
+
+def proximity_set(p: torch.Tensor, x: int, neighbors: torch.Tensor, delta: float) -> torch.Tensor:
+    """LANTERN's A_(k, delta)(x): the longest nearest-first prefix of ``neighbors[x]`` (x first) whose mass
+    other than x's, ``sum p(x')`` over x' != x, is at most ``delta``. Returns the ids (m,), x first."""
+    if not 0 <= delta <= 1:
+        raise ValueError(f"delta: expected a total-variation budget in [0, 1], got {delta!r}")
+    row = neighbors[x]  # (k,)
+    extra = torch.cumsum(torch.where(row == x, torch.zeros_like(p[row]), p[row]), 0)  # mass beyond x, growing
+    return row[: int((extra <= delta + 1e-12).sum())]
+
+
+def relaxed_target(p: torch.Tensor, x: int, members: torch.Tensor) -> torch.Tensor:
+    """p~: p with the mass of ``members`` (a proximity set of x) moved onto x; TV(p, p~) = that mass."""
+    tilde = p.clone()
+    others = members[members != x]
+    tilde[x] = p[x] + p[others].sum()
+    tilde[others] = 0
+    return tilde
+
+
+def _draw(probs: torch.Tensor, u: float) -> int:
+    """Inverse-CDF draw from probs (V,) with one uniform."""
+    cdf = torch.cumsum(probs, 0)
+    i = int(torch.searchsorted(cdf, torch.tensor([u * float(cdf[-1])], dtype=cdf.dtype, device=cdf.device),
+                               right=True)[0])
+    while i >= len(probs) or probs[i] <= 0:
+        i -= 1
+    return i
+
+
+@torch.no_grad()
+def jacobi_generate(model, prefix: torch.Tensor, length: int, vocab: int, window: int = 8, *,
+                    temperature: float = 1.0, top_k: int | None = None, cfg_scale: float = 1.0,
+                    neighbors: torch.Tensor | None = None, delta: float = 0.0,
+                    generator: torch.Generator | None = None):
+    """Generate ``length`` tokens after ``prefix`` (R, T) with speculative Jacobi decoding.
+
+    ``model`` is an :class:`arlib.gpt.GPT`; only its first ``vocab`` logits are used (the image codes).
+    R = 1, or R = 2 for guidance (row 0 conditional, row 1 unconditional; ``cfg_scale`` mixes them).
+    ``neighbors`` (vocab, k) and ``delta`` > 0 switch on LANTERN's relaxed test. Returns (tokens
+    (length,), stats dict: forward passes, accepted drafts per pass)."""
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"window: expected an int >= 1, got {window!r}")
+    if delta > 0 and neighbors is None:
+        raise ValueError("neighbors: LANTERN (delta > 0) needs the (vocab, k) neighbour table")
+    if prefix.dim() != 2 or prefix.shape[0] not in (1, 2) or (prefix.shape[0] == 2) != (cfg_scale != 1.0):
+        raise ValueError("prefix: expected (1, T), or (2, T) rows (conditional, null class) when cfg_scale != 1")
+    device = prefix.device
+    gen_device = generator.device if generator is not None else "cpu"
+    uniform = torch.full((vocab,), 1.0 / vocab, dtype=torch.float64, device=device)
+    cache = model.new_cache(prefix.shape[0])
+    if prefix.shape[1] > 1:
+        model(prefix[:, :-1], cache=cache)  # every prefix token but the last, fed in each pass
+    last = prefix[0, -1]  # the last decided token (fed first in every pass)
+    out = torch.empty(length, dtype=torch.long, device=device)
+    drafts, proposals = [], []  # the window: tokens and the distributions they were drawn from
+    n, passes, accepted_per_pass = 0, 0, []
+    while n < length:
+        L = min(window, length - n)
+        while len(drafts) < L:  # refill with uniform guesses
+            u = float(torch.rand((), generator=generator, device=gen_device))
+            drafts.append(_draw(uniform, u))
+            proposals.append(uniform)
+        drafts, proposals = drafts[:L], proposals[:L]
+        feed = torch.tensor([[int(last)] + drafts], device=device).expand(prefix.shape[0], -1)  # (R, L + 1)
+        logits = model(feed, cache=cache)[:, :, :vocab].double()  # (R, L + 1, vocab)
+        passes += 1
+        if cfg_scale != 1.0:
+            logits = cfg_logits(logits[0], logits[1], cfg_scale)[None]
+        p = process_logits(logits[0], temperature, top_k).softmax(-1)  # (L + 1, vocab)
+        u = torch.rand(L + 1, 2, generator=generator, device=gen_device, dtype=torch.float64).cpu()
+        decided, i = [], 0
+        while i < L:
+            x, q, target = drafts[i], proposals[i], p[i]
+            members = None
+            if delta > 0:
+                members = proximity_set(target, x, neighbors, delta)
+                target = relaxed_target(target, x, members)
+            if float(u[i, 0]) * float(q[x]) < float(target[x]):
+                decided.append(x)
+                i += 1
+                continue
+            residual = (target - q).clamp_min(0)
+            if members is not None:
+                residual[members] = 0
+            decided.append(_draw(residual if residual.sum() > 0 else target, float(u[i, 1])))
+            break
+        accepted = i
+        if accepted == L and n + L < length:  # the whole window passed: the last distribution is exact too
+            decided.append(_draw(p[L], float(u[L, 1])))
+        accepted_per_pass.append(accepted)
+        out[n:n + len(decided)] = torch.tensor(decided, device=device)
+        cache.crop(cache.length - (L + 1) + len(decided))  # keep the inputs that were right
+        last, n = decided[-1], n + len(decided)
+        # the Jacobi update: the positions after the decided ones are re-drafted from this pass
+        drafts, proposals = [], []
+        for j in range(len(decided), L + 1):
+            if n + len(drafts) >= length:
+                break
+            u_j = float(torch.rand((), generator=generator, device=gen_device))
+            drafts.append(_draw(p[j], u_j))
+            proposals.append(p[j])
+    return out, {"passes": passes, "accepted": accepted_per_pass}
+
+
+@torch.no_grad()
+def sample_raster_sjd(model, label: int, num_codes: int, num_classes: int = 10, window: int = 8, *,
+                      cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int | None = None,
+                      neighbors: torch.Tensor | None = None, delta: float = 0.0,
+                      generator: torch.Generator | None = None):
+    """One image's token grid (7, 7) from a raster model (:func:`arlib.visual_ar.raster_model`) with
+    speculative Jacobi decoding (and LANTERN when ``delta`` > 0); returns (grid, stats)."""
+    device = next(model.parameters()).device
+    labels = _check_labels(torch.tensor([label], device=device), num_classes)
+    prefix = (num_codes + labels)[:, None]  # (1, 1)
+    if cfg_scale != 1.0:
+        prefix = torch.cat([prefix, torch.full_like(prefix, num_codes + num_classes)])
+    tokens, stats = jacobi_generate(model, prefix, GRID * GRID, num_codes, window, temperature=temperature,
+                                    top_k=top_k, cfg_scale=cfg_scale, neighbors=neighbors, delta=delta,
+                                    generator=generator)
+    return tokens.view(GRID, GRID), stats

@@ -1,0 +1,283 @@
+"""Image tokenizers by vector quantization.
+
+- :class:`VectorQuantizer`: nearest-code lookup with the straight-through gradient and a commitment
+  loss (van den Oord et al. 2017, "Neural Discrete Representation Learning", eq. 3); the codebook
+  follows exponential moving averages of the vectors assigned to each code (their appendix A.1), and
+  codes that nobody uses are restarted on random encoder outputs, so that none stays dead.
+- :class:`VQVAE`: a small convolutional encoder (28x28 -> 7x7), the quantizer, and a decoder back to
+  pixels: a 7x7 grid of tokens per Fashion-MNIST image.
+- :class:`MultiScaleQuantizer` and :class:`MultiScaleVQVAE`: VAR's residual quantizer (Tian et al. 2024,
+  "Visual Autoregressive Modeling", Algorithm 1): the latent map is explained coarse to fine, one
+  token map per scale (1x1, 2x2, 3x3, 5x5, 7x7), each quantizing what the coarser ones left over.
+
+Shapes: images (B, 1, H, W) in [0, 1]; latents (B, D, h, w); token maps (B, h, w) of code ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["nearest_code", "VectorQuantizer", "VQConfig", "VQVAE", "MultiScaleQuantizer", "MultiScaleVQVAE"]
+
+
+def nearest_code(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """Index (N,) of the nearest codebook row (K, D) to each vector of z (N, D), in Euclidean distance:
+    argmin_k ||z - e_k||^2 = argmin_k (||e_k||^2 - 2 z . e_k), one matrix product."""
+    if not isinstance(z, torch.Tensor) or z.dim() != 2:
+        raise ValueError(f"z: expected a (N, D) tensor, got {tuple(z.shape) if isinstance(z, torch.Tensor) else z!r}")
+    if not isinstance(codebook, torch.Tensor) or codebook.dim() != 2 or codebook.shape[1] != z.shape[1]:
+        got = tuple(codebook.shape) if isinstance(codebook, torch.Tensor) else type(codebook).__name__
+        raise ValueError(f"codebook: expected a (K, {z.shape[1]}) tensor, got {got}")
+    distance = codebook.pow(2).sum(1)[None, :] - 2 * z @ codebook.T  # (N, K), up to ||z||^2
+    return distance.argmin(dim=1)
+
+
+class VectorQuantizer(nn.Module):
+    """Replace each vector by its nearest code; gradients pass straight through to the encoder.
+
+    ``forward(z)`` with z (B, D, h, w) returns (z_q (B, D, h, w), indices (B, h, w), commitment loss).
+    z_q equals the codes in value and z in gradient (``z + (e - z).detach()``). The loss is
+    ``beta * ||z - sg(e)||^2`` (the commitment term; the codebook term is replaced by EMA updates). In
+    training mode every call updates the codebook (the first call starts the codes on random vectors of
+    the batch): each code moves to the decayed running mean of the vectors assigned to it, and a code
+    whose running count falls below ``restart_below`` (fewer than one vector a batch, on average) is
+    moved onto a random vector of the batch: a dead code brought back to where the data is.
+    """
+
+    def __init__(self, num_codes: int, dim: int, beta: float = 0.25, decay: float = 0.99,
+                 restart_below: float = 1.0):
+        super().__init__()
+        for name, value in (("num_codes", num_codes), ("dim", dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        if not 0 < decay < 1:
+            raise ValueError(f"decay: expected a number in (0, 1), got {decay!r}")
+        self.num_codes, self.dim, self.beta, self.decay, self.restart_below = num_codes, dim, beta, decay, restart_below
+        self.register_buffer("codebook", torch.randn(num_codes, dim) * 0.1)  # (K, D)
+        self.register_buffer("ema_count", torch.ones(num_codes))  # (K,)
+        self.register_buffer("ema_sum", self.codebook.clone())  # (K, D)
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))  # codes set from data yet?
+        self.restarts = 0  # codes restarted so far (a count, not saved with the weights)
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        """Code vectors (B, D, h, w) for indices (B, h, w)."""
+        if indices.dtype != torch.long or (indices.numel() and (indices.min() < 0 or indices.max() >= self.num_codes)):
+            raise ValueError(f"indices: expected torch.long code ids in [0, {self.num_codes})")
+        return self.codebook[indices].permute(0, 3, 1, 2)
+
+    def forward(self, z: torch.Tensor):
+        if z.dim() != 4 or z.shape[1] != self.dim:
+            raise ValueError(f"z: expected (B, {self.dim}, h, w), got {tuple(z.shape)}")
+        B, D, h, w = z.shape
+        flat = z.permute(0, 2, 3, 1).reshape(-1, D)  # (N, D)
+        if self.training and not bool(self.initialized):
+            self._init_from_data(flat.detach())
+        indices = nearest_code(flat.detach(), self.codebook)  # (N,)
+        if self.training:
+            self._ema_update(flat.detach(), indices)
+        codes = self.codebook[indices].view(B, h, w, D).permute(0, 3, 1, 2)  # (B, D, h, w)
+        loss = self.beta * F.mse_loss(z, codes.detach())
+        return z + (codes - z).detach(), indices.view(B, h, w), loss
+
+    @torch.no_grad()
+    def _init_from_data(self, flat: torch.Tensor) -> None:
+        """Start the codes on random vectors of the first training batch (random codes far from the
+        data would all be dead at once)."""
+        pick = torch.randint(len(flat), (self.num_codes,), device=flat.device)
+        self.codebook.copy_(flat[pick] + 1e-3 * torch.randn_like(flat[pick]))
+        self.ema_sum.copy_(self.codebook)
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def _ema_update(self, flat: torch.Tensor, indices: torch.Tensor) -> None:
+        onehot = F.one_hot(indices, self.num_codes).type_as(flat)  # (N, K)
+        self.ema_count.mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)
+        self.ema_sum.mul_(self.decay).add_(onehot.T @ flat, alpha=1 - self.decay)
+        n = self.ema_count.sum()
+        count = (self.ema_count + 1e-5) / (n + self.num_codes * 1e-5) * n  # Laplace smoothing: no division by 0
+        self.codebook.copy_(self.ema_sum / count[:, None])
+        dead = (self.ema_count < self.restart_below).nonzero().flatten()
+        if len(dead):
+            pick = torch.randint(len(flat), (len(dead),), device=flat.device)
+            self.codebook[dead] = flat[pick]
+            self.ema_sum[dead] = flat[pick]
+            self.ema_count[dead] = 1.0
+            self.restarts += int(len(dead))
+
+    def usage(self, indices: torch.Tensor) -> tuple[float, int]:
+        """(perplexity of the code histogram, number of codes used) over indices of any shape."""
+        counts = torch.bincount(indices.flatten(), minlength=self.num_codes).double()
+        probs = counts / counts.sum()
+        entropy = -(probs[probs > 0] * probs[probs > 0].log()).sum()
+        return float(entropy.exp()), int((counts > 0).sum())
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(width, width, 3, padding=1)
+        self.conv2 = nn.Conv2d(width, width, 1)
+
+    def forward(self, x):
+        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
+
+
+@dataclass
+class VQConfig:
+    num_codes: int = 256
+    code_dim: int = 32
+    width: int = 64
+    beta: float = 0.25
+    scales: tuple[int, ...] = (1, 2, 3, 5, 7)  # used by the multi-scale tokenizer only
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _encoder(config: VQConfig) -> nn.Sequential:
+    w = config.width
+    return nn.Sequential(  # (B, 1, 28, 28) -> (B, D, 7, 7)
+        nn.Conv2d(1, w // 2, 4, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(w // 2, w, 4, stride=2, padding=1), _ResBlock(w), _ResBlock(w), nn.ReLU(),
+        nn.Conv2d(w, config.code_dim, 1))
+
+
+def _decoder(config: VQConfig) -> nn.Sequential:
+    w = config.width
+    return nn.Sequential(  # (B, D, 7, 7) -> (B, 1, 28, 28) logits of pixel intensity
+        nn.Conv2d(config.code_dim, w, 3, padding=1), _ResBlock(w), _ResBlock(w), nn.ReLU(),
+        nn.ConvTranspose2d(w, w // 2, 4, stride=2, padding=1), nn.ReLU(),
+        nn.ConvTranspose2d(w // 2, 1, 4, stride=2, padding=1))
+
+
+def _check_images(x) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1:] != (1, 28, 28) or not x.is_floating_point():
+        got = f"{tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x: expected float images (B, 1, 28, 28) in [0, 1], got {got}")
+
+
+class VQVAE(nn.Module):
+    """Encoder, :class:`VectorQuantizer`, decoder: 28x28 images <-> 7x7 grids of code ids.
+
+    ``forward(x)`` returns (reconstruction (B, 1, 28, 28) in [0, 1], indices (B, 7, 7), commitment loss);
+    train it on ``mse(reconstruction, x) + commitment``. ``encode`` and ``decode`` are the tokenizer."""
+
+    def __init__(self, config: VQConfig | None = None):
+        super().__init__()
+        config = VQConfig() if config is None else config
+        self.config = config
+        self.encoder, self.decoder = _encoder(config), _decoder(config)
+        self.quantizer = VectorQuantizer(config.num_codes, config.code_dim, config.beta)
+
+    def forward(self, x: torch.Tensor):
+        _check_images(x)
+        z_q, indices, loss = self.quantizer(self.encoder(x))
+        return torch.sigmoid(self.decoder(z_q)), indices, loss
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Token grids (B, 7, 7) of images x (B, 1, 28, 28)."""
+        _check_images(x)
+        return self.quantizer(self.encoder(x))[1]
+
+    @torch.no_grad()
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """Images (B, 1, 28, 28) in [0, 1] from token grids (B, 7, 7)."""
+        return torch.sigmoid(self.decoder(self.quantizer.lookup(indices)))
+
+
+class MultiScaleQuantizer(nn.Module):
+    """VAR's residual quantizer over scales s_1 < ... < s_K = h (Tian et al. 2024, Algorithm 1).
+
+    For each scale: area-downsample the residual to s x s, take nearest codes (one shared codebook),
+    upsample the code map back to h x h (bicubic), refine it with ``phi(u) = 0.5 u + 0.5 conv3x3(u)``
+    (one conv per scale), add it to the reconstruction f_hat and subtract it from the residual. The
+    straight-through estimator is applied per scale, so the encoder and every phi get gradients.
+    ``forward(f)`` returns (f_hat (B, D, h, h), list of K token maps (B, s_k, s_k), commitment loss).
+    """
+
+    def __init__(self, num_codes: int, dim: int, scales=(1, 2, 3, 5, 7), beta: float = 0.25):
+        super().__init__()
+        scales = tuple(scales)
+        if not scales or any(not isinstance(s, int) or s < 1 for s in scales) or list(scales) != sorted(set(scales)):
+            raise ValueError(f"scales: expected increasing positive ints, got {scales!r}")
+        self.scales = scales
+        self.vq = VectorQuantizer(num_codes, dim, beta)
+        self.phi = nn.ModuleList(nn.Conv2d(dim, dim, 3, padding=1) for _ in scales)
+
+    def _refine(self, k: int, codes: torch.Tensor, size: int) -> torch.Tensor:
+        up = codes if codes.shape[-1] == size else F.interpolate(codes, size=(size, size), mode="bicubic")
+        return 0.5 * up + 0.5 * self.phi[k](up)
+
+    def forward(self, f: torch.Tensor):
+        if f.dim() != 4 or f.shape[-1] != self.scales[-1] or f.shape[-2] != self.scales[-1]:
+            raise ValueError(f"f: expected (B, D, {self.scales[-1]}, {self.scales[-1]}), got {tuple(f.shape)}")
+        size = f.shape[-1]
+        residual, f_hat, maps, loss = f, torch.zeros_like(f), [], f.new_zeros(())
+        for k, s in enumerate(self.scales):
+            r = residual if s == size else F.interpolate(residual, size=(s, s), mode="area")  # (B, D, s, s)
+            codes, indices, commit = self.vq(r)
+            h = self._refine(k, codes, size)
+            f_hat, residual = f_hat + h, residual - h
+            maps.append(indices)
+            loss = loss + commit
+        return f_hat, maps, loss / len(self.scales)
+
+    def reconstruct(self, maps: list[torch.Tensor], upto: int | None = None) -> torch.Tensor:
+        """f_hat (B, D, h, h) from the first ``upto`` token maps (all by default)."""
+        upto = len(self.scales) if upto is None else upto
+        if not 0 <= upto <= len(self.scales) or len(maps) < upto:
+            raise ValueError(f"maps: expected at least {upto} token maps of scales {self.scales[:upto]}")
+        size = self.scales[-1]
+        B = maps[0].shape[0] if maps else 1
+        f_hat = self.vq.codebook.new_zeros(B, self.vq.dim, size, size)
+        for k in range(upto):
+            if maps[k].shape[-2:] != (self.scales[k], self.scales[k]):
+                raise ValueError(f"maps: map {k} should be {self.scales[k]}x{self.scales[k]}, "
+                                 f"got {tuple(maps[k].shape)}")
+            f_hat = f_hat + self._refine(k, self.vq.lookup(maps[k]), size)
+        return f_hat
+
+    def next_scale_inputs(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Teacher-forcing inputs of a next-scale model: for k = 1..K-1, the reconstruction from maps
+        1..k area-downsampled to scale k+1, as (B, s_(k+1)^2, D) token features (VAR, section 3.2)."""
+        inputs, size = [], self.scales[-1]
+        f_hat = self.vq.codebook.new_zeros(maps[0].shape[0], self.vq.dim, size, size)
+        for k in range(len(self.scales) - 1):
+            f_hat = f_hat + self._refine(k, self.vq.lookup(maps[k]), size)
+            s = self.scales[k + 1]
+            x = f_hat if s == size else F.interpolate(f_hat, size=(s, s), mode="area")
+            inputs.append(x.flatten(2).transpose(1, 2))  # (B, s*s, D)
+        return inputs
+
+
+class MultiScaleVQVAE(nn.Module):
+    """The same encoder and decoder as :class:`VQVAE` around a :class:`MultiScaleQuantizer`:
+    ``forward(x)`` -> (reconstruction, token maps per scale, commitment loss)."""
+
+    def __init__(self, config: VQConfig | None = None):
+        super().__init__()
+        config = VQConfig() if config is None else config
+        self.config = config
+        self.encoder, self.decoder = _encoder(config), _decoder(config)
+        self.quantizer = MultiScaleQuantizer(config.num_codes, config.code_dim, config.scales, config.beta)
+
+    def forward(self, x: torch.Tensor):
+        _check_images(x)
+        f_hat, maps, loss = self.quantizer(self.encoder(x))
+        return torch.sigmoid(self.decoder(f_hat)), maps, loss
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Token maps [(B, 1, 1), (B, 2, 2), ..., (B, 7, 7)] of images x (B, 1, 28, 28)."""
+        _check_images(x)
+        return self.quantizer(self.encoder(x))[1]
+
+    @torch.no_grad()
+    def decode(self, maps: list[torch.Tensor], upto: int | None = None) -> torch.Tensor:
+        """Images (B, 1, 28, 28) from the first ``upto`` token maps (all by default): coarse to fine."""
+        return torch.sigmoid(self.decoder(self.quantizer.reconstruct(maps, upto)))
