@@ -24,6 +24,7 @@ model runs on two rows (conditional, null class) that share the tokens.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from arlib.sampling import process_logits
@@ -62,14 +63,24 @@ def relaxed_target(p: torch.Tensor, x: int, members: torch.Tensor) -> torch.Tens
     return tilde
 
 
-def _draw(probs: torch.Tensor, u: float) -> int:
-    """Inverse-CDF draw from probs (V,) with one uniform."""
-    cdf = torch.cumsum(probs, 0)
-    i = int(torch.searchsorted(cdf, torch.tensor([u * float(cdf[-1])], dtype=cdf.dtype, device=cdf.device),
-                               right=True)[0])
-    while i >= len(probs) or probs[i] <= 0:
+def _draw(weights: np.ndarray, u: float) -> int:
+    """Inverse-CDF draw from weights (V,) >= 0 (not necessarily normalized) with one uniform."""
+    cdf = np.cumsum(weights)
+    i = int(np.searchsorted(cdf, u * cdf[-1], side="right"))
+    while i >= len(weights) or weights[i] <= 0:  # u * total rounded onto the last bin's edge
         i -= 1
     return i
+
+
+def _relax(p: np.ndarray, x: int, row: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
+    """numpy twin of :func:`proximity_set` and :func:`relaxed_target` for the decoding loop: (p~, A)."""
+    extra = np.cumsum(np.where(row == x, 0.0, p[row]))
+    members = row[: int((extra <= delta + 1e-12).sum())]
+    others = members[members != x]
+    tilde = p.copy()
+    tilde[x] += p[others].sum()
+    tilde[others] = 0.0
+    return tilde, members
 
 
 @torch.no_grad()
@@ -82,69 +93,69 @@ def jacobi_generate(model, prefix: torch.Tensor, length: int, vocab: int, window
     ``model`` is an :class:`arlib.gpt.GPT`; only its first ``vocab`` logits are used (the image codes).
     R = 1, or R = 2 for guidance (row 0 conditional, row 1 unconditional; ``cfg_scale`` mixes them).
     ``neighbors`` (vocab, k) and ``delta`` > 0 switch on LANTERN's relaxed test. Returns (tokens
-    (length,), stats dict: forward passes, accepted drafts per pass)."""
+    (length,), stats dict: forward passes, accepted drafts per pass). The verification of a window works
+    on numpy copies of its distributions: dozens of tiny tensor operations per pass would cost more than
+    the model's pass itself."""
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         raise ValueError(f"window: expected an int >= 1, got {window!r}")
     if delta > 0 and neighbors is None:
         raise ValueError("neighbors: LANTERN (delta > 0) needs the (vocab, k) neighbour table")
+    if not 0 <= delta <= 1:
+        raise ValueError(f"delta: expected a total-variation budget in [0, 1], got {delta!r}")
     if prefix.dim() != 2 or prefix.shape[0] not in (1, 2) or (prefix.shape[0] == 2) != (cfg_scale != 1.0):
         raise ValueError("prefix: expected (1, T), or (2, T) rows (conditional, null class) when cfg_scale != 1")
     device = prefix.device
     gen_device = generator.device if generator is not None else "cpu"
-    uniform = torch.full((vocab,), 1.0 / vocab, dtype=torch.float64, device=device)
+    table = neighbors.cpu().numpy() if delta > 0 else None
+
+    def uniforms(*shape):
+        return torch.rand(*shape, generator=generator, device=gen_device, dtype=torch.float64).cpu().numpy()
+
+    uniform = np.full(vocab, 1.0 / vocab)
     cache = model.new_cache(prefix.shape[0])
     if prefix.shape[1] > 1:
         model(prefix[:, :-1], cache=cache)  # every prefix token but the last, fed in each pass
-    last = prefix[0, -1]  # the last decided token (fed first in every pass)
-    out = torch.empty(length, dtype=torch.long, device=device)
-    drafts, proposals = [], []  # the window: tokens and the distributions they were drawn from
-    n, passes, accepted_per_pass = 0, 0, []
-    while n < length:
-        L = min(window, length - n)
-        while len(drafts) < L:  # refill with uniform guesses
-            u = float(torch.rand((), generator=generator, device=gen_device))
+    last = int(prefix[0, -1])  # the last decided token (fed first in every pass)
+    out = []
+    drafts, proposals = [], []  # the window: tokens and the distributions (V,) they were drawn from
+    passes, accepted_per_pass = 0, []
+    while len(out) < length:
+        L = min(window, length - len(out))
+        for u in uniforms(max(0, L - len(drafts))):  # refill with uniform guesses
             drafts.append(_draw(uniform, u))
             proposals.append(uniform)
         drafts, proposals = drafts[:L], proposals[:L]
-        feed = torch.tensor([[int(last)] + drafts], device=device).expand(prefix.shape[0], -1)  # (R, L + 1)
+        feed = torch.tensor([[last] + drafts], device=device).expand(prefix.shape[0], -1)  # (R, L + 1)
         logits = model(feed, cache=cache)[:, :, :vocab].double()  # (R, L + 1, vocab)
         passes += 1
         if cfg_scale != 1.0:
             logits = cfg_logits(logits[0], logits[1], cfg_scale)[None]
-        p = process_logits(logits[0], temperature, top_k).softmax(-1)  # (L + 1, vocab)
-        u = torch.rand(L + 1, 2, generator=generator, device=gen_device, dtype=torch.float64).cpu()
-        decided, i = [], 0
-        while i < L:
-            x, q, target = drafts[i], proposals[i], p[i]
-            members = None
-            if delta > 0:
-                members = proximity_set(target, x, neighbors, delta)
-                target = relaxed_target(target, x, members)
-            if float(u[i, 0]) * float(q[x]) < float(target[x]):
+        p = process_logits(logits[0], temperature, top_k).softmax(-1).cpu().numpy()  # (L + 1, vocab)
+        u = uniforms(L + 1, 3)  # per position: the test, the residual draw, the Jacobi re-draft
+        decided, accepted = [], 0
+        for i in range(L):
+            x, q, target, members = drafts[i], proposals[i], p[i], None
+            if table is not None:
+                target, members = _relax(target, x, table[x], delta)
+            if u[i, 0] * q[x] < target[x]:  # accepted with probability min(1, p(x) / q(x))
                 decided.append(x)
-                i += 1
+                accepted += 1
                 continue
-            residual = (target - q).clamp_min(0)
+            residual = np.maximum(target - q, 0.0)
             if members is not None:
-                residual[members] = 0
-            decided.append(_draw(residual if residual.sum() > 0 else target, float(u[i, 1])))
+                residual[members] = 0.0
+            decided.append(_draw(residual if residual.sum() > 0 else target, u[i, 1]))
             break
-        accepted = i
-        if accepted == L and n + L < length:  # the whole window passed: the last distribution is exact too
-            decided.append(_draw(p[L], float(u[L, 1])))
+        if accepted == L and len(out) + L < length:  # the whole window passed: the last distribution is exact too
+            decided.append(_draw(p[L], u[L, 1]))
         accepted_per_pass.append(accepted)
-        out[n:n + len(decided)] = torch.tensor(decided, device=device)
+        out.extend(decided)
         cache.crop(cache.length - (L + 1) + len(decided))  # keep the inputs that were right
-        last, n = decided[-1], n + len(decided)
+        last = decided[-1]
         # the Jacobi update: the positions after the decided ones are re-drafted from this pass
-        drafts, proposals = [], []
-        for j in range(len(decided), L + 1):
-            if n + len(drafts) >= length:
-                break
-            u_j = float(torch.rand((), generator=generator, device=gen_device))
-            drafts.append(_draw(p[j], u_j))
-            proposals.append(p[j])
-    return out, {"passes": passes, "accepted": accepted_per_pass}
+        drafts = [_draw(p[j], u[j, 2]) for j in range(len(decided), L + 1)][: length - len(out)]
+        proposals = [p[j] for j in range(len(decided), len(decided) + len(drafts))]
+    return torch.tensor(out[:length], device=device), {"passes": passes, "accepted": accepted_per_pass}
 
 
 @torch.no_grad()

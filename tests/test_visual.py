@@ -259,6 +259,10 @@ def test_lantern_proximity_set_respects_the_budget():
             assert extra + float(p[neighbors[x, len(members)]]) > delta
         tilde = relaxed_target(p, x, members)
         assert float(tilde.sum()) == pytest.approx(1.0) and 0.5 * float((tilde - p).abs().sum()) == pytest.approx(extra)
+        from arlib.jacobi import _relax  # the decoding loop's numpy twin gives the same set and target
+
+        tilde_np, members_np = _relax(p.numpy(), x, neighbors[x].numpy(), delta)
+        assert np.array_equal(members_np, members.numpy()) and np.allclose(tilde_np, tilde.numpy())
     with pytest.raises(ValueError, match="delta"):
         proximity_set(p, 0, neighbors, 1.5)
     with pytest.raises(ValueError, match="k"):
