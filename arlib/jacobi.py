@@ -115,7 +115,7 @@ def jacobi_generate(model, prefix: torch.Tensor, length: int, vocab: int, window
     cache = model.new_cache(prefix.shape[0])
     if prefix.shape[1] > 1:
         model(prefix[:, :-1], cache=cache)  # every prefix token but the last, fed in each pass
-    last = int(prefix[0, -1])  # the last decided token (fed first in every pass)
+    last = prefix[:, -1:]  # (R, 1): the last decided token of each row, fed first in every pass
     out = []
     drafts, proposals = [], []  # the window: tokens and the distributions (V,) they were drawn from
     passes, accepted_per_pass = 0, []
@@ -125,7 +125,7 @@ def jacobi_generate(model, prefix: torch.Tensor, length: int, vocab: int, window
             drafts.append(_draw(uniform, u))
             proposals.append(uniform)
         drafts, proposals = drafts[:L], proposals[:L]
-        feed = torch.tensor([[last] + drafts], device=device).expand(prefix.shape[0], -1)  # (R, L + 1)
+        feed = torch.cat([last, torch.tensor([drafts], device=device).expand(len(last), -1)], 1)  # (R, L + 1)
         logits = model(feed, cache=cache)[:, :, :vocab].double()  # (R, L + 1, vocab)
         passes += 1
         if cfg_scale != 1.0:
@@ -151,7 +151,7 @@ def jacobi_generate(model, prefix: torch.Tensor, length: int, vocab: int, window
         accepted_per_pass.append(accepted)
         out.extend(decided)
         cache.crop(cache.length - (L + 1) + len(decided))  # keep the inputs that were right
-        last = decided[-1]
+        last = torch.full((prefix.shape[0], 1), decided[-1], device=device)  # the rows share tokens from now on
         # the Jacobi update: the positions after the decided ones are re-drafted from this pass
         drafts = [_draw(p[j], u[j, 2]) for j in range(len(decided), L + 1)][: length - len(out)]
         proposals = [p[j] for j in range(len(decided), len(decided) + len(drafts))]

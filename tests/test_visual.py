@@ -209,14 +209,15 @@ def _chi_square(samples, law):
     return stats.chisquare(obs.numpy(), (exp / exp.sum() * len(samples)).numpy()).pvalue
 
 
-@pytest.mark.parametrize("case", ["plain", "guided", "relaxed"])
+@pytest.mark.parametrize("case", ["plain", "guided", "guided by the last token", "relaxed"])
 def test_speculative_jacobi_decoding_samples_the_model(case):
     """delta = 0: the law of every 3-token continuation is the sequential law (guided too). LANTERN with
     a budget that covers everything (delta = 1) accepts every draft, and its law must differ."""
     vocab, length = 3, 3
     model = tiny_gpt(6, n_layer=2, vocab_size=6, block_size=16, std=0.6)
-    prefix = torch.tensor([[4, 1]]) if case != "guided" else torch.tensor([[4, 1], [5, 1]])
-    cfg = 1.5 if case == "guided" else 1.0
+    prefix = {"guided": torch.tensor([[4, 1], [5, 1]]), "guided by the last token": torch.tensor([[1, 4], [1, 5]])}.get(
+        case, torch.tensor([[4, 1]]))  # the rows differ in the prefill, or only in the token fed in every pass
+    cfg = 1.5 if case.startswith("guided") else 1.0
     relaxed = {"delta": 1.0, "neighbors": torch.arange(vocab).repeat(vocab, 1)} if case == "relaxed" else {}
     law = _exact_law(model, prefix, length, vocab, cfg)
     g = torch.Generator().manual_seed(7)
