@@ -1,7 +1,7 @@
 """Image generation speed and quality on Fashion-MNIST: raster order, raster with speculative Jacobi
 decoding (SJD) and LANTERN, and next-scale prediction (VAR), measured in one run.
 
-    python benchmarks/visual_ar.py            # 200 images per generator (20 per class), deltas 0.05 0.1 0.2
+    python benchmarks/visual_ar.py            # 200 images per generator (20 per class), deltas 0.02 0.1
     python benchmarks/visual_ar.py --quick    # 50 images per generator, one delta
 
 Every generator makes the same class-conditional images (classifier-free guidance scale ``--cfg``,
@@ -37,20 +37,21 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale")
-    parser.add_argument("--window", type=int, default=16, help="SJD window")
+    parser.add_argument("--window", type=int, default=8, help="SJD window")
     args = parser.parse_args(argv)
-    per_class, deltas = (5, [0.1]) if args.quick else (20, [0.05, 0.1, 0.2])
+    per_class, deltas = (5, [0.1]) if args.quick else (20, [0.02, 0.1])
     torch.set_num_threads(1)
     vq, _ = load_visual("fashion-vq")
     msvq, _ = load_visual("fashion-msvq")
     raster, _ = load_visual("fashion-raster")
     var, _ = load_visual("fashion-var")
+    var_markov, _ = load_visual("fashion-var-markov")
     classifier, _ = load_visual("fashion-classifier")
     K = vq.config.num_codes
     labels = torch.arange(10).repeat_interleave(per_class)  # (N,)
     test_images, _ = fashion_mnist("test")
     reference = classifier.features(images_as_float(test_images[:len(labels)]))
-    neighbors = lantern_neighbors(vq.quantizer.codebook, 8)
+    neighbors = lantern_neighbors(vq.quantizer.codebook, 32)
     generators = {
         "raster": lambda y, g: (sample_raster(raster, y[None], K, cfg_scale=args.cfg, generator=g)[0], 49),
         "raster + SJD": lambda y, g: sample_raster_sjd(raster, int(y), K, window=args.window, cfg_scale=args.cfg,
@@ -62,6 +63,8 @@ def main(argv=None) -> None:
                                                     neighbors=neighbors, delta=d, generator=g))
     generators["next-scale (VAR)"] = lambda y, g: (sample_next_scale(var, msvq.quantizer, y[None], cfg_scale=args.cfg,
                                                                      generator=g), 5)
+    generators["next-scale, Markov (HMAR)"] = lambda y, g: (
+        sample_next_scale(var_markov, msvq.quantizer, y[None], cfg_scale=args.cfg, generator=g), 5)
     print(f"{len(labels)} images per generator, cfg {args.cfg}, batch size 1")
     print(f"{'generator':>26} | {'passes/image':>12} | {'images/s':>8} | {'speed-up':>8} | {'accuracy':>8} | "
           f"{'Frechet':>8}")
