@@ -19,6 +19,7 @@ import time
 
 import torch
 
+import arlib
 from arlib.data import fashion_mnist
 from arlib.jacobi import lantern_neighbors, sample_raster_sjd
 from arlib.metrics import frechet_distance
@@ -40,7 +41,7 @@ def main(argv=None) -> None:
     parser.add_argument("--window", type=int, default=8, help="SJD window")
     args = parser.parse_args(argv)
     per_class, deltas = (5, [0.1]) if args.quick else (20, [0.02, 0.1])
-    torch.set_num_threads(1)
+    arlib.setup(seed=0)  # the chapter's thread count (both cores), so that the numbers compare
     vq, _ = load_visual("fashion-vq")
     msvq, _ = load_visual("fashion-msvq")
     raster, _ = load_visual("fashion-raster")
