@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from arlib.sampling import process_logits
+from arlib.sampling import inverse_cdf_index, process_logits
 from arlib.visual_ar import GRID, _check_labels, cfg_logits
 
 __all__ = ["lantern_neighbors", "proximity_set", "relaxed_target", "jacobi_generate", "sample_raster_sjd"]
@@ -63,15 +63,6 @@ def relaxed_target(p: torch.Tensor, x: int, members: torch.Tensor) -> torch.Tens
     tilde[x] = p[x] + p[others].sum()
     tilde[others] = 0
     return tilde
-
-
-def _draw(weights: np.ndarray, u: float) -> int:
-    """Inverse-CDF draw from weights (V,) >= 0 (not necessarily normalized) with one uniform."""
-    cdf = np.cumsum(weights)
-    i = int(np.searchsorted(cdf, u * cdf[-1], side="right"))
-    while i >= len(weights) or weights[i] <= 0:  # u * total rounded onto the last bin's edge
-        i -= 1
-    return i
 
 
 def _relax(p: np.ndarray, x: int, row: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
@@ -124,7 +115,7 @@ def jacobi_generate(model, prefix: torch.Tensor, length: int, vocab: int, window
     while len(out) < length:
         L = min(window, length - len(out))
         for u in uniforms(max(0, L - len(drafts))):  # refill with uniform guesses
-            drafts.append(_draw(uniform, u))
+            drafts.append(inverse_cdf_index(uniform, u))
             proposals.append(uniform)
         drafts, proposals = drafts[:L], proposals[:L]
         feed = torch.cat([last, torch.tensor([drafts], device=device).expand(len(last), -1)], 1)  # (R, L + 1)
@@ -146,16 +137,16 @@ def jacobi_generate(model, prefix: torch.Tensor, length: int, vocab: int, window
             residual = np.maximum(target - q, 0.0)
             if members is not None:
                 residual[members] = 0.0
-            decided.append(_draw(residual if residual.sum() > 0 else target, u[i, 1]))
+            decided.append(inverse_cdf_index(residual if residual.sum() > 0 else target, u[i, 1]))
             break
         if accepted == L and len(out) + L < length:  # the whole window passed: the last distribution is exact too
-            decided.append(_draw(p[L], u[L, 1]))
+            decided.append(inverse_cdf_index(p[L], u[L, 1]))
         accepted_per_pass.append(accepted)
         out.extend(decided)
         cache.crop(cache.length - (L + 1) + len(decided))  # keep the inputs that were right
         last = torch.full((prefix.shape[0], 1), decided[-1], device=device)  # the rows share tokens from now on
         # the Jacobi update: the positions after the decided ones are re-drafted from this pass
-        drafts = [_draw(p[j], u[j, 2]) for j in range(len(decided), L + 1)][: length - len(out)]
+        drafts = [inverse_cdf_index(p[j], u[j, 2]) for j in range(len(decided), L + 1)][: length - len(out)]
         proposals = [p[j] for j in range(len(decided), len(decided) + len(drafts))]
     return torch.tensor(out[:length], device=device), {"passes": passes, "accepted": accepted_per_pass}
 

@@ -23,7 +23,7 @@ import itertools
 import numpy as np
 import torch
 
-from arlib.sampling import sample_probs
+from arlib.sampling import inverse_cdf_index, sample_probs
 
 __all__ = ["optimal_acceptance_lp", "optimal_acceptance", "acceptance_upper_bound", "kseq_beta", "kseq_rho",
            "kseq_rho_exact", "kseq_acceptance", "kseq_residual", "kseq_select", "recursive_rejection_select",
@@ -338,15 +338,6 @@ def kseq_rho_exact(p, q, k: int) -> float:
     return _kseq_rho_exact(p.double().cpu().numpy(), q.double().cpu().numpy(), k)
 
 
-def _inverse_cdf(weights: np.ndarray, u: float) -> int:
-    """Index drawn with probability proportional to weights (V,) >= 0, from one uniform u in [0, 1)."""
-    cdf = np.cumsum(weights)
-    i = int(np.searchsorted(cdf, u * cdf[-1], side="right"))
-    while i >= len(weights) or weights[i] <= 0:  # u * total rounded onto the last bin's edge
-        i -= 1
-    return i
-
-
 def _kseq_pick(p: np.ndarray, q: np.ndarray, tokens: np.ndarray, u: np.ndarray) -> tuple[int, int, float]:
     """K-SEQ on one position: p, q (V,), tokens (k,) i.i.d. from q, u (k + 1,) uniforms. Returns (index of
     the accepted draft or -1, token, the rule's acceptance probability); the rule of :func:`kseq_select`."""
@@ -361,7 +352,7 @@ def _kseq_pick(p: np.ndarray, q: np.ndarray, tokens: np.ndarray, u: np.ndarray) 
     residual = np.maximum(p - accept * (passed / max(beta, 1e-300)), 0)
     if residual.sum() <= 1e-12:
         residual = p
-    return -1, _inverse_cdf(residual, u[k]), passed
+    return -1, inverse_cdf_index(residual, u[k]), passed
 
 
 def _rrs_pick(p: np.ndarray, q: np.ndarray, tokens: np.ndarray, u: np.ndarray) -> tuple[int, int, float]:
@@ -378,7 +369,7 @@ def _rrs_pick(p: np.ndarray, q: np.ndarray, tokens: np.ndarray, u: np.ndarray) -
                 p = r / r.sum()  # the law the next draft is verified against
             p_i = r / r.sum()
     if first < 0:
-        token = _inverse_cdf(p, u[len(tokens)])
+        token = inverse_cdf_index(p, u[len(tokens)])
     return first, token, 1 - rejected
 
 
@@ -463,7 +454,7 @@ def spectr_generate(target, drafter, prompt: torch.Tensor, max_new_tokens: int, 
             tick = _time.perf_counter()
             logits = target(out[None, n - 1:n].expand(k, -1), cache=t_cache)[0, -1]
             record.target_time += _time.perf_counter() - tick
-            decided[n] = _inverse_cdf(options.probs(logits).double().numpy(), u[0, 0])
+            decided[n] = inverse_cdf_index(options.probs(logits).double().numpy(), u[0, 0])
             out[n] = decided[n]
             t_cache.crop(n)
             n += 1
@@ -504,7 +495,7 @@ def spectr_generate(target, drafter, prompt: torch.Tensor, max_new_tokens: int, 
             accepted += 1
             alive = alive[tokens[alive, i] == token]
         else:
-            decided[n + g] = _inverse_cdf(p[alive[0], g], u[g - 1, k])  # the bonus token (u[g-1, k] is unused)
+            decided[n + g] = inverse_cdf_index(p[alive[0], g], u[g - 1, k])  # the bonus token (u[g-1, k] is unused)
         row = int(alive[0])
         for cache in (t_cache, d_cache):  # keep the accepted path in every row, drop the rest
             cache.crop(min(cache.length, n + accepted))

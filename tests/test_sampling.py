@@ -245,3 +245,15 @@ def test_generate_errors(model, kwargs, name):
     p, n = args.pop("prompt"), args.pop("max_new_tokens")
     with pytest.raises(ValueError, match=name):
         generate(model, p, n, **args)
+
+
+def test_inverse_cdf_index_follows_the_weights_and_skips_zeros():
+    import numpy as np
+
+    from arlib.sampling import inverse_cdf_index
+
+    weights = np.array([0.0, 2.0, 0.0, 1.0, 1.0, 0.0])  # unnormalized, zeros inside and at the end
+    grid = (np.arange(10_000) + 0.5) / 10_000  # uniforms spread evenly over [0, 1)
+    counts = np.bincount([inverse_cdf_index(weights, u) for u in grid], minlength=6)
+    assert np.allclose(counts / len(grid), weights / weights.sum(), atol=1e-3)
+    assert inverse_cdf_index(weights, 0.0) == 1 and inverse_cdf_index(weights, 1.0 - 1e-16) == 4
