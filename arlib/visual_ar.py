@@ -210,9 +210,6 @@ def sample_next_scale(model: NextScaleModel, quantizer, labels: torch.Tensor, cf
         gumbel = -torch.empty_like(logits).exponential_(generator=generator).log()
         maps.append((logits + gumbel).argmax(-1).view(B, s, s))
         if k + 1 < len(model.scales):
-            f_hat = f_hat + quantizer._refine(k, quantizer.vq.lookup(maps[-1]), size)
-            nxt = model.scales[k + 1]
-            x = f_hat if nxt == size else F.interpolate(f_hat, size=(nxt, nxt), mode="area")
-            block = x.flatten(2).transpose(1, 2)  # (B, s'^2, D)
+            f_hat, block = quantizer.next_scale_step(f_hat, k, maps[-1])  # block: (B, s'^2, D)
             block = block.repeat(2, 1, 1) if guided else block
     return maps

@@ -242,16 +242,25 @@ class MultiScaleQuantizer(nn.Module):
             f_hat = f_hat + self._refine(k, self.vq.lookup(maps[k]), size)
         return f_hat
 
+    def next_scale_step(self, f_hat: torch.Tensor, k: int, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add map k (B, s_k, s_k) to the reconstruction f_hat (B, D, h, h); return (the new f_hat, the next
+        scale's input: f_hat area-downsampled to scale k+1 as (B, s_(k+1)^2, D) token features). The one step
+        that both teacher forcing and sampling of a next-scale model take (VAR, section 3.2)."""
+        size = self.scales[-1]
+        f_hat = f_hat + self._refine(k, self.vq.lookup(indices), size)
+        s = self.scales[k + 1]
+        x = f_hat if s == size else F.interpolate(f_hat, size=(s, s), mode="area")
+        return f_hat, x.flatten(2).transpose(1, 2)
+
     def next_scale_inputs(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
         """Teacher-forcing inputs of a next-scale model: for k = 1..K-1, the reconstruction from maps
-        1..k area-downsampled to scale k+1, as (B, s_(k+1)^2, D) token features (VAR, section 3.2)."""
-        inputs, size = [], self.scales[-1]
+        1..k area-downsampled to scale k+1, as (B, s_(k+1)^2, D) token features."""
+        size = self.scales[-1]
         f_hat = self.vq.codebook.new_zeros(maps[0].shape[0], self.vq.dim, size, size)
+        inputs = []
         for k in range(len(self.scales) - 1):
-            f_hat = f_hat + self._refine(k, self.vq.lookup(maps[k]), size)
-            s = self.scales[k + 1]
-            x = f_hat if s == size else F.interpolate(f_hat, size=(s, s), mode="area")
-            inputs.append(x.flatten(2).transpose(1, 2))  # (B, s*s, D)
+            f_hat, x = self.next_scale_step(f_hat, k, maps[k])
+            inputs.append(x)
         return inputs
 
 
