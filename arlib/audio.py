@@ -1,4 +1,5 @@
-"""Speech features with torch only: the mel scale, a triangular mel filterbank, log-mel spectrograms.
+"""Speech features with torch only: the mel scale, a triangular mel filterbank, log-mel spectrograms,
+SpecAugment masks.
 
 The mel scale follows O'Shaughnessy (1987): m = 2595 log10(1 + f / 700).
 """
@@ -54,3 +55,32 @@ def log_mel(wave: torch.Tensor, sample_rate: int = 16000, n_fft: int = 400, hop:
     power = spec.abs() ** 2  # (..., F, frames)
     mel = mel_filterbank(n_mels, n_fft, sample_rate).to(wave.device) @ power  # (..., M, frames)
     return torch.log(mel + eps)
+
+
+def spec_augment(feats: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator, freq_masks: int = 2,
+                 freq_width: int = 10, time_masks: int = 2, time_ratio: float = 0.05) -> torch.Tensor:
+    """SpecAugment's masks (Park et al. 2019) on a batch of normalized frames (B, T, M): ``freq_masks``
+    bands of up to ``freq_width`` channels and ``time_masks`` spans of up to ``time_ratio`` of each
+    utterance set to 0 (the mean after normalization). Time warping is left out. Returns a new tensor."""
+    if feats.dim() != 3:
+        raise ValueError(f"feats: expected (B, T, M) frames, got shape {tuple(feats.shape)}")
+    B, T, M = feats.shape
+    if not 0 <= freq_width <= M:
+        raise ValueError(f"freq_width: expected an int in [0, {M}], got {freq_width}")
+    if not 0 <= time_ratio <= 1:
+        raise ValueError(f"time_ratio: expected a fraction in [0, 1], got {time_ratio}")
+    u = torch.rand(B, freq_masks + time_masks, 2, generator=generator)  # widths and starts, on the CPU
+    channel, frame = torch.arange(M), torch.arange(T)
+    keep = torch.ones(B, T, M, dtype=torch.bool)
+    for i in range(freq_masks):
+        width = (u[:, i, 0] * (freq_width + 1)).long()  # (B,) in 0..freq_width
+        start = (u[:, i, 1] * (M - width + 1)).long()
+        band = (channel >= start[:, None]) & (channel < (start + width)[:, None])  # (B, M)
+        keep &= ~band[:, None, :]
+    max_span = (lengths.cpu().float() * time_ratio).long()  # (B,)
+    for i in range(freq_masks, freq_masks + time_masks):
+        width = (u[:, i, 0] * (max_span + 1)).long()
+        start = (u[:, i, 1] * (lengths.cpu() - width + 1)).long()
+        span = (frame >= start[:, None]) & (frame < (start + width)[:, None])  # (B, T)
+        keep &= ~span[:, :, None]
+    return feats * keep.to(feats.device)

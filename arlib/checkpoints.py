@@ -26,11 +26,53 @@ def _paths(name: str, directory: str | Path | None) -> tuple[Path, Path]:
     return root / f"{name}.safetensors", root / f"{name}.json"
 
 
+SCALE_SUFFIX = ".int8_scale"  # the per-row scale stored beside each int8 matrix
+
+
+def quantize_state(state: dict) -> dict:
+    """int8 storage: every float tensor of 2 or more dimensions becomes int8 rows ``round(w / s)`` with one
+    float16 scale per row, ``s = max |w_row| / 127`` (symmetric, per output channel); the rest float16.
+    The rounding error of an entry is at most s / 2, about 0.4 % of its row's largest entry."""
+    out = {}
+    for key, value in state.items():
+        value = value.detach().to("cpu")
+        if value.is_floating_point() and value.dim() >= 2:
+            rows = value.float().flatten(1)  # (out, in...)
+            scale = (rows.abs().amax(1, keepdim=True) / 127).clamp_min(1e-12).half()  # (out, 1) as stored
+            out[key] = torch.round(rows / scale.float()).clamp(-127, 127).to(torch.int8).view_as(value).contiguous()
+            out[key + SCALE_SUFFIX] = scale.flatten().contiguous()
+        else:
+            out[key] = (value.half() if value.is_floating_point() else value).contiguous()
+    return out
+
+
+def dequantize_state(tensors: dict) -> dict:
+    """The float32 state dict back from :func:`quantize_state`'s (or plain float16) tensors."""
+    out = {}
+    for key, value in tensors.items():
+        if key.endswith(SCALE_SUFFIX):
+            continue
+        scale = tensors.get(key + SCALE_SUFFIX)
+        if scale is not None:
+            value = (value.float().flatten(1) * scale.float()[:, None]).view(value.shape)
+        out[key] = value.float() if value.is_floating_point() or scale is not None else value
+    return out
+
+
+def load_state(name: str, directory: str | Path | None = None) -> dict:
+    """The float32 state dict of checkpoint ``name``, whether stored in float16 or int8."""
+    return dequantize_state(load_file(str(_paths(name, directory)[0])))
+
+
 def save_checkpoint(model: torch.nn.Module, name: str, meta: dict, directory: str | Path | None = None,
                     dtype: torch.dtype = torch.float16) -> Path:
-    """Write the weights (cast to ``dtype``; tied tensors stored once) and the sidecar ``meta``."""
+    """Write the weights (cast to ``dtype``, or int8 with per-row scales (:func:`quantize_state`) for
+    ``torch.int8``; tied tensors stored once) and the sidecar ``meta``."""
     weights_path, meta_path = _paths(name, directory)
-    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    if dtype == torch.int8:
+        tensors = quantize_state(model.state_dict())
+    else:
+        tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
     atomic_write(weights_path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
     atomic_write(meta_path, lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
     return weights_path

@@ -201,9 +201,12 @@ def _windows(ids, batch_size, block_size, device, step, generator):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m arlib.recipes", description=__doc__.splitlines()[0])
+    from arlib.asr_recipes import SPEECH_RECIPES, run_speech_recipe  # chapter 5's
+    from arlib.sae_recipes import SAE_RECIPES, run_sae_recipe  # chapter 6's
     from arlib.visual_recipes import VISUAL_RECIPES, run_visual_recipe  # chapter 4's checkpoints
 
-    parser.add_argument("name", choices=sorted(RECIPES) + sorted(HEAD_RECIPES) + sorted(VISUAL_RECIPES))
+    parser.add_argument("name", choices=sorted(RECIPES) + sorted(HEAD_RECIPES) + sorted(VISUAL_RECIPES)
+                        + sorted(SPEECH_RECIPES) + sorted(SAE_RECIPES))
     parser.add_argument("--steps", type=int, default=None, help="train for this many steps instead")
     parser.add_argument("--out", default=None, help="folder for the checkpoint (default data/checkpoints)")
     parser.add_argument("--eval-chars", type=int, default=None, help="score only this many validation chars")
@@ -211,8 +214,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     run = run_heads_recipe if args.name in HEAD_RECIPES else run_lm_recipe
     run = run_visual_recipe if args.name in VISUAL_RECIPES else run
+    run = run_speech_recipe if args.name in SPEECH_RECIPES else run
+    run = run_sae_recipe if args.name in SAE_RECIPES else run
     meta = run(args.name, steps=args.steps, out=args.out, progress=not args.no_progress, eval_chars=args.eval_chars)
-    if meta and args.name in VISUAL_RECIPES:
+    if meta and (args.name in VISUAL_RECIPES or args.name in SPEECH_RECIPES or args.name in SAE_RECIPES):
         print(f"{args.name}: {meta['parameters']:,} parameters, {meta['metrics']}, {meta['wall_seconds']} s")
     elif meta and args.name in HEAD_RECIPES:
         print(f"{args.name}: teacher-forced beta {meta['metrics']['teacher_forced_beta']}, {meta['wall_seconds']} s")

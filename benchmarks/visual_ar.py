@@ -27,6 +27,12 @@ from arlib.visual_ar import sample_next_scale, sample_raster
 from arlib.visual_recipes import images_as_float, load_visual
 
 
+def sync(device) -> None:
+    """Wait for the accelerator before reading the clock."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
 @torch.no_grad()
 def score(classifier, images: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
     """(class-consistency accuracy, Fréchet distance to the reference features)."""
@@ -39,19 +45,20 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale")
     parser.add_argument("--window", type=int, default=8, help="SJD window")
+    parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
     args = parser.parse_args(argv)
     per_class, deltas = (5, [0.1]) if args.quick else (20, [0.02, 0.1])
-    arlib.setup(seed=0)  # the chapter's thread count (both cores), so that the numbers compare
-    vq, _ = load_visual("fashion-vq")
-    msvq, _ = load_visual("fashion-msvq")
-    raster, _ = load_visual("fashion-raster")
-    var, _ = load_visual("fashion-var")
-    var_markov, _ = load_visual("fashion-var-markov")
-    classifier, _ = load_visual("fashion-classifier")
+    device = arlib.setup(seed=0, device=args.device)  # the chapter's thread count (both cores): numbers compare
+    vq, _ = load_visual("fashion-vq", device)
+    msvq, _ = load_visual("fashion-msvq", device)
+    raster, _ = load_visual("fashion-raster", device)
+    var, _ = load_visual("fashion-var", device)
+    var_markov, _ = load_visual("fashion-var-markov", device)
+    classifier, _ = load_visual("fashion-classifier", device)
     K = vq.config.num_codes
-    labels = torch.arange(10).repeat_interleave(per_class)  # (N,)
+    labels = torch.arange(10, device=device).repeat_interleave(per_class)  # (N,)
     test_images, _ = fashion_mnist("test")
-    reference = classifier.features(images_as_float(test_images[:len(labels)]))
+    reference = classifier.features(images_as_float(test_images[:len(labels)]).to(device))
     neighbors = lantern_neighbors(vq.quantizer.codebook, 32)
     generators = {
         "raster": lambda y, g: (sample_raster(raster, y[None], K, cfg_scale=args.cfg, generator=g)[0], 49),
@@ -66,13 +73,16 @@ def main(argv=None) -> None:
                                                                      generator=g), 5)
     generators["next-scale, Markov (HMAR)"] = lambda y, g: (
         sample_next_scale(var_markov, msvq.quantizer, y[None], cfg_scale=args.cfg, generator=g), 5)
-    print(f"{len(labels)} images per generator, cfg {args.cfg}, batch size 1")
+    print(f"{len(labels)} images per generator on {device}, cfg {args.cfg}, batch size 1")
     print(f"{'generator':>26} | {'passes/image':>12} | {'images/s':>8} | {'speed-up':>8} | {'accuracy':>8} | "
           f"{'Frechet':>8}")
     base = None
     for name, generate in generators.items():
-        g = torch.Generator().manual_seed(0)
+        g = torch.Generator(device=device).manual_seed(0)
         images, passes = [], []
+        warm = generate(labels[0], torch.Generator(device=device).manual_seed(1))  # CUDA kernels load lazily
+        del warm
+        sync(device)
         start = time.perf_counter()
         for y in labels:
             out, info = generate(y, g)
@@ -81,6 +91,7 @@ def main(argv=None) -> None:
             else:
                 images.append(vq.decode(out.view(1, 7, 7)))
             passes.append(info if isinstance(info, int) else info["passes"])
+        sync(device)
         seconds = time.perf_counter() - start
         rate = len(labels) / seconds
         base = base or rate

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from arlib.checkpoints import CHECKPOINT_DIR, list_checkpoints, load_gpt
+from arlib.checkpoints import CHECKPOINT_DIR, list_checkpoints, load_gpt, save_checkpoint
 from arlib.data import SOURCES
 from arlib.recipes import RECIPES
 
@@ -44,3 +44,44 @@ def test_target_and_draft_meet_the_books_requirements():
     assert draft_meta["parameters"] <= target_meta["parameters"] / 10
     assert draft_meta["metrics"]["val_nll"] > target_meta["metrics"]["val_nll"] + 0.05  # clearly worse
     assert draft_meta["tokenizer"] == target_meta["tokenizer"]
+
+
+def test_int8_storage_round_trips_within_half_a_step(tmp_path):
+    """int8 checkpoints: matrices as int8 rows with one scale each, the rest float16; loading gives float32
+    within half a quantization step of every entry, and integer buffers unchanged."""
+    from arlib.checkpoints import SCALE_SUFFIX, dequantize_state, load_state, quantize_state
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.LayerNorm(32), torch.nn.Conv1d(32, 16, 3))
+    model.register_buffer("steps", torch.tensor([3, 5]))
+    model[0].weight.data[2] = 0.0  # an all-zero row must not divide by zero
+    save_checkpoint(model, "tiny-int8", {"config": {}}, tmp_path, dtype=torch.int8)
+    stored = quantize_state(model.state_dict())
+    assert stored["0.weight"].dtype == torch.int8 and stored["2.weight"].dtype == torch.int8
+    assert stored["0.bias"].dtype == torch.float16 and stored["0.weight" + SCALE_SUFFIX].shape == (32,)
+    loaded = load_state("tiny-int8", tmp_path)
+    assert set(loaded) == set(model.state_dict()) and torch.equal(loaded["steps"], model.steps)
+    for key in ("0.weight", "2.weight"):
+        w = model.state_dict()[key]
+        step = w.flatten(1).abs().amax(1) / 127  # per row
+        err = (loaded[key] - w).flatten(1).abs()
+        assert (err <= step[:, None] / 2 * 1.01 + 1e-7).all()
+    assert torch.equal(loaded["0.weight"][2], torch.zeros(64))
+    assert torch.allclose(dequantize_state(stored)["1.weight"], model[1].weight, atol=1e-3)
+    assert (tmp_path / "tiny-int8.safetensors").stat().st_size < 0.7 * 2 * sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["speech-ctc", "speech-aed", "speech-aed-words", "speech-paraformer",
+                                  "speech-paraformer-noglance"])
+def test_speech_checkpoints_match_their_recipes(name):
+    """Chapter 5's checkpoints: the full recipe, stored in int8 at a small cost in WER, loadable."""
+    from arlib.asr_recipes import SPEECH_RECIPES, load_speech
+
+    model, meta = load_speech(name)
+    recipe = SPEECH_RECIPES[name]
+    assert meta["train"]["steps"] == recipe.train.steps and meta["command"] == f"python -m arlib.recipes {name}"
+    assert meta["stored_dtype"] == "int8" and meta["parameters"] == sum(p.numel() for p in model.parameters())
+    assert meta["unit"] == recipe.unit and meta["glance"] == recipe.glance
+    assert meta["metrics"]["test_wer"] <= meta["metrics"]["test_wer_float32"] + 0.01
+    assert meta["data"]["train"]["n"] == 6000 and meta["data"]["test"]["n"] == 400
+    assert not model.training

@@ -548,6 +548,101 @@ def _proximity(p, x, neighbors, delta, own=False, strict=False, each=False, keep
     return chosen if keep_x else chosen[chosen != x]
 
 
+def _mel_filters(n_mels, n_fft, sr, hz=False, points=2, area=False, clamp=True):
+    freqs = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * sr / n_fft
+    if hz:
+        edges = torch.linspace(0, sr / 2, n_mels + points, dtype=torch.float64)
+    else:
+        edges = _to_hz(torch.linspace(0, float(_to_mel(torch.tensor(sr / 2))), n_mels + points).double())
+    lower, center, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    tri = torch.minimum((freqs - lower) / (center - lower), (upper - freqs) / (upper - center))
+    tri = tri.clamp_min(0) if clamp else tri
+    return tri * 2 / (upper - lower) if area else tri
+
+
+def _ctc_log_prob(log_probs, target, blank=0, skip_equal=False, end="both", linear=False, viterbi=False):
+    ext = torch.full((2 * len(target) + 1,), blank, dtype=torch.long)
+    ext[1::2] = torch.tensor(target, dtype=torch.long)
+    S = len(ext)
+    skip = torch.zeros(S, dtype=torch.bool)
+    skip[2:] = (ext[2:] != blank) & ((ext[2:] != ext[:-2]) | skip_equal)
+    y = log_probs[:, ext].exp() if linear else log_probs[:, ext]  # (T, S)
+    zero = 0.0 if linear else -math.inf
+    a = torch.full((S,), zero, dtype=torch.float64)
+    a[:2] = y[0, :2]
+    for t in range(1, len(y)):
+        padded = torch.cat([torch.full((2,), zero, dtype=torch.float64), a])
+        step, jump = padded[1:S + 1], torch.where(skip, padded[:S], zero)
+        terms = torch.stack([a, step, jump])
+        if linear:
+            a = terms.sum(0) * y[t]
+        else:
+            a = (terms.max(0).values if viterbi else torch.logsumexp(terms, 0)) + y[t]
+    last = a[-2:] if end == "both" and S > 1 else a[-1:]
+    if linear:
+        return float(last.sum().log())
+    return float(last.max() if viterbi else torch.logsumexp(last, 0))
+
+
+def _collapse_wrong(labels, blank=0, how="drop first"):
+    if how == "drop first":
+        kept = [x for x in labels if x != blank]
+        return [x for i, x in enumerate(kept) if i == 0 or x != kept[i - 1]]
+    if how == "keep blanks":
+        return [x for i, x in enumerate(labels) if i == 0 or x != labels[i - 1]]
+    return [x for x in dict.fromkeys(labels) if x != blank]  # every duplicate removed, like a set
+
+
+def _integrate_fire(hidden, alpha, threshold=1.0, whole=False, drop=False, strict=False, fire_last=False):
+    weight, embedding, fired = 0.0, torch.zeros_like(hidden[0]), []
+    for t in range(len(alpha)):
+        a = float(alpha[t])
+        if (weight + a > threshold) if strict else (weight + a >= threshold):
+            part = a if whole else threshold - weight
+            fired.append(embedding + part * hidden[t])
+            weight = 0.0 if drop else a - (threshold - weight)
+            embedding = torch.zeros_like(embedding) if whole else weight * hidden[t]
+        else:
+            weight, embedding = weight + a, embedding + a * hidden[t]
+    if fire_last and weight > 0:
+        fired.append(embedding)
+    return torch.stack(fired) if fired else hidden.new_zeros(0, hidden.shape[1])
+
+
+def _sae_topk(pre, k, by="value", relu=True, dim=-1, shift=0):
+    key = pre.abs() if by == "magnitude" else (-pre if by == "smallest" else pre)
+    idx = key.topk(k + shift, dim=dim).indices
+    kept = pre.gather(dim, idx)
+    return torch.zeros_like(pre).scatter(dim, idx, torch.relu(kept) if relu else kept)
+
+
+def _sae_mmcs(t, u, normalize=True, transpose=False, absolute=False):
+    if normalize:
+        t, u = F.normalize(t, dim=1), F.normalize(u, dim=1)
+    cos = t @ u.T
+    cos = cos.abs() if absolute else cos
+    return float((cos.max(0).values if transpose else cos.max(1).values).mean())
+
+
+def _sae_bias(drive, bias, targets, rate, count="ceil", point="mid", sign=1.0, with_bias=False):
+    N = drive.shape[0]
+    d = drive + bias if with_bias else drive
+    k = getattr(targets * N, count)().long().clamp(1, N - 1)
+    ranked = d.sort(dim=0, descending=True).values
+    kth, following = ranked.gather(0, (k - 1)[None])[0], ranked.gather(0, k[None])[0]
+    b_star = -((kth + following) / 2 if point == "mid" else kth)
+    return bias + sign * rate * (b_star - bias)
+
+
+def _sae_latent(f, mask, score="f1"):
+    fires, mask = f > 0, mask.bool()
+    tp = (fires & mask[:, None]).sum(0).double()
+    scores = {"f1": 2 * tp / (fires.sum(0) + mask.sum()), "recall": tp / mask.sum(),
+              "precision": tp / fires.sum(0).clamp_min(1), "mean": f[mask].double().mean(0),
+              "jaccard_bug": tp}[score]
+    return int(scores.argmax())
+
+
 # check -> (what the wrong answer gets wrong, the arguments of the check); every check of arlib.checks is here.
 WRONG = {
     "unigram_entropy": [("zeros", (lambda text: 0.0,)), ("nats instead of bits", (_entropy_nats,))],
@@ -626,6 +721,43 @@ WRONG = {
                           ("strict < delta", (lambda p, x, n, d: _proximity(p, x, n, d, strict=True),)),
                           ("every light neighbour", (lambda p, x, n, d: _proximity(p, x, n, d, each=True),)),
                           ("forgets x", (lambda p, x, n, d: _proximity(p, x, n, d, keep_x=False),))],
+    "mel_filterbank_matrix": [("equally spaced in Hz", (lambda m, n, sr: _mel_filters(m, n, sr, hz=True),)),
+                              ("n_mels + 1 edges", (lambda m, n, sr: _mel_filters(m, n, sr, points=1),)),
+                              ("unit area", (lambda m, n, sr: _mel_filters(m, n, sr, area=True),)),
+                              ("negative sides left", (lambda m, n, sr: _mel_filters(m, n, sr, clamp=False),))],
+    "ctc_forward_recursion": [("skip between equal labels",
+                               (lambda lp, y, blank=0: _ctc_log_prob(lp, y, blank, skip_equal=True),)),
+                              ("ends on the final blank only",
+                               (lambda lp, y, blank=0: _ctc_log_prob(lp, y, blank, end="last"),)),
+                              ("linear space", (lambda lp, y, blank=0: _ctc_log_prob(lp, y, blank, linear=True),)),
+                              ("max (Viterbi)", (lambda lp, y, blank=0: _ctc_log_prob(lp, y, blank, viterbi=True),))],
+    "ctc_greedy_collapse": [("blanks dropped first", (lambda x, blank=0: _collapse_wrong(x, blank),)),
+                            ("blanks kept", (lambda x, blank=0: _collapse_wrong(x, blank, how="keep blanks"),)),
+                            ("every duplicate removed", (lambda x, blank=0: _collapse_wrong(x, blank, how="set"),))],
+    "cif_fire": [("whole crossing frame to the token", (lambda h, a, th=1.0: _integrate_fire(h, a, th, whole=True),)),
+                 ("remainder dropped", (lambda h, a, th=1.0: _integrate_fire(h, a, th, drop=True),)),
+                 ("fires on > threshold", (lambda h, a, th=1.0: _integrate_fire(h, a, th, strict=True),)),
+                 ("incomplete last token fired", (lambda h, a, th=1.0: _integrate_fire(h, a, th, fire_last=True),))],
+    "topk_latents": [("largest magnitude", (lambda pre, k: _sae_topk(pre, k, by="magnitude"),)),
+                     ("smallest k", (lambda pre, k: _sae_topk(pre, k, by="smallest"),)),
+                     ("no ReLU", (lambda pre, k: _sae_topk(pre, k, relu=False),)),
+                     ("k + 1 kept", (lambda pre, k: _sae_topk(pre, k, shift=1) if k < pre.shape[-1] else pre,)),
+                     ("only the k values", (lambda pre, k: torch.relu(pre.topk(k, dim=-1).values),)),
+                     ("plain ReLU", (lambda pre, k: torch.relu(pre),))],
+    "mean_max_cosine": [("dot products", (lambda t, u: _sae_mmcs(t, u, normalize=False),)),
+                        ("max over the true features", (lambda t, u: _sae_mmcs(t, u, transpose=True),)),
+                        ("absolute cosine", (lambda t, u: _sae_mmcs(t, u, absolute=True),)),
+                        ("mean of all cosines", (lambda t, u: float((F.normalize(t, dim=1)
+                                                                     @ F.normalize(u, dim=1).T).mean()),))],
+    "bias_adaptation": [("k rounded down", (lambda d, b, t, r: _sae_bias(d, b, t, r, count="floor"),)),
+                        ("k-th largest as the threshold", (lambda d, b, t, r: _sae_bias(d, b, t, r, point="kth"),)),
+                        ("moves away from the target", (lambda d, b, t, r: _sae_bias(d, b, t, r, sign=-1.0),)),
+                        ("old bias added to the drive", (lambda d, b, t, r: _sae_bias(d, b, t, r, with_bias=True),)),
+                        ("bias unchanged", (lambda d, b, t, r: b.clone(),))],
+    "find_latent": [("highest recall", (lambda f, m: _sae_latent(f, m, "recall"),)),
+                    ("highest precision", (lambda f, m: _sae_latent(f, m, "precision"),)),
+                    ("largest mean activation", (lambda f, m: _sae_latent(f, m, "mean"),)),
+                    ("most true positives", (lambda f, m: _sae_latent(f, m, "jaccard_bug"),))],
 }
 CASES = [(name, what, args) for name, wrongs in WRONG.items() for what, args in wrongs]
 

@@ -250,3 +250,22 @@ def test_visual_recipes_run_in_order_and_their_checkpoints_load(tmp_path):
         assert loaded["parameters"] == sum(p.numel() for p in model.parameters())
     assert loaded["tokenizer"] == "fashion-msvq" and "test_nll" in loaded["metrics"]
     assert set(VISUAL_RECIPES) == set(names) and loaded["config"]["markov"] is True
+
+
+@pytest.mark.slow
+def test_speech_recipes_run_in_order_and_their_checkpoints_load(tmp_path):
+    """Chapter 5's recipes, shortened to 2 steps on 40 training utterances: the decoders find the encoder
+    in the same folder, every checkpoint loads back and records its data and provenance."""
+    from arlib.asr_recipes import SPEECH_RECIPES, load_speech, run_speech_recipe
+
+    names = ("speech-ctc", "speech-aed", "speech-aed-words", "speech-paraformer", "speech-paraformer-noglance")
+    for name in names:
+        meta = run_speech_recipe(name, steps=2, out=str(tmp_path), progress=False, n_train=40, n_test=20)
+        assert meta["command"] == f"python -m arlib.recipes {name} --steps 2" and meta["train"]["steps"] == 2
+        assert meta["data"]["train"]["n"] == 40 and meta["data"]["espeak_ng"]
+        model, loaded = load_speech(name, directory=tmp_path)
+        assert loaded["parameters"] == sum(p.numel() for p in model.parameters())
+        assert 0 <= loaded["metrics"]["test_wer"] and loaded["stored_dtype"] == "int8"
+    assert set(SPEECH_RECIPES) == set(names) and loaded["encoder"] == "speech-ctc" and loaded["glance"] == 0.0
+    with pytest.raises(ValueError, match="name"):
+        load_speech("speech-nothing")

@@ -1,0 +1,288 @@
+"""Speech recognizers for chapter 5: the shared pieces, a CTC model and an attention encoder-decoder.
+
+- :class:`TranscriptVocab`: characters of the corpus's closed vocabulary; id 0 is CTC's blank (and
+  padding), id 1 starts and ends a transcript for the autoregressive decoder.
+- :func:`speech_features`: log-mel frames normalized per utterance, padded into a batch.
+- :class:`SpeechEncoder`: convolutional subsampling by 2 (20 ms frames) and a pre-LN transformer.
+- :class:`CTCModel`: the encoder and a linear layer to labels + blank (Graves et al. 2006).
+- :class:`AttentionDecoder`: an autoregressive transformer decoder over characters with
+  cross-attention to the encoder (Vaswani et al. 2017; Chan et al.'s LAS in spirit), with a KV cache,
+  batched greedy decoding and beam search.
+The non-autoregressive Paraformer lives in :mod:`arlib.paraformer`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arlib.audio import log_mel
+from arlib.data.speech import SAMPLE_RATE, VOCABULARY
+
+BLANK, EOS = 0, 1  # EOS also starts a transcript (as <s>)
+
+
+class TranscriptVocab:
+    """Token ids for the corpus's transcripts: characters (``unit="char"``, the space included) or whole
+    words (``unit="word"``); ``encode("two stop")`` -> ids. Words outside the vocabulary are refused."""
+
+    def __init__(self, words: tuple[str, ...] = VOCABULARY, unit: str = "char"):
+        if unit not in ("char", "word"):
+            raise ValueError(f"unit: expected 'char' or 'word', got {unit!r}")
+        self.words, self.unit = tuple(words), unit
+        self.chars = " " + "".join(sorted(set("".join(self.words))))
+        self.units = tuple(self.chars) if unit == "char" else self.words
+        self.size = 2 + len(self.units)  # blank, eos, then the units
+        self._index = {c: i + 2 for i, c in enumerate(self.units)}
+
+    def encode(self, transcript: str, strict: bool = True) -> list[int]:
+        """Character ids; ``strict`` refuses words outside the vocabulary, otherwise only unknown characters
+        are refused (a recognizer's output may spell a non-word)."""
+        if not isinstance(transcript, str):
+            raise TypeError(f"transcript: expected a string, got {type(transcript).__name__}")
+        if not strict and self.unit == "char":
+            bad = sorted(set(transcript) - set(self.chars))
+            if bad:
+                raise ValueError(f"transcript: characters {bad} are not in the alphabet {self.chars!r}")
+            return [self._index[c] for c in transcript]
+        unknown = [w for w in transcript.split(" ") if w not in self.words]
+        if unknown or transcript != transcript.strip():
+            raise ValueError(f"transcript: expected words from the vocabulary separated by single spaces, "
+                             f"got unknown {unknown or [transcript]} in {transcript!r}")
+        return [self._index[c] for c in (transcript if self.unit == "char" else transcript.split(" "))]
+
+    def decode(self, ids) -> str:
+        """Ids -> text; blanks and EOS are skipped."""
+        return ("" if self.unit == "char" else " ").join(self.units[i - 2] for i in ids if i >= 2)
+
+    def batch(self, transcripts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Padded ids (B, U) (0 = padding) and lengths (B,)."""
+        ids = [self.encode(t) for t in transcripts]
+        out = torch.zeros(len(ids), max(map(len, ids), default=0), dtype=torch.long)
+        for b, row in enumerate(ids):
+            out[b, :len(row)] = torch.tensor(row, dtype=torch.long)
+        return out, torch.tensor([len(r) for r in ids])
+
+
+def speech_features(waves: list[torch.Tensor], sample_rate: int = SAMPLE_RATE, n_mels: int = 80
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-mel frames (25 ms windows every 10 ms), each channel normalized to zero mean and unit variance
+    over the utterance (which removes loudness and much of a voice's colour): (B, T, n_mels), lengths (B,)."""
+    if sample_rate != SAMPLE_RATE:
+        raise ValueError(f"sample_rate: the models expect {SAMPLE_RATE} Hz audio, got {sample_rate}; resample first")
+    if isinstance(waves, torch.Tensor) and waves.dim() == 1:
+        waves = [waves]
+    feats = []
+    for i, w in enumerate(waves):
+        if not isinstance(w, torch.Tensor) or w.dim() != 1 or w.numel() < 400:
+            raise ValueError(f"waves[{i}]: expected a 1-D waveform of at least 400 samples (25 ms), "
+                             f"got {tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__}")
+        m = log_mel(w.float(), sample_rate, n_mels=n_mels).T  # (T, M)
+        feats.append((m - m.mean(0)) / (m.std(0) + 1e-5))
+    lengths = torch.tensor([len(f) for f in feats])
+    return nn.utils.rnn.pad_sequence(feats, batch_first=True), lengths
+
+
+def padding_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
+    """True on real frames: (B, T)."""
+    return torch.arange(T, device=lengths.device) < lengths[:, None]
+
+
+def sinusoids(T: int, d: int, device=None) -> torch.Tensor:
+    """Vaswani et al.'s fixed positional encodings: (T, d)."""
+    pos = torch.arange(T, device=device, dtype=torch.float32)[:, None]
+    freq = torch.exp(-math.log(10000.0) * torch.arange(0, d, 2, device=device, dtype=torch.float32) / d)
+    pe = torch.zeros(T, d, device=device)
+    pe[:, 0::2], pe[:, 1::2] = torch.sin(pos * freq), torch.cos(pos * freq)
+    return pe
+
+
+class Attention(nn.Module):
+    """Multi-head attention; ``kv`` passes keys and values computed earlier (a cache)."""
+
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, d) -> (B, h, T, d/h)
+        return x.view(x.shape[0], x.shape[1], self.heads, -1).transpose(1, 2)
+
+    def keys_values(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.split(self.k(source)), self.split(self.v(source))
+
+    def forward(self, x, kv, mask=None):
+        y = F.scaled_dot_product_attention(self.split(self.q(x)), *kv, attn_mask=mask)  # (B, h, T, d/h)
+        return self.o(y.transpose(1, 2).reshape(x.shape))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer layer: self-attention, cross-attention to ``memory`` if built with it, MLP."""
+
+    def __init__(self, d: int, heads: int, ff: int, cross: bool = False, dropout: float = 0.0):
+        super().__init__()
+        self.ln1, self.attn = nn.LayerNorm(d), Attention(d, heads)
+        self.ln2, self.cross = (nn.LayerNorm(d), Attention(d, heads)) if cross else (None, None)
+        self.ln3 = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, ff), nn.GELU(), nn.Linear(ff, d))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x, mask=None, memory=None, memory_mask=None, cache: dict | None = None):
+        h = self.ln1(x)
+        k, v = self.attn.keys_values(h)
+        if cache is not None:  # incremental decoding: append this step's keys and values
+            if "k" in cache:
+                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+        x = x + self.drop(self.attn(h, (k, v), mask))
+        if self.cross is not None:
+            if cache is not None and "mk" in cache:
+                mkv = cache["mk"], cache["mv"]
+            else:
+                mkv = self.cross.keys_values(memory)
+                if cache is not None:
+                    cache["mk"], cache["mv"] = mkv
+            x = x + self.drop(self.cross(self.ln2(x), mkv, memory_mask))
+        return x + self.drop(self.mlp(self.ln3(x)))
+
+
+class SpeechEncoder(nn.Module):
+    """(B, T, n_mels) log-mel frames -> (B, ceil(T/2), d): two convolutions (the second with stride 2),
+    sinusoidal positions, ``layers`` transformer blocks."""
+
+    def __init__(self, n_mels: int = 80, d: int = 64, layers: int = 6, heads: int = 4, ff: int = 256,
+                 dropout: float = 0.1):
+        super().__init__()
+        self.config = dict(n_mels=n_mels, d=d, layers=layers, heads=heads, ff=ff, dropout=dropout)
+        self.conv = nn.Sequential(nn.Conv1d(n_mels, d, 3, padding=1), nn.GELU(),
+                                  nn.Conv1d(d, d, 3, stride=2, padding=1), nn.GELU())
+        self.blocks = nn.ModuleList(Block(d, heads, ff, dropout=dropout) for _ in range(layers))
+        self.ln = nn.LayerNorm(d)
+
+    @staticmethod
+    def output_lengths(lengths: torch.Tensor) -> torch.Tensor:
+        return (lengths - 1) // 2 + 1
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if feats.dim() != 3 or feats.shape[-1] != self.config["n_mels"]:
+            raise ValueError(f"feats: expected (B, T, {self.config['n_mels']}), got {tuple(feats.shape)}")
+        lengths = lengths.to(feats.device)
+        x = self.conv[1](self.conv[0](feats.transpose(1, 2)))  # (B, d, T)
+        x = x * padding_mask(lengths, x.shape[2])[:, None, :]  # padding must not leak into the strided conv
+        x = self.conv[3](self.conv[2](x)).transpose(1, 2)  # (B, T', d)
+        lengths = self.output_lengths(lengths)
+        x = x + sinusoids(x.shape[1], x.shape[2], x.device)
+        mask = padding_mask(lengths, x.shape[1])[:, None, None, :]  # (B, 1, 1, T'): keys to attend to
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.ln(x), lengths
+
+
+class CTCModel(nn.Module):
+    """Encoder + a linear layer to the labels and the blank: per-frame log-probabilities (B, T', V)."""
+
+    def __init__(self, vocab_size: int, **encoder):
+        super().__init__()
+        self.encoder = SpeechEncoder(**encoder)
+        self.head = nn.Linear(self.encoder.config["d"], vocab_size)
+        self.config = {"vocab_size": vocab_size, **self.encoder.config}
+
+    def forward(self, feats, lengths):
+        hidden, lengths = self.encoder(feats, lengths)
+        return self.head(hidden).log_softmax(-1), lengths
+
+
+class AttentionDecoder(nn.Module):
+    """Autoregressive character decoder: p(y_u | y_<u, encoder output), causal self-attention plus
+    cross-attention, tied input/output embeddings. Transcripts start with EOS (as <s>) and end with it."""
+
+    def __init__(self, vocab_size: int, d: int = 64, layers: int = 2, heads: int = 4, ff: int = 256,
+                 max_len: int = 96, dropout: float = 0.1):
+        super().__init__()
+        self.config = dict(vocab_size=vocab_size, d=d, layers=layers, heads=heads, ff=ff, max_len=max_len,
+                           dropout=dropout)
+        self.embed, self.pos = nn.Embedding(vocab_size, d), nn.Embedding(max_len, d)
+        self.blocks = nn.ModuleList(Block(d, heads, ff, cross=True, dropout=dropout) for _ in range(layers))
+        self.ln = nn.LayerNorm(d)
+
+    def forward(self, tokens, memory, memory_lengths, start: int = 0, caches: list | None = None):
+        """Logits (B, U, V) for ``tokens`` (B, U) at positions start.. (teacher forcing, or one cached step)."""
+        U = tokens.shape[1]
+        if start + U > self.config["max_len"]:
+            raise ValueError(f"tokens: positions up to {start + U} exceed max_len={self.config['max_len']}")
+        x = self.embed(tokens) + self.pos(torch.arange(start, start + U, device=tokens.device))
+        causal = None if caches is not None else torch.ones(U, U, dtype=torch.bool, device=x.device).tril()
+        mmask = padding_mask(memory_lengths, memory.shape[1])[:, None, None, :]
+        for i, block in enumerate(self.blocks):
+            x = block(x, causal, memory, mmask, None if caches is None else caches[i])
+        return self.ln(x) @ self.embed.weight.T
+
+    def loss(self, memory, memory_lengths, targets, target_lengths) -> torch.Tensor:
+        """Teacher-forced cross-entropy of (EOS, y) -> (y, EOS), padding ignored."""
+        B, U = targets.shape
+        inp = torch.cat([torch.full((B, 1), EOS, device=targets.device), targets], dim=1)  # (B, U+1)
+        out = torch.cat([targets, torch.zeros(B, 1, dtype=torch.long, device=targets.device)], dim=1)
+        out[torch.arange(B), target_lengths] = EOS
+        out[torch.arange(U + 1, device=targets.device) > target_lengths[:, None].to(targets.device)] = -100
+        logits = self(inp, memory, memory_lengths)
+        return F.cross_entropy(logits.flatten(0, 1), out.flatten(), ignore_index=-100)
+
+    @torch.no_grad()
+    def greedy(self, memory, memory_lengths, max_len: int | None = None) -> tuple[list[list[int]], int]:
+        """Batched greedy decoding with a KV cache: (token lists, decoder steps run)."""
+        B = memory.shape[0]
+        max_len = self.config["max_len"] - 1 if max_len is None else max_len
+        caches = [{} for _ in self.blocks]
+        token = torch.full((B, 1), EOS, device=memory.device)
+        out, done = [], torch.zeros(B, dtype=torch.bool, device=memory.device)
+        for step in range(max_len):
+            token = self(token, memory, memory_lengths, start=step, caches=caches)[:, -1].argmax(-1, keepdim=True)
+            out.append(token)
+            done |= token[:, 0] == EOS
+            if done.all():
+                break
+        ids = torch.cat(out, dim=1).tolist()
+        return [row[:row.index(EOS)] if EOS in row else row for row in ids], len(out)
+
+    @torch.no_grad()
+    def beam_search(self, memory, memory_lengths, beam: int = 4, max_len: int | None = None
+                    ) -> list[tuple[list[int], float]]:
+        """Beam search for one utterance (memory (1, T, d)); the beams are a batch. Returns finished
+        hypotheses (tokens, log p) best first, scored by total log-probability."""
+        if memory.shape[0] != 1:
+            raise ValueError(f"memory: beam search takes one utterance (1, T, d), got {tuple(memory.shape)}")
+        max_len = self.config["max_len"] - 1 if max_len is None else max_len
+        memory, memory_lengths = memory.expand(beam, -1, -1), memory_lengths.expand(beam)
+        caches = [{} for _ in self.blocks]
+        seqs = torch.full((beam, 1), EOS, device=memory.device)
+        scores = torch.full((beam,), -math.inf, device=memory.device)
+        scores[0] = 0.0  # all beams start identical: keep one alive
+        finished: list[tuple[list[int], float]] = []
+        for step in range(max_len):
+            logp = self(seqs[:, -1:], memory, memory_lengths, start=step, caches=caches)[:, -1].log_softmax(-1)
+            total = (scores[:, None] + logp).flatten()  # (beam * V,)
+            top, idx = total.topk(2 * beam)
+            origin, token = idx // logp.shape[1], idx % logp.shape[1]
+            keep = []
+            for s, o, t in zip(top.tolist(), origin.tolist(), token.tolist()):
+                if s == -math.inf:
+                    break
+                if t == EOS:
+                    finished.append((seqs[o, 1:].tolist(), s))
+                elif len(keep) < beam:
+                    keep.append((o, t, s))
+            if not keep or (len(finished) >= beam and max(f[1] for f in finished) >= keep[0][2]):
+                break
+            while len(keep) < beam:  # pad with dead beams
+                keep.append((keep[0][0], keep[0][1], -math.inf))
+            order = torch.tensor([k[0] for k in keep], device=memory.device)
+            for cache in caches:
+                cache["k"], cache["v"] = cache["k"][order], cache["v"][order]
+            seqs = torch.cat([seqs[order], torch.tensor([[k[1]] for k in keep], device=memory.device)], dim=1)
+            scores = torch.tensor([k[2] for k in keep], device=memory.device)
+        if not finished:
+            finished = [(seqs[0, 1:].tolist(), float(scores[0]))]
+        return sorted(finished, key=lambda f: -f[1])

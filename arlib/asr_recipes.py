@@ -1,0 +1,219 @@
+"""Recipes for chapter 5's speech recognizers: ``python -m arlib.recipes NAME`` with NAME one of
+
+- ``speech-ctc``: the speech encoder with a CTC head, trained from scratch with SpecAugment;
+- ``speech-aed``: an autoregressive attention decoder over characters on the frozen ``speech-ctc`` encoder;
+- ``speech-aed-words``: the same over whole words (the vocabulary's 40);
+- ``speech-paraformer``: CIF predictor + parallel decoder over words with the glancing sampler, same encoder;
+- ``speech-paraformer-noglance``: the same without the glancing sampler (the ablation).
+
+Sharing one frozen encoder keeps the checkpoints small and makes the comparison a comparison of
+*decoders*: every model hears exactly the same acoustic representation. Training data: 6,000 utterances
+of the training voices; the metrics in each sidecar are on 400 utterances of the disjoint test voices.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from arlib.asr import AttentionDecoder, CTCModel, TranscriptVocab, speech_features
+from arlib.audio import spec_augment
+from arlib.checkpoints import dequantize_state, load_meta, load_state, quantize_state, save_checkpoint
+from arlib.ctc import greedy_decode
+from arlib.data.speech import espeak_version, spoken_utterances
+from arlib.env import pick_device, seed_everything
+from arlib.metrics import word_error_rate
+from arlib.paraformer import Paraformer
+from arlib.train import TrainConfig, train
+
+N_TRAIN, N_TEST = 6000, 400
+
+
+@dataclass(frozen=True)
+class SpeechRecipe:
+    kind: str  # "ctc", "aed" or "paraformer"
+    train: TrainConfig
+    batch_size: int
+    description: str
+    model: dict  # constructor arguments
+    glance: float = 0.0  # the glancing sampler's lambda (Paraformer)
+    augment: int = 0  # decoders: extra copies of the training memory from SpecAugmented frames
+    unit: str = "char"  # the tokens: characters, or whole words (CIF fires once per token)
+
+
+SPEECH_RECIPES: dict[str, SpeechRecipe] = {
+    "speech-ctc": SpeechRecipe("ctc", TrainConfig(steps=4000, lr=2e-3, warmup=300, weight_decay=0.01), 32,
+                               "speech encoder (conv subsampling + 6 transformer layers) with a CTC head",
+                               {"d": 64, "layers": 6, "heads": 4, "ff": 256}),
+    "speech-aed": SpeechRecipe("aed", TrainConfig(steps=3000, lr=2e-3, warmup=200, weight_decay=0.01), 64,
+                               "autoregressive attention decoder over the frozen speech-ctc encoder",
+                               {"d": 64, "layers": 2, "heads": 4, "ff": 256}, augment=4),
+    "speech-aed-words": SpeechRecipe("aed", TrainConfig(steps=3000, lr=2e-3, warmup=200, weight_decay=0.01), 64,
+                                     "autoregressive attention decoder over words, frozen speech-ctc encoder",
+                                     {"d": 64, "layers": 2, "heads": 4, "ff": 256}, augment=4, unit="word"),
+    "speech-paraformer": SpeechRecipe("paraformer", TrainConfig(steps=3000, lr=2e-3, warmup=200, weight_decay=0.01),
+                                      64, "Paraformer over words (CIF + parallel decoder, glancing), frozen encoder",
+                                      {"d": 64, "layers": 2, "heads": 4, "ff": 256}, glance=0.75, unit="word",
+                                      augment=4),
+    "speech-paraformer-noglance": SpeechRecipe(
+        "paraformer", TrainConfig(steps=3000, lr=2e-3, warmup=200, weight_decay=0.01), 64,
+        "Paraformer over words without the glancing sampler (ablation), frozen encoder",
+        {"d": 64, "layers": 2, "heads": 4, "ff": 256}, glance=0.0, unit="word", augment=4),
+}
+ENCODER = "speech-ctc"
+
+
+def build_speech(kind: str, config: dict):
+    if kind == "ctc":
+        return CTCModel(**config)
+    if kind == "aed":
+        return AttentionDecoder(**config)
+    return Paraformer(**config)
+
+
+def load_speech(name: str, device=None, directory=None):
+    """Load one of chapter 5's checkpoints as float32 in eval mode: ``(model, meta)``."""
+    if name not in SPEECH_RECIPES:
+        raise ValueError(f"name: expected one of {sorted(SPEECH_RECIPES)}, got {name!r}")
+    meta = load_meta(name, directory)
+    model = build_speech(SPEECH_RECIPES[name].kind, meta["config"])
+    model.load_state_dict(load_state(name, directory))
+    return model.to(device if device is not None else "cpu").eval(), meta
+
+
+def _pad(rows: list[torch.Tensor]) -> torch.Tensor:
+    return torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
+
+
+@torch.no_grad()
+def encode_all(model: CTCModel, feats: list[torch.Tensor], device, batch: int = 64):
+    """The encoder's output for each utterance, unpadded: list of (T', d) on ``device``."""
+    out = []
+    order = sorted(range(len(feats)), key=lambda i: len(feats[i]))  # similar lengths together: less padding
+    for s in range(0, len(order), batch):
+        idx = order[s:s + batch]
+        x = _pad([feats[i] for i in idx]).to(device)
+        lengths = torch.tensor([len(feats[i]) for i in idx], device=device)
+        hidden, hl = model.encoder(x, lengths)
+        out.extend((i, hidden[b, :hl[b]]) for b, i in enumerate(idx))
+    return [h for _, h in sorted(out, key=lambda pair: pair[0])]
+
+
+def _features(utterances) -> list[torch.Tensor]:
+    return [speech_features([u.waveform])[0][0] for u in utterances]
+
+
+def run_speech_recipe(name: str, steps: int | None = None, out: str | None = None, progress: bool = True,
+                      n_train: int = N_TRAIN, n_test: int = N_TEST, **_ignored) -> dict:
+    recipe = SPEECH_RECIPES[name]
+    device = pick_device()
+    seed_everything(0)
+    config = recipe.train if steps is None else TrainConfig(**{**asdict(recipe.train), "steps": steps,
+                                                                "warmup": min(recipe.train.warmup, steps)})
+    config = TrainConfig(**{**asdict(config), "progress": progress})
+    vocab = TranscriptVocab(unit=recipe.unit)
+    t0 = time.time()
+    train_set, test_set = spoken_utterances("train", n=n_train), spoken_utterances("test", n=n_test)
+    train_feats, test_feats = _features(train_set), _features(test_set)
+    targets = [torch.tensor(vocab.encode(u.transcript)) for u in train_set]
+    test_refs = [u.transcript for u in test_set]
+    augment = torch.Generator().manual_seed(1)  # SpecAugment's and the glancing sampler's own stream
+
+    def batch_indices(generator):
+        return torch.randint(len(train_set), (recipe.batch_size,), generator=generator).tolist()
+
+    def target_batch(idx):
+        return _pad([targets[i] for i in idx]).to(device), torch.tensor([len(targets[i]) for i in idx], device=device)
+
+    if recipe.kind == "ctc":
+        model_config = {"vocab_size": vocab.size, **recipe.model}
+        model = build_speech("ctc", model_config).to(device)
+
+        def get_batch(step, generator):
+            idx = batch_indices(generator)
+            lengths = torch.tensor([len(train_feats[i]) for i in idx])
+            x = spec_augment(_pad([train_feats[i] for i in idx]), lengths, augment)
+            return x.to(device), lengths.to(device), *target_batch(idx)
+
+        def loss_fn(net, batch):
+            x, lengths, y, y_lengths = batch
+            log_probs, out_lengths = net(x, lengths)  # torch's CTC loss: equal to arlib.ctc's (tested), faster
+            return F.ctc_loss(log_probs.transpose(0, 1), y, out_lengths, y_lengths, zero_infinity=True)
+
+        def evaluate(net):
+            hyps = []
+            for s in range(0, len(test_feats), 50):
+                chunk = test_feats[s:s + 50]
+                log_probs, lengths = net(_pad(chunk).to(device), torch.tensor([len(f) for f in chunk], device=device))
+                hyps += [vocab.decode(ids) for ids in greedy_decode(log_probs, lengths)]
+            return {"test_wer": word_error_rate(test_refs, hyps)}
+        encoder_name = None
+    else:
+        here = out is not None and (Path(out) / f"{ENCODER}.json").exists()  # a --out folder's own encoder first
+        encoder, _ = load_speech(ENCODER, device, out if here else None)
+        test_memory = encode_all(encoder, test_feats, device)
+        # The decoder's training memory: the clean encoder output, plus `augment` copies computed from
+        # SpecAugmented frames (the frozen encoder's own training noise, so the decoder sees varied memory).
+        train_memory = [encode_all(encoder, train_feats, device)]
+        for _ in range(recipe.augment):
+            lengths = [len(f) for f in train_feats]
+            noisy = spec_augment(_pad(train_feats), torch.tensor(lengths), augment)
+            train_memory.append(encode_all(encoder, [noisy[i, :n] for i, n in enumerate(lengths)], device))
+        model_config = {"vocab_size": vocab.size, **recipe.model}
+        model = build_speech(recipe.kind, model_config).to(device)
+        encoder_name = ENCODER
+
+        def get_batch(step, generator):
+            idx = batch_indices(generator)
+            copy = int(torch.randint(len(train_memory), (), generator=generator))  # which (augmented) hearing
+            lengths = torch.tensor([len(train_memory[copy][i]) for i in idx], device=device)
+            return _pad([train_memory[copy][i] for i in idx]), lengths, *target_batch(idx)
+
+        def loss_fn(net, batch):
+            memory, lengths, y, y_lengths = batch
+            if recipe.kind == "aed":
+                return net.loss(memory, lengths, y, y_lengths)
+            return net.loss(memory, lengths, y, y_lengths, glance=recipe.glance, generator=augment)[0]
+
+        def evaluate(net):
+            hyps = []
+            for s in range(0, len(test_memory), 50):
+                chunk = test_memory[s:s + 50]
+                memory, lengths = _pad(chunk), torch.tensor([len(m) for m in chunk], device=device)
+                ids = net.greedy(memory, lengths)[0] if recipe.kind == "aed" else net.decode(memory, lengths)
+                hyps += [vocab.decode(row) for row in ids]
+            return {"test_wer": word_error_rate(test_refs, hyps)}
+
+    history = train(model, loss_fn, lambda step, g: get_batch(step, g), config, evaluate)
+    metrics = store_int8(model, history["eval"][-1][1], evaluate)
+    from arlib.recipes import _last50, _provenance
+    meta = {"name": name, "description": recipe.description, "config": model_config, "unit": recipe.unit,
+            "encoder": encoder_name,
+            "glance": recipe.glance, "parameters": sum(p.numel() for p in model.parameters()),
+            "train": {**asdict(config), "batch_size": recipe.batch_size, "final_train_loss": _last50(history)},
+            "metrics": metrics, "eval_history": history["eval"],
+            "data": {"train": {"split": "train", "n": n_train, "seed": 0}, "test": {"split": "test", "n": n_test,
+                                                                                   "seed": 0},
+                     "espeak_ng": espeak_version()},
+            **_provenance(name, steps, t0, device)}
+    meta["stored_dtype"] = "int8"
+    save_checkpoint(model, name, meta, out, dtype=torch.int8)
+    return meta
+
+
+def store_int8(model: torch.nn.Module, float_metrics: dict, evaluate) -> dict:
+    """Round the model's weights to what int8 storage keeps (in place) and score it again: the sidecar's
+    metrics are those of the stored weights, beside the float32 model's (``*_float32``). Chapter 5's
+    checkpoints are stored in int8 to keep the repository small; the WER moves by a few hundredths of a
+    point at most."""
+    model.load_state_dict(dequantize_state(quantize_state(model.state_dict())))
+    model.eval()
+    with torch.no_grad():
+        stored = evaluate(model)
+    return {**{k: round(v, 5) for k, v in stored.items()},
+            **{f"{k}_float32": round(v, 5) for k, v in float_metrics.items()}}
+

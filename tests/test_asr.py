@@ -1,0 +1,286 @@
+"""Chapter 5's speech recognition pieces: CTC (loss, decoding, alignment), CIF, the models, WER, inputs."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from arlib.asr import EOS, AttentionDecoder, CTCModel, TranscriptVocab, speech_features
+from arlib.audio import spec_augment
+from arlib.ctc import ctc_forward, ctc_loss, greedy_decode, prefix_beam_search, token_segments, viterbi_align
+from arlib.metrics import char_error_rate, edit_distance, word_error_rate
+from arlib.paraformer import Paraformer, cif, cif_weights
+
+
+def _collapse(path, blank=0):
+    out, prev = [], None
+    for s in path:
+        if s != prev and s != blank:
+            out.append(s)
+        prev = s
+    return tuple(out)
+
+
+def _exact_label_probs(log_probs: torch.Tensor) -> dict:
+    """p(l | x) for every labelling, by enumerating every path (tiny T and C only)."""
+    T, C = log_probs.shape
+    probs: dict = {}
+    for path in itertools.product(range(C), repeat=T):
+        p = math.exp(sum(log_probs[t, s].item() for t, s in enumerate(path)))
+        key = _collapse(path)
+        probs[key] = probs.get(key, 0.0) + p
+    return probs
+
+
+# ----------------------------------------------------------------------------------------------- CTC loss
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ctc_loss_matches_torch_in_value_and_gradient(seed):
+    g = torch.Generator().manual_seed(seed)
+    B, T, C = 5, 15, 6
+    logits = torch.randn(B, T, C, generator=g, dtype=torch.float64, requires_grad=True)
+    # repeated labels (needs a blank between), an empty target, a target that fills the frames exactly
+    targets = torch.tensor([[1, 1, 2, 0, 0], [3, 0, 0, 0, 0], [0, 0, 0, 0, 0], [2, 3, 2, 3, 2], [4, 4, 4, 0, 0]])
+    target_lengths = torch.tensor([3, 1, 0, 5, 3])
+    input_lengths = torch.tensor([15, 9, 4, 5, 15])
+    for reduction in ("none", "sum", "mean"):
+        ours = ctc_loss(logits.log_softmax(-1), input_lengths, targets, target_lengths, reduction=reduction)
+        ref = F.ctc_loss(logits.log_softmax(-1).transpose(0, 1), targets, input_lengths, target_lengths,
+                         reduction=reduction)
+        assert torch.allclose(ours, ref, atol=1e-10)
+    ours = ctc_loss(logits.log_softmax(-1), input_lengths, targets, target_lengths)
+    ref = F.ctc_loss(logits.log_softmax(-1).transpose(0, 1), targets, input_lengths, target_lengths)
+    g_ours, = torch.autograd.grad(ours, logits)
+    g_ref, = torch.autograd.grad(ref, logits)
+    assert torch.allclose(g_ours, g_ref, atol=1e-10)  # compared through log_softmax (torch's documented contract)
+
+
+def test_ctc_forward_equals_the_sum_over_paths():
+    g = torch.Generator().manual_seed(0)
+    lp = torch.randn(5, 3, generator=g, dtype=torch.float64).log_softmax(-1)
+    exact = _exact_label_probs(lp)
+    for label in [(), (1,), (1, 1), (1, 2), (2, 1, 2)]:
+        got = ctc_forward(lp[None], [5], torch.tensor([list(label) or [1]]), [len(label)]).exp().item()
+        assert got == pytest.approx(exact.get(label, 0.0), rel=1e-9)
+    assert sum(exact.values()) == pytest.approx(1.0)
+
+
+def test_impossible_alignment_is_infinite_or_zeroed():
+    lp = torch.randn(1, 3, 4).log_softmax(-1)
+    y = torch.tensor([[1, 1, 1]])  # needs 5 frames (two blanks between the repeats)
+    assert ctc_loss(lp, [3], y, [3], reduction="none").item() == math.inf
+    assert ctc_loss(lp, [3], y, [3], reduction="none", zero_infinity=True).item() == 0.0
+    assert F.ctc_loss(lp.transpose(0, 1), y, [3], [3], reduction="none").item() == math.inf
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(log_probs=torch.zeros(2, 3)), "log_probs"),
+    (dict(input_lengths=[0, 3]), "input_lengths"),
+    (dict(input_lengths=[9, 3]), "input_lengths"),
+    (dict(targets=torch.tensor([[0, 1], [1, 1]])), "targets"),
+    (dict(targets=torch.tensor([[7, 1], [1, 1]])), "targets"),
+    (dict(target_lengths=[3, 1]), "target_lengths"),
+    (dict(blank=5), "blank"),
+])
+def test_ctc_loss_rejects_bad_input(kwargs, match):
+    args = dict(log_probs=torch.zeros(2, 4, 3), input_lengths=[4, 3], targets=torch.tensor([[1, 2], [1, 1]]),
+                target_lengths=[2, 1], blank=0)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        ctc_loss(**args)
+
+
+# ----------------------------------------------------------------------------------------------- decoding
+
+
+def _posteriors(rows):
+    return torch.tensor(rows, dtype=torch.float64).clamp_min(1e-12).log()
+
+
+def test_greedy_collapses_repeats_and_drops_blanks():
+    # frames: a a _ a b b _ _  -> "a a b" (the blank separates the two a's)
+    rows = [[0, 1, 0], [0, 1, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1], [1, 0, 0], [1, 0, 0]]
+    lp = _posteriors(rows)[None]
+    assert greedy_decode(lp) == [[1, 1, 2]]
+    assert greedy_decode(lp, input_lengths=[3]) == [[1]]
+    assert greedy_decode(_posteriors([[1, 0, 0]] * 4)[None]) == [[]]
+
+
+def test_prefix_beam_search_finds_the_most_probable_labelling():
+    # Greedy reads blank, blank ("") but "a" collects more probability over its paths.
+    rows = [[0.5, 0.4, 0.1], [0.5, 0.4, 0.1]]
+    lp = _posteriors(rows)
+    exact = _exact_label_probs(lp)
+    best_label = max(exact, key=exact.get)
+    assert greedy_decode(lp[None]) == [[]] and best_label == (1,)
+    results = prefix_beam_search(lp, beam=16)
+    assert results[0][0] == best_label
+    for label, score in results:  # every returned score is the exact probability of its labelling
+        assert math.exp(score) == pytest.approx(exact[label], rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_prefix_beam_search_with_a_wide_beam_is_exact(seed):
+    g = torch.Generator().manual_seed(seed)
+    lp = (torch.randn(5, 3, generator=g, dtype=torch.float64) * 2).log_softmax(-1)
+    exact = _exact_label_probs(lp)
+    results = prefix_beam_search(lp, beam=len(exact), prune=-1e9)
+    assert results[0][0] == max(exact, key=exact.get)
+    assert sum(math.exp(s) for _, s in results) == pytest.approx(1.0, rel=1e-9)
+
+
+def test_viterbi_alignment_is_the_best_path_of_the_transcript():
+    g = torch.Generator().manual_seed(1)
+    lp = torch.randn(6, 3, generator=g, dtype=torch.float64).log_softmax(-1)
+    target = torch.tensor([1, 1])
+    path = viterbi_align(lp, target)
+    ext = [0, 1, 0, 1, 0]
+    labels = [ext[s] for s in path.tolist()]
+    assert _collapse(labels) == (1, 1)
+    best = max((p for p in itertools.product(range(3), repeat=6) if _collapse(p) == (1, 1)),
+               key=lambda p: sum(lp[t, s].item() for t, s in enumerate(p)))
+    assert labels == list(best)
+    segments = token_segments(path, 2)
+    assert segments[0][1] <= segments[1][0]
+    with pytest.raises(ValueError, match="frames"):
+        viterbi_align(lp[:2], torch.tensor([1, 1]))
+
+
+# ----------------------------------------------------------------------------------------------------- CIF
+
+
+def _cif_loop(hidden, alpha, threshold=1.0):
+    """The integrate-and-fire loop, frame by frame (alpha < 1)."""
+    tokens, acc, emb = [], 0.0, torch.zeros(hidden.shape[1], dtype=hidden.dtype)
+    for h, a in zip(hidden, alpha.tolist()):
+        if acc + a < threshold:
+            acc, emb = acc + a, emb + a * h
+        else:
+            part = threshold - acc
+            tokens.append(emb + part * h)
+            acc, emb = a - part, (a - part) * h
+    return torch.stack(tokens) if tokens else torch.zeros(0, hidden.shape[1], dtype=hidden.dtype)
+
+
+def test_cif_equals_the_loop_and_conserves_the_weight():
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 30, 4, generator=g, dtype=torch.float64)
+    alpha = torch.rand(2, 30, generator=g, dtype=torch.float64) * 0.6
+    counts = torch.floor(alpha.sum(1)).long()
+    fired = cif(hidden, alpha, counts)
+    for b in range(2):
+        loop = _cif_loop(hidden[b], alpha[b])
+        assert loop.shape[0] == counts[b]  # fires floor(sum alpha) times
+        assert torch.allclose(fired[b, :counts[b]], loop, atol=1e-12)
+    w = cif_weights(alpha, torch.full((2,), 30))
+    assert torch.allclose(w.sum(2), alpha)  # every frame's weight is shared out completely
+    assert torch.allclose(w.sum(1)[:, :int(counts.min())], torch.ones(2, int(counts.min()), dtype=torch.float64))
+
+
+def test_cif_handles_weights_above_one():
+    hidden = torch.eye(3, dtype=torch.float64)[None]  # frames are one-hot: the embedding shows the weights
+    fired = cif(hidden, torch.tensor([[2.5, 0.25, 0.25]], dtype=torch.float64), torch.tensor([3]))
+    assert torch.allclose(fired[0], torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [0.5, 0.25, 0.25]], dtype=torch.float64))
+    with pytest.raises(ValueError, match="alpha"):
+        cif(hidden, torch.tensor([[-0.1, 0.5, 0.5]]), torch.tensor([1]))
+
+
+# -------------------------------------------------------------------------------------------------- models
+
+
+def test_models_run_and_the_decoders_agree_with_their_slow_paths():
+    torch.manual_seed(0)
+    vocab = TranscriptVocab()
+    feats, lengths = speech_features([torch.randn(8000) * 0.1, torch.randn(4840) * 0.1])  # 51 and 31 frames
+    ctc = CTCModel(vocab.size, d=32, layers=1, heads=2, ff=64).eval()
+    log_probs, out_lengths = ctc(feats, lengths)
+    assert log_probs.shape == (2, 26, vocab.size) and out_lengths.tolist() == [26, 16]
+    # a padded utterance gives the same frames as alone
+    alone, _ = ctc(feats[1:, :lengths[1]], lengths[1:])
+    assert torch.allclose(alone[0], log_probs[1, :16], atol=1e-5)
+    memory = torch.randn(2, 26, 32)
+    dec = AttentionDecoder(vocab.size, d=32, layers=2, heads=2, ff=64).eval()
+    hyps, steps = dec.greedy(memory, out_lengths, max_len=6)
+    # the cached greedy tokens are the argmax of a full (uncached) teacher-forced pass over them
+    seq = torch.tensor([[EOS] + hyps[0] + [EOS] * (6 - len(hyps[0]))])[:, :steps]
+    full = dec(seq, memory[:1], out_lengths[:1]).argmax(-1)[0].tolist()
+    assert full[:len(hyps[0])] == hyps[0]
+    beams = dec.beam_search(memory[:1], out_lengths[:1], beam=1, max_len=6)
+    assert beams[0][0] == hyps[0]
+    y, y_lengths = vocab.batch(["one two", "go"])
+    assert dec.loss(memory, out_lengths, y, y_lengths).item() > 0
+    para = Paraformer(vocab.size, d=32, layers=1, heads=2, ff=64)
+    loss, stats = para.loss(memory, out_lengths, y, y_lengths, glance=0.75, generator=torch.Generator().manual_seed(0))
+    assert loss.item() > 0 and 0 < stats["glanced"] <= 1
+    decoded = para.eval().decode(memory, out_lengths, num_tokens=torch.tensor([3, 0]))
+    assert len(decoded[0]) == 3 and decoded[1] == []
+
+
+def test_beam_search_never_scores_below_greedy():
+    torch.manual_seed(1)
+    dec = AttentionDecoder(8, d=16, layers=1, heads=2, ff=32).eval()
+    memory, lengths = torch.randn(1, 10, 16), torch.tensor([10])
+    dec.embed.weight.data[EOS] *= 3  # make ending likely, so that greedy finishes within max_len
+    (greedy,), steps = dec.greedy(memory, lengths, max_len=8)
+    assert steps == len(greedy) + 1  # greedy ended with EOS
+
+    def score(tokens):
+        seq = torch.tensor([[EOS] + tokens])
+        logp = dec(seq, memory, lengths).log_softmax(-1)[0]
+        return sum(logp[i, t].item() for i, t in enumerate(tokens + [EOS]))
+
+    best = dec.beam_search(memory, lengths, beam=4, max_len=8)[0]
+    assert best[1] >= score(greedy) - 1e-4
+    assert best[1] == pytest.approx(score(best[0]), abs=1e-4)
+
+
+# ------------------------------------------------------------------------------------------ WER and inputs
+
+
+def test_edit_distance_and_error_rates_on_known_cases():
+    assert edit_distance("kitten", "sitting") == 3
+    assert edit_distance([], [1, 2]) == 2 and edit_distance([1, 2], []) == 2
+    refs, hyps = ["one two three", "go"], ["one too three four", "go"]
+    assert word_error_rate(refs, hyps) == pytest.approx(2 / 4)  # a substitution and an insertion
+    assert word_error_rate(["a b"], ["c d e f"]) == 2.0  # can exceed 1
+    assert char_error_rate(["ab"], ["abc"]) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="references"):
+        word_error_rate(["a"], ["a", "b"])
+    with pytest.raises(TypeError, match="references"):
+        word_error_rate("a b", "a b")
+
+
+def test_vocab_round_trip_and_unknown_words():
+    vocab = TranscriptVocab()
+    ids = vocab.encode("seven thousand")
+    assert vocab.decode(ids) == "seven thousand" and min(ids) >= 2
+    for bad in ["seven thousandd", "Seven", "one  two", " one"]:
+        with pytest.raises(ValueError, match="transcript"):
+            vocab.encode(bad)
+
+
+def test_speech_features_validate_their_input():
+    with pytest.raises(ValueError, match="sample_rate"):
+        speech_features([torch.zeros(16000)], sample_rate=22050)
+    with pytest.raises(ValueError, match=r"waves\[1\]"):
+        speech_features([torch.zeros(16000), torch.zeros(0)])
+    feats, lengths = speech_features(torch.randn(16000))
+    assert feats.shape == (1, 101, 80) and lengths.tolist() == [101]
+    assert torch.allclose(feats[0].mean(0), torch.zeros(80), atol=1e-4)
+
+
+def test_spec_augment_masks_bands_and_spans_only():
+    feats = torch.ones(3, 100, 80)
+    lengths = torch.tensor([100, 60, 100])
+    out = spec_augment(feats, lengths, torch.Generator().manual_seed(0), freq_masks=2, freq_width=10,
+                       time_masks=2, time_ratio=0.1)
+    assert out.shape == feats.shape and set(out.unique().tolist()) <= {0.0, 1.0}
+    masked_channels = (out == 0).all(dim=1).sum(dim=1)  # channels zero over all frames
+    assert (masked_channels <= 20).all() and masked_channels.sum() > 0
+    with pytest.raises(ValueError, match="feats"):
+        spec_augment(torch.ones(100, 80), lengths, torch.Generator())
