@@ -9,17 +9,16 @@ synthetic data with known features as chapter 6 (256 features in 64 dimensions, 
 the training throughput (activations per second, over the whole run, including the bias updates and AuxK),
 the ratio to the L1 SAE measured in this run, and what the budget bought: L0, normalized MSE, dead latents,
 mean max cosine similarity and the fraction of features recovered (cosine > 0.9). A second table times a few
-steps at the size of chapter 6's GPT SAE (width 256, 2048 latents, batches of 1024). Compare ratios across
+steps at the size of chapter 6's GPT SAE (width 256, 1024 latents, batches of 1024). Compare ratios across
 machines, not activations per second.
 
-Closing note, from one run on the book's 2-core machine (ARLIB_THREADS=1, the other core busy): on the synthetic
-data the L1 SAE trained at 113k activations/s and TopK + AuxK, bias adaptation and GBA at about 0.6x that
-(65k-67k/s: the top-k selection, the dead-latent bookkeeping, and the quantiles of the bias updates). For the
-same budget GBA reached MMCS 0.943 and recovered 83 % of the features at L0 8.5 with no dead latent, TopK (k = 8)
-0.939 and 87 % at L0 7.9 with 132 dead, L1 (lambda = 1) 0.893 and 82 % at L0 10.5, bias adaptation with one
-target 0.839 and 66 % at L0 8.0. At the GPT's size the matrix products dominate: TopK ran at 0.96x the L1
-SAE's 13.7k activations/s, bias adaptation and GBA at 0.66x and 0.63x (their bias updates rank 10 batches of
-pre-activations every 10 steps).
+Closing note, from one run on the book's 2-core machine (2 threads, quiet): on the synthetic data the L1 SAE
+trained at 129k activations/s, TopK + AuxK at 0.66x that, bias adaptation and GBA at 0.73-0.74x (the top-k
+selection, the dead-latent bookkeeping, and the quantiles of the bias updates). For the same budget GBA reached
+MMCS 0.943 and recovered 83 % of the features at L0 8.5 with no dead latent, TopK (k = 8) 0.939 and 87 % at
+L0 7.9 with 132 dead, L1 (lambda = 1) 0.893 and 82 % at L0 10.5, bias adaptation with one target 0.839 and 66 %
+at L0 8.0. At the GPT SAE's size (1024 latents) L1 ran at 49k activations/s, TopK at 0.83x, bias adaptation
+and GBA at 0.63-0.64x (their bias updates rank 10 batches of pre-activations every 10 steps).
 """
 
 from __future__ import annotations
@@ -84,7 +83,7 @@ def main(argv=None) -> None:
         print(f"{name:>22} | {rate:13,.0f} | {rate / base:5.2f}x | {r['l0']:5.1f} | {r['nmse']:6.3f} | "
               f"{r['dead']:4d} | {r['mmcs']:5.3f} | {r['recovered']:9.3f}")
     # the size of chapter 6's GPT SAE: pre-collected activations, no data generation in the loop
-    d, M, k, batch, n_steps = 256, 2048, 32, 1024, 20 if args.quick else 60
+    d, M, k, batch, n_steps = 256, 1024, 32, 1024, 20 if args.quick else 60
     acts = torch.randn(16 * batch, d, generator=torch.Generator().manual_seed(3)).to(device)
     print(f"\nGPT-sized SAE: width {d}, {M} latents, batches of {batch}, {n_steps} timed steps (after 5 warm-up)")
     print(f"{'variant':>22} | {'activations/s':>13} | {'vs L1':>6}")
