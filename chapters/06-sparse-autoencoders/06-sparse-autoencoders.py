@@ -40,7 +40,7 @@
 #   density of its features, and a gallery of what some features detect.
 #
 # The SAE of section 5 was trained by `python -m arlib.recipes shakespeare-sae` on one CPU core in about
-# ten minutes (its time is printed below); everything else trains here.
+# five and a half minutes (its time is printed below); everything else trains here.
 
 # %%
 import time
@@ -151,7 +151,8 @@ plt.show()
 #   with a dimension of its own ($D_i \approx 1$, $\sum_i D_i = m$), and drops the other fifteen: the
 #   linear answer;
 # - as the features get sparser, more of them are kept, always more than $m$ once $p \le 0.3$, and all
-#   twenty at $p = 0.01$, while $\sum_i D_i$ never exceeds $m$: the features **share** the dimensions;
+#   twenty at $p = 0.01$, while $\sum_i D_i$ stays at $m$ (it can never exceed it): all five dimensions
+#   are used, and the features **share** them;
 # - at $p = 0.3$ they share them in antipodal pairs: every kept feature has $D_i \approx \tfrac12$ and a
 #   partner pointing the opposite way (the off-diagonal $-1$ entries of $W^\top W$ above).
 
@@ -160,7 +161,7 @@ assert int(represented[0]) == n_hidden and bool((norms[0, :n_hidden] > 0.9).all(
 assert abs(float(dims[0].sum()) - n_hidden) < 0.1 and bool((dims[0, :n_hidden] > 0.85).all())
 assert all(int(a) <= int(b) for a, b in zip(represented, represented[1:]))  # sparser: more features kept
 assert bool((represented[1:] > n_hidden).all()) and int(represented[-1]) == n_features
-assert bool((dims.sum(1) <= n_hidden + 1e-3).all())  # never more than m dimensions in all
+assert bool(((dims.sum(1) - n_hidden).abs() < 0.05).all())  # all m dimensions used, shared
 kept = norms[1] > 0.5
 pairs = (F.normalize(W[1], dim=0).T @ F.normalize(W[1], dim=0))[kept][:, kept]  # cosines among kept features
 assert bool(((dims[1][kept] - 0.5).abs() < 0.1).all()) and bool((pairs.min(1).values < -0.95).all())
@@ -184,8 +185,8 @@ print(f"p = 0.3: {int(kept.sum())} features in {int(kept.sum()) // 2} antipodal 
 # $$\mathrm{MMCS} = \frac{1}{F}\sum_{i=1}^{F} \max_j \cos(v_i, d_j), \qquad
 # \text{recovered} = \frac{1}{F}\,\#\{i : \max_j \cos(v_i, d_j) > 0.9\}. \tag{5}$$
 #
-# Random directions in 64 dimensions are far from orthogonal to each other, so an MMCS of, say, 0.5 means
-# little: the printout gives the baseline of a random dictionary.
+# Even random directions match somewhat: the best of 512 random ones has a cosine of about 0.37 with a
+# given feature, so an MMCS of, say, 0.5 means little. The printout gives this baseline.
 
 # %%
 d, n_true, n_latents = 64, 256, 512
@@ -335,8 +336,8 @@ assert all(true_l0 < r["l0"] < 2 * true_l0 for r in results.values())  # near ea
 #
 # $$b_j \leftarrow b_j + \eta\,(b_j^\star - b_j), \qquad \eta = 0.5; \tag{8}$$
 #
-# (iii) the latent passes its whole drive once it clears the threshold, $f_j = z_j\, \mathbb{1}[z_j + b_j
-# > 0]$ (the JumpReLU form). With a plain ReLU, $f_j = \mathrm{ReLU}(z_j + b_j)$, the adapted threshold
+# (iii) the latent passes its whole drive once it clears the threshold, $f_j = \mathrm{ReLU}(z_j)\,
+# \mathbb{1}[z_j + b_j > 0]$ (the JumpReLU form, a threshold of $\max(-b_j, 0)$). With a plain ReLU, $f_j = \mathrm{ReLU}(z_j + b_j)$, the adapted threshold
 # would be subtracted from every activation, and the weights would have to grow to make up for it while
 # the threshold grows with them; the run below shows that this fails.
 # Since the frequency is monotone in the bias, (8) moves every neuron's frequency toward its target on the
@@ -378,7 +379,8 @@ print("GBA groups' measured frequency / target:", " ".join(f"{r:.2f}" for r in (
 
 # %% [markdown]
 # The recovery of each true feature against its frequency shows where the methods differ: frequent
-# features are easy for all of them; the rare ones, seen a few hundred times in the whole run, are not.
+# features are easy for all of them; the rare ones, seen fewer than 2,500 times in the 768,000 training
+# samples, are not.
 
 # %%
 freq_order = mixture.frequencies.argsort()
@@ -407,12 +409,13 @@ print("rarest quarter of the features (p below "
 # - every method finds most of the 256 directions (MMCS above 0.8, against 0.37 for a random
 #   dictionary) in activations where four features share each dimension;
 # - GBA's neurons fire at their groups' targets (each group within 25 % of its target on test data), it
-#   has no dead and no dense latents by construction, and it recovers the rarest quarter of the features
-#   better than L1 and TopK do: the low-frequency groups resonate with the rare features;
+#   has no dead and no dense latents (measured; its targets are all below 10 %), and it recovers the
+#   rarest quarter of the features better than L1 and TopK do;
 # - TopK leaves many latents dead even with AuxK (more than a fifth of them): with twice as many latents
 #   as features, many have nothing to learn; bias adaptation keeps them all firing, at its targets.
 #
-# The next cell sweeps each method's sparsity knob over a factor of four around these settings:
+# The next cell sweeps each method's sparsity knob over a factor of four (ten for $\lambda$) around these
+# settings:
 # $\lambda \in \{0.3, 1, 3\}$, $k \in \{4, 8, 16\}$, and GBA's highest target $p_{\max} \in \{0.025, 0.05,
 # 0.1\}$ (with $p_{\min} = 0.002$ fixed). The paper's claim is robustness: GBA should keep its recovery
 # across its settings while the others need tuning.
@@ -454,8 +457,9 @@ plt.show()
 
 # %% [markdown]
 # The sweep's verdict (asserted in the next cell, with the comparison above):
-# - **L1 is fragile.** Tripling $\lambda$ from 1 to 3 silences every latent (nothing is recovered), and a
-#   third of it triples $L_0$: its one knob must be tuned to the data's scale.
+# - **L1 is fragile.** Tripling $\lambda$ from 1 to 3 silences almost every latent (503 of 512, $L_0
+#   \approx 0$, nothing recovered), and a third of it triples $L_0$: its one knob must be tuned to the
+#   data's scale.
 # - **GBA does not collapse** anywhere in its sweep: sparser targets ($p_{\max} = 0.025$) recover as much as
 #   the default; the densest setting ($p_{\max} = 0.1$) recovers clearly less and has dense latents, its top
 #   group firing on a tenth of the inputs by design.
@@ -474,6 +478,8 @@ assert sweep["L1"][0.3]["l0"] > 2.5 * sweep["L1"][1.0]["l0"]
 assert spread["GBA"][0] > 0.5 and sweep["GBA"][0.025]["recovered"] > sweep["GBA"][0.05]["recovered"] - 0.05
 assert sweep["GBA"][0.1]["recovered"] < sweep["GBA"][0.05]["recovered"] - 0.1 and sweep["GBA"][0.1]["dense"] > 0
 assert spread["TopK"][0] > spread["GBA"][0]  # TopK's worst setting beats GBA's worst
+main = ["L1, lambda = 1", "TopK, k = 8", "BA, one target", "GBA, 8 groups"]
+assert results["TopK, k = 8"]["nmse"] < min(results[n]["nmse"] for n in main if n != "TopK, k = 8")  # (section 5)
 print("claims of the comparison hold")
 
 # %% [markdown]
@@ -517,8 +523,8 @@ print(f"the recipe measured on other held-out windows: NMSE {sae_meta['metrics']
 # other held-out windows).
 
 # %%
-assert gpt_metrics["nmse"] < 0.01 and gpt_metrics["l0"] <= sae_gpt.config.k
-assert 0 < losses["loss_increase"] < 0.02 and losses["loss_recovered"] > 0.99
+assert gpt_metrics["nmse"] < 0.01 and abs(gpt_metrics["l0"] - sae_gpt.config.k) < 0.5
+assert 0 < losses["loss_increase"] < 0.01 and losses["loss_recovered"] > 0.99
 assert losses["mean_ablated_nll"] - losses["clean_nll"] > 2.0
 assert abs(losses["loss_increase"] - sae_meta["metrics"]["loss_increase"]) < 0.005
 assert abs(gpt_metrics["nmse"] - sae_meta["metrics"]["nmse"]) < 0.002
@@ -555,10 +561,10 @@ assert 0.2 < n_dead / M < 0.45 and 0.03 * M < n_dense < 0.1 * M and 0.003 < floa
 
 # %% [markdown]
 # The densities tell a mixed story (asserted above). About a third of the 1024 latents never fire on these
-# 40,960 held-out positions: the TopK SAE found work for only part of its dictionary, and AuxK did not
-# revive the rest. Some eighty are dense, firing on more than a tenth of all positions, the kind of
+# 40,960 held-out positions: they either died in training or serve contexts absent from this text (the
+# recipe counted 353 silent on other windows). Some eighty are dense, firing on more than a tenth of all positions, the kind of
 # latent that is hard to interpret. The others spread over three decades of density, around a median of
-# about one percent, and by construction the densities add up to $k = 32$ latents per position.
+# about one percent, and the densities add up to $L_0$, here $k = 32$ latents per position.
 
 # %% [markdown]
 # **A gallery.** What does a latent detect? A simple test asks how well "latent $j$ fires" predicts a
@@ -612,11 +618,11 @@ for name, (j, score) in list(found.items())[:4]:
 # %% [markdown]
 # Some latents are clean detectors of simple events (asserted below): one fires at newlines and almost
 # nowhere else, others at a space or the end of a sentence, and, less cleanly, at a comma; one fires
-# inside the names in capitals that head each speech of a play (all of its 50 strongest activations sit
-# inside such a word, after its first letters). Others are weaker matches to our guesses,
-# which says as much about our list of patterns as about the SAE: the best latent for "a line's first
-# letter", for instance, reaches an F1 below 0.8, and its strongest contexts are only a few particular
-# capitals at the start of a line (printed below): a narrower feature than our pattern.
+# inside words in capitals (speakers' names heading a speech, and names in stage directions such as
+# "Enter ACHILLES": all of its 50 strongest activations sit inside such a word, after its first
+# letters). Others are weaker matches to our guesses, which says as much about our list of patterns as
+# about the SAE: the best latent for "a line's first letter", for instance, reaches an F1 below 0.8, and
+# its strongest contexts are all line-initial capitals, of only a few letters (printed below).
 # Many of the 1024 latents fire on contexts no single character describes, and naming them would take the
 # kind of automated interpretation that Bricken et al. and Gao et al. apply at scale.
 
@@ -626,11 +632,11 @@ assert found["a full stop, '!' or '?'"][1] > 0.85 and found["a comma"][1] > 0.7
 speaker = found["a capital after a capital (speakers' names, in capitals)"][0]
 strongest = torch.where(indices == speaker, values, torch.zeros_like(values)).amax(1).topk(50).indices.tolist()
 assert found["a capital after a capital (speakers' names, in capitals)"][1] > 0.65
-assert all(text[t].isupper() and text[t - 1].isupper() for t in strongest)
+assert all(text[t].isupper() and bool(is_upper(prev[t])) for t in strongest)
 line_start = found["a capital letter after a newline (a line's first letter)"]
 strongest = torch.where(indices == line_start[0], values, torch.zeros_like(values)).amax(1).topk(20).indices.tolist()
 letters = sorted({text[t] for t in strongest})
-assert line_start[1] < 0.8 and all(text[t - 1] == "\n" for t in strongest) and len(letters) <= 3
+assert line_start[1] < 0.8 and all(int(prev[t]) == ord("\n") for t in strongest) and len(letters) <= 3
 print(f"the strongest 20 contexts of latent {line_start[0]} ('a line's first letter'): capitals {letters} after a newline")
 
 # %% [markdown]
@@ -744,7 +750,8 @@ arlib.checks.find_latent(find_latent)
 #
 # - A ReLU network can store more features than it has dimensions when the features are sparse: in the
 #   toy model, dense features got one dimension each and the rest were dropped, while sparse ones shared
-#   the five dimensions in antipodal pairs and then in larger polytopes, up to all twenty features.
+#   the five dimensions in antipodal pairs and then in denser arrangements ($D_i \approx \tfrac13$ and
+#   below), up to all twenty features.
 # - Sparse autoencoders try to undo the superposition with an overcomplete dictionary. On data built from
 #   known features, four times more features than dimensions, an L1 SAE, a TopK SAE, bias adaptation and
 #   GBA all recovered most of the directions at matched sparsity.
