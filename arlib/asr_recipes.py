@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from arlib.asr import AttentionDecoder, CTCModel, TranscriptVocab, speech_features
 from arlib.audio import spec_augment
-from arlib.checkpoints import dequantize_state, load_meta, load_state, quantize_state, save_checkpoint
+from arlib.checkpoints import load_meta, load_state, save_checkpoint, store_int8
 from arlib.ctc import greedy_decode
 from arlib.data.speech import espeak_version, spoken_utterances
 from arlib.env import pick_device, seed_everything
@@ -203,17 +203,3 @@ def run_speech_recipe(name: str, steps: int | None = None, out: str | None = Non
     meta["stored_dtype"] = "int8"
     save_checkpoint(model, name, meta, out, dtype=torch.int8)
     return meta
-
-
-def store_int8(model: torch.nn.Module, float_metrics: dict, evaluate) -> dict:
-    """Round the model's weights to what int8 storage keeps (in place) and score it again: the sidecar's
-    metrics are those of the stored weights, beside the float32 model's (``*_float32``). Chapter 5's
-    checkpoints are stored in int8 to keep the repository small; the WER moves by a few hundredths of a
-    point at most."""
-    model.load_state_dict(dequantize_state(quantize_state(model.state_dict())))
-    model.eval()
-    with torch.no_grad():
-        stored = evaluate(model)
-    return {**{k: round(v, 5) for k, v in stored.items()},
-            **{f"{k}_float32": round(v, 5) for k, v in float_metrics.items()}}
-

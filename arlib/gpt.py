@@ -81,27 +81,26 @@ class CausalSelfAttention(nn.Module):
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         """``mask`` (T, start + T) optionally passes the causal mask of a multi-position cached call
         (:func:`causal_mask`), so that the layers of one forward build it once; without a cache, a mask
-        (T, T) replaces the causal one."""
+        (T, T) replaces the causal one. ``mask=True`` lets every query see every key, cached or new (a
+        block of a block-causal model that sees its past and all of itself): attention then runs without
+        a mask, which on a GPU is the faster kernel."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         # (B, T, C) -> (B, H, T, D)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         dropout = self.attn_dropout if self.training else 0.0
-        if cache is None:  # causal by default; a mask (T, T) replaces it (next-scale models: block-causal)
-            if mask is None:
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
-            else:
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        else:
+        if cache is not None:
             start = cache.length
             cache.k[layer, :, :, start:start + T] = k
             cache.v[layer, :, :, start:start + T] = v
             k, v = cache.k[layer, :, :, :start + T], cache.v[layer, :, :, :start + T]  # (B, H, start+T, D)
-            if T == 1:  # one new query sees every cached key: no mask needed
-                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-            else:  # query i sits at position start+i and sees keys 0..start+i
-                mask = causal_mask(T, start, x.device) if mask is None else mask
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        if mask is True or (cache is not None and T == 1):  # every query sees every key: no mask needed
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        elif cache is None and mask is None:  # causal by default
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        else:  # a given mask (next-scale models: block-causal), or query i at start+i sees keys 0..start+i
+            mask = causal_mask(T, start, x.device) if mask is None else mask
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -165,22 +164,26 @@ class GPT(nn.Module):
         p = self.wte.weight
         return KVCache(self.config, batch_size, device=p.device, dtype=p.dtype)
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, return_hidden: bool = False):
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, return_hidden: bool = False,
+                validate: bool = True):
         """Logits (B, T, V) for token ids ``idx`` (B, T).
 
         With ``cache``, ``idx`` continues the cached positions and the cache grows by T.
         With ``return_hidden=True`` also returns the residual stream (B, T, d) after the embeddings
-        and after each block: a list of ``n_layer + 1`` tensors.
+        and after each block: a list of ``n_layer + 1`` tensors. ``validate=False`` skips the range
+        check of the ids (it makes the host wait for an accelerator): for samplers whose ids are in range
+        by construction.
         """
-        hidden = self.trunk(idx, cache)
+        hidden = self.trunk(idx, cache, validate=validate)
         logits = F.linear(self.ln_f(hidden[-1]), self.wte.weight)  # tied head: (B, T, V)
         return (logits, hidden) if return_hidden else logits
 
-    def trunk(self, idx: torch.Tensor, cache: KVCache | None = None, n_layers: int | None = None) -> list:
+    def trunk(self, idx: torch.Tensor, cache: KVCache | None = None, n_layers: int | None = None,
+              validate: bool = True) -> list:
         """The residual stream (B, T, d) after the embeddings and after each of the first ``n_layers``
         blocks (all by default): a list of ``n_layers + 1`` tensors. A cache, if given, must hold at
         least ``n_layers`` layers (the first ones are used) and grows by T. Early-exit drafters
-        (:mod:`arlib.heads`) run the first layers only."""
+        (:mod:`arlib.heads`) run the first layers only. ``validate`` as in :meth:`forward`."""
         if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype != torch.long:
             got = f"{tuple(idx.shape)} {idx.dtype}" if isinstance(idx, torch.Tensor) else type(idx).__name__
             raise ValueError(f"idx: expected a (batch, time) tensor of torch.long token ids, got {got}")
@@ -194,7 +197,7 @@ class GPT(nn.Module):
         if cache is not None and (cache.k.shape[1] != B or cache.k.shape[0] < n_layers):
             raise ValueError(f"cache: built for batch {cache.k.shape[1]} and {cache.k.shape[0]} layers, "
                              f"got batch {B} and {n_layers} layers")
-        if T and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
+        if validate and T and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
             raise ValueError(f"idx: token ids must lie in [0, {self.config.vocab_size})")
         pos = torch.arange(start, start + T, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, d)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from arlib.gpt import GPT, Block, GPTConfig, KVCache
-from arlib.sampling import process_logits
+from arlib.sampling import draw, process_logits
 
 __all__ = ["raster_model", "raster_tokens", "raster_loss", "cfg_logits", "sample_raster", "NextScaleModel",
            "next_scale_loss", "sample_next_scale", "block_causal_mask"]
@@ -92,12 +92,10 @@ def sample_raster(model: GPT, labels: torch.Tensor, num_codes: int, num_classes:
     x = first[:, None]  # (B or 2B, 1)
     out = torch.empty(B, GRID * GRID, dtype=torch.long, device=labels.device)
     for i in range(GRID * GRID):
-        logits = model(x, cache=cache)[:, -1, :num_codes]  # (B or 2B, K)
+        logits = model(x, cache=cache, validate=False)[:, -1, :num_codes]  # (B or 2B, K); ids in range
         if guided:
             logits = cfg_logits(logits[:B], logits[B:], cfg_scale)
-        logits = process_logits(logits, temperature, top_k)
-        gumbel = -torch.empty_like(logits).exponential_(generator=generator).log()
-        out[:, i] = (logits + gumbel).argmax(-1)  # a draw from softmax(logits)
+        out[:, i] = draw(process_logits(logits, temperature, top_k), generator)
         x = out[:, i:i + 1].repeat(2, 1) if guided else out[:, i:i + 1]
     return out.view(B, GRID, GRID)
 
@@ -142,7 +140,12 @@ class NextScaleModel(nn.Module):
         self.head = nn.Linear(n_embd, num_codes)
         level = torch.cat([torch.full((s * s,), k) for k, s in enumerate(self.scales)])
         self.register_buffer("level", level, persistent=False)  # (L,)
-        self.register_buffer("mask", block_causal_mask(self.scales, markov=markov), persistent=False)  # (L, L)
+        mask = block_causal_mask(self.scales, markov=markov)  # (L, L)
+        self.register_buffer("mask", mask, persistent=False)
+        # a cached step's block sees all it can see (True: attention without a mask, the fast kernel), or
+        # its rows of the mask; known here, so that step() never reads the mask's values (a host sync)
+        starts = [0] + [sum(s * s for s in self.scales[:k]) for k in range(1, len(self.scales) + 1)]
+        self._sees_all = {a: bool(mask[a:b, :b].all()) for a, b in zip(starts, starts[1:])}
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, std=0.02 / math.sqrt(2 * n_layer))
@@ -153,9 +156,9 @@ class NextScaleModel(nn.Module):
     def _embed(self, labels: torch.Tensor, inputs: list[torch.Tensor], start: int) -> torch.Tensor:
         parts = [] if start else [self.class_emb(labels)[:, None]]  # (B, 1, d)
         parts += [self.input_proj(x) for x in inputs]  # (B, s^2, d) each
-        x = torch.cat(parts, dim=1)
-        positions = torch.arange(start, start + x.shape[1], device=x.device)
-        return x + self.pos_emb[positions] + self.level_emb(self.level[positions])
+        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        end = start + x.shape[1]  # positions start..end-1: slices, not index lookups
+        return x + self.pos_emb[start:end] + self.level_emb(self.level[start:end])
 
     def forward(self, labels: torch.Tensor, inputs: list[torch.Tensor]) -> torch.Tensor:
         """Teacher-forced logits (B, L, num_codes); inputs: the K-1 feature blocks (B, s_(k+1)^2, D)."""
@@ -173,7 +176,8 @@ class NextScaleModel(nn.Module):
         start = cache.length
         x = self._embed(labels, [] if block_inputs is None else [block_inputs], start)
         T = x.shape[1]
-        mask = self.mask[start:start + T, :start + T]  # a block sees itself and the past (Markov: one scale back)
+        # a block sees itself and the past (Markov: one scale back, and the class token)
+        mask = True if self._sees_all.get(start, False) else self.mask[start:start + T, :start + T]
         for layer, block in enumerate(self.blocks):
             x = block(x, cache, layer, mask)
         cache.length = start + T  # the blocks wrote keys and values; the cache owns the count
@@ -190,12 +194,18 @@ def next_scale_loss(model: NextScaleModel, labels: torch.Tensor, maps: list[torc
 
 @torch.no_grad()
 def sample_next_scale(model: NextScaleModel, quantizer, labels: torch.Tensor, cfg_scale: float = 1.0,
-                      temperature: float = 1.0, top_k: int | None = None,
-                      generator: torch.Generator | None = None) -> list[torch.Tensor]:
+                      temperature: float = 1.0, top_k: int | None = None, generator: torch.Generator | None = None,
+                      return_latent: bool = False):
     """Token maps [(B, 1, 1), ..., (B, 7, 7)], one forward pass per scale with a KV cache. ``quantizer`` is
     the tokenizer's :class:`arlib.vq.MultiScaleQuantizer`: it turns each sampled map into the next
-    scale's input. Guidance as in :func:`sample_raster`."""
+    scale's input. Guidance as in :func:`sample_raster`.
+
+    The sampler builds the reconstruction f_hat (B, D, 7, 7) as it goes (VAR, Algorithm 2); with
+    ``return_latent=True`` it returns (maps, f_hat), so that images come from
+    :meth:`arlib.vq.MultiScaleVQVAE.decode_latent` without rebuilding f_hat from the maps."""
     labels = _check_labels(labels, model.num_classes)
+    if tuple(quantizer.scales) != model.scales:
+        raise ValueError(f"quantizer: expected scales {model.scales}, got {tuple(quantizer.scales)}")
     B, guided = len(labels), cfg_scale != 1.0
     rows = torch.cat([labels, torch.full_like(labels, model.num_classes)]) if guided else labels
     cache = KVCache(model.config, len(rows), device=labels.device, dtype=model.pos_emb.dtype)
@@ -206,10 +216,11 @@ def sample_next_scale(model: NextScaleModel, quantizer, labels: torch.Tensor, cf
         logits = model.step(rows if k == 0 else None, block, cache)  # (B or 2B, s^2, K)
         if guided:
             logits = cfg_logits(logits[:B], logits[B:], cfg_scale)
-        logits = process_logits(logits.reshape(B * s * s, -1), temperature, top_k)
-        gumbel = -torch.empty_like(logits).exponential_(generator=generator).log()
-        maps.append((logits + gumbel).argmax(-1).view(B, s, s))
+        maps.append(draw(process_logits(logits.reshape(B * s * s, -1), temperature, top_k), generator).view(B, s, s))
+        # the ids come from the sampler, in range by construction: no check (no host sync on a GPU)
         if k + 1 < len(model.scales):
-            f_hat, block = quantizer.next_scale_step(f_hat, k, maps[-1])  # block: (B, s'^2, D)
+            f_hat, block = quantizer.next_scale_step(f_hat, k, maps[-1], validate=False)  # block: (B, s'^2, D)
             block = block.repeat(2, 1, 1) if guided else block
-    return maps
+        elif return_latent:
+            f_hat = quantizer.add_scale(f_hat, k, maps[-1], validate=False)
+    return (maps, f_hat) if return_latent else maps

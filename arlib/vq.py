@@ -63,10 +63,12 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))  # codes set from data yet?
         self.restarts = 0  # codes restarted so far (a count, not saved with the weights)
 
-    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
-        """Code vectors (B, D, h, w) for indices (B, h, w)."""
-        if indices.dtype != torch.long or (indices.numel() and (indices.min() < 0 or indices.max() >= self.num_codes)):
-            raise ValueError(f"indices: expected torch.long code ids in [0, {self.num_codes})")
+    def lookup(self, indices: torch.Tensor, validate: bool = True) -> torch.Tensor:
+        """Code vectors (B, D, h, w) for indices (B, h, w). ``validate=False`` skips the range check, which
+        makes the host wait for an accelerator: for samplers whose ids are in range by construction."""
+        if not isinstance(indices, torch.Tensor) or indices.dtype != torch.long or indices.dim() != 3 or (
+                validate and indices.numel() and (indices.min() < 0 or indices.max() >= self.num_codes)):
+            raise ValueError(f"indices: expected a (B, h, w) tensor of torch.long code ids in [0, {self.num_codes})")
         return self.codebook[indices].permute(0, 3, 1, 2)
 
     def forward(self, z: torch.Tensor):
@@ -239,17 +241,24 @@ class MultiScaleQuantizer(nn.Module):
             if maps[k].shape[-2:] != (self.scales[k], self.scales[k]):
                 raise ValueError(f"maps: map {k} should be {self.scales[k]}x{self.scales[k]}, "
                                  f"got {tuple(maps[k].shape)}")
-            f_hat = f_hat + self._refine(k, self.vq.lookup(maps[k]), size)
+            f_hat = self.add_scale(f_hat, k, maps[k])
         return f_hat
 
-    def next_scale_step(self, f_hat: torch.Tensor, k: int, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def add_scale(self, f_hat: torch.Tensor, k: int, indices: torch.Tensor, validate: bool = True) -> torch.Tensor:
+        """The reconstruction f_hat (B, D, h, h) plus map k (B, s_k, s_k), upsampled and refined by phi_k
+        (``validate`` as in :meth:`VectorQuantizer.lookup`)."""
+        return f_hat + self._refine(k, self.vq.lookup(indices, validate), self.scales[-1])
+
+    def next_scale_step(self, f_hat: torch.Tensor, k: int, indices: torch.Tensor,
+                        validate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Add map k (B, s_k, s_k) to the reconstruction f_hat (B, D, h, h); return (the new f_hat, the next
         scale's input: f_hat area-downsampled to scale k+1 as (B, s_(k+1)^2, D) token features). The one step
         that both teacher forcing and sampling of a next-scale model take (VAR, section 3.2)."""
-        size = self.scales[-1]
-        f_hat = f_hat + self._refine(k, self.vq.lookup(indices), size)
+        if not 0 <= k < len(self.scales) - 1:
+            raise ValueError(f"k: expected a scale index in [0, {len(self.scales) - 1}), got {k!r}")
+        f_hat = self.add_scale(f_hat, k, indices, validate)
         s = self.scales[k + 1]
-        x = f_hat if s == size else F.interpolate(f_hat, size=(s, s), mode="area")
+        x = f_hat if s == self.scales[-1] else F.interpolate(f_hat, size=(s, s), mode="area")
         return f_hat, x.flatten(2).transpose(1, 2)
 
     def next_scale_inputs(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -289,4 +298,14 @@ class MultiScaleVQVAE(nn.Module):
     @torch.no_grad()
     def decode(self, maps: list[torch.Tensor], upto: int | None = None) -> torch.Tensor:
         """Images (B, 1, 28, 28) from the first ``upto`` token maps (all by default): coarse to fine."""
-        return torch.sigmoid(self.decoder(self.quantizer.reconstruct(maps, upto)))
+        return self.decode_latent(self.quantizer.reconstruct(maps, upto))
+
+    @torch.no_grad()
+    def decode_latent(self, f_hat: torch.Tensor) -> torch.Tensor:
+        """Images (B, 1, 28, 28) from a reconstruction f_hat (B, D, h, h), e.g. the one a next-scale
+        sampler builds as it goes (:func:`arlib.visual_ar.sample_next_scale` with ``return_latent=True``)."""
+        D, h = self.config.code_dim, self.quantizer.scales[-1]
+        if not isinstance(f_hat, torch.Tensor) or f_hat.dim() != 4 or tuple(f_hat.shape[1:]) != (D, h, h):
+            got = tuple(f_hat.shape) if isinstance(f_hat, torch.Tensor) else type(f_hat).__name__
+            raise ValueError(f"f_hat: expected a (B, {D}, {h}, {h}) latent map, got {got}")
+        return torch.sigmoid(self.decoder(f_hat))

@@ -1,5 +1,6 @@
 """Image generation speed and quality on Fashion-MNIST: raster order, raster with speculative Jacobi
-decoding (SJD) and LANTERN, and next-scale prediction (VAR), measured in one run.
+decoding (SJD) and LANTERN, and next-scale prediction (VAR, and HMAR's Markovian variant), measured in one
+run.
 
     python benchmarks/visual_ar.py            # 200 images per generator (20 per class), deltas 0.02 0.1
     python benchmarks/visual_ar.py --quick    # 50 images per generator, one delta
@@ -15,6 +16,7 @@ against plain raster sampling in this run; compare ratios across machines, not i
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -60,45 +62,56 @@ def main(argv=None) -> None:
     test_images, _ = fashion_mnist("test")
     reference = classifier.features(images_as_float(test_images[:len(labels)]).to(device))
     neighbors = lantern_neighbors(vq.quantizer.codebook, 32)
+    def raster_images(grid):  # (1, 7, 7) or (7, 7) token grid -> (1, 1, 28, 28)
+        return vq.decode(grid.view(1, 7, 7))
+
+    def sjd(y, g, **lantern):
+        grid, info = sample_raster_sjd(raster, int(y), K, window=args.window, cfg_scale=args.cfg, generator=g,
+                                       **lantern)
+        return raster_images(grid), info["passes"]
+
+    def next_scale(model):  # the sampler builds f_hat as it goes; the decoder takes it directly
+        def generate(y, g):
+            _, f_hat = sample_next_scale(model, msvq.quantizer, y[None], cfg_scale=args.cfg, generator=g,
+                                         return_latent=True)
+            return msvq.decode_latent(f_hat), len(model.scales)
+        return generate
+
     generators = {
-        "raster": lambda y, g: (sample_raster(raster, y[None], K, cfg_scale=args.cfg, generator=g)[0], 49),
-        "raster + SJD": lambda y, g: sample_raster_sjd(raster, int(y), K, window=args.window, cfg_scale=args.cfg,
-                                                      generator=g),
+        "raster": lambda y, g: (raster_images(sample_raster(raster, y[None], K, cfg_scale=args.cfg, generator=g)),
+                                49),
+        "raster + SJD": sjd,
     }
     for delta in deltas:
         generators[f"raster + LANTERN d={delta}"] = (
-            lambda y, g, d=delta: sample_raster_sjd(raster, int(y), K, window=args.window, cfg_scale=args.cfg,
-                                                    neighbors=neighbors, delta=d, generator=g))
-    generators["next-scale (VAR)"] = lambda y, g: (sample_next_scale(var, msvq.quantizer, y[None], cfg_scale=args.cfg,
-                                                                     generator=g), 5)
-    generators["next-scale, Markov (HMAR)"] = lambda y, g: (
-        sample_next_scale(var_markov, msvq.quantizer, y[None], cfg_scale=args.cfg, generator=g), 5)
-    print(f"{len(labels)} images per generator on {device}, cfg {args.cfg}, batch size 1")
+            lambda y, g, d=delta: sjd(y, g, neighbors=neighbors, delta=d))
+    generators["next-scale (VAR)"] = next_scale(var)
+    generators["next-scale, Markov (HMAR)"] = next_scale(var_markov)
+    print(f"{len(labels)} images per generator on {device}, cfg {args.cfg}, batch size 1; the generators take "
+          f"turns image by image, so that a machine that speeds up or slows down affects them all alike")
+    streams = {name: torch.Generator(device=device).manual_seed(0) for name in generators}
+    seconds = dict.fromkeys(generators, 0.0)
+    images = {name: [] for name in generators}
+    passes = {name: [] for name in generators}
+    for generate in generators.values():  # warm-up: CUDA kernels load lazily
+        generate(labels[0], torch.Generator(device=device).manual_seed(1))
+    for y in labels:
+        for name, generate in generators.items():
+            sync(device)
+            start = time.perf_counter()
+            image, n_passes = generate(y, streams[name])
+            sync(device)
+            seconds[name] += time.perf_counter() - start
+            images[name].append(image)
+            passes[name].append(n_passes)
     print(f"{'generator':>26} | {'passes/image':>12} | {'images/s':>8} | {'speed-up':>8} | {'accuracy':>8} | "
           f"{'Frechet':>8}")
-    base = None
-    for name, generate in generators.items():
-        g = torch.Generator(device=device).manual_seed(0)
-        images, passes = [], []
-        warm = generate(labels[0], torch.Generator(device=device).manual_seed(1))  # CUDA kernels load lazily
-        del warm
-        sync(device)
-        start = time.perf_counter()
-        for y in labels:
-            out, info = generate(y, g)
-            if name.startswith("next-scale"):
-                images.append(msvq.decode(out))
-            else:
-                images.append(vq.decode(out.view(1, 7, 7)))
-            passes.append(info if isinstance(info, int) else info["passes"])
-        sync(device)
-        seconds = time.perf_counter() - start
-        rate = len(labels) / seconds
-        base = base or rate
-        accuracy, fd = score(classifier, torch.cat(images), labels, reference)
-        print(f"{name:>26} | {sum(passes) / len(passes):12.1f} | {rate:8.1f} | {rate / base:7.2f}x | "
+    base = len(labels) / seconds["raster"]
+    for name in generators:
+        rate = len(labels) / seconds[name]
+        accuracy, fd = score(classifier, torch.cat(images[name]), labels, reference)
+        print(f"{name:>26} | {statistics.fmean(passes[name]):12.1f} | {rate:8.1f} | {rate / base:7.2f}x | "
               f"{accuracy:8.3f} | {fd:8.2f}")
-
 
 if __name__ == "__main__":
     main()

@@ -116,6 +116,10 @@ def test_bad_inputs():
         model(torch.tensor([[0, V]]))
     with pytest.raises(ValueError, match="idx"):
         model(torch.tensor([[-1, 0]]))
+    x = ids(2, 3)  # validate=False skips only the range check (a host sync on accelerators)
+    assert torch.equal(model(x, validate=False), model(x))
+    with pytest.raises(ValueError, match="idx"):
+        model(ids(2, 3).int(), validate=False)
     with pytest.raises(TypeError, match="config"):
         GPT({"vocab_size": V})
 

@@ -10,7 +10,18 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from arlib.gpt import GPT, GPTConfig
-from arlib.sampling import entropy, generate, min_p, process_logits, sample, sample_probs, temperature, top_k, top_p
+from arlib.sampling import (
+    draw,
+    entropy,
+    generate,
+    min_p,
+    process_logits,
+    sample,
+    sample_probs,
+    temperature,
+    top_k,
+    top_p,
+)
 
 # Random logits (B, V) from a seed, a batch, a vocabulary and a scale: continuous, so no ties.
 logits_st = st.builds(
@@ -155,6 +166,18 @@ def test_sample_probs_never_draws_zero_mass():
     assert set(draws.tolist()) == {1, 3}
     with pytest.raises(ValueError, match="probs"):
         sample_probs(torch.zeros(2, 3))
+
+
+def test_draw_follows_softmax_for_any_leading_shape_and_skips_minus_inf():
+    logits = torch.tensor([1.0, 0.5, -float("inf"), -0.5, 2.0])
+    draws = draw(logits.expand(200, 100, -1), torch.Generator().manual_seed(5))  # (200, 100) ids
+    assert draws.shape == (200, 100) and draws.dtype == torch.long
+    assert chi_square_pvalue(draws.flatten(), logits.softmax(-1)) > 1e-3
+    wrong = (logits + torch.tensor([0.1, 0, 0, 0, 0])).softmax(-1)
+    assert chi_square_pvalue(draws.flatten(), wrong) < 1e-6
+    for bad in (torch.tensor(1.0), torch.tensor([1, 2])):
+        with pytest.raises(ValueError, match="logits"):
+            draw(bad)
 
 
 @pytest.mark.parametrize("call, name", [

@@ -54,6 +54,9 @@ def test_straight_through_gradient_and_commitment():
         vq(torch.randn(2, 5, 3, 3))
     with pytest.raises(ValueError, match="indices"):
         vq.lookup(torch.tensor([[[9]]]))
+    with pytest.raises(ValueError, match="indices"):
+        vq.lookup(torch.tensor([[1, 2]]))  # (B, h, w) expected
+    assert torch.equal(vq.lookup(torch.tensor([[[1]]]), validate=False), vq.lookup(torch.tensor([[[1]]])))
 
 
 def test_ema_codes_move_to_cluster_means_and_dead_codes_restart():
@@ -112,6 +115,11 @@ def test_multiscale_vqvae_decodes_coarse_to_fine():
     recon, maps, _ = model(x)
     assert torch.allclose(model.decode(maps), recon, atol=1e-5)
     assert model.decode(maps, upto=2).shape == recon.shape
+    assert torch.allclose(model.decode_latent(model.quantizer.reconstruct(maps)), recon, atol=1e-5)
+    with pytest.raises(ValueError, match="f_hat"):
+        model.decode_latent(torch.zeros(2, 3, 7, 7))
+    with pytest.raises(ValueError, match="k"):
+        model.quantizer.next_scale_step(model.quantizer.reconstruct(maps), 4, maps[4])
 
 
 # --- generators -------------------------------------------------------------------------------------
@@ -149,6 +157,13 @@ def test_next_scale_model_is_block_causal_and_its_cached_steps_equal_the_forward
     assert loss.item() > 0 and math.isfinite(loss.item())
     sampled = sample_next_scale(model, quantizer, labels, cfg_scale=2.0, generator=torch.Generator().manual_seed(0))
     assert [m.shape for m in sampled] == [(3, s, s) for s in (1, 2, 3)]
+    # the latent the sampler builds as it goes is the reconstruction of the maps it returns
+    again, f_hat = sample_next_scale(model, quantizer, labels, cfg_scale=2.0, return_latent=True,
+                                     generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(again, sampled))
+    assert torch.allclose(f_hat, quantizer.reconstruct(sampled), atol=1e-5)
+    with pytest.raises(ValueError, match="quantizer"):
+        sample_next_scale(model, MultiScaleQuantizer(16, 4, scales=(1, 3)), labels)
     with pytest.raises(ValueError, match="inputs"):
         model(labels, inputs[:1])
 

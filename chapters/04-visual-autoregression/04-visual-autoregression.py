@@ -31,7 +31,8 @@
 # - a VQ-VAE tokenizer: nearest-code lookup, the straight-through gradient, the commitment loss, and
 #   how EMA updates and code restarts keep the codebook alive;
 # - a class-conditional raster GPT over tokens with classifier-free guidance {cite}`ho2022classifier`;
-# - next-scale prediction with a multi-scale residual quantizer and block-causal attention;
+# - next-scale prediction with a multi-scale residual quantizer and block-causal attention, and what
+#   a forward pass costs (a fixed part and a part per token), which sets its speed-up on each hardware;
 # - speculative Jacobi decoding, exact, and LANTERN, which trades fidelity for speed (and how much
 #   fidelity, computed exactly);
 # - one yardstick for all of them: a classifier's class-consistency accuracy and a Fréchet distance
@@ -47,6 +48,7 @@ import statistics
 import time
 
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import stats
@@ -55,6 +57,7 @@ import arlib
 import arlib.checks
 from arlib.data import CLASS_NAMES, fashion_mnist
 from arlib.env import check_timing
+from arlib.gpt import KVCache
 from arlib.jacobi import jacobi_generate, lantern_neighbors, proximity_set, relaxed_target, sample_raster_sjd
 from arlib.metrics import frechet_distance
 from arlib.visual_ar import next_scale_loss, raster_loss, raster_tokens, sample_next_scale, sample_raster
@@ -386,31 +389,125 @@ show_grid(msvq.decode(var_maps), 10, "next-scale model, cfg 2: six samples per c
 # %% [markdown]
 # The two bit counts are not comparable as likelihoods of images: the tokenizers differ and both are
 # lossy. What is comparable is time. One image at a time (the latency a user sees), raster order needs
-# 49 passes and next-scale 5. The time ratio is smaller than the ratio of passes: a raster pass feeds one
-# token per row, a next-scale pass up to 49 (the last scale, times two rows for guidance), and on two
-# CPU cores those larger passes cost about twice as much as a one-token pass. On an accelerator, where
-# a pass over 98 tokens costs about what a pass over 2 does, the time ratio approaches the 9.8 of the
-# passes.
+# 49 passes and next-scale 5. Both samplers draw a token by inverting the CDF at one uniform
+# (`arlib.sampling.draw`), and the next-scale sampler hands the reconstruction $\hat f$ it has built
+# along the way straight to the decoder (`return_latent=True`), as VAR's does, instead of rebuilding it
+# from the maps.
 
 # %%
-def seconds_per_image(sample_one, n=20):
-    times = []
+def seconds_per_image(samplers, n=20):
+    """{name: median seconds per image} of each sampler, one image at a time; the samplers take turns,
+    so that a machine that speeds up or slows down meanwhile affects them all alike."""
+    times = {name: [] for name in samplers}
     for i in range(n):
         label = torch.tensor([i % 10], device=device)
-        sync()
-        start = time.perf_counter()
-        sample_one(label)
-        sync()
-        times.append(time.perf_counter() - start)
+        for name, sample_one in samplers.items():
+            sync()
+            start = time.perf_counter()
+            sample_one(label)
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def raster_image(model):
+    """One image from a raster model: 49 passes, then the tokenizer's decoder."""
+    return lambda y: vq.decode(sample_raster(model, y, K, cfg_scale=2.0, generator=gen))
+
+
+def next_scale_image(model):
+    """One image from a next-scale model: 5 passes; the sampler's f_hat goes straight to the decoder."""
+    return lambda y: msvq.decode_latent(sample_next_scale(model, msvq.quantizer, y, cfg_scale=2.0, generator=gen,
+                                                          return_latent=True)[1])
+
+
+one_image = seconds_per_image({"raster": raster_image(raster), "next-scale": next_scale_image(var),
+                               "next-scale, Markov": next_scale_image(var_markov)})
+raster_seconds, var_seconds = one_image["raster"], one_image["next-scale"]
+speedup = raster_seconds / var_seconds
+print(f"one image on {device.type}: raster {raster_seconds * 1e3:.1f} ms (49 passes), next-scale "
+      f"{var_seconds * 1e3:.1f} ms (5 passes): {speedup:.1f}x faster")
+check_timing(speedup >= (3 if device.type == "cpu" else 5),
+             "next-scale generation should be at least 3x faster than raster (5x on an accelerator)")
+
+# %% [markdown]
+# Why not $49/5 = 9.8$ times? Because a pass does not cost the same whatever it carries. Its time is a
+# fixed part $a$ (the same few hundred small operations are dispatched, and on an accelerator launched,
+# whatever the number of tokens) plus a part $b$ per token row (the arithmetic). With guidance every
+# image is two rows (its class and the null class), so a raster pass carries 2 token rows, and the
+# five next-scale passes carry $2 \times (1, 4, 9, 25, 49)$: 176 rows in all against raster's 98.
+# Next-scale pays $a$ five times instead of 49, but $b$ on more rows. We time each pass alone and fit
+# $t(\text{rows}) = a + b \cdot \text{rows}$:
+
+# %%
+@torch.no_grad()
+def raster_pass_seconds(model, repeats=10):
+    """Median time of one cached raster pass over 2 rows (a class and the null class), one token each."""
+    times = []
+    for i in range(repeats):
+        cache = model.new_cache(2)
+        x = torch.tensor([[K + i % 10], [K + 10]], device=device)  # (2, 1)
+        for _ in range(49):
+            sync()
+            start = time.perf_counter()
+            model(x, cache=cache, validate=False)
+            sync()
+            times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-raster_seconds = seconds_per_image(lambda y: vq.decode(sample_raster(raster, y, K, cfg_scale=2.0, generator=gen)))
-var_seconds = seconds_per_image(lambda y: msvq.decode(sample_next_scale(var, msvq.quantizer, y, cfg_scale=2.0,
-                                                                        generator=gen)))
-print(f"one image: raster {raster_seconds * 1e3:.1f} ms (49 passes), next-scale {var_seconds * 1e3:.1f} ms "
-      f"(5 passes): {raster_seconds / var_seconds:.1f}x faster")
-check_timing(raster_seconds / var_seconds >= 3, "next-scale generation should be at least 3x faster than raster")
+@torch.no_grad()
+def next_scale_pass_seconds(model, repeats=20):
+    """Median time of each of the 5 cached passes of one guided next-scale image (inputs: random features)."""
+    rows = torch.tensor([0, 10], device=device)  # a class and the null class
+    times = [[] for _ in model.scales]
+    for _ in range(repeats):
+        cache = KVCache(model.config, 2, device=device)
+        block = None
+        for k in range(len(model.scales)):
+            sync()
+            start = time.perf_counter()
+            model.step(rows if k == 0 else None, block, cache)
+            sync()
+            times[k].append(time.perf_counter() - start)
+            if k + 1 < len(model.scales):
+                block = torch.randn(2, model.scales[k + 1] ** 2, msvq.config.code_dim, device=device)
+    return [statistics.median(t) for t in times]
+
+
+raster_pass = raster_pass_seconds(raster)
+var_passes = next_scale_pass_seconds(var)
+pass_rows = [2 * s * s for s in var.scales]  # 2, 8, 18, 50, 98
+b_row, a_fixed = (float(c) for c in np.polyfit(pass_rows, var_passes, 1))
+print(f"raster pass (2 rows): {raster_pass * 1e3:.3f} ms")
+for rows, seconds in zip(pass_rows, var_passes):
+    print(f"next-scale pass over {rows:2d} rows: {seconds * 1e3:.3f} ms (fit {(a_fixed + b_row * rows) * 1e3:.3f})")
+print(f"fit: a = {a_fixed * 1e3:.3f} ms per pass, b = {b_row * 1e6:.1f} us per token row; the 98-row pass costs "
+      f"{var_passes[-1] / var_passes[0]:.1f}x the 2-row pass")
+var_rest, raster_rest = var_seconds - sum(var_passes), raster_seconds - 49 * raster_pass
+flat = raster_seconds / (len(var.scales) * var_passes[0] + var_rest)  # as if every pass cost a 2-row pass
+print(f"one next-scale image: passes {sum(var_passes) * 1e3:.1f} ms + the rest (drawing tokens, the tokenizer's "
+      f"steps, decoding) {var_rest * 1e3:.1f} ms; one raster image: passes {49 * raster_pass * 1e3:.1f} ms + "
+      f"the rest {raster_rest * 1e3:.1f} ms")
+print(f"speed-up if every next-scale pass cost a 2-row pass: {flat:.1f}x (measured: {speedup:.1f}x)")
+fit_error = max(abs(a_fixed + b_row * r - t) / t for r, t in zip(pass_rows, var_passes))
+check_timing(fit_error < 0.25, f"a + b * rows should describe the passes within 25 %, off by {fit_error:.0%}")
+check_timing(abs(var_passes[0] / raster_pass - 1) < 0.35, "a 2-row pass should cost about the same in both models")
+if device.type == "cpu":
+    check_timing(var_passes[-1] > 2 * var_passes[0] and flat > 1.3 * speedup,
+                 "on a CPU the wide passes should cost several narrow ones, and that should explain the gap")
+else:
+    check_timing(var_passes[-1] < 1.5 * var_passes[0], "on an accelerator a 98-row pass should cost about a 2-row one")
+
+# %% [markdown]
+# Both models have 4 blocks of width 128, so a 2-row pass costs about the same in either (asserted).
+# On two CPU cores, where this book is built, $b$ is large: the 98-row pass costs several 2-row
+# passes, and the arithmetic of next-scale's 176 rows eats much of what the 44 saved passes gave back.
+# Raster order pays $a$ 49 times, next-scale pays it 5 times plus $b$ on 176 rows, so the speed-up falls
+# well short of the "flat" value, the speed-up if every pass cost a 2-row pass (asserted). The flat
+# value is the regime of an accelerator at batch 1: a GPU does 98 rows in about the time of 2, and $a$,
+# the launches, is all that counts. When the chapter runs on one, the cells above assert exactly that,
+# and a speed-up of at least 5x.
 
 # %% [markdown]
 # ## 5. Faster raster sampling without retraining: speculative Jacobi decoding and LANTERN
@@ -580,8 +677,7 @@ with torch.no_grad():
     markov_n = class_scores(msvq.decode(sample_next_scale(var_markov, msvq.quantizer, labels_n, cfg_scale=2.0,
                                                             generator=gen)), labels_n)
     markov_nll = next_scale_loss(var_markov, test_labels[:2000].to(device), test_maps, inputs).item()
-markov_seconds = seconds_per_image(lambda y: msvq.decode(sample_next_scale(var_markov, msvq.quantizer, y,
-                                                                           cfg_scale=2.0, generator=gen)))
+markov_seconds = one_image["next-scale, Markov"]  # timed in section 4, beside the others
 table = [  # name, parameters, likelihood, passes per image, images per second, accuracy, Frechet distance
     ("test images (floor)", None, "", None, None, *floor_n),
     ("pixels, neighbour counts", counts.numel(), f"{bits_context:.2f} bits/pixel", 196, None,
@@ -614,8 +710,8 @@ assert jacobi_rows["LANTERN delta = 0.1"][3] < jacobi_rows["SJD (delta = 0)"][3]
 # What the table says (each claim is asserted in the cell above or below):
 # - the counting model's samples are far from garments in the classifier's feature space;
 # - both token models draw the requested class more often than the classifier recognizes real test
-#   images (guidance makes samples prototypical), and their Fréchet distances are comparable and above
-#   the floor of real images;
+#   images (guidance makes samples prototypical), and their Fréchet distances are above the floor of
+#   real images and of the same order (within a factor of two of each other);
 # - next-scale prediction needs 5 passes instead of 49 and is the fastest one-image generator;
 # - SJD keeps the raster model's distribution and decides about two tokens per pass (its scores differ
 #   from plain sampling's by no more than the draw of the samples moves them, printed above);
@@ -624,8 +720,8 @@ assert jacobi_rows["LANTERN delta = 0.1"][3] < jacobi_rows["SJD (delta = 0)"][3]
 
 # %%
 raster_row, var_row = jacobi_rows["raster, 1 token per pass"], var_n
-assert abs(raster_row[3] - var_row[0]) < 0.1 and abs(raster_row[4] - var_row[1]) < 2 * fd_noise + 1
-assert min(raster_row[4], var_row[1]) > floor_n[1]
+assert min(raster_row[3], var_row[0]) > floor_n[0] and abs(raster_row[3] - var_row[0]) < 0.1
+assert min(raster_row[4], var_row[1]) > floor_n[1] and max(raster_row[4], var_row[1]) < 2 * min(raster_row[4], var_row[1])
 sjd_row = jacobi_rows["SJD (delta = 0)"]  # exact: the same law as plain sampling, so the same scores up to the draw
 assert abs(sjd_row[3] - raster_row[3]) < 0.05 and abs(sjd_row[4] - raster_row[4]) < 2 * fd_noise + 1
 token_rates = {name: rate for name, _, _, _, rate, _, _ in table if rate is not None}
@@ -817,9 +913,12 @@ arlib.checks.lantern_proximity(proximity)
 #   where the textbook recipe leaves almost every code dead.
 # - A small GPT over those tokens, with classifier-free guidance, draws the requested garment most of
 #   the time; guidance trades variety for class fidelity.
-# - Next-scale prediction writes 88 tokens in 5 block-causal passes instead of 49 one-token passes, and
-#   is three to four times faster per image on two CPU cores at comparable quality; attending only to the previous
-#   scale (HMAR's Markovian attention) costs almost nothing in likelihood.
+# - Next-scale prediction writes 88 tokens in 5 block-causal passes instead of 49 one-token passes, at
+#   comparable quality. A pass costs a fixed part plus a part per token row: on two CPU cores the
+#   wide passes cost arithmetic and next-scale is at least three times faster per image; on an
+#   accelerator at batch 1 a pass costs about the same whatever its width, and the speed-up approaches
+#   the flat value measured from the passes (at least 5x, asserted when the chapter runs on one).
+#   Attending only to the previous scale (HMAR's Markovian attention) costs almost nothing in likelihood.
 # - Speculative Jacobi decoding keeps the raster model's distribution (checked on the second token's
 #   marginal) and decides about two tokens per pass; LANTERN's relaxed test decides more, and its price
 #   is not bounded by $\delta$: computed exactly, with uniform first guesses the first token's law moves
