@@ -16,7 +16,7 @@ run() {  # run NAME SECONDS COMMAND...: one step, its log, its exit status and w
   echo "$name: exit $? in $((SECONDS - start)) s" | tee -a "$OUT/summary.txt"
 }
 $PY -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0))" | tee "$OUT/summary.txt"
-for bench in ${BENCHMARKS:-visual_ar asr}; do  # BENCHMARKS="" skips them, BENCHMARKS=visual_ar runs one
+for bench in ${BENCHMARKS-visual_ar asr}; do  # BENCHMARKS="" skips them, BENCHMARKS=visual_ar runs one
   case $bench in
     visual_ar) run visual_ar "${VISUAL_LIMIT:-150}" $PY benchmarks/visual_ar.py --device cuda ;;
     asr) run asr "${ASR_LIMIT:-130}" $PY benchmarks/asr.py --device cuda ;;

@@ -505,17 +505,18 @@ print(f"fit: a = {a_fixed * 1e3:.3f} ms per pass, b = {b_row * 1e6:.1f} us per t
 # everything else, by difference: drawing tokens, the tokenizer's steps, decoding
 var_rest, raster_rest = var_seconds - sum(var_passes), raster_seconds - 49 * raster_pass
 flat = raster_seconds / (len(var.scales) * var_passes[0] + var_rest)  # as if every pass cost a 2-row pass
-print(f"one next-scale image: passes {sum(var_passes) * 1e3:.1f} ms + everything else {var_rest * 1e3:.1f} ms; "
-      f"one raster image: passes {49 * raster_pass * 1e3:.1f} ms + everything else {raster_rest * 1e3:.1f} ms")
 print(f"passes alone: next-scale's take {49 * raster_pass / sum(var_passes):.1f}x less time than raster's "
-      f"({49 * raster_pass / (5 * var_passes[0]):.1f}x if they all cost a 2-row pass); everything else: "
-      f"{raster_rest / var_rest:.1f}x less")
+      f"({49 * raster_pass / (5 * var_passes[0]):.1f}x if they all cost a 2-row pass)")
+if device.type == "cpu":  # an accelerator runs a pass while the host queues the next: see below
+    print(f"one next-scale image: passes {sum(var_passes) * 1e3:.1f} ms + everything else {var_rest * 1e3:.1f} ms; "
+          f"one raster image: passes {49 * raster_pass * 1e3:.1f} ms + everything else {raster_rest * 1e3:.1f} ms "
+          f"({raster_rest / var_rest:.1f}x less for next-scale)")
+    check_timing(var_rest > 0 and raster_rest > 0 and raster_rest / var_rest < 49 / 5,
+                 "the work outside the passes should shrink less than the number of passes")
 print(f"speed-up if every next-scale pass cost a 2-row pass: {flat:.1f}x (measured: {speedup:.1f}x)")
 fit_error = max(abs(a_fixed + b_row * r - t) / t for r, t in zip(pass_rows, var_passes))
 print(f"the fit is off by at most {fit_error:.0%} on a pass")
 check_timing(fit_error < 0.25, f"a + b * rows should describe the passes within 25 %, off by {fit_error:.0%}")
-check_timing(var_rest > 0 and raster_rest > 0 and raster_rest / var_rest < 49 / 5,
-             "the work outside the passes should shrink less than the number of passes")
 check_timing(abs(var_passes[0] / raster_pass - 1) < 0.35, "a 2-row pass should cost about the same in both models")
 if device.type == "cpu":
     check_timing(var_passes[-1] > 2 * var_passes[0] and flat > 1.3 * speedup,
@@ -535,7 +536,9 @@ else:
 # at batch 1, where a pass over 98 rows takes about the time of one over 2, and the fixed costs (the
 # launches) are what counts. When the chapter runs on one, the cells above assert that a 98-row pass
 # costs about a 2-row one, that the speed-up comes within 30 % of the flat value, and that it is at
-# least 5x.
+# least 5x. They do not split an image's time into passes and everything else there: an accelerator
+# runs one pass while the host already queues the next, so a pass timed alone, waiting for the device
+# at its end, takes longer than it does inside the sampler, and the difference means nothing.
 
 # %% [markdown]
 # ## 5. Faster raster sampling without retraining: speculative Jacobi decoding and LANTERN
