@@ -117,14 +117,24 @@ def sample_probs(probs: torch.Tensor, generator: torch.Generator | None = None) 
     device; a token with zero probability is never drawn.
     """
     _check_logits(probs, "probs")
-    device = generator.device if generator is not None else probs.device
-    u = torch.rand(probs.shape[0], 1, generator=generator, device=device).to(probs.device)  # (B, 1)
-    wide = torch.float32 if probs.device.type == "mps" else torch.float64  # mps has no float64
-    cdf = probs.to(wide).cumsum(dim=-1)  # (B, V)
+    cdf = probs.to(_wide(probs.device)).cumsum(dim=-1)  # (B, V)
     if not bool((cdf[:, -1] > 0).all()):
         raise ValueError("probs: every row needs positive mass")
-    idx = torch.searchsorted(cdf, u.to(wide) * cdf[:, -1:], right=True)  # first index with cdf > u * total
-    return idx.squeeze(-1).clamp_max(probs.shape[-1] - 1)
+    return _invert_cdf(cdf, generator)
+
+
+def _wide(device: torch.device) -> torch.dtype:
+    """float64 for sums of probabilities, but float32 on mps, which has no float64."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _invert_cdf(cdf: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Per row of an unnormalized CDF (N, V), the first index whose CDF exceeds u * total, u uniform from
+    ``generator`` (on its own device): token ids (N,)."""
+    device = generator.device if generator is not None else cdf.device
+    u = torch.rand(cdf.shape[0], 1, generator=generator, device=device).to(cdf.device)  # (N, 1)
+    idx = torch.searchsorted(cdf, u.to(cdf.dtype) * cdf[:, -1:], right=True)
+    return idx.squeeze(-1).clamp_max(cdf.shape[-1] - 1)
 
 
 def draw(logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -139,12 +149,8 @@ def draw(logits: torch.Tensor, generator: torch.Generator | None = None) -> torc
     if not isinstance(logits, torch.Tensor) or logits.dim() < 1 or not logits.is_floating_point():
         raise ValueError("logits: expected a floating tensor of shape (..., V)")
     flat = logits.reshape(-1, logits.shape[-1])  # (N, V)
-    wide = torch.float32 if flat.device.type == "mps" else torch.float64  # mps has no float64
-    cdf = flat.to(wide).softmax(dim=-1).cumsum(dim=-1)  # (N, V)
-    device = generator.device if generator is not None else flat.device
-    u = torch.rand(flat.shape[0], 1, generator=generator, device=device, dtype=wide).to(flat.device)  # (N, 1)
-    idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)  # first index with cdf > u * total
-    return idx.clamp_max(flat.shape[-1] - 1).view(logits.shape[:-1])
+    cdf = flat.to(_wide(flat.device)).softmax(dim=-1).cumsum(dim=-1)  # (N, V)
+    return _invert_cdf(cdf, generator).view(logits.shape[:-1])
 
 
 def sample(logits: torch.Tensor, generator: torch.Generator | None = None, temperature: float = 1.0,

@@ -170,8 +170,8 @@ def test_sample_probs_never_draws_zero_mass():
 
 def test_draw_follows_softmax_for_any_leading_shape_and_skips_minus_inf():
     logits = torch.tensor([1.0, 0.5, -float("inf"), -0.5, 2.0])
-    draws = draw(logits.expand(200, 100, -1), torch.Generator().manual_seed(5))  # (200, 100) ids
-    assert draws.shape == (200, 100) and draws.dtype == torch.long
+    draws = draw(logits.expand(400, 100, -1), torch.Generator().manual_seed(5))  # (400, 100) ids
+    assert draws.shape == (400, 100) and draws.dtype == torch.long
     assert chi_square_pvalue(draws.flatten(), logits.softmax(-1)) > 1e-3
     wrong = (logits + torch.tensor([0.1, 0, 0, 0, 0])).softmax(-1)
     assert chi_square_pvalue(draws.flatten(), wrong) < 1e-6
