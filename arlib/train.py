@@ -31,6 +31,7 @@ class TrainConfig:
     eval_every: int = 0  # 0: evaluate only at the end
     seed: int = 0
     progress: bool = True
+    amp: bool = False  # bf16 autocast of the forward pass on CUDA (ignored elsewhere)
 
     def __post_init__(self):
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
@@ -43,6 +44,8 @@ class TrainConfig:
             raise ValueError(f"min_lr_ratio: expected a number in [0, 1], got {self.min_lr_ratio!r}")
         if not self.clip > 0:
             raise ValueError(f"clip: expected a positive max gradient norm, got {self.clip!r}")
+        if not 0 <= self.weight_decay:
+            raise ValueError(f"weight_decay: expected a non-negative number, got {self.weight_decay!r}")
 
 
 def lr_at(step: int, config: TrainConfig) -> float:
@@ -70,7 +73,24 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
+    # One fused kernel for the whole update on CUDA (the per-tensor loop costs launches on small models).
+    fused = bool(params) and all(p.is_cuda for p in params)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=fused)
+
+
+_SYNC_EVERY = 50  # steps between reads of the loss: on an accelerator each read makes the host wait
+
+
+def _flush(pending: list, history: dict, bar) -> None:
+    """Read the pending losses back in one transfer, append them, and stop on a non-finite one."""
+    values = torch.stack(pending).float().cpu().tolist()
+    first_step = len(history["loss"])
+    pending.clear()
+    for offset, value in enumerate(values):
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss became {value} at step {first_step + offset}")
+    history["loss"].extend(values)
+    bar.set_postfix(loss=f"{values[-1]:.3f}", refresh=False)
 
 
 def train(
@@ -96,7 +116,9 @@ def train(
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
     generator = torch.Generator().manual_seed(config.seed + rank)
     optimizer = _optimizer(model, config)
+    autocast = config.amp and next(model.parameters()).is_cuda
     history: dict = {"step": [], "loss": [], "lr": [], "eval": [], "world_size": world}
+    pending: list[torch.Tensor] = []  # losses not yet read back: one host sync per _SYNC_EVERY steps
     start = time.perf_counter()
     bar = tqdm(range(config.steps), disable=not config.progress or rank != 0, desc="train", mininterval=2.0)
     model.train()
@@ -104,19 +126,21 @@ def train(
         lr = lr_at(step, config)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = loss_fn(net, get_batch(step, generator))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}")
+        batch = get_batch(step, generator)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            loss = loss_fn(net, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
         optimizer.step()
         history["step"].append(step)
-        history["loss"].append(loss.item())
         history["lr"].append(lr)
-        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+        pending.append(loss.detach())
         last = step == config.steps - 1
-        if evaluate is not None and rank == 0 and (last or (config.eval_every and (step + 1) % config.eval_every == 0)):
+        at_eval = evaluate is not None and rank == 0 and (last or (config.eval_every and (step + 1) % config.eval_every == 0))
+        if last or at_eval or len(pending) == _SYNC_EVERY:
+            _flush(pending, history, bar)
+        if at_eval:
             model.eval()
             with torch.no_grad():
                 metrics = evaluate(model)
