@@ -10,11 +10,11 @@ BUDGET=${BUDGET:-300}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 ARLIB_DATA=${ARLIB_DATA:-$PWD/data/cache}
 mkdir -p "$OUT" /tmp/sweep
 nvidia-smi --query-gpu=name,memory.total --format=csv > "$OUT/device.txt" 2>&1
-for d in 0.1 0.2 0.3; do
+for d in ${TARGET_DROPOUTS:-0.1 0.2 0.3}; do
   timeout 520 python3 -m arlib.recipes shakespeare-target --dropout $d --time-budget "$BUDGET" --out /tmp/sweep/target-$d \
     --no-progress > "$OUT/target-$d.log" 2>&1 &
 done
-for d in 0.0 0.1; do
+for d in ${DRAFT_DROPOUTS:-0.0 0.1}; do
   timeout 520 python3 -m arlib.recipes shakespeare-draft --dropout $d --time-budget "$BUDGET" --out /tmp/sweep/draft-$d \
     --no-progress > "$OUT/draft-$d.log" 2>&1 &
 done
@@ -29,8 +29,8 @@ if [ "${SKIP_DEPENDENTS:-0}" != 1 ]; then
   timeout "$(( LEFT > 30 ? LEFT : 30 ))" python3 -m arlib.recipes shakespeare-heads --no-progress ${HEAD_STEPS:+--steps $HEAD_STEPS} > "$OUT/heads.log" 2>&1 &
   timeout "$(( LEFT > 30 ? LEFT : 30 ))" python3 -m arlib.recipes shakespeare-sae --no-progress ${SAE_STEPS:+--steps $SAE_STEPS} > "$OUT/sae.log" 2>&1 &
   wait
-  tail -2 "$OUT/heads.log" "$OUT/sae.log"
+  tail -n 2 "$OUT/heads.log" "$OUT/sae.log"
   tar -cf "$OUT/dependents.tar" -C data/checkpoints shakespeare-heads.safetensors shakespeare-heads.json \
     shakespeare-sae.safetensors shakespeare-sae.json
 fi
-tail -3 "$OUT"/*.log
+tail -n 3 "$OUT"/*.log
