@@ -1,9 +1,13 @@
 """arlib: the reference implementations behind the book *Autoregressive Models, Executable*.
 
-Each module implements one method and names the paper and equation it follows.
+One sub-package per part of the book: :mod:`arlib.text` (chapters 0-1), :mod:`arlib.decoding`
+(chapters 2-3), :mod:`arlib.vision` (chapter 4), :mod:`arlib.speech` (chapter 5) and
+:mod:`arlib.interp` (chapter 6), over a shared core (:mod:`arlib.env`, :mod:`arlib.train`,
+:mod:`arlib.checkpoints`, :mod:`arlib.data`). :func:`load` opens any committed checkpoint.
 """
 
 from arlib.env import pick_device, seed_everything, setup
+from arlib.loader import Loaded, load
 
-__version__ = "0.1.0"
-__all__ = ["setup", "pick_device", "seed_everything", "__version__"]
+__version__ = "0.2.0"
+__all__ = ["setup", "pick_device", "seed_everything", "load", "Loaded", "__version__"]

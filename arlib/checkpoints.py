@@ -1,29 +1,66 @@
-"""The book's own checkpoints: ``data/checkpoints/NAME.safetensors`` plus a JSON sidecar.
+"""The book's own checkpoints: ``NAME.safetensors`` and its JSON sidecar ``NAME.json``.
 
-The sidecar records the model config, the tokenizer, the data checksum, the metrics reached, the
-command that trained it and its wall time, so that every committed model can be reproduced.
+Sidecar schema (version 1); every committed checkpoint has these keys, and recipes may add more:
+
+- ``schema``: 1; ``name``: the checkpoint's name; ``kind``: which class :func:`arlib.load` builds
+  (``gpt``, ``draft_heads``, ``vq``, ``msvq``, ``raster``, ``var``, ``classifier``, ``ctc``, ``aed``,
+  ``paraformer``, ``sae``); ``config``: that class's settings; ``description``;
+- ``sha256``: of the weights file, checked at every load; ``stored_dtype``: float16 or int8;
+- ``data``: the sources trained on, with their checksums; ``metrics``: what the model reached;
+- ``command``: the command that trains it; ``wall_seconds``; ``environment`` (torch, device, threads).
+
+Weights are read with safetensors only: nothing is unpickled. Checkpoints are looked up in
+``$ARLIB_HOME/checkpoints`` when ``ARLIB_HOME`` is set, else in the checkout's ``data/checkpoints``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import platform
+import time
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from arlib.data.cache import REPO_ROOT, atomic_write
-from arlib.gpt import GPT, GPTConfig
-from arlib.tokenizer import CharTokenizer
 
-CHECKPOINT_DIR = REPO_ROOT / "data" / "checkpoints"
+SCHEMA_VERSION = 1
+REQUIRED_KEYS = ("schema", "name", "kind", "config", "sha256", "stored_dtype", "data", "metrics", "command",
+                 "wall_seconds", "environment")
 
 
-def _paths(name: str, directory: str | Path | None) -> tuple[Path, Path]:
-    if not isinstance(name, str) or not name or "/" in name:
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used: missing, truncated, a git-lfs pointer, altered, or of another kind.
+    The message names the file."""
+
+
+def checkpoint_dir() -> Path:
+    """Where the book's checkpoints live: ``$ARLIB_HOME/checkpoints`` if set, else ``data/checkpoints``."""
+    home = os.environ.get("ARLIB_HOME")
+    return Path(home) / "checkpoints" if home else REPO_ROOT / "data" / "checkpoints"
+
+
+CHECKPOINT_DIR = REPO_ROOT / "data" / "checkpoints"  # the checkout's copy, where recipes write by default
+
+
+def checkpoint_paths(name: str, directory: str | Path | None = None) -> tuple[Path, Path]:
+    """(weights, sidecar) paths of checkpoint ``name`` in ``directory`` (default :func:`checkpoint_dir`)."""
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name:
         raise ValueError(f"name: expected a checkpoint name such as 'shakespeare-target', got {name!r}")
-    root = Path(directory) if directory is not None else CHECKPOINT_DIR
+    root = Path(directory) if directory is not None else checkpoint_dir()
     return root / f"{name}.safetensors", root / f"{name}.json"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 SCALE_SUFFIX = ".int8_scale"  # the per-row scale stored beside each int8 matrix
@@ -59,51 +96,94 @@ def dequantize_state(tensors: dict) -> dict:
     return out
 
 
-def load_state(name: str, directory: str | Path | None = None) -> dict:
-    """The float32 state dict of checkpoint ``name``, whether stored in float16 or int8."""
-    return dequantize_state(load_file(str(_paths(name, directory)[0])))
+def _is_rank_zero() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def save_checkpoint(model: torch.nn.Module, name: str, meta: dict, directory: str | Path | None = None,
-                    dtype: torch.dtype = torch.float16) -> Path:
+                    dtype: torch.dtype = torch.float16) -> Path | None:
     """Write the weights (cast to ``dtype``, or int8 with per-row scales (:func:`quantize_state`) for
-    ``torch.int8``; tied tensors stored once) and the sidecar ``meta``."""
-    weights_path, meta_path = _paths(name, directory)
+    ``torch.int8``) and the sidecar ``meta``, completed with the schema version and the weights'
+    sha256. ``meta`` must give at least ``kind`` and ``config``. Under ``torchrun`` only rank 0 writes
+    (the others return None). ``directory`` defaults to the checkout's ``data/checkpoints``."""
+    for key in ("kind", "config"):
+        if key not in meta:
+            raise ValueError(f"meta: expected a {key!r} entry (the sidecar schema needs it)")
+    if not _is_rank_zero():
+        return None
+    weights_path, meta_path = checkpoint_paths(name, directory if directory is not None else CHECKPOINT_DIR)
+    weights_path.parent.mkdir(parents=True, exist_ok=True)
     if dtype == torch.int8:
         tensors = quantize_state(model.state_dict())
     else:
         tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
     atomic_write(weights_path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
-    atomic_write(meta_path, lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
+    full = {"schema": SCHEMA_VERSION, "name": name, **meta, "sha256": sha256_of(weights_path)}
+    full.setdefault("stored_dtype", "int8" if dtype == torch.int8 else str(dtype).removeprefix("torch."))
+    atomic_write(meta_path, lambda tmp: tmp.write_text(json.dumps(full, indent=2) + "\n"))
     return weights_path
 
 
 def list_checkpoints(directory: str | Path | None = None) -> list[str]:
-    root = Path(directory) if directory is not None else CHECKPOINT_DIR
-    return sorted(p.stem for p in root.glob("*.safetensors"))
+    root = Path(directory) if directory is not None else checkpoint_dir()
+    return sorted(p.stem for p in root.glob("*.json"))
 
 
 def load_meta(name: str, directory: str | Path | None = None) -> dict:
-    """The JSON sidecar of checkpoint ``name``."""
-    weights_path, meta_path = _paths(name, directory)
+    """The JSON sidecar of checkpoint ``name``, checked against the schema."""
+    weights_path, meta_path = checkpoint_paths(name, directory)
     if not meta_path.exists():
         known = ", ".join(list_checkpoints(directory)) or "none"
-        raise FileNotFoundError(
-            f"name: no checkpoint {name!r} in {meta_path.parent} (found: {known}); "
+        raise CheckpointError(
+            f"name: no checkpoint {name!r} in {meta_path.parent} (known: {known}); "
             f"train it with `python -m arlib.recipes {name}`")
-    return json.loads(meta_path.read_text())
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{meta_path}: not a JSON sidecar ({err})") from None
+    missing = [k for k in REQUIRED_KEYS if k not in meta] if isinstance(meta, dict) else list(REQUIRED_KEYS)
+    if missing:
+        raise CheckpointError(f"{meta_path}: sidecar lacks {missing} (schema {SCHEMA_VERSION})")
+    if meta["schema"] != SCHEMA_VERSION:
+        raise CheckpointError(f"{meta_path}: sidecar schema {meta['schema']!r}, this arlib reads {SCHEMA_VERSION}")
+    return meta
 
 
-def load_gpt(name: str, device=None, directory: str | Path | None = None) -> tuple[GPT, CharTokenizer, dict]:
-    """Load a GPT checkpoint as float32 in eval mode: ``(model, tokenizer, meta)``."""
-    meta = load_meta(name, directory)
-    weights_path, _ = _paths(name, directory)
-    config = GPTConfig(**meta["config"])
-    model = GPT(config)
-    state = {k: v.float() for k, v in load_file(str(weights_path)).items()}
-    model.load_state_dict(state)
-    model.to(device if device is not None else "cpu").eval()
-    return model, CharTokenizer(meta["tokenizer"]["vocab"]), meta
+_LFS_POINTER = b"version https://git-lfs"
+
+
+def load_state(name: str, directory: str | Path | None = None, meta: dict | None = None) -> dict:
+    """The float32 state dict of checkpoint ``name`` (stored in float16 or int8), after checking that the
+    weights file is the one its sidecar describes (sha256). Every error names the file."""
+    meta = load_meta(name, directory) if meta is None else meta
+    weights_path, _ = checkpoint_paths(name, directory)
+    if not weights_path.exists():
+        raise CheckpointError(f"{weights_path}: weights file missing (the sidecar is there)")
+    with open(weights_path, "rb") as f:
+        head = f.read(len(_LFS_POINTER))
+    if head == _LFS_POINTER:
+        raise CheckpointError(f"{weights_path}: a git-lfs pointer, not the weights; run `git lfs pull`")
+    digest = sha256_of(weights_path)
+    if digest != meta["sha256"]:
+        raise CheckpointError(f"{weights_path}: sha256 {digest[:12]}... differs from the sidecar's "
+                              f"{meta['sha256'][:12]}... (a truncated, altered or mismatched file)")
+    try:
+        return dequantize_state(load_file(str(weights_path)))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{weights_path}: unreadable safetensors file ({err})") from None
+
+
+def provenance(name: str, steps: int | None, t0: float, device, stored_dtype: str = "float16") -> dict:
+    """The sidecar fields that say how a checkpoint was made: dtype, command, wall time, environment."""
+    return {
+        "stored_dtype": stored_dtype,
+        "command": f"python -m arlib.recipes {name}" + (f" --steps {steps}" if steps else ""),
+        "wall_seconds": round(time.time() - t0, 1),
+        "environment": {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
+                        "machine": platform.machine(), "trained_on": time.strftime("%Y-%m-%d"),
+                        **({"gpu": torch.cuda.get_device_name(device)} if torch.device(device).type == "cuda" else {})},
+    }
+
 
 
 def store_int8(model: torch.nn.Module, float_metrics: dict, evaluate) -> dict:
@@ -117,3 +197,21 @@ def store_int8(model: torch.nn.Module, float_metrics: dict, evaluate) -> dict:
         stored = evaluate(model)
     return {**{k: round(v, 5) for k, v in stored.items()},
             **{f"{k}_float32": round(v, 5) for k, v in float_metrics.items()}}
+
+
+def load_model(name: str, build, device=None, directory: str | Path | None = None, kind: str | None = None):
+    """Build and fill the model of checkpoint ``name``: ``build(meta)`` returns ``(model, extras)`` (an
+    empty model of the sidecar's config and a dict such as ``{"tokenizer": ...}``); the weights are
+    checked (:func:`load_state`) and loaded; the model comes back in eval mode on ``device``.
+    ``kind``, if given, must be the sidecar's. Returns ``(model, meta, extras)``."""
+    meta = load_meta(name, directory)
+    weights_path, meta_path = checkpoint_paths(name, directory)
+    if kind is not None and meta["kind"] != kind:
+        raise CheckpointError(f"{meta_path}: a {meta['kind']!r} checkpoint, expected {kind!r}")
+    model, extras = build(meta)
+    try:
+        model.load_state_dict(load_state(name, directory, meta))
+    except RuntimeError as err:
+        raise CheckpointError(f"{weights_path}: weights do not fit a {meta['kind']} of the sidecar's config "
+                              f"({str(err).splitlines()[0]})") from None
+    return model.to(device if device is not None else "cpu").eval(), meta, extras

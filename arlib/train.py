@@ -48,6 +48,21 @@ class TrainConfig:
             raise ValueError(f"weight_decay: expected a non-negative number, got {self.weight_decay!r}")
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """How one committed checkpoint is trained: ``run(name, steps=None, out=None, progress=True, **options)``
+    trains it and returns its sidecar (an empty dict or None on ranks other than 0 under ``torchrun``).
+    Every part of the package lists its recipes as ``RECIPES: dict[str, Recipe]``; ``python -m
+    arlib.recipes`` gathers them."""
+
+    name: str
+    kind: str  # the sidecar's kind: which class arlib.load builds
+    config: Any  # the model's settings
+    train: TrainConfig
+    run: Callable[..., dict | None]
+    description: str
+
+
 def lr_at(step: int, config: TrainConfig) -> float:
     """Learning rate at ``step``: linear warm-up to ``lr``, then cosine decay to ``lr * min_lr_ratio``."""
     if step < config.warmup:
@@ -137,7 +152,8 @@ def train(
         history["lr"].append(lr)
         pending.append(loss.detach())
         last = step == config.steps - 1
-        at_eval = evaluate is not None and rank == 0 and (last or (config.eval_every and (step + 1) % config.eval_every == 0))
+        due = last or (config.eval_every and (step + 1) % config.eval_every == 0)
+        at_eval = evaluate is not None and rank == 0 and due
         if last or at_eval or len(pending) == _SYNC_EVERY:
             _flush(pending, history, bar)
         if at_eval:
@@ -152,3 +168,11 @@ def train(
     history["seconds"] = time.perf_counter() - start
     history["config"] = asdict(config)
     return history
+
+
+def mean_last_loss(history: dict, n: int = 50) -> float:
+    """Mean training loss over the last ``n`` steps of a :func:`train` history, rounded for a sidecar."""
+    tail = history["loss"][-n:]
+    if not tail:
+        raise ValueError("history: expected at least one recorded loss")
+    return round(sum(tail) / len(tail), 4)

@@ -20,11 +20,10 @@ import time
 import torch
 
 import arlib
-from arlib.asr import TranscriptVocab, speech_features
-from arlib.asr_recipes import load_speech
-from arlib.ctc import greedy_decode, prefix_beam_search
 from arlib.data import spoken_utterances
-from arlib.metrics import word_error_rate
+from arlib.speech.ctc import greedy_decode, prefix_beam_search
+from arlib.speech.error_rates import word_error_rate
+from arlib.speech.models import TranscriptVocab, speech_features
 
 
 def main(argv=None) -> None:
@@ -35,11 +34,11 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     device = arlib.setup(seed=0, device=args.device)
     vocab, word_vocab = TranscriptVocab(), TranscriptVocab(unit="word")
-    ctc, _ = load_speech("speech-ctc", device)
-    aed, _ = load_speech("speech-aed", device)
-    aed_words, _ = load_speech("speech-aed-words", device)
-    para, _ = load_speech("speech-paraformer", device)
-    para_ng, _ = load_speech("speech-paraformer-noglance", device)
+    ctc = arlib.load("speech-ctc", device).model
+    aed = arlib.load("speech-aed", device).model
+    aed_words = arlib.load("speech-aed-words", device).model
+    para = arlib.load("speech-paraformer", device).model
+    para_ng = arlib.load("speech-paraformer-noglance", device).model
     test = spoken_utterances("test", n=400)[: 100 if args.quick else 400]
 
     @torch.no_grad()

@@ -16,10 +16,10 @@ import time
 
 import torch
 
-from arlib.checkpoints import load_gpt
-from arlib.gpt import GPT
-from arlib.recipes import RECIPES
-from arlib.sampling import generate
+import arlib
+from arlib.text.gpt import GPT
+from arlib.text.recipes import RECIPES
+from arlib.text.sampling import generate
 
 PROMPT = "ROMEO:\nBut soft,"  # 16 characters: 16 + 240 new tokens fill the 256-token context
 
@@ -27,7 +27,8 @@ PROMPT = "ROMEO:\nBut soft,"  # 16 characters: 16 + 240 new tokens fill the 256-
 def load_model(device: str) -> tuple[GPT, torch.Tensor, str]:
     """The model, a (1, 16) prompt and a line that says which model it is."""
     try:
-        model, tokenizer, meta = load_gpt("shakespeare-target", device=device)
+        _loaded = arlib.load("shakespeare-target", device)
+        model, tokenizer, meta = _loaded.model, _loaded.tokenizer, _loaded.meta
         prompt = tokenizer.encode(PROMPT)[None]
         label = f"checkpoint shakespeare-target (val NLL {meta['metrics']['val_nll']} nats/char)"
     except FileNotFoundError:
@@ -69,7 +70,7 @@ def main(argv=None) -> None:
     if len(lengths) < len(args.lengths):
         print(f"skipping lengths over the context: prompt {T} + new tokens must be <= {block}")
     try:
-        from arlib.hf import to_hf
+        from arlib.text.hf import to_hf
 
         hf = to_hf(model)
     except ImportError:

@@ -29,9 +29,9 @@ import time
 import torch
 
 import arlib
-from arlib.sae import SAEConfig, SparseAutoencoder, evaluate
-from arlib.sae_train import BiasAdaptation, L1Objective, TopKObjective, group_targets, train_sae
-from arlib.superposition import SparseMixture
+from arlib.interp.sae import SAEConfig, SparseAutoencoder, evaluate
+from arlib.interp.sae_train import BiasAdaptation, L1Objective, TopKObjective, group_targets, train_sae
+from arlib.interp.superposition import SparseMixture
 from arlib.train import TrainConfig
 
 

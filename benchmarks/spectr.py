@@ -27,12 +27,18 @@ import time
 import numpy as np
 import torch
 
-from arlib.checkpoints import load_gpt
+import arlib
 from arlib.data import shakespeare
-from arlib.drafters import ModelDrafter
-from arlib.sampling import generate
-from arlib.spectr import kseq_acceptance, optimal_acceptance, optimal_acceptance_lp, rrs_acceptance, spectr_generate
-from arlib.speculative import speculative_generate
+from arlib.decoding.drafters import ModelDrafter
+from arlib.decoding.spectr import (
+    kseq_acceptance,
+    optimal_acceptance,
+    optimal_acceptance_lp,
+    rrs_acceptance,
+    spectr_generate,
+)
+from arlib.decoding.speculative import speculative_generate
+from arlib.text.sampling import generate
 
 
 def random_pairs(n: int, V: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -44,8 +50,9 @@ def random_pairs(n: int, V: int, seed: int) -> list[tuple[torch.Tensor, torch.Te
 @torch.no_grad()
 def shakespeare_pairs(n: int, top: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(p, q) of the target and the draft at n held-out positions, restricted to the draft's top characters."""
-    target, tokenizer, _ = load_gpt("shakespeare-target")
-    draft, _, _ = load_gpt("shakespeare-draft")
+    _loaded = arlib.load("shakespeare-target")
+    target, tokenizer = _loaded.model, _loaded.tokenizer
+    draft = arlib.load("shakespeare-draft").model
     ids = tokenizer.encode(shakespeare().val)[:256 * 8].view(8, 256)  # (8, 256)
     p, q = target(ids).double().softmax(-1), draft(ids).double().softmax(-1)  # (8, 256, V)
     flat_p, flat_q = p.flatten(0, 1), q.flatten(0, 1)
@@ -106,8 +113,9 @@ def timed(fn, *args, **kwargs):
 @torch.no_grad()
 def decoding_table(n_prompts: int, new_tokens: int, gammas, ks) -> None:
     """SpecTr (K-SEQ) against speculative decoding and plain decoding on held-out prompts, interleaved."""
-    target, tokenizer, _ = load_gpt("shakespeare-target")
-    draft, _, _ = load_gpt("shakespeare-draft")
+    _loaded = arlib.load("shakespeare-target")
+    target, tokenizer = _loaded.model, _loaded.tokenizer
+    draft = arlib.load("shakespeare-draft").model
     val = shakespeare().val
     stride = (len(val) - 64) // n_prompts
     prompts = [tokenizer.encode(val[i * stride:i * stride + 64]) for i in range(n_prompts)]  # (64,) each

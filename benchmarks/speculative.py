@@ -6,14 +6,14 @@
 For each drafter (the draft model sampled at the generation's temperature; prompt lookup, the n-gram
 drafter; early exit from the target's first layers; Medusa and Hydra heads on the target's hidden
 state; greedy verification with the draft model) and each gamma, every prompt is decoded by the
-target alone (``arlib.sampling.generate`` with the KV cache, same temperature or greedy) and by
+target alone (``arlib.text.sampling.generate`` with the KV cache, same temperature or greedy) and by
 ``speculative_generate``, interleaved, the faster of the timed runs kept; the speed-up is the median over
 prompts of the per-prompt ratio. The best gamma is the one with the highest median. Beside it stand
 the predictions: Leviathan et al.'s ``(1 - alpha^(gamma+1)) / ((1 - alpha)(gamma c + 1))`` with the
 measured alpha and c (each drafter's ``draft_cost`` per token over a target step), the refined model whose
 denominator is ``gamma c + v(gamma)``, v the measured cost of one target pass over gamma + 1 positions
 relative to one step, and the loop-order cost model of chapter 2: E[tokens] times the plain decoding
-cost per token over the three parts of a step timed in the loop's order (``arlib.speculative.step_costs``).
+cost per token over the three parts of a step timed in the loop's order (``arlib.decoding.speculative.step_costs``).
 Then Hugging Face's assisted
 generation on the same weights (``to_hf`` of both models, ``assistant_model=``), greedy, must give the
 same tokens as arlib's greedy decoding (asserted), and its speed-up over its own greedy ``generate``.
@@ -28,12 +28,12 @@ import time
 
 import torch
 
-from arlib.checkpoints import load_gpt
+import arlib
 from arlib.data import shakespeare
-from arlib.drafters import ModelDrafter, NGramDrafter
-from arlib.heads import EarlyExitModel, HeadDrafter, load_heads
-from arlib.sampling import generate
-from arlib.speculative import draft_cost, expected_tokens, speculative_generate, speedup, step_costs
+from arlib.decoding.draft_heads import EarlyExitModel, HeadDrafter
+from arlib.decoding.drafters import ModelDrafter, NGramDrafter
+from arlib.decoding.speculative import draft_cost, expected_tokens, speculative_generate, speedup, step_costs
+from arlib.text.sampling import generate
 
 
 def isolated_costs(target, draft, prefix: torch.Tensor, gammas, repeats: int, rounds: int = 5):
@@ -94,10 +94,11 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    target, tokenizer, _ = load_gpt("shakespeare-target")
-    draft, _, _ = load_gpt("shakespeare-draft")
+    _loaded = arlib.load("shakespeare-target")
+    target, tokenizer = _loaded.model, _loaded.tokenizer
+    draft = arlib.load("shakespeare-draft").model
     target.eval(), draft.eval()
-    heads = load_heads(target)
+    heads = arlib.load("shakespeare-heads", target.wte.weight.device).model
     val, P, N = shakespeare().val, args.prompt_len, args.new_tokens
     stride = (len(val) - P) // args.prompts
     prompts = [tokenizer.encode(val[i * stride:i * stride + P]) for i in range(args.prompts)]  # (P,) each
@@ -211,7 +212,7 @@ def main(argv=None) -> None:
     if args.no_hf:
         return
     try:
-        from arlib.hf import to_hf
+        from arlib.text.hf import to_hf
 
         hf_target, hf_draft = to_hf(target), to_hf(draft)
     except ImportError:

@@ -23,10 +23,10 @@ import torch
 
 import arlib
 from arlib.data import fashion_mnist
-from arlib.jacobi import lantern_neighbors, sample_raster_sjd
-from arlib.metrics import frechet_distance
-from arlib.visual_ar import sample_next_scale, sample_raster
-from arlib.visual_recipes import images_as_float, load_visual
+from arlib.vision.generators import sample_next_scale, sample_raster
+from arlib.vision.image_metrics import frechet_distance
+from arlib.vision.jacobi import lantern_neighbors, sample_raster_sjd
+from arlib.vision.recipes import images_as_float
 
 
 def sync(device) -> None:
@@ -51,12 +51,12 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     per_class, deltas = (5, [0.1]) if args.quick else (20, [0.02, 0.1])
     device = arlib.setup(seed=0, device=args.device)  # the chapter's thread count (both cores): numbers compare
-    vq, _ = load_visual("fashion-vq", device)
-    msvq, _ = load_visual("fashion-msvq", device)
-    raster, _ = load_visual("fashion-raster", device)
-    var, _ = load_visual("fashion-var", device)
-    var_markov, _ = load_visual("fashion-var-markov", device)
-    classifier, _ = load_visual("fashion-classifier", device)
+    vq = arlib.load("fashion-vq", device).model
+    msvq = arlib.load("fashion-msvq", device).model
+    raster = arlib.load("fashion-raster", device).model
+    var = arlib.load("fashion-var", device).model
+    var_markov = arlib.load("fashion-var-markov", device).model
+    classifier = arlib.load("fashion-classifier", device).model
     K = vq.config.num_codes
     labels = torch.arange(10, device=device).repeat_interleave(per_class)  # (N,)
     test_images, _ = fashion_mnist("test")

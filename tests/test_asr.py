@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from arlib.asr import EOS, AttentionDecoder, CTCModel, TranscriptVocab, speech_features
-from arlib.audio import spec_augment
-from arlib.ctc import ctc_forward, ctc_loss, greedy_decode, prefix_beam_search, token_segments, viterbi_align
-from arlib.metrics import char_error_rate, edit_distance, word_error_rate
-from arlib.paraformer import Paraformer, cif, cif_weights
+from arlib.speech.audio import spec_augment
+from arlib.speech.ctc import ctc_forward, ctc_loss, greedy_decode, prefix_beam_search, token_segments, viterbi_align
+from arlib.speech.error_rates import char_error_rate, edit_distance, word_error_rate
+from arlib.speech.models import EOS, AttentionDecoder, CTCModel, TranscriptVocab, speech_features
+from arlib.speech.paraformer import Paraformer, cif, cif_weights
 
 
 def _collapse(path, blank=0):

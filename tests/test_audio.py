@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from arlib.audio import hz_to_mel, log_mel, mel_filterbank, mel_to_hz
+from arlib.speech.audio import hz_to_mel, log_mel, mel_filterbank, mel_to_hz
 
 
 def test_mel_scale_anchor_points_and_inverse():

@@ -5,9 +5,12 @@ import json
 import pytest
 import torch
 
-from arlib.checkpoints import CHECKPOINT_DIR, list_checkpoints, load_gpt, save_checkpoint
+import arlib
+from arlib.checkpoints import CHECKPOINT_DIR, CheckpointError, list_checkpoints, load_meta, save_checkpoint
 from arlib.data import SOURCES
-from arlib.recipes import RECIPES
+from arlib.recipes import all_recipes
+from arlib.text.gpt import GPT, GPTConfig
+from arlib.text.recipes import LM_RECIPES, load_gpt
 
 LM_CHECKPOINTS = ["shakespeare-target", "shakespeare-draft"]
 
@@ -21,14 +24,14 @@ def test_checkpoints_together_stay_under_30_mb():
 def test_lm_checkpoint_matches_its_recipe_and_sidecar(name):
     assert name in list_checkpoints()
     model, tokenizer, meta = load_gpt(name)
-    recipe = RECIPES[name]
+    recipe = LM_RECIPES[name]
     assert meta["config"] == recipe.model.to_dict()
     assert meta["parameters"] == model.num_params()
     assert meta["data"]["sha256"] == SOURCES["shakespeare"].sha256
     assert meta["train"]["steps"] == recipe.train.steps  # the full recipe, not a shortened run
     assert meta["command"] == f"python -m arlib.recipes {name}"
     assert tokenizer.vocab_size == model.config.vocab_size == 84
-    assert meta["metrics"]["val_nll_fp16_weights"] == pytest.approx(meta["metrics"]["val_nll"], abs=0.01)
+    assert meta["metrics"]["report_nll_fp16_weights"] == pytest.approx(meta["metrics"]["report_nll"], abs=0.01)
     assert not model.training
     with torch.no_grad():
         logits = model(tokenizer.encode("To be, or not to be")[None])
@@ -55,7 +58,8 @@ def test_int8_storage_round_trips_within_half_a_step(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.LayerNorm(32), torch.nn.Conv1d(32, 16, 3))
     model.register_buffer("steps", torch.tensor([3, 5]))
     model[0].weight.data[2] = 0.0  # an all-zero row must not divide by zero
-    save_checkpoint(model, "tiny-int8", {"config": {}}, tmp_path, dtype=torch.int8)
+    save_checkpoint(model, "tiny-int8", {"kind": "test", "config": {}, "data": {}, "metrics": {}, "command": "test",
+                                         "wall_seconds": 0.0, "environment": {}}, tmp_path, dtype=torch.int8)
     stored = quantize_state(model.state_dict())
     assert stored["0.weight"].dtype == torch.int8 and stored["2.weight"].dtype == torch.int8
     assert stored["0.bias"].dtype == torch.float16 and stored["0.weight" + SCALE_SUFFIX].shape == (32,)
@@ -75,7 +79,7 @@ def test_int8_storage_round_trips_within_half_a_step(tmp_path):
                                   "speech-paraformer-noglance"])
 def test_speech_checkpoints_match_their_recipes(name):
     """Chapter 5's checkpoints: the full recipe, stored in int8 at a small cost in WER, loadable."""
-    from arlib.asr_recipes import SPEECH_RECIPES, load_speech
+    from arlib.speech.recipes import SPEECH_RECIPES, load_speech
 
     model, meta = load_speech(name)
     recipe = SPEECH_RECIPES[name]
@@ -85,3 +89,86 @@ def test_speech_checkpoints_match_their_recipes(name):
     assert meta["metrics"]["test_wer"] <= meta["metrics"]["test_wer_float32"] + 0.01
     assert meta["data"]["train"]["n"] == 6000 and meta["data"]["test"]["n"] == 400
     assert not model.training
+
+
+# --- one loader: every checkpoint, and clear errors for broken ones ------------------------------------
+
+
+@pytest.mark.parametrize("name", list_checkpoints())
+def test_every_committed_checkpoint_loads_through_arlib_load(name):
+    loaded = arlib.load(name)
+    recipe = all_recipes()[name]
+    assert loaded.meta["schema"] == 1 and loaded.meta["kind"] == recipe.kind and loaded.meta["name"] == name
+    assert not loaded.model.training
+    assert all(p.dtype == torch.float32 for p in loaded.model.parameters())
+    if recipe.kind == "gpt":
+        assert loaded.tokenizer.vocab_size == loaded.model.config.vocab_size
+    if recipe.kind in ("ctc", "aed", "paraformer"):
+        assert loaded.vocab is not None
+
+
+def _tiny(tmp_path, name="tiny"):
+    model = GPT(GPTConfig(vocab_size=4, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    meta = {"kind": "gpt", "config": model.config.to_dict(), "tokenizer": {"kind": "char", "vocab": "abcd"},
+            "data": {}, "metrics": {}, "command": "test", "wall_seconds": 0.0, "environment": {}}
+    weights = save_checkpoint(model, name, meta, directory=tmp_path)
+    return model, weights
+
+
+def test_a_flipped_byte_is_caught_and_the_file_named(tmp_path):
+    _, weights = _tiny(tmp_path)
+    arlib.load("tiny", directory=tmp_path)  # intact: loads
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"tiny\.safetensors.*sha256"):
+        arlib.load("tiny", directory=tmp_path)
+
+
+def test_a_truncated_file_and_a_git_lfs_pointer_are_named(tmp_path):
+    _, weights = _tiny(tmp_path)
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=r"tiny\.safetensors"):
+        arlib.load("tiny", directory=tmp_path)
+    weights.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 9\n")
+    with pytest.raises(CheckpointError, match=r"tiny\.safetensors: a git-lfs pointer"):
+        arlib.load("tiny", directory=tmp_path)
+
+
+def test_wrong_kind_unknown_name_and_bad_sidecars(tmp_path):
+    _tiny(tmp_path)
+    with pytest.raises(CheckpointError, match=r"tiny\.json: a 'gpt' checkpoint, expected 'sae'"):
+        arlib.load("tiny", directory=tmp_path, kind="sae")
+    with pytest.raises(CheckpointError, match=r"no checkpoint 'nope'.*known: tiny"):
+        arlib.load("nope", directory=tmp_path)
+    sidecar = tmp_path / "tiny.json"
+    meta = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**meta, "kind": "teapot"}))
+    with pytest.raises(CheckpointError, match=r"tiny\.json: unknown kind 'teapot'"):
+        arlib.load("tiny", directory=tmp_path)
+    sidecar.write_text(json.dumps({k: v for k, v in meta.items() if k != "sha256"}))
+    with pytest.raises(CheckpointError, match=r"tiny\.json: sidecar lacks \['sha256'\]"):
+        load_meta("tiny", directory=tmp_path)
+    sidecar.write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"tiny\.json: not a JSON sidecar"):
+        arlib.load("tiny", directory=tmp_path)
+    sidecar.write_text(json.dumps({**meta, "config": {**meta["config"], "n_embd": 16}}))
+    with pytest.raises(CheckpointError, match=r"tiny\.safetensors: weights do not fit a gpt"):
+        arlib.load("tiny", directory=tmp_path)
+
+
+def test_arlib_home_relocates_the_checkpoints(tmp_path, monkeypatch):
+    model, _ = _tiny(tmp_path / "checkpoints")
+    monkeypatch.setenv("ARLIB_HOME", str(tmp_path))
+    assert list_checkpoints() == ["tiny"]
+    loaded = arlib.load("tiny")
+    assert torch.equal(loaded.model.wte.weight, model.wte.weight.half().float())
+
+
+def test_save_checkpoint_needs_kind_and_config_and_only_rank_zero_writes(tmp_path, monkeypatch):
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="kind"):
+        save_checkpoint(model, "x", {"config": {}}, directory=tmp_path)
+    monkeypatch.setenv("RANK", "1")
+    assert save_checkpoint(model, "x", {"kind": "gpt", "config": {}}, directory=tmp_path) is None
+    assert list(tmp_path.iterdir()) == []

@@ -1,4 +1,4 @@
-"""Tests of arlib.gpt: shapes, causality, the KV cache, hidden states and input checks."""
+"""Tests of arlib.text.gpt: shapes, causality, the KV cache, hidden states and input checks."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arlib.gpt import GPT, GPTConfig, KVCache
+from arlib.text.gpt import GPT, GPTConfig, KVCache
 
 V = 13
 

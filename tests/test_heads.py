@@ -1,5 +1,5 @@
-"""Tests of arlib.heads (early exit, Medusa and Hydra drafters), GPT.trunk, the cost measurements of
-arlib.speculative and arlib.env.check_timing."""
+"""Tests of arlib.decoding.draft_heads (early exit, Medusa and Hydra drafters), GPT.trunk, the cost measurements of
+arlib.decoding.speculative and arlib.env.check_timing."""
 
 import itertools
 
@@ -8,11 +8,9 @@ import torch
 from scipy import stats
 from tiny_models import tiny_gpt
 
-from arlib.checkpoints import save_checkpoint
-from arlib.drafters import ModelDrafter, NGramDrafter, SamplingOptions
-from arlib.env import TIMING_NOTICE, check_timing
-from arlib.gpt import GPT
-from arlib.heads import (
+import arlib
+from arlib.checkpoints import CheckpointError, save_checkpoint
+from arlib.decoding.draft_heads import (
     DraftHeads,
     EarlyExitModel,
     ExitHeads,
@@ -20,10 +18,12 @@ from arlib.heads import (
     HydraHeads,
     MedusaHeads,
     distillation_losses,
-    load_heads,
 )
-from arlib.sampling import generate
-from arlib.speculative import draft_cost, speculative_generate, step_costs
+from arlib.decoding.drafters import ModelDrafter, NGramDrafter, SamplingOptions
+from arlib.decoding.speculative import draft_cost, speculative_generate, step_costs
+from arlib.env import TIMING_NOTICE, check_timing
+from arlib.text.gpt import GPT
+from arlib.text.sampling import generate
 
 PLAIN = SamplingOptions()
 
@@ -177,13 +177,16 @@ def test_distillation_reduces_the_losses(target):
 
 
 def test_save_and_load_heads(tmp_path, target, heads):
-    meta = {"n_heads": 3, "target": {"config": target.config.to_dict()}}
+    meta = {"kind": "draft_heads", "config": {"n_heads": 3, "target": target.config.to_dict()},
+            "data": {}, "metrics": {}, "command": "test", "wall_seconds": 0.0, "environment": {}}
     save_checkpoint(heads, "tiny-heads", meta, directory=tmp_path)
-    loaded = load_heads(target, "tiny-heads", directory=tmp_path)
+    loaded = arlib.load("tiny-heads", directory=tmp_path).model
     for (name, a), (_, b) in zip(heads.state_dict().items(), loaded.state_dict().items()):
         assert torch.allclose(a.half().float(), b), name
-    with pytest.raises(ValueError, match="target"):
-        load_heads(tiny(n_layer=2), "tiny-heads", directory=tmp_path)
+    meta["config"]["target"] = tiny(n_layer=2).config.to_dict()  # heads for another target do not fit
+    save_checkpoint(heads, "tiny-heads", meta, directory=tmp_path)
+    with pytest.raises(CheckpointError, match="tiny-heads.safetensors"):
+        arlib.load("tiny-heads", directory=tmp_path)
 
 
 def test_head_errors(target, heads):

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from arlib.gpt import GPT, GPTConfig
-from arlib.hf import from_hf, to_hf
-from arlib.sampling import generate
+from arlib.text.gpt import GPT, GPTConfig
+from arlib.text.hf import from_hf, to_hf
+from arlib.text.sampling import generate
 
 transformers = pytest.importorskip("transformers")
 

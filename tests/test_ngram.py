@@ -1,4 +1,4 @@
-"""Tests of arlib.ngram against a plain-Python reference, plus property and statistical tests."""
+"""Tests of arlib.text.ngram against a plain-Python reference, plus property and statistical tests."""
 
 import math
 from collections import Counter
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from arlib.ngram import NGramModel
+from arlib.text.ngram import NGramModel
 
 # --- a slow, obviously correct reference (dicts of tuples) ---------------------------------------
 
@@ -178,7 +178,7 @@ def test_input_errors():
 def test_shakespeare_orders():
     """On real text: more context helps, and Kneser-Ney beats add-k at order 5."""
     from arlib.data import DataUnavailableError, shakespeare
-    from arlib.tokenizer import CharTokenizer
+    from arlib.text.tokenizer import CharTokenizer
 
     try:
         corpus = shakespeare()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from tiny_models import tiny_gpt
 
-from arlib.sae import (
+from arlib.interp.sae import (
     SAEConfig,
     SparseAutoencoder,
     dead_and_dense,
@@ -28,7 +28,7 @@ from arlib.sae import (
     spliced_logits,
     topk_activation,
 )
-from arlib.sae_train import (
+from arlib.interp.sae_train import (
     BiasAdaptation,
     L1Objective,
     TopKObjective,
@@ -38,7 +38,7 @@ from arlib.sae_train import (
     group_targets,
     train_sae,
 )
-from arlib.superposition import (
+from arlib.interp.superposition import (
     SparseMixture,
     ToyModel,
     feature_dimensionality,
@@ -460,7 +460,7 @@ def test_firing_f1_and_matching_latent_on_a_hand_made_case():
 def test_committed_sae_checkpoint_is_small_documented_and_good():
     from arlib.checkpoints import CHECKPOINT_DIR
     from arlib.data import SOURCES
-    from arlib.sae_recipes import SAE_RECIPES, load_sae
+    from arlib.interp.recipes import SAE_RECIPES, load_sae
 
     path = CHECKPOINT_DIR / "shakespeare-sae.safetensors"
     assert path.stat().st_size < 0.75 * 2**20, f"{path.stat().st_size / 2**20:.2f} MB"
@@ -480,7 +480,7 @@ def test_committed_sae_checkpoint_is_small_documented_and_good():
 @pytest.mark.slow
 def test_sae_recipe_runs_and_its_checkpoint_loads(tmp_path):
     """`python -m arlib.recipes shakespeare-sae`, shortened: 3 steps on 4 windows, saved and loaded back."""
-    from arlib.sae_recipes import load_sae, run_sae_recipe
+    from arlib.interp.recipes import load_sae, run_sae_recipe
 
     meta = run_sae_recipe("shakespeare-sae", steps=3, out=str(tmp_path), progress=False, eval_chars=512, windows=4)
     assert meta["command"] == "python -m arlib.recipes shakespeare-sae --steps 3" and meta["train"]["steps"] == 3

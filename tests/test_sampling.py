@@ -1,4 +1,4 @@
-"""Tests of arlib.sampling: logit processors (property tests), the sampler (chi-square), generate."""
+"""Tests of arlib.text.sampling: logit processors (property tests), the sampler (chi-square), generate."""
 
 import math
 
@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from arlib.gpt import GPT, GPTConfig
-from arlib.sampling import (
+from arlib.text.gpt import GPT, GPTConfig
+from arlib.text.sampling import (
     draw,
     entropy,
     generate,
@@ -273,7 +273,7 @@ def test_generate_errors(model, kwargs, name):
 def test_inverse_cdf_index_follows_the_weights_and_skips_zeros():
     import numpy as np
 
-    from arlib.sampling import inverse_cdf_index
+    from arlib.text.sampling import inverse_cdf_index
 
     weights = np.array([0.0, 2.0, 0.0, 1.0, 1.0, 0.0])  # unnormalized, zeros inside and at the end
     grid = (np.arange(10_000) + 0.5) / 10_000  # uniforms spread evenly over [0, 1)

@@ -1,4 +1,4 @@
-"""Tests of arlib.spectr: the LP optimum and its bound, K-SEQ (rho, acceptance, residual, selection) and
+"""Tests of arlib.decoding.spectr: the LP optimum and its bound, K-SEQ (rho, acceptance, residual, selection) and
 recursive rejection sampling, exactly by enumeration and statistically, with broken variants that fail."""
 
 import itertools
@@ -10,7 +10,7 @@ import torch
 from scipy import stats
 from tiny_models import tiny_gpt
 
-from arlib.spectr import (
+from arlib.decoding.spectr import (
     acceptance_upper_bound,
     kseq_acceptance,
     kseq_beta,
@@ -221,10 +221,10 @@ def tiny_pair_model(seed, n_layer, V=4, std=0.4):
 def test_spectr_generate_law_end_to_end(select, monkeypatch):
     """Chi-square of whole 3-token continuations against the target's law, enumerated; a rule that
     always takes the first draft (the draft's law) must fail it."""
-    import arlib.spectr
+    import arlib.decoding.spectr
 
     if select == "broken":
-        monkeypatch.setitem(arlib.spectr._PICKS, "kseq", lambda p, q, tokens, u: (0, int(tokens[0]), 1.0))
+        monkeypatch.setitem(arlib.decoding.spectr._PICKS, "kseq", lambda p, q, tokens, u: (0, int(tokens[0]), 1.0))
     Vs = 4
     target, draft = tiny_pair_model(2, 2), tiny_pair_model(3, 1)
     x = torch.tensor([1, 2, 1])
@@ -232,7 +232,7 @@ def test_spectr_generate_law_end_to_end(select, monkeypatch):
     with torch.no_grad():
         probs = target(torch.cat([x.expand(len(conts), -1), conts], dim=1)[:, :-1])[:, 2:].softmax(-1)
     law = probs.gather(-1, conts[..., None]).squeeze(-1).prod(-1).double()  # (64,)
-    from arlib.spectr import spectr_generate
+    from arlib.decoding.spectr import spectr_generate
 
     N, g = 1500, torch.Generator().manual_seed(4)
     counts = torch.zeros(len(conts), dtype=torch.float64)
@@ -248,7 +248,7 @@ def test_spectr_generate_law_end_to_end(select, monkeypatch):
 
 
 def test_spectr_generate_stats_and_errors():
-    from arlib.spectr import spectr_generate
+    from arlib.decoding.spectr import spectr_generate
 
     target, draft = tiny_pair_model(5, 2, V=6), tiny_pair_model(6, 1, V=6)
     x = torch.tensor([0, 3, 2, 5])
@@ -273,7 +273,7 @@ def test_spectr_generate_stats_and_errors():
 
 def test_exact_rho_matches_bisection():
     """The decoding loop's segment solve of rho equals kseq_rho's bisection, edge cases included."""
-    from arlib.spectr import _kseq_rho_exact, kseq_rho_exact
+    from arlib.decoding.spectr import _kseq_rho_exact, kseq_rho_exact
 
     gen = torch.Generator().manual_seed(11)
     cases = []
@@ -303,7 +303,7 @@ def test_exact_rho_matches_bisection():
 def test_loop_rules_accept_at_their_stated_probability(select):
     """The decoding loop's one-position rules: the returned acceptance probability is the exact one
     (kseq_acceptance / rrs_acceptance), the accepted fraction matches it, and the output has law p."""
-    from arlib.spectr import _PICKS
+    from arlib.decoding.spectr import _PICKS
 
     p, q = pair(6, 21)
     k, n = 3, 40_000
@@ -322,9 +322,9 @@ def test_loop_rules_accept_at_their_stated_probability(select):
 def test_spectr_generate_law_with_sampling_options():
     """Temperature and top-k define the target's law (the processed distribution); a ModelDrafter with its
     own temperature proposes the drafts. Chi-square of the 2-token continuations against that law."""
-    from arlib.drafters import ModelDrafter
-    from arlib.sampling import process_logits
-    from arlib.spectr import spectr_generate
+    from arlib.decoding.drafters import ModelDrafter
+    from arlib.decoding.spectr import spectr_generate
+    from arlib.text.sampling import process_logits
 
     Vs = 4
     target, draft = tiny_pair_model(2, 2), tiny_pair_model(3, 1)

@@ -1,4 +1,4 @@
-"""Tests of arlib.speculative and arlib.drafters: losslessness (exact and chi-square, with broken
+"""Tests of arlib.decoding.speculative and arlib.decoding.drafters: losslessness (exact and chi-square, with broken
 verifiers that must fail), property tests, generation against plain decoding, stats, theory, errors."""
 
 import itertools
@@ -11,9 +11,8 @@ from hypothesis import strategies as st
 from scipy import stats
 from tiny_models import tiny_gpt
 
-from arlib.drafters import Draft, Drafter, ModelDrafter, NGramDrafter, SamplingOptions
-from arlib.sampling import generate, sample_probs
-from arlib.speculative import (
+from arlib.decoding.drafters import Draft, Drafter, ModelDrafter, NGramDrafter, SamplingOptions
+from arlib.decoding.speculative import (
     _verify_one,
     acceptance_rate,
     expected_tokens,
@@ -24,6 +23,7 @@ from arlib.speculative import (
     verify,
     verify_greedy,
 )
+from arlib.text.sampling import generate, sample_probs
 
 
 def gen(seed: int) -> torch.Generator:
@@ -156,7 +156,7 @@ def test_verify_first_token_chisquare(name):
 
 
 def rowwise_verify_one(p, q, x, generator=None):
-    """speculative_generate's single-sequence verification (arlib.speculative._verify_one), row by row."""
+    """speculative_generate's single-sequence verification (arlib.decoding.speculative._verify_one), row by row."""
     ks, ys = zip(*(_verify_one(p[b], None if q is None else q[b], x[b], generator) for b in range(len(x))))
     return torch.tensor(ks), torch.cat(ys)
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from arlib.tokenizer import CharTokenizer
+from arlib.text.tokenizer import CharTokenizer
 
 
 def test_round_trip_and_sorted_vocabulary():

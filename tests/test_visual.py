@@ -10,10 +10,8 @@ import torch
 from scipy import stats
 from tiny_models import tiny_gpt
 
-from arlib.gpt import KVCache
-from arlib.jacobi import jacobi_generate, lantern_neighbors, proximity_set, relaxed_target, sample_raster_sjd
-from arlib.metrics import FashionClassifier, frechet_distance, gaussian_frechet
-from arlib.visual_ar import (
+from arlib.text.gpt import KVCache
+from arlib.vision.generators import (
     NextScaleModel,
     block_causal_mask,
     cfg_logits,
@@ -24,7 +22,9 @@ from arlib.visual_ar import (
     sample_next_scale,
     sample_raster,
 )
-from arlib.vq import VQVAE, MultiScaleQuantizer, MultiScaleVQVAE, VectorQuantizer, VQConfig, nearest_code
+from arlib.vision.image_metrics import FashionClassifier, frechet_distance, gaussian_frechet
+from arlib.vision.jacobi import jacobi_generate, lantern_neighbors, proximity_set, relaxed_target, sample_raster_sjd
+from arlib.vision.vq import VQVAE, MultiScaleQuantizer, MultiScaleVQVAE, VectorQuantizer, VQConfig, nearest_code
 
 # --- quantizers -------------------------------------------------------------------------------------
 
@@ -277,7 +277,7 @@ def test_lantern_proximity_set_respects_the_budget():
             assert extra + float(p[neighbors[x, len(members)]]) > delta
         tilde = relaxed_target(p, x, members)
         assert float(tilde.sum()) == pytest.approx(1.0) and 0.5 * float((tilde - p).abs().sum()) == pytest.approx(extra)
-        from arlib.jacobi import _relax  # the decoding loop's numpy twin gives the same set and target
+        from arlib.vision.jacobi import _relax  # the decoding loop's numpy twin gives the same set and target
 
         tilde_np, members_np = _relax(p.numpy(), x, neighbors[x].numpy(), delta)
         assert np.array_equal(members_np, members.numpy()) and np.allclose(tilde_np, tilde.numpy())

@@ -2,7 +2,7 @@
 
 import torch
 
-from arlib.gpt import GPT, GPTConfig
+from arlib.text.gpt import GPT, GPTConfig
 
 
 def tiny_gpt(seed: int, n_layer: int = 2, vocab_size: int = 13, block_size: int = 64, std: float = 0.5) -> GPT:

@@ -7,8 +7,8 @@ from collections import Counter
 
 import torch
 
-from arlib.audio import hz_to_mel, mel_to_hz
 from arlib.checks.core import Check, CheckFailed
+from arlib.speech.audio import hz_to_mel, mel_to_hz
 
 
 def _entropy_bits(text: str) -> float:

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from arlib.checks.core import Check
-from arlib.gpt import GPT, GPTConfig
-from arlib.sampling import top_p as reference_top_p
+from arlib.text.gpt import GPT, GPTConfig
+from arlib.text.sampling import top_p as reference_top_p
 
 
 def perplexity(fn) -> None:
@@ -122,7 +122,7 @@ def kl_divergence(fn) -> None:
 
 def kneser_ney_bigram(fn) -> None:
     """Exercise 1.6: ``fn(counts, D) -> (V, V)`` interpolated Kneser-Ney bigram table from bigram counts."""
-    from arlib.ngram import NGramModel
+    from arlib.text.ngram import NGramModel
 
     with Check("1.6", "a Kneser-Ney bigram model") as c:
         hint = ("p_uni(w) = (max(N(w) - D, 0) + D T / V) / sum_w N(w) with N(w) the number of distinct characters "

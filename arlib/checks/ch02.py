@@ -8,9 +8,9 @@ import numpy as np
 import torch
 
 from arlib.checks.core import Check
-from arlib.drafters import NGramDrafter
-from arlib.speculative import expected_tokens, optimal_gamma
-from arlib.speculative import residual as reference_residual
+from arlib.decoding.drafters import NGramDrafter
+from arlib.decoding.speculative import expected_tokens, optimal_gamma
+from arlib.decoding.speculative import residual as reference_residual
 
 
 def _number(got) -> float | None:

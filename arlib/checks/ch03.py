@@ -12,7 +12,7 @@ import torch
 
 from arlib.checks.ch02 import _number
 from arlib.checks.core import Check
-from arlib.spectr import (
+from arlib.decoding.spectr import (
     kseq_residual,
     kseq_rho,
     optimal_acceptance_lp,
@@ -101,7 +101,8 @@ def maximal_coupling(fn) -> None:
             if lp:
                 best = optimal_acceptance_lp(pd, qd, 1)
                 c.expect(abs(trace - best) <= atol, f"trace(plan) = the best P(draft = target) over all couplings, "
-                         f"solved as a linear program (arlib.spectr.optimal_acceptance_lp), for {what}", best, trace,
+                         f"solved as a linear program (arlib.decoding.spectr.optimal_acceptance_lp), for {what}",
+                         best, trace,
                          hint)
 
 
@@ -295,12 +296,13 @@ def rrs_acceptance_exact(fn) -> None:
             if small:
                 best = optimal_acceptance_lp(pd, qd, k)
                 c.expect(value <= best + tol, f"at most alpha*_k, the best acceptance of any k-draft verifier (a "
-                         f"linear program, arlib.spectr.optimal_acceptance_lp) for {what}", f"<= {best}", value,
+                         f"linear program, arlib.decoding.spectr.optimal_acceptance_lp) for {what}",
+                         f"<= {best}", value,
                          specific or hint)
             c.expect(abs(value - expected) <= tol + 1e-6 * expected, f"P(some draft is accepted) for {what}",
                      expected, value, specific or hint)
             if small:
                 mean, stderr = _simulated_rrs(pd, qd, k, 100_000, 60 + n)
                 c.expect(abs(value - mean) < 5 * stderr + 1e-12, f"agreement with 100000 simulated verifications "
-                         f"(arlib.spectr.recursive_rejection_select) for {what}: their acceptance is "
+                         f"(arlib.decoding.spectr.recursive_rejection_select) for {what}: their acceptance is "
                          f"{mean:.4f} +- {stderr:.4f}", round(mean, 4), value, specific or hint)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from arlib.checks.ch02 import _integer
 from arlib.checks.core import Check
-from arlib.jacobi import lantern_neighbors, proximity_set
+from arlib.vision.jacobi import lantern_neighbors, proximity_set
 
 
 def _got(got):
@@ -479,5 +479,6 @@ def lantern_proximity(fn) -> None:
                 c.expect(following > delta, f"the longest such prefix for {what}: the set may stop only where the "
                          f"next neighbour of the row would bring the mass over delta = {delta}, but with "
                          f"{row[len(ids)]} it is {following:.6g}", expected, ids, specific or hint)
-            c.expect(ids == expected, f"the proximity set (arlib.jacobi.proximity_set) for {what}", expected, ids,
+            c.expect(ids == expected, f"the proximity set (arlib.vision.jacobi.proximity_set) for {what}", expected,
+                     ids,
                      specific or hint)

@@ -13,11 +13,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from arlib.audio import mel_filterbank
 from arlib.checks.ch04 import _token_list
 from arlib.checks.core import Check
-from arlib.ctc import ctc_forward, greedy_decode
-from arlib.paraformer import cif
+from arlib.speech.audio import mel_filterbank
+from arlib.speech.ctc import ctc_forward, greedy_decode
+from arlib.speech.paraformer import cif
 
 IMPOSSIBLE = -1e29  # a log-probability at or below this (or -inf) means "no path"
 
@@ -109,7 +109,7 @@ def mel_filterbank_matrix(fn) -> None:
                                 lambda a, b: a.shape == b.shape and torch.allclose(a, b, atol=1e-4, rtol=1e-4))
             if specific is None and got.min() < -1e-6:
                 specific = variants[2][1]
-            c.close(got, expected, f"the filters (arlib.audio.mel_filterbank) for {what}", specific or hint,
+            c.close(got, expected, f"the filters (arlib.speech.audio.mel_filterbank) for {what}", specific or hint,
                     atol=1e-4, rtol=1e-4)
 
 
@@ -221,7 +221,7 @@ def ctc_forward_recursion(fn) -> None:
             if specific is None and expected <= IMPOSSIBLE < value:
                 specific = ("when the frames cannot hold the target (each label needs a frame, and a repeated label a "
                             "blank frame between) no path exists: return -inf (a value below -1e29 is accepted)")
-            c.expect(_same_log_prob(value, expected), f"log p(target | x) (arlib.ctc.ctc_forward) for {what}",
+            c.expect(_same_log_prob(value, expected), f"log p(target | x) (arlib.speech.ctc.ctc_forward) for {what}",
                      "-inf (no path)" if expected <= IMPOSSIBLE else expected, value, specific or hint)
 
 
@@ -361,5 +361,5 @@ def cif_fire(fn) -> None:
                      f"{float(ad.sum()):.4g}, threshold {threshold})", f"a float tensor of shape {(n, d)}", _got(got),
                      specific or "one row per token that fires, in order; with no firing, an empty (0, d) tensor")
             atol = 1e-5 if hidden.dtype == torch.float32 else 1e-9
-            c.close(got_d, expected, f"the fired embeddings (arlib.paraformer.cif) for {what}", specific or hint,
+            c.close(got_d, expected, f"the fired embeddings (arlib.speech.paraformer.cif) for {what}", specific or hint,
                     atol=atol, rtol=1e-5)

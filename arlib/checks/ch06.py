@@ -9,8 +9,8 @@ import torch
 
 from arlib.checks.ch02 import _integer
 from arlib.checks.core import Check
-from arlib.sae import firing_f1, matching_latent, mmcs, topk_activation
-from arlib.sae_train import bias_adaptation_step
+from arlib.interp.sae import firing_f1, matching_latent, mmcs, topk_activation
+from arlib.interp.sae_train import bias_adaptation_step
 
 
 def _got(got):

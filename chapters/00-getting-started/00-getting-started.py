@@ -59,7 +59,7 @@ import torch
 
 import arlib
 import arlib.checks
-from arlib.audio import log_mel
+from arlib.speech.audio import log_mel
 from arlib.data import CLASS_NAMES, TEST_VOICES, TRAIN_VOICES, fashion_mnist, shakespeare, spoken_utterances
 
 device = arlib.setup(seed=0)

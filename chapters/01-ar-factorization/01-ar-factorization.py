@@ -51,13 +51,12 @@ import torch.nn.functional as F
 
 import arlib
 import arlib.checks
-from arlib.checkpoints import load_gpt
 from arlib.data import shakespeare
-from arlib.gpt import GPT, GPTConfig
-from arlib.lm import heldout_nll, next_token_loss, random_windows, token_nll
-from arlib.ngram import NGramModel
-from arlib.sampling import entropy, generate, process_logits
-from arlib.tokenizer import CharTokenizer
+from arlib.text.gpt import GPT, GPTConfig
+from arlib.text.lm import heldout_nll, next_token_loss, random_windows, token_nll
+from arlib.text.ngram import NGramModel
+from arlib.text.sampling import entropy, generate, process_logits
+from arlib.text.tokenizer import CharTokenizer
 from arlib.train import TrainConfig, train
 
 device = arlib.setup(seed=0)
@@ -351,12 +350,14 @@ class ScratchGPT(nn.Module):
 
 
 # %% [markdown]
-# The parameter names match `arlib.gpt.GPT` (which follow Hugging Face's GPT-2), so the committed
+# The parameter names match `arlib.text.gpt.GPT` (which follow Hugging Face's GPT-2), so the committed
 # target model's weights load into the scratch model unchanged, and the two must agree.
 
 # %%
-target, _, target_meta = load_gpt("shakespeare-target")
-draft, _, draft_meta = load_gpt("shakespeare-draft")
+_loaded = arlib.load("shakespeare-target")
+target, target_meta = _loaded.model, _loaded.meta
+_loaded = arlib.load("shakespeare-draft")
+draft, draft_meta = _loaded.model, _loaded.meta
 assert target_meta["tokenizer"]["vocab"] == draft_meta["tokenizer"]["vocab"] == tokenizer.vocab
 cfg = target.config
 scratch = ScratchGPT(cfg.vocab_size, cfg.block_size, cfg.n_layer, cfg.n_head, cfg.n_embd)
@@ -570,7 +571,7 @@ for name in ["greedy", "T = 1.0", "T = 1.5", "min-p 0.1"]:
 # change (the mask stops them from seeing new tokens), so we can store them and feed only the new
 # token {cite}`pope2023efficiently`: step $t$ then processes one position, $O(1)$ work in the
 # projections and MLPs and $O(t)$ in attention over the cached keys, which at our lengths is small
-# next to the rest. `arlib.gpt.KVCache` holds them per layer. Below we time every step of greedy
+# next to the rest. `arlib.text.gpt.KVCache` holds them per layer. Below we time every step of greedy
 # decoding with and without it, and count the positions the model processes at each step (with a
 # hook on its token embedding).
 

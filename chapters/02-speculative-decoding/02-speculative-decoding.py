@@ -26,7 +26,7 @@
 #
 # **You will learn**
 # - why autoregressive decoding is slow, and what one target pass over several positions costs;
-# - the draft-then-verify algorithm, built from scratch and checked against `arlib.speculative`;
+# - the draft-then-verify algorithm, built from scratch and checked against `arlib.decoding.speculative`;
 # - the theorem that the output is distributed exactly as the target's, with its proof;
 # - the acceptance rate $\beta = \sum_x \min(p(x), q(x)) = 1 - \mathrm{TV}(p, q)$, the expected tokens
 #   per target call, the walltime improvement and the best number of drafts $\gamma$;
@@ -51,19 +51,21 @@ from scipy import stats
 
 import arlib
 import arlib.checks
-from arlib.checkpoints import load_gpt, load_meta
+from arlib.checkpoints import load_meta
 from arlib.data import shakespeare
-from arlib.drafters import ModelDrafter, NGramDrafter
+from arlib.decoding.drafters import ModelDrafter, NGramDrafter
 from arlib.env import check_timing
-from arlib.heads import EarlyExitModel, HeadDrafter, load_heads
-from arlib.sampling import generate, sample_probs
-from arlib.speculative import (draft_cost, expected_tokens, optimal_gamma, residual, speculative_generate, speedup,
+from arlib.decoding.draft_heads import EarlyExitModel, HeadDrafter
+from arlib.text.sampling import generate, sample_probs
+from arlib.decoding.speculative import (draft_cost, expected_tokens, optimal_gamma, residual, speculative_generate, speedup,
                                step_costs, verify)
 
 device = arlib.setup(seed=0)
-target, tokenizer, target_meta = load_gpt("shakespeare-target", device=device)
-draft, _, draft_meta = load_gpt("shakespeare-draft", device=device)
-heads = load_heads(target)  # early-exit, Medusa and Hydra heads, distilled from the frozen target
+_loaded = arlib.load("shakespeare-target", device)
+target, tokenizer, target_meta = _loaded.model, _loaded.tokenizer, _loaded.meta
+_loaded = arlib.load("shakespeare-draft", device)
+draft, draft_meta = _loaded.model, _loaded.meta
+heads = arlib.load("shakespeare-heads", device).model  # early-exit, Medusa and Hydra heads, distilled from the frozen target
 val_ids = tokenizer.encode(shakespeare().val).to(device)
 print(f"device {device}, {torch.get_num_threads()} threads")
 print(f"target: {target.num_params():,} parameters, {target.config.n_layer} layers, held-out NLL "
@@ -161,7 +163,7 @@ plt.show()
 #    scored that position anyway.
 #
 # Each step therefore emits between 1 and $\gamma + 1$ tokens for one target pass. Below is the step
-# written for reading, with a Python loop over the drafts; `arlib.speculative.verify` does the same
+# written for reading, with a Python loop over the drafts; `arlib.decoding.speculative.verify` does the same
 # for a batch of drafts with tensor operations. Drawing the uniforms in the same order, the two must
 # agree exactly.
 
@@ -202,7 +204,7 @@ for trial in range(2000):
     result = verify(p[None], q[None], x[None], gen_b)  # batch of one
     agree += (n_scratch == int(result.n_accepted[0])) and (int(y_scratch) == int(result.next_token[0]))
     accepted_counts.append(n_scratch)
-print(f"the step from scratch and arlib.speculative.verify agree on {agree} of 2000 random instances; "
+print(f"the step from scratch and arlib.decoding.speculative.verify agree on {agree} of 2000 random instances; "
       f"accepted drafts per step ranged over {sorted(set(accepted_counts))}")
 assert agree == 2000
 
@@ -344,7 +346,7 @@ assert worst < 1e-12
 
 # %% [markdown]
 # **Statistical check.** Enumeration checks the mathematics; sampling checks the code. We draw 200 000
-# first tokens with `arlib.speculative.verify` for each case and compare the histogram with $p$ by
+# first tokens with `arlib.decoding.speculative.verify` for each case and compare the histogram with $p$ by
 # Pearson's $\chi^2$ test, and we also never see a token with $p(x) = 0$. A plausible bug, accepting with
 # probability $\min(1, q(x)/p(x))$ (the ratio upside down), fails the same test at once.
 
@@ -492,7 +494,7 @@ plt.show()
 # Now the real pair: the 4.8M-parameter target and the 0.44M-parameter draft model of chapter 1, on
 # 24 prompts of 64 characters spread over the held-out text, 128 new characters each, sampling at
 # temperature 1. For every prompt we time the target's own KV-cached decoding
-# (`arlib.sampling.generate`) and speculative decoding at every $\gamma$ from 1 to 8, interleaved so
+# (`arlib.text.sampling.generate`) and speculative decoding at every $\gamma$ from 1 to 8, interleaved so
 # that both see the same state of the machine, and report medians over prompts: a single run is noisy.
 # `SpecStats` records, for every step, how many drafts were accepted and the $\beta = 1 - \mathrm{TV}$
 # of every draft the verifier examined.
@@ -631,7 +633,7 @@ assert tv_iid < 0.08
 # 1. Leviathan et al.'s formula {eq}`eq-speedup` with $v = 1$ and the step costs measured one at a time;
 # 2. the same with the measured $v(\gamma)$;
 # 3. a cost model that times the three parts of a speculative step (drafting, the target's pass,
-#    verification) *in the order the loop runs them* with `arlib.speculative.step_costs`, right after
+#    verification) *in the order the loop runs them* with `arlib.decoding.speculative.step_costs`, right after
 #    each prompt's runs, against that prompt's cost of plain decoding per token (sampling included):
 #    $S = \mathbb{E}[\text{tokens}]\; t_\text{plain} / (t_\text{draft}(\gamma) + t_\text{score}(\gamma) + t_\text{verify})$.
 #
@@ -693,7 +695,7 @@ assert temp_runs[0.5].alpha > temp_runs[1.3].alpha  # sharper distributions, mor
 # %% [markdown]
 # **Greedy decoding** is the limit $T \to 0$: both distributions become one-hot, $\beta$ is 1 when the
 # two argmaxes agree and 0 otherwise, and verification reduces to an exact match
-# (`arlib.speculative.verify_greedy`): accept the longest prefix of drafts that equals the target's
+# (`arlib.decoding.speculative.verify_greedy`): accept the longest prefix of drafts that equals the target's
 # argmaxes, then append the target's own argmax. The output is then *identical*, token for token, to
 # the target's greedy decoding, which we check on every prompt.
 
@@ -712,7 +714,7 @@ assert abs(greedy_run.tokens_per_call / greedy_run.formula - 1) < 0.10  # agreem
 #
 # The draft model is one way to guess ahead. The literature has many, trading the quality of the
 # guesses ($\alpha$) against their cost ($c$) and against the training they need. All of the ones below
-# implement `arlib.drafters.Drafter` and plug into the same, exact, `speculative_generate`.
+# implement `arlib.decoding.drafters.Drafter` and plug into the same, exact, `speculative_generate`.
 #
 # - **Prompt lookup** {cite}`saxena2023prompt`, in the spirit of Aggressive Decoding's input copying
 #   {cite}`ge2022lossless` and ADED's adaptive n-gram drafts {cite}`liu2024aded`: no model and no
@@ -753,7 +755,7 @@ assert all(a < b for a, b in zip(tf_beta["exit"], tf_beta["exit"][1:]))  # deepe
 # A Medusa head that guesses two characters ahead without knowing the character in between agrees
 # with the target far less than a Hydra head that reads it. Deeper exits agree more but cost more.
 # **Choosing the exit layer** is a trade-off that equation {eq}`eq-speedup` settles: for each $E$, the
-# cost of a draft step $c_E$ measured with `arlib.speculative.draft_cost`, the teacher-forced $\beta_E$,
+# cost of a draft step $c_E$ measured with `arlib.decoding.speculative.draft_cost`, the teacher-forced $\beta_E$,
 # and the best $\gamma$.
 
 # %%
@@ -1000,7 +1002,7 @@ arlib.checks.expected_tokens_sum(expected_tokens_by_sum)
 # probability $\min(1, p(x)/q(x))$ and otherwise resampling from $r$ emits $x$ with probability
 # $\min(p(x), q(x)) + (1 - \beta)\, r(x) = p(x)$: exactly the target. The check tests that identity.
 # When $p = q$ there is nothing to normalize (and a rejection cannot happen); follow the convention of
-# `arlib.speculative.residual` and return `p` itself then. What is $r$ when the draft is one-hot on a
+# `arlib.decoding.speculative.residual` and return `p` itself then. What is $r$ when the draft is one-hot on a
 # token, as prompt lookup's drafts are?
 
 # %%
@@ -1053,7 +1055,7 @@ arlib.checks.optimal_gamma_search(best_gamma)
 # A match that starts $d$ tokens before the suffix is followed by only $d$ tokens before the end, so
 # continue the copy past the end with period $d$ (`draft[j] = draft[j - d]`), as if the repetition
 # went on. Return `[]` when nothing matches. The check compares your drafts with those of
-# `arlib.drafters.NGramDrafter(max_n=n, min_n=n)`. Why the most recent match rather than the first?
+# `arlib.decoding.drafters.NGramDrafter(max_n=n, min_n=n)`. Why the most recent match rather than the first?
 
 # %%
 def lookup_draft(tokens, n, gamma):

@@ -56,19 +56,19 @@ from scipy.optimize import linprog
 
 import arlib
 import arlib.checks
-from arlib.checkpoints import load_gpt
 from arlib.data import shakespeare
-from arlib.drafters import ModelDrafter
+from arlib.decoding.drafters import ModelDrafter
 from arlib.env import check_timing
-from arlib.sampling import generate
-from arlib.speculative import speculative_generate
-from arlib.spectr import (acceptance_upper_bound, optimal_acceptance, kseq_acceptance, kseq_residual, kseq_rho, kseq_select,
+from arlib.text.sampling import generate
+from arlib.decoding.speculative import speculative_generate
+from arlib.decoding.spectr import (acceptance_upper_bound, optimal_acceptance, kseq_acceptance, kseq_residual, kseq_rho, kseq_select,
                           kseq_rho_exact, optimal_acceptance_lp, recursive_rejection_select, rrs_acceptance,
                           spectr_generate)
 
 device = arlib.setup(seed=0)
-target, tokenizer, _ = load_gpt("shakespeare-target", device=device)
-draft, _, _ = load_gpt("shakespeare-draft", device=device)
+_loaded = arlib.load("shakespeare-target", device)
+target, tokenizer = _loaded.model, _loaded.tokenizer
+draft = arlib.load("shakespeare-draft", device).model
 val_ids = tokenizer.encode(shakespeare().val).to(device)
 V = target.config.vocab_size
 
@@ -178,7 +178,7 @@ plt.show()
 # where $\Pi(q^{\otimes k}, p)$ is the set of couplings of the two laws. It is a linear program in the
 # $V^k \cdot V$ numbers $\pi(x_{1:k}, y)$, with one equality per tuple (its row
 # sums to $q^{\otimes k}(x_{1:k})$) and one per token (its column sums to $p(y)$). We write it from
-# scratch with dense matrices and solve it with scipy's HiGHS. `arlib.spectr.optimal_acceptance_lp`
+# scratch with dense matrices and solve it with scipy's HiGHS. `arlib.decoding.spectr.optimal_acceptance_lp`
 # solves a smaller equivalent: only the mass sent to a $y$ inside the tuple counts, and the rest can
 # always be coupled somehow, so it keeps one variable per (tuple, member) with the marginals as
 # inequalities, about $kV^k$ variables instead of $V^{k+1}$.
@@ -233,7 +233,7 @@ print(f"full coupling LP and arlib's reduced LP agree to {worst:.1e} on {len(sma
 # $p(a) \ge (c + q(a))^k - c^k \ge k c^{k-1} q(a)$; removing a token $a \in S$ must not either, so
 # $p(a) \le c^k - (c - q(a))^k \le k c^{k-1} q(a)$ (both inequalities by convexity of $x^k$). Every
 # ratio inside $S$ is thus at most $k c^{k-1}$ and every ratio outside at least that: $S$ is a prefix of
-# the sorted tokens (ties can be settled either way). `arlib.spectr.optimal_acceptance` evaluates (4) on
+# the sorted tokens (ties can be settled either way). `arlib.decoding.spectr.optimal_acceptance` evaluates (4) on
 # the $V + 1$ prefixes after one sort, $O(V \log V)$ and batched. The *value* $\alpha^*_k$ is cheap;
 # what stays exponential is a verifier that *reaches* it, which must sample from the LP's coupling.
 #
@@ -350,10 +350,10 @@ print(f"200 random pairs (V = 3..6, k = 1..3): LP = subset formula (4) to {max(b
 #
 # Sun et al. state the guarantee with the factor $1 - 1/e$; the argument above gives the factor
 # $1 - (1 - 1/k)^k$, which tends to $1 - 1/e$ from above: it is $3/4$ at $k = 2$ and $0.704$ at $k = 3$.
-# Below we write the selection step from scratch and check it against `arlib.spectr.kseq_select` on the
+# Below we write the selection step from scratch and check it against `arlib.decoding.spectr.kseq_select` on the
 # same uniforms (this checks the order and direction of the test, not the theory; the enumeration
 # after it checks the theory). Finding $\rho^*$ and the residual are exercises 3.2 and 3.3, so here they
-# come from `arlib.spectr`.
+# come from `arlib.decoding.spectr`.
 
 # %%
 def kseq_step(p, q, drafts, u, rho):
@@ -379,7 +379,7 @@ for _ in range(300):
     agree += mine == int(first[0]) and (my_token is None or my_token == int(token[0]))
     checked += 1
 assert agree == checked
-print(f"the from-scratch step and arlib.spectr.kseq_select make the same decision on {agree} of {checked} instances")
+print(f"the from-scratch step and arlib.decoding.spectr.kseq_select make the same decision on {agree} of {checked} instances")
 
 # the residual at rho* > 1 is norm(max(0, p - rho* q)), and it is zero on every token that can be rejected
 worst, simplified = 0.0, 0
@@ -674,8 +674,8 @@ print(f"Shakespeare: one draft accepts {real['single'][0]:.3f}, K-SEQ with 2 / 4
 # are alive. A replacement ends the
 # step; if every depth passes, a bonus token comes from the target. By {prf:ref}`thm-kseq-exact` at
 # each depth and the chain rule, the output has the target's law, as chapter 2's argument shows for
-# one draft. `arlib.spectr.spectr_generate` implements it, reusing the KV caches of
-# `arlib.gpt`: the accepted row is copied into every row of both caches at the end of each step.
+# one draft. `arlib.decoding.spectr.spectr_generate` implements it, reusing the KV caches of
+# `arlib.text.gpt`: the accepted row is copied into every row of both caches at the end of each step.
 #
 # A step emits the accepted tokens plus one, as in chapter 2; the mean number of new tokens per target
 # call is the *block efficiency*, the quantity that more drafts try to raise. First an end-to-end check
@@ -985,7 +985,7 @@ plt.show()
 # two, such as their outer product divided by $\mathrm{TV}$, fills the plan without touching the
 # diagonal. When $p = q$ nothing is left over and the plan is $\mathrm{diag}(p)$: do not divide by
 # zero. The check also compares your trace with the linear program
-# `arlib.spectr.optimal_acceptance_lp(p, q, 1)`. Compare your plan with `speculative_coupling(p, q)` of section 1,
+# `arlib.decoding.spectr.optimal_acceptance_lp(p, q, 1)`. Compare your plan with `speculative_coupling(p, q)` of section 1,
 # chapter 2's rule written as a joint law: are they the same plan, and why?
 
 # %%
@@ -1019,7 +1019,7 @@ arlib.checks.maximal_coupling(coupling_plan)
 # returns this $\rho^*$ as a float, accurate to about $10^{-9}$. The gap
 # $g(\rho) = \rho\beta(\rho) - 1 + (1 - \beta(\rho))^k$ never decreases with $\rho$ and
 # $g(k) \ge 0$: return 1.0 when $g(1) \ge 0$ (allow $10^{-12}$ for rounding), otherwise bisect on
-# $[1, k]$. The check compares your $\rho^*$ with `arlib.spectr.kseq_rho`. Why does $k = 1$ always
+# $[1, k]$. The check compares your $\rho^*$ with `arlib.decoding.spectr.kseq_rho`. Why does $k = 1$ always
 # give $\rho^* = 1$, and what does K-SEQ become then?
 
 # %%
@@ -1059,7 +1059,7 @@ arlib.checks.kseq_rho_search(smallest_rho)
 # every draft passes and the residual is never used, so return $p$; when $\beta = 0$ (disjoint
 # supports) no draft can pass and the residual is $p$ again, though the formula reads $0/0$ as written.
 # The check tests that $P(\text{output} = x) = a(x)(1 - (1 - \beta)^k)/\beta + (1 - \beta)^k r(x)$
-# equals $p(x)$ and compares $r$ with `arlib.spectr.kseq_residual`. What is $r$ for $k = 1$ and
+# equals $p(x)$ and compares $r$ with `arlib.decoding.spectr.kseq_residual`. What is $r$ for $k = 1$ and
 # $\rho = 1$?
 
 # %%
@@ -1088,10 +1088,10 @@ arlib.checks.kseq_residual_law(kseq_residual_dist)
 # $i - 1$ rejections, succeeds with probability $\beta_i = \sum_x \min(p_i(x), q(x))$ whatever happened
 # before. Write `rrs_acceptance_exact(p, q, k)` that returns, as a float, the probability that one of
 # the $k$ drafts is accepted, $1 - \prod_{i=1}^{k} (1 - \beta_i)$. The check compares it with a
-# simulation of `arlib.spectr.recursive_rejection_select` and places it between $1 - \mathrm{TV}(p, q)$
+# simulation of `arlib.decoding.spectr.recursive_rejection_select` and places it between $1 - \mathrm{TV}(p, q)$
 # (one draft) and the optimum $\alpha^*_k$ of any $k$-draft verifier (a linear program). When the draft
 # is one-hot, how does the acceptance change with $k$? Compare a few pairs with K-SEQ's
-# `arlib.spectr.kseq_acceptance(p, q, k)`.
+# `arlib.decoding.spectr.kseq_acceptance(p, q, k)`.
 
 # %%
 def rrs_acceptance_exact(p, q, k):

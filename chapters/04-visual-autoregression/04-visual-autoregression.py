@@ -58,22 +58,28 @@ import arlib
 import arlib.checks
 from arlib.data import CLASS_NAMES, fashion_mnist
 from arlib.env import check_timing
-from arlib.gpt import KVCache
-from arlib.jacobi import jacobi_generate, lantern_neighbors, proximity_set, relaxed_target, sample_raster_sjd
-from arlib.metrics import frechet_distance
-from arlib.visual_ar import next_scale_loss, raster_loss, raster_tokens, sample_next_scale, sample_raster
-from arlib.visual_recipes import images_as_float, load_visual
-from arlib.vq import VQVAE, VectorQuantizer, VQConfig
+from arlib.text.gpt import KVCache
+from arlib.vision.jacobi import jacobi_generate, lantern_neighbors, proximity_set, relaxed_target, sample_raster_sjd
+from arlib.vision.image_metrics import frechet_distance
+from arlib.vision.generators import next_scale_loss, raster_loss, raster_tokens, sample_next_scale, sample_raster
+from arlib.vision.recipes import images_as_float
+from arlib.vision.vq import VQVAE, VectorQuantizer, VQConfig
 
 device = arlib.setup(seed=0)
 train_images, train_labels = fashion_mnist("train")
 test_images, test_labels = fashion_mnist("test")
-vq, vq_meta = load_visual("fashion-vq", device)
-msvq, msvq_meta = load_visual("fashion-msvq", device)
-raster, raster_meta = load_visual("fashion-raster", device)
-var, var_meta = load_visual("fashion-var", device)
-var_markov, var_markov_meta = load_visual("fashion-var-markov", device)
-classifier, classifier_meta = load_visual("fashion-classifier", device)
+_loaded = arlib.load("fashion-vq", device)
+vq, vq_meta = _loaded.model, _loaded.meta
+_loaded = arlib.load("fashion-msvq", device)
+msvq, msvq_meta = _loaded.model, _loaded.meta
+_loaded = arlib.load("fashion-raster", device)
+raster, raster_meta = _loaded.model, _loaded.meta
+_loaded = arlib.load("fashion-var", device)
+var, var_meta = _loaded.model, _loaded.meta
+_loaded = arlib.load("fashion-var-markov", device)
+var_markov, var_markov_meta = _loaded.model, _loaded.meta
+_loaded = arlib.load("fashion-classifier", device)
+classifier, classifier_meta = _loaded.model, _loaded.meta
 K = vq.config.num_codes
 print(f"device {device}; {len(train_images):,} training and {len(test_images):,} test images of 28x28 pixels")
 for name, meta in [("fashion-vq", vq_meta), ("fashion-msvq", msvq_meta), ("fashion-raster", raster_meta),
@@ -190,7 +196,7 @@ show_grid(pixel_images[:24], 2, "the neighbour-counting model: 196 steps per 14x
 # reconstruction plus a *commitment* term that keeps the encoder near its codes ($\beta = 0.25$). The
 # codes themselves can learn by a codebook loss $\lVert \mathrm{sg}(z) - e_{k^*} \rVert^2$ or, as here,
 # as exponential moving averages of the vectors assigned to them. Writing (1) with the straight-through
-# estimator is exercise 4.1; here we check `arlib.vq.VectorQuantizer` does what (1) and (2) say.
+# estimator is exercise 4.1; here we check `arlib.vision.vq.VectorQuantizer` does what (1) and (2) say.
 
 # %%
 quantizer = VectorQuantizer(16, 4).eval()
@@ -209,7 +215,7 @@ print("VectorQuantizer: nearest codes as in (1), straight-through gradient, comm
 # **Dead codes.** A code that no encoder output is near never receives an assignment, so neither the
 # codebook loss nor an average ever moves it: it is dead, and the tokenizer has a smaller vocabulary
 # than it pays for. The classic recipe, codes initialized at random and learned by the codebook loss,
-# suffers from it. `arlib.vq` starts the codes on encoder outputs of the first batch, updates them by
+# suffers from it. `arlib.vision.vq` starts the codes on encoder outputs of the first batch, updates them by
 # EMA, and moves a code whose running count drops below one assignment per batch onto a random encoder
 # output (the remedies neural audio codecs also use). We train both variants of a small VQ-VAE for 150 steps from the same initial network and count
 # the codes used on test images.
@@ -391,7 +397,7 @@ show_grid(msvq.decode(var_maps), 10, "next-scale model, cfg 2: six samples per c
 # The two bit counts are not comparable as likelihoods of images: the tokenizers differ and both are
 # lossy. What is comparable is time. One image at a time (the latency a user sees), raster order needs
 # 49 passes and next-scale 5. Both samplers draw a token by inverting the CDF at one uniform
-# (`arlib.sampling.draw`), and the next-scale sampler hands the reconstruction $\hat f$ it has built
+# (`arlib.text.sampling.draw`), and the next-scale sampler hands the reconstruction $\hat f$ it has built
 # along the way straight to the decoder (`return_latent=True`), as VAR's does, instead of rebuilding it
 # from the maps (the same images, asserted). We count the passes with a hook on each model's first block.
 
@@ -816,7 +822,7 @@ print(f"HMAR-style model: test NLL {markov_nll:.3f} vs VAR {var_nll:.3f} nats pe
 # identity: write it as `z + (codebook[indices] - z).detach()`. The check compares the ids with a
 # brute-force search, including codebooks whose codes have very different lengths, and sends a
 # random gradient back through `z_q` to see that `z` receives exactly that gradient. The codebook
-# gets no gradient at all through `z_q`: how does `arlib.vq.VectorQuantizer` move its codes, and which
+# gets no gradient at all through `z_q`: how does `arlib.vision.vq.VectorQuantizer` move its codes, and which
 # term of its loss pulls the encoder towards them?
 
 # %%
@@ -918,13 +924,13 @@ arlib.checks.sjd_verify(verify_window)
 # %% [markdown]
 # **Exercise 4.4** (LANTERN's proximity set; easy). Write `proximity(p, x, neighbors, delta)`, where
 # `p` $(V,)$ is the model's distribution over the codes, `x` a draft token (an int), `neighbors`
-# $(V, k)$ the table of `arlib.jacobi.lantern_neighbors`, whose row `neighbors[x]` lists the $k$ codes
+# $(V, k)$ the table of `arlib.vision.jacobi.lantern_neighbors`, whose row `neighbors[x]` lists the $k$ codes
 # nearest to $x$ in latent space, nearest first and $x$ itself first of all, and `delta` $\ge 0$ a
 # budget. Return the longest prefix of `neighbors[x]` whose probability, not counting $x$'s own, is at
 # most `delta` (inclusive), as a 1-D `torch.long` tensor that starts with $x$. Neighbours of
 # probability zero cost nothing, so with `delta = 0` the set is $x$ and the zero-probability
 # neighbours before the first positive one; with `delta = 1` it is the whole row. The check compares
-# with `arlib.jacobi.proximity_set` on random and hand-made rows, including a budget met exactly. The
+# with `arlib.vision.jacobi.proximity_set` on random and hand-made rows, including a budget met exactly. The
 # relaxed test moves the mass of the set onto $x$: why is the resulting distribution $\tilde p$ within
 # total variation `delta` of $p$, and why does that not bound the law of the token LANTERN decides?
 

@@ -63,24 +63,28 @@ import torch.nn.functional as F
 
 import arlib
 import arlib.checks
-from arlib.asr import EOS, AttentionDecoder, TranscriptVocab, speech_features
-from arlib.asr_recipes import load_speech
-from arlib.audio import log_mel, mel_filterbank, spec_augment
-from arlib.ctc import ctc_forward, greedy_decode, prefix_beam_search, token_segments, viterbi_align
+from arlib.speech.models import EOS, AttentionDecoder, TranscriptVocab, speech_features
+from arlib.speech.audio import log_mel, mel_filterbank, spec_augment
+from arlib.speech.ctc import ctc_forward, greedy_decode, prefix_beam_search, token_segments, viterbi_align
 from arlib.data import TEST_VOICES, TRAIN_VOICES, spoken_utterances
 from arlib.env import check_timing
-from arlib.metrics import char_error_rate, edit_distance, word_error_rate
-from arlib.paraformer import cif
+from arlib.speech.error_rates import char_error_rate, edit_distance, word_error_rate
+from arlib.speech.paraformer import cif
 
 device = arlib.setup(seed=0)
 test_set = spoken_utterances("test", n=400)
 vocab = TranscriptVocab()  # characters: CTC and the autoregressive decoder
 word_vocab = TranscriptVocab(unit="word")  # whole words: Paraformer's tokens (section 4)
-ctc_model, ctc_meta = load_speech("speech-ctc", device)
-aed, aed_meta = load_speech("speech-aed", device)
-aed_words, aed_words_meta = load_speech("speech-aed-words", device)
-para, para_meta = load_speech("speech-paraformer", device)
-para_ng, para_ng_meta = load_speech("speech-paraformer-noglance", device)
+_loaded = arlib.load("speech-ctc", device)
+ctc_model, ctc_meta = _loaded.model, _loaded.meta
+_loaded = arlib.load("speech-aed", device)
+aed, aed_meta = _loaded.model, _loaded.meta
+_loaded = arlib.load("speech-aed-words", device)
+aed_words, aed_words_meta = _loaded.model, _loaded.meta
+_loaded = arlib.load("speech-paraformer", device)
+para, para_meta = _loaded.model, _loaded.meta
+_loaded = arlib.load("speech-paraformer-noglance", device)
+para_ng, para_ng_meta = _loaded.model, _loaded.meta
 encoder = ctc_model.encoder
 refs = [u.transcript for u in test_set]
 print(f"device {device}; trained on {ctc_meta['data']['train']['n']:,} utterances of {len(TRAIN_VOICES)} voices; "
@@ -248,7 +252,7 @@ assert sum(abs(g) <= 1e-6 for g in gains) >= 80  # ... and mostly the same trans
 # probabilities underflow, so we work with logarithms and $\log(e^a + e^b)$. One more trap: "log 0" as
 # $-\infty$ gives the right values but a gradient of $\infty - \infty$ = nan wherever two impossible
 # states meet, so we use $-10^{30}$. Below, eq. (3) on the book's CTC model's output for a real
-# utterance, against `arlib.ctc` and PyTorch.
+# utterance, against `arlib.speech.ctc` and PyTorch.
 
 # %%
 def ctc_log_likelihood(log_probs, label, blank=0):
@@ -286,7 +290,7 @@ g_torch, = torch.autograd.grad(torch_loss, logits)
 assert torch.allclose(ours, lib, atol=1e-9) and torch.allclose(ours, torch_loss, atol=1e-9)
 assert torch.allclose(g_ours, g_torch, atol=1e-9)
 print(f"{utt.transcript!r}: {logits.shape[0]} frames, {len(label)} characters; -log p = {ours.item():.6f} "
-      f"(eq. 3), {lib.item():.6f} (arlib.ctc), {torch_loss.item():.6f} (torch); gradients agree to "
+      f"(eq. 3), {lib.item():.6f} (arlib.speech.ctc), {torch_loss.item():.6f} (torch); gradients agree to "
       f"{(g_ours - g_torch).abs().max().item():.1e}")
 
 # %% [markdown]
@@ -383,7 +387,7 @@ plt.show()
 # are not such events ("eight" is five letters and two sounds), so the book's Paraformer fires once per
 # *word* and predicts words from the 40-word vocabulary; WER is measured on words for every model, so
 # the comparison stays fair. Below, the firing loop written as a reader would, against the interval
-# form (4) that `arlib.paraformer.cif` computes for a whole batch at once.
+# form (4) that `arlib.speech.paraformer.cif` computes for a whole batch at once.
 
 # %%
 def cif_loop(h, alpha, threshold=1.0):
@@ -585,7 +589,7 @@ if device.type == "cpu":  # on a GPU, batches this small cost about the same pad
 # three interleaved rounds.
 
 # %%
-from arlib.asr import SpeechEncoder  # noqa: E402
+from arlib.speech.models import SpeechEncoder  # noqa: E402
 
 mean_chars = round(statistics.mean(len(r) for r in refs))
 timing_set = test_set[:20]
@@ -740,7 +744,7 @@ assert non_words > 0.5 * ctc_errors  # most of CTC's errors are misspellings
 # $$H_i(f) = \max\Big(0, \min\Big(\frac{f - e_i}{e_{i+1} - e_i}, \frac{e_{i+2} - f}{e_{i+2} - e_{i+1}}\Big)\Big),$$
 #
 # which is 1 at its centre $e_{i+1}$ and 0 outside $[e_i, e_{i+2}]$. The check compares your matrix with
-# `arlib.audio.mel_filterbank` for several sizes and rates, down to a single filter. With 128 filters
+# `arlib.speech.audio.mel_filterbank` for several sizes and rates, down to a single filter. With 128 filters
 # and `n_fft = 1024` at 44.1 kHz the first row is all zeros and the next ones each touch a single bin:
 # why, and what would you change?
 
@@ -776,7 +780,7 @@ arlib.checks.mel_filterbank_matrix(mel_triangles)
 #
 # where the third term is present only when $l'_s$ is a label different from $l'_{s-2}$. The answer is
 # $\operatorname{logsumexp}(a_T(S), a_T(S-1))$ (just $a_T(1)$ for an empty target), and $-\infty$ when the
-# $T$ frames cannot hold the target. The check compares with `arlib.ctc.ctc_forward` on repeated labels,
+# $T$ frames cannot hold the target. The check compares with `arlib.speech.ctc.ctc_forward` on repeated labels,
 # an empty target, targets that exactly fill the frames or do not fit, another blank index, and 400
 # frames. How many frames does the target `[1, 1, 2, 2]` need at least, and why is it more than 4?
 
@@ -837,14 +841,14 @@ arlib.checks.ctc_greedy_collapse(ctc_collapse)
 # %% [markdown]
 # **Exercise 5.4** (continuous integrate-and-fire; medium). Write
 # `integrate_and_fire(hidden, alpha, threshold=1.0)` with the loop of CIF rather than
-# `arlib.paraformer.cif`'s overlaps: `hidden` holds the encoder frames $h_t$, shape $(T, d)$, and `alpha`
+# `arlib.speech.paraformer.cif`'s overlaps: `hidden` holds the encoder frames $h_t$, shape $(T, d)$, and `alpha`
 # their weights $\alpha_t$, shape $(T,)$, each below the threshold $\beta$. Keep a running weight $w$
 # and embedding $e$, both starting at 0. At frame $t$, if $w + \alpha_t < \beta$, integrate:
 # $w \leftarrow w + \alpha_t$, $e \leftarrow e + \alpha_t h_t$. Otherwise the frame completes the token:
 # split $\alpha_t$ into $\alpha_1 = \beta - w$ and $\alpha_2 = \alpha_t - \alpha_1$, fire the token
 # $e + \alpha_1 h_t$, and start the next one with $w = \alpha_2$, $e = \alpha_2 h_t$. A token whose
 # weight is still below $\beta$ at the end does not fire. Return the fired embeddings, shape $(N, d)$,
-# and an empty $(0, d)$ tensor when nothing fires. The check compares with `arlib.paraformer.cif` on
+# and an empty $(0, d)$ tensor when nothing fires. The check compares with `arlib.speech.paraformer.cif` on
 # random weights, frames that land exactly on the threshold, too little weight to fire, $d = 1$ and
 # thresholds 0.5 and 2. Why does Paraformer scale $\alpha$ during training so that it sums to the target
 # length?

@@ -51,9 +51,8 @@ import torch.nn.functional as F
 
 import arlib
 import arlib.checks
-from arlib.checkpoints import load_gpt
 from arlib.data import shakespeare
-from arlib.sae import (
+from arlib.interp.sae import (
     SAEConfig,
     SparseAutoencoder,
     evaluate,
@@ -63,14 +62,16 @@ from arlib.sae import (
     max_cosines,
     residual_stream,
 )
-from arlib.sae_recipes import gpt_losses, load_sae
-from arlib.sae_train import BiasAdaptation, L1Objective, TopKObjective, bias_adaptation_step, group_targets, train_sae
-from arlib.superposition import SparseMixture, feature_dimensionality, toy_batch, train_toy_model
+from arlib.interp.recipes import gpt_losses
+from arlib.interp.sae_train import BiasAdaptation, L1Objective, TopKObjective, bias_adaptation_step, group_targets, train_sae
+from arlib.interp.superposition import SparseMixture, feature_dimensionality, toy_batch, train_toy_model
 from arlib.train import TrainConfig
 
 device = arlib.setup(seed=0)
-gpt, tokenizer, gpt_meta = load_gpt("shakespeare-target", device)
-sae_gpt, sae_meta = load_sae("shakespeare-sae", device)
+_loaded = arlib.load("shakespeare-target", device)
+gpt, tokenizer, gpt_meta = _loaded.model, _loaded.tokenizer, _loaded.meta
+_loaded = arlib.load("shakespeare-sae", device)
+sae_gpt, sae_meta = _loaded.model, _loaded.meta
 LAYER = sae_meta["layer"]
 print(f"device {device}; the GPT: {gpt_meta['parameters']:,} parameters, {gpt.config.n_layer} layers of width "
       f"{gpt.config.n_embd}, held-out loss {gpt_meta['metrics']['val_nll']:.3f} nats/char")
@@ -103,7 +104,7 @@ print(f"its SAE: {sae_gpt.config.n_latents} latents on the residual stream enter
 # 1 for a feature with a direction of its own, $\tfrac12$ for each member of an antipodal pair, $\tfrac25$
 # for the five corners of a pentagon in a plane, and 0 for a feature that is dropped; $\sum_i D_i \le m$.
 # We train five models with $n = 20$, $m = 5$, $I_i = 0.9^i$ and densities $p$ from 1 (dense) to 0.01,
-# all at once (`arlib.superposition` trains the instances as one batched model), after checking that
+# all at once (`arlib.interp.superposition` trains the instances as one batched model), after checking that
 # its forward pass is (1).
 
 # %%
@@ -240,7 +241,7 @@ def synthetic_batch(step, generator, batch_size=512):
 # \bar x \rVert^2$ (0 is perfect, 1 is no better than the mean). Sparsity: $L_0$, the mean number of
 # active latents. Health: *dead* latents (never active on the test set) and *dense* ones (active on more
 # than 10 % of it). Recovery: (5), with the decoder rows as the dictionary. Here is (6) by hand, for a ReLU
-# and a TopK SAE, against `arlib.sae`, and the scale invariance that motivates the norms in (7).
+# and a TopK SAE, against `arlib.interp.sae`, and the scale invariance that motivates the norms in (7).
 
 # %%
 def sae_forward(x, W_enc, b_enc, W_dec, b_dec, k=None):
@@ -270,7 +271,7 @@ ref_hat, ref_f = sae_forward(x_test[:256], sae.W_enc, sae.b_enc, sae.W_dec, sae.
 assert torch.allclose(x_hat, ref_hat, atol=1e-4)  # the same reconstruction ...
 assert torch.allclose(l1_penalty(f, sae.W_dec / c[:, None]), l1_penalty(ref_f, sae.W_dec), rtol=1e-4)  # ... penalty
 assert not torch.allclose(f.sum(1).mean(), ref_f.sum(1).mean(), rtol=0.1)  # but not the same plain L1
-print("(6) for ReLU and TopK matches arlib.sae; the decoder-weighted L1 of (7) ignores the rescaling, "
+print("(6) for ReLU and TopK matches arlib.interp.sae; the decoder-weighted L1 of (7) ignores the rescaling, "
       "the plain L1 does not")
 
 # %% [markdown]
@@ -650,7 +651,7 @@ print(f"the strongest 20 contexts of latent {line_start[0]} ('a line's first let
 # the same shape that keeps, in each row, the $k$ largest entries passed through a ReLU, and zeros
 # everywhere else: this is the activation of a TopK SAE, $\sigma(z) = \mathrm{ReLU}(\mathrm{TopK}(z))$.
 # `torch.topk` gives the values and their indices, and `Tensor.scatter` writes values back at indices.
-# The check compares with `arlib.sae.topk_activation` on random rows, on rows with fewer than $k$ positive
+# The check compares with `arlib.interp.sae.topk_activation` on random rows, on rows with fewer than $k$ positive
 # entries, and on rows whose entry of largest magnitude is negative. Why does a TopK SAE not need the L1
 # penalty of (7), and what does it lose by fixing the number of active latents per input instead of letting
 # it vary with the input?
@@ -672,7 +673,7 @@ arlib.checks.topk_latents(topk_latents)
 # ground-truth directions `true_features` $(F, d)$ and learned directions `learned` $(M, d)$, one per row,
 # of any lengths. Return, as a float, the MMCS of (5): for each true feature the largest cosine similarity
 # with any learned direction, averaged over the $F$ true features. The check compares with
-# `arlib.sae.mmcs` on learned rows of very different lengths, on more and on fewer learned directions
+# `arlib.interp.sae.mmcs` on learned rows of very different lengths, on more and on fewer learned directions
 # than true ones, and on learned directions that point opposite to true ones. Why is the maximum taken over
 # the learned directions for each true feature, and not the other way round, when the dictionary is
 # larger than the number of features? What would a high MMCS still fail to tell you about the dictionary?
@@ -698,7 +699,7 @@ arlib.checks.mean_max_cosine(mean_max_cosine)
 # $j$ of `drive`, so that exactly $k_j$ inputs have $z + b_j^\star > 0$. Return the new biases
 # $b + \eta (b^\star - b)$, a tensor of shape $(M,)$. Sort each column in decreasing order (`sort(dim=0,
 # descending=True)`) and pick the entries with `gather`. The check compares with
-# `arlib.sae_train.bias_adaptation_step`. Why the midpoint rather than the $k_j$-th value itself? And
+# `arlib.interp.sae_train.bias_adaptation_step`. Why the midpoint rather than the $k_j$-th value itself? And
 # since the rule only looks at frequencies, what keeps a neuron of a high-frequency group from learning
 # a mixture of several rare features rather than one frequent one?
 
@@ -727,7 +728,7 @@ arlib.checks.bias_adaptation(adapt_bias)
 # (|\text{fires}_j| + |\text{mask}|)$, the first one if several tie. This is the search behind section 5's
 # gallery. The check plants a detector among random latents, adds decoys that fire everywhere, that fire
 # on two positions of the pattern only, that never fire, and that take huge values on part of the
-# pattern, and compares with `arlib.sae.matching_latent`. Why do recall alone and precision alone both
+# pattern, and compares with `arlib.interp.sae.matching_latent`. Why do recall alone and precision alone both
 # pick the wrong latent, and which latents of an SAE on real text would you expect to win the search for
 # "a space" even if no latent detects spaces?
 

@@ -8,7 +8,7 @@
 - :class:`AttentionDecoder`: an autoregressive transformer decoder over characters with
   cross-attention to the encoder (Vaswani et al. 2017; Chan et al.'s LAS in spirit), with a KV cache,
   batched greedy decoding and beam search.
-The non-autoregressive Paraformer lives in :mod:`arlib.paraformer`.
+The non-autoregressive Paraformer lives in :mod:`arlib.speech.paraformer`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arlib.audio import log_mel
 from arlib.data.speech import SAMPLE_RATE, VOCABULARY
+from arlib.speech.audio import log_mel
 
 BLANK, EOS = 0, 1  # EOS also starts a transcript (as <s>)
 

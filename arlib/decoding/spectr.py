@@ -23,7 +23,7 @@ import itertools
 import numpy as np
 import torch
 
-from arlib.sampling import inverse_cdf_index, sample_probs
+from arlib.text.sampling import inverse_cdf_index, sample_probs
 
 __all__ = ["optimal_acceptance_lp", "optimal_acceptance", "acceptance_upper_bound", "kseq_beta", "kseq_rho",
            "kseq_rho_exact", "kseq_acceptance", "kseq_residual", "kseq_select", "recursive_rejection_select",
@@ -392,7 +392,7 @@ def spectr_generate(target, drafter, prompt: torch.Tensor, max_new_tokens: int, 
                     stats: bool = True):
     """SpecTr decoding (Sun et al. 2023, section 4): k draft sequences, verified token by token as a tree.
 
-    ``drafter`` is an :class:`arlib.drafters.ModelDrafter` (its sampling overrides apply to the drafts)
+    ``drafter`` is an :class:`arlib.decoding.drafters.ModelDrafter` (its sampling overrides apply to the drafts)
     or a bare draft model. Each step draws k i.i.d. continuations of gamma tokens from the draft model
     (one batched pass per depth), scores all of them with ``target`` in one batched pass over k rows of
     gamma + 1 positions, and walks down the tree: at depth i the rows still alive share the decided
@@ -401,16 +401,16 @@ def spectr_generate(target, drafter, prompt: torch.Tensor, max_new_tokens: int, 
     replacement, with the target's law exactly. The rows whose token was picked stay alive; a
     replacement ends the step; if every depth is accepted a bonus token comes from the target. The
     sampling options (temperature, top-k, top-p, min-p; not greedy: k identical drafts help nothing)
-    define p for the target and q for the draft, as in :func:`arlib.speculative.speculative_generate`.
+    define p for the target and q for the draft, as in :func:`arlib.decoding.speculative.speculative_generate`.
     Batch size 1: prompt (T,) of at least 2 tokens. Returns (tokens (T + N,),
-    :class:`arlib.speculative.SpecStats`) or the tokens alone with ``stats=False``; the stats' ``betas``
+    :class:`arlib.decoding.speculative.SpecStats`) or the tokens alone with ``stats=False``; the stats' ``betas``
     hold the rule's acceptance probability at every depth it examined (for the alive drafts there), so
     their mean predicts the accepted fraction ``acceptance_rate``.
     """
     import time as _time
 
-    from arlib.drafters import ModelDrafter, SamplingOptions, _gumbel
-    from arlib.speculative import SpecStats
+    from arlib.decoding.drafters import ModelDrafter, SamplingOptions, _gumbel
+    from arlib.decoding.speculative import SpecStats
 
     k = _check_k(k)
     if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
@@ -427,7 +427,8 @@ def spectr_generate(target, drafter, prompt: torch.Tensor, max_new_tokens: int, 
     elif hasattr(drafter, "new_cache") and hasattr(drafter, "config"):
         draft, draft_options = drafter, options
     else:
-        raise TypeError(f"drafter: expected an arlib.drafters.ModelDrafter or a GPT, got {type(drafter).__name__}")
+        raise TypeError(f"drafter: expected an arlib.decoding.drafters.ModelDrafter or a GPT, "
+                        f"got {type(drafter).__name__}")
     V = target.config.vocab_size
     if draft.config.vocab_size != V:
         raise ValueError(f"drafter: vocabulary of {draft.config.vocab_size} tokens, the target has {V}")

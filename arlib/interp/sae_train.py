@@ -19,7 +19,7 @@ different target frequencies). The exact update below is our own rule, written f
 because we could not consult the paper's algorithm box: geometric spacing of the groups' targets;
 :func:`bias_adaptation_step`, which moves each bias a fraction ``rate`` of the way to the bias that would have
 given exactly the target frequency on the inputs seen since the last update (a quantile of the latent's
-pre-activations); and the JumpReLU gate of :mod:`arlib.sae` (activation ``"jump"``).
+pre-activations); and the JumpReLU gate of :mod:`arlib.interp.sae` (activation ``"jump"``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from dataclasses import replace
 
 import torch
 
-from arlib.sae import SparseAutoencoder, l1_penalty, reconstruction_loss, residual_stream, topk_activation
+from arlib.interp.sae import SparseAutoencoder, l1_penalty, reconstruction_loss, residual_stream, topk_activation
 from arlib.train import TrainConfig, train
 
 

@@ -1,9 +1,9 @@
 """Autoregressive image generators over VQ tokens: raster order and next-scale prediction.
 
 - Raster (LlamaGen, Sun et al. 2024): a class token, then the 7x7 token grid row by row, modelled by the
-  book's :class:`arlib.gpt.GPT` (its vocabulary holds the codes, then one token per class and a null
+  book's :class:`arlib.text.gpt.GPT` (its vocabulary holds the codes, then one token per class and a null
   class for classifier-free guidance). One forward pass per token: 49 steps per image.
-- Next scale (VAR, Tian et al. 2024): the token maps of :class:`arlib.vq.MultiScaleVQVAE`, coarse to fine;
+- Next scale (VAR, Tian et al. 2024): the token maps of :class:`arlib.vision.vq.MultiScaleVQVAE`, coarse to fine;
   a transformer with *block-causal* attention predicts every token of scale k+1 at once from the
   reconstruction of scales 1..k, downsampled to scale k+1. One forward pass per scale: 5 steps.
 
@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arlib.gpt import GPT, Block, GPTConfig, KVCache
-from arlib.sampling import draw, process_logits
+from arlib.text.gpt import GPT, Block, GPTConfig, KVCache
+from arlib.text.sampling import draw, process_logits
 
 __all__ = ["raster_model", "raster_tokens", "raster_loss", "cfg_logits", "sample_raster", "NextScaleModel",
            "next_scale_loss", "sample_next_scale", "block_causal_mask"]
@@ -116,7 +116,7 @@ class NextScaleModel(nn.Module):
     """VAR's transformer (Tian et al. 2024, section 3.2) over token maps of ``scales``.
 
     Position block 0 is the class embedding (the start token); block k (k >= 1) holds the features of
-    the reconstruction from maps 1..k, downsampled to scale k+1 (:meth:`arlib.vq.MultiScaleQuantizer.
+    the reconstruction from maps 1..k, downsampled to scale k+1 (:meth:`arlib.vision.vq.MultiScaleQuantizer.
     next_scale_inputs`), projected to the model width. Every position adds a learned position embedding
     and its scale's level embedding; attention is block-causal; block k predicts all tokens of map k+1.
     ``markov=True`` restricts attention to the current and the previous scale (HMAR).
@@ -197,12 +197,12 @@ def sample_next_scale(model: NextScaleModel, quantizer, labels: torch.Tensor, cf
                       temperature: float = 1.0, top_k: int | None = None, generator: torch.Generator | None = None,
                       return_latent: bool = False):
     """Token maps [(B, 1, 1), ..., (B, 7, 7)], one forward pass per scale with a KV cache. ``quantizer`` is
-    the tokenizer's :class:`arlib.vq.MultiScaleQuantizer`: it turns each sampled map into the next
+    the tokenizer's :class:`arlib.vision.vq.MultiScaleQuantizer`: it turns each sampled map into the next
     scale's input. Guidance as in :func:`sample_raster`.
 
     The sampler builds the reconstruction f_hat (B, D, 7, 7) as it goes (VAR, Algorithm 2); with
     ``return_latent=True`` it returns (maps, f_hat), so that images come from
-    :meth:`arlib.vq.MultiScaleVQVAE.decode_latent` without rebuilding f_hat from the maps."""
+    :meth:`arlib.vision.vq.MultiScaleVQVAE.decode_latent` without rebuilding f_hat from the maps."""
     labels = _check_labels(labels, model.num_classes)
     if tuple(quantizer.scales) != model.scales:
         raise ValueError(f"quantizer: expected scales {model.scales}, got {tuple(quantizer.scales)}")

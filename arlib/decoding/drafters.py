@@ -1,7 +1,7 @@
 """Drafters for speculative decoding: cheap proposals that the target model then verifies.
 
 A drafter proposes up to ``gamma`` tokens that continue the current sequence, and (optionally) the
-distributions q it drew them from. :func:`arlib.speculative.speculative_generate` accepts a prefix of
+distributions q it drew them from. :func:`arlib.decoding.speculative.speculative_generate` accepts a prefix of
 them with Leviathan et al. (2023, Algorithm 1), so the output follows the target whatever the drafter
 proposes; a better drafter only gets more tokens accepted per target call. Two families live here:
 
@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import torch
 
-from arlib.sampling import process_logits
+from arlib.text.sampling import process_logits
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class Drafter(ABC):
     that a stateful drafter can roll back (a KV cache); ``reset()`` forgets any state.
     """
 
-    #: True for drafters that read the target's hidden state (:mod:`arlib.heads`): the generator then
+    #: True for drafters that read the target's hidden state (:mod:`arlib.decoding.draft_heads`): the generator then
     #: calls :meth:`observe` with it after the prefill and after every verification.
     uses_hidden: bool = False
 

@@ -303,7 +303,7 @@ class MultiScaleVQVAE(nn.Module):
     @torch.no_grad()
     def decode_latent(self, f_hat: torch.Tensor) -> torch.Tensor:
         """Images (B, 1, 28, 28) from a reconstruction f_hat (B, D, h, h), e.g. the one a next-scale
-        sampler builds as it goes (:func:`arlib.visual_ar.sample_next_scale` with ``return_latent=True``)."""
+        sampler builds as it goes (:func:`arlib.vision.generators.sample_next_scale` with ``return_latent=True``)."""
         D, h = self.config.code_dim, self.quantizer.scales[-1]
         if not isinstance(f_hat, torch.Tensor) or f_hat.dim() != 4 or tuple(f_hat.shape[1:]) != (D, h, h):
             got = tuple(f_hat.shape) if isinstance(f_hat, torch.Tensor) else type(f_hat).__name__

@@ -2,7 +2,7 @@
 
 Pre-LayerNorm blocks, learned absolute positions, GELU (tanh approximation) MLP of width 4d, and an
 output head tied to the token embedding. Parameter names follow Hugging Face's ``GPT2LMHeadModel`` so
-that :mod:`arlib.hf` can convert weights both ways.
+that :mod:`arlib.text.hf` can convert weights both ways.
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ class GPT(nn.Module):
         """The residual stream (B, T, d) after the embeddings and after each of the first ``n_layers``
         blocks (all by default): a list of ``n_layers + 1`` tensors. A cache, if given, must hold at
         least ``n_layers`` layers (the first ones are used) and grows by T. Early-exit drafters
-        (:mod:`arlib.heads`) run the first layers only. ``validate`` as in :meth:`forward`."""
+        (:mod:`arlib.decoding.draft_heads`) run the first layers only. ``validate`` as in :meth:`forward`."""
         if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype != torch.long:
             got = f"{tuple(idx.shape)} {idx.dtype}" if isinstance(idx, torch.Tensor) else type(idx).__name__
             raise ValueError(f"idx: expected a (batch, time) tensor of torch.long token ids, got {got}")

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arlib.asr import Block, padding_mask, sinusoids
+from arlib.speech.models import Block, padding_mask, sinusoids
 
 
 def cif(hidden: torch.Tensor, alpha: torch.Tensor, num_tokens: torch.Tensor) -> torch.Tensor:

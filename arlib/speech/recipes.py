@@ -20,15 +20,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from arlib.asr import AttentionDecoder, CTCModel, TranscriptVocab, speech_features
-from arlib.audio import spec_augment
-from arlib.checkpoints import load_meta, load_state, save_checkpoint, store_int8
-from arlib.ctc import greedy_decode
+from arlib.checkpoints import load_model, provenance, save_checkpoint, store_int8
 from arlib.data.speech import espeak_version, spoken_utterances
 from arlib.env import pick_device, seed_everything
-from arlib.metrics import word_error_rate
-from arlib.paraformer import Paraformer
-from arlib.train import TrainConfig, train
+from arlib.speech.audio import spec_augment
+from arlib.speech.ctc import greedy_decode
+from arlib.speech.error_rates import word_error_rate
+from arlib.speech.models import AttentionDecoder, CTCModel, TranscriptVocab, speech_features
+from arlib.speech.paraformer import Paraformer
+from arlib.train import Recipe, TrainConfig, mean_last_loss, train
 
 N_TRAIN, N_TEST = 6000, 400
 
@@ -76,13 +76,18 @@ def build_speech(kind: str, config: dict):
 
 
 def load_speech(name: str, device=None, directory=None):
-    """Load one of chapter 5's checkpoints as float32 in eval mode: ``(model, meta)``."""
-    if name not in SPEECH_RECIPES:
-        raise ValueError(f"name: expected one of {sorted(SPEECH_RECIPES)}, got {name!r}")
-    meta = load_meta(name, directory)
-    model = build_speech(SPEECH_RECIPES[name].kind, meta["config"])
-    model.load_state_dict(load_state(name, directory))
-    return model.to(device if device is not None else "cpu").eval(), meta
+    """One of chapter 5's checkpoints as float32 in eval mode: ``(model, meta)`` (readers use
+    :func:`arlib.load`, which also gives the transcript vocabulary)."""
+    model, meta, _ = load_model(name, build_from_meta, device, directory)
+    return model, meta
+
+
+def build_from_meta(meta: dict):
+    """An empty speech model of the sidecar's kind and config, and its transcript vocabulary."""
+    return build_speech(meta["kind"], meta["config"]), {"vocab": TranscriptVocab(unit=meta["unit"])}
+
+
+KINDS = {kind: build_from_meta for kind in ("ctc", "aed", "paraformer")}
 
 
 def _pad(rows: list[torch.Tensor]) -> torch.Tensor:
@@ -141,7 +146,7 @@ def run_speech_recipe(name: str, steps: int | None = None, out: str | None = Non
 
         def loss_fn(net, batch):
             x, lengths, y, y_lengths = batch
-            log_probs, out_lengths = net(x, lengths)  # torch's CTC loss: equal to arlib.ctc's (tested), faster
+            log_probs, out_lengths = net(x, lengths)  # torch's CTC loss: equal to arlib.speech.ctc's (tested), faster
             return F.ctc_loss(log_probs.transpose(0, 1), y, out_lengths, y_lengths, zero_infinity=True)
 
         def evaluate(net):
@@ -190,16 +195,19 @@ def run_speech_recipe(name: str, steps: int | None = None, out: str | None = Non
 
     history = train(model, loss_fn, lambda step, g: get_batch(step, g), config, evaluate)
     metrics = store_int8(model, history["eval"][-1][1], evaluate)
-    from arlib.recipes import _last50, _provenance
-    meta = {"name": name, "description": recipe.description, "config": model_config, "unit": recipe.unit,
+    meta = {"name": name, "kind": recipe.kind, "description": recipe.description, "config": model_config,
+            "unit": recipe.unit,
             "encoder": encoder_name,
             "glance": recipe.glance, "parameters": sum(p.numel() for p in model.parameters()),
-            "train": {**asdict(config), "batch_size": recipe.batch_size, "final_train_loss": _last50(history)},
+            "train": {**asdict(config), "batch_size": recipe.batch_size, "final_train_loss": mean_last_loss(history)},
             "metrics": metrics, "eval_history": history["eval"],
             "data": {"train": {"split": "train", "n": n_train, "seed": 0}, "test": {"split": "test", "n": n_test,
                                                                                    "seed": 0},
                      "espeak_ng": espeak_version()},
-            **_provenance(name, steps, t0, device)}
-    meta["stored_dtype"] = "int8"
+            **provenance(name, steps, t0, device, stored_dtype="int8")}
     save_checkpoint(model, name, meta, out, dtype=torch.int8)
     return meta
+
+
+RECIPES = {name: Recipe(name, r.kind, r.model, r.train, run_speech_recipe, r.description)
+           for name, r in SPEECH_RECIPES.items()}

@@ -29,8 +29,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from arlib.sampling import inverse_cdf_index, process_logits
-from arlib.visual_ar import GRID, _check_labels, cfg_logits
+from arlib.text.sampling import inverse_cdf_index, process_logits
+from arlib.vision.generators import GRID, _check_labels, cfg_logits
 
 __all__ = ["lantern_neighbors", "proximity_set", "relaxed_target", "jacobi_generate", "sample_raster_sjd"]
 
@@ -83,7 +83,7 @@ def jacobi_generate(model, prefix: torch.Tensor, length: int, vocab: int, window
                     generator: torch.Generator | None = None):
     """Generate ``length`` tokens after ``prefix`` (R, T) with speculative Jacobi decoding.
 
-    ``model`` is an :class:`arlib.gpt.GPT`; only its first ``vocab`` logits are used (the image codes).
+    ``model`` is an :class:`arlib.text.gpt.GPT`; only its first ``vocab`` logits are used (the image codes).
     R = 1, or R = 2 for guidance (row 0 conditional, row 1 unconditional; ``cfg_scale`` mixes them).
     ``neighbors`` (vocab, k) and ``delta`` > 0 switch on LANTERN's relaxed test. Returns (tokens
     (length,), stats dict: forward passes, accepted drafts per pass). The verification of a window works
@@ -156,7 +156,7 @@ def sample_raster_sjd(model, label: int, num_codes: int, num_classes: int = 10, 
                       cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int | None = None,
                       neighbors: torch.Tensor | None = None, delta: float = 0.0,
                       generator: torch.Generator | None = None):
-    """One image's token grid (7, 7) from a raster model (:func:`arlib.visual_ar.raster_model`) with
+    """One image's token grid (7, 7) from a raster model (:func:`arlib.vision.generators.raster_model`) with
     speculative Jacobi decoding (and LANTERN when ``delta`` > 0); returns (grid, stats)."""
     device = next(model.parameters()).device
     labels = _check_labels(torch.tensor([label], device=device), num_classes)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from arlib.sampling import sample_probs
+from arlib.text.sampling import sample_probs
 
 
 def _as_ids(ids, vocab_size: int, name: str, min_len: int = 0) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Sparse autoencoders (SAEs): the model, its activations and the metrics that score it.
 
-One architecture serves every training method of :mod:`arlib.sae_train`:
+One architecture serves every training method of :mod:`arlib.interp.sae_train`:
 
     f = sigma((x - b_dec) W_enc + b_enc),      x_hat = f W_dec + b_dec
 
@@ -11,7 +11,7 @@ One architecture serves every training method of :mod:`arlib.sae_train`:
 - ``activation="jump"``: the JumpReLU form f_i = z_i 1[z_i > theta_i] with z = (x - b_dec) W_enc and the
   threshold theta = -b_enc: a latent either stays silent or passes its whole drive z_i, so a high threshold
   does not shrink what it passes. Bias adaptation (Chen et al. 2025) trains it: its sparsity comes from the
-  encoder biases, which :class:`arlib.sae_train.BiasAdaptation` sets instead of gradient descent. (With a
+  encoder biases, which :class:`arlib.interp.sae_train.BiasAdaptation` sets instead of gradient descent. (With a
   plain ReLU the adapted bias would also be subtracted from every active latent; in our runs that shrinkage
   kept the reconstruction from improving, so the gate is our choice, not necessarily the paper's.)
 
@@ -254,7 +254,7 @@ def evaluate(sae: SparseAutoencoder, x: torch.Tensor, true_features: torch.Tenso
 
 @torch.no_grad()
 def residual_stream(gpt, idx: torch.Tensor, layer: int) -> torch.Tensor:
-    """The residual stream (B, T, d) of ``gpt`` (an :class:`arlib.gpt.GPT`) entering block ``layer``:
+    """The residual stream (B, T, d) of ``gpt`` (an :class:`arlib.text.gpt.GPT`) entering block ``layer``:
     ``layer = 0`` is the embeddings, ``layer = n_layer`` the output of the last block."""
     return gpt.trunk(idx, n_layers=_layer(gpt, layer))[-1]
 

@@ -19,13 +19,13 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from arlib.checkpoints import _paths, load_meta, save_checkpoint
+from arlib.checkpoints import checkpoint_paths, load_model, provenance, save_checkpoint
 from arlib.data import SOURCES, fashion_mnist
 from arlib.env import pick_device, seed_everything
-from arlib.metrics import FashionClassifier
-from arlib.train import TrainConfig, distributed_context, train
-from arlib.visual_ar import NextScaleModel, next_scale_loss, raster_loss, raster_model, raster_tokens
-from arlib.vq import VQVAE, MultiScaleVQVAE, VQConfig
+from arlib.train import Recipe, TrainConfig, distributed_context, mean_last_loss, train
+from arlib.vision.generators import NextScaleModel, next_scale_loss, raster_loss, raster_model, raster_tokens
+from arlib.vision.image_metrics import FashionClassifier
+from arlib.vision.vq import VQVAE, MultiScaleVQVAE, VQConfig
 
 
 @dataclass(frozen=True)
@@ -63,15 +63,14 @@ def images_as_float(images: torch.Tensor) -> torch.Tensor:
 
 
 def load_visual(name: str, device=None, directory=None):
-    """Load one of chapter 4's checkpoints as float32 in eval mode: ``(model, meta)``."""
-    from safetensors.torch import load_file
+    """One of chapter 4's checkpoints as float32 in eval mode: ``(model, meta)`` (the recipes use it for a
+    generator's tokenizer; readers use :func:`arlib.load`)."""
+    model, meta, _ = load_model(name, _build_from_meta, device, directory)
+    return model, meta
 
-    meta = load_meta(name, directory)
-    recipe = VISUAL_RECIPES[name]
-    model = _build(recipe.kind, meta["config"])
-    weights_path, _ = _paths(name, directory)
-    model.load_state_dict({k: v.float() for k, v in load_file(str(weights_path)).items()})
-    return model.to(device if device is not None else "cpu").eval(), meta
+
+def _build_from_meta(meta: dict):
+    return _build(meta["kind"], meta["config"]), {}
 
 
 def _build(kind: str, config: dict):
@@ -142,7 +141,7 @@ def run_visual_recipe(name: str, steps: int | None = None, out: str | None = Non
     else:
         tokenizer_name = TOKENIZER_OF[kind]
         # the tokenizer from the same folder when it is there (a test's temporary folder), else the committed one
-        here = out is not None and _paths(tokenizer_name, out)[0].exists()
+        here = out is not None and checkpoint_paths(tokenizer_name, out)[0].exists()
         tokenizer, tokenizer_meta = load_visual(tokenizer_name, device, out if here else None)
         vq_config = tokenizer_meta["config"]
         codes_train = _encode_all(tokenizer, train_images.to(device))
@@ -188,16 +187,20 @@ def run_visual_recipe(name: str, steps: int | None = None, out: str | None = Non
     if rank != 0:
         return None
     metrics = {k: round(v, 5) for k, v in history["eval"][-1][1].items()}
-    from arlib.recipes import _last50, _provenance
-    meta = {"name": name, "description": recipe.description, "config": {k: v for k, v in model_config.items()
-                                                                         if k != "tokenizer"},
+    meta = {"name": name, "kind": kind, "description": recipe.description,
+            "config": {k: v for k, v in model_config.items() if k != "tokenizer"},
             "tokenizer": model_config.get("tokenizer"), "parameters": sum(p.numel() for p in model.parameters()),
-            "train": {**asdict(config), "batch_size": recipe.batch_size, "final_train_loss": _last50(history)},
+            "train": {**asdict(config), "batch_size": recipe.batch_size, "final_train_loss": mean_last_loss(history)},
             "metrics": metrics, "eval_history": history["eval"],
             "data": {key: SOURCES[key].sha256 for key in SOURCES if key.startswith("fashion-mnist")},
-            **_provenance(name, steps, t0, device)}
+            **provenance(name, steps, t0, device)}
     if kind in ("vq", "msvq"):
         quantizer = model.quantizer if kind == "vq" else model.quantizer.vq
         meta["metrics"]["codes_restarted"] = int(quantizer.restarts)
     save_checkpoint(model, name, meta, out)
     return meta
+
+
+KINDS = {kind: _build_from_meta for kind in ("vq", "msvq", "raster", "var", "classifier")}
+RECIPES = {name: Recipe(name, r.kind, r.model, r.train, run_visual_recipe, r.description)
+           for name, r in VISUAL_RECIPES.items()}

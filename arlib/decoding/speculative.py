@@ -9,7 +9,7 @@ draws a bonus token from p_(gamma+1). Each emitted token is then distributed exa
 ``beta = sum_x min(p(x), q(x)) = 1 - TV(p, q)``.
 
 The theory (section 3 of the paper) lives here too: :func:`expected_tokens`, :func:`speedup`,
-:func:`optimal_gamma` and :func:`acceptance_rate`. The drafters are in :mod:`arlib.drafters`.
+:func:`optimal_gamma` and :func:`acceptance_rate`. The drafters are in :mod:`arlib.decoding.drafters`.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from arlib.drafters import Draft, Drafter, ModelDrafter, NGramDrafter, SamplingOptions
-from arlib.sampling import sample_probs
+from arlib.decoding.drafters import Draft, Drafter, ModelDrafter, NGramDrafter, SamplingOptions
+from arlib.text.sampling import sample_probs
 
 __all__ = ["verify", "verify_greedy", "residual", "Verification", "acceptance_rate", "expected_tokens",
            "speedup", "optimal_gamma", "speculative_generate", "SpecStats", "draft_cost", "step_costs", "Draft",
@@ -254,7 +254,7 @@ class SpecStats:
     was spent in the drafter's proposals and ``target_time`` in the target's passes (prefill included):
     the rest is verification and bookkeeping. Comparing them with step costs measured in isolation
     shows what a cost model leaves out (on a CPU, a pass right after another model's is slower).
-    Multi-draft generation (:func:`arlib.spectr.spectr_generate`) also records in ``candidates`` how many
+    Multi-draft generation (:func:`arlib.decoding.spectr.spectr_generate`) also records in ``candidates`` how many
     drafts were alive at each position it examined, and stores in ``betas`` the multi-draft rule's
     acceptance probability there instead of a single draft's beta."""
 
@@ -298,7 +298,7 @@ def speculative_generate(target, drafter: Drafter, prompt: torch.Tensor, max_new
     (Leviathan et al. 2023, Algorithm 1, repeated): ``(tokens, SpecStats)``, or the tokens alone with
     ``stats=False``. Batch size 1.
 
-    The output has the law of :func:`arlib.sampling.generate` on ``target`` with the same sampling options
+    The output has the law of :func:`arlib.text.sampling.generate` on ``target`` with the same sampling options
     (which apply to the draft as well), and with ``greedy=True`` the same tokens. The target keeps a KV
     cache of every token but the last; each step runs it once over that token and the g <= gamma drafts,
     crops the cache to the accepted prefix and appends the accepted drafts and one more token. A step
@@ -306,7 +306,7 @@ def speculative_generate(target, drafter: Drafter, prompt: torch.Tensor, max_new
     output has exactly ``max_new_tokens`` new tokens; ``T + max_new_tokens`` must fit the target's context.
     """
     if not isinstance(drafter, Drafter):
-        raise TypeError(f"drafter: expected an arlib.drafters.Drafter, got {type(drafter).__name__}")
+        raise TypeError(f"drafter: expected an arlib.decoding.drafters.Drafter, got {type(drafter).__name__}")
     if not isinstance(prompt, torch.Tensor) or prompt.dtype != torch.long or prompt.dim() not in (1, 2) \
             or (prompt.dim() == 2 and prompt.shape[0] != 1) or prompt.shape[-1] == 0:
         raise ValueError(f"prompt: expected a non-empty (time,) or (1, time) torch.long tensor (batch size 1), "
@@ -395,7 +395,7 @@ def draft_cost(drafter: Drafter, target, prefix: torch.Tensor, gamma: int, repea
     after each call as if nothing was accepted; a drafter that reads the target's hidden state is
     first shown it. Divide by gamma and the target's step time for the cost ratio c of the theory."""
     if not isinstance(drafter, Drafter):
-        raise TypeError(f"drafter: expected an arlib.drafters.Drafter, got {type(drafter).__name__}")
+        raise TypeError(f"drafter: expected an arlib.decoding.drafters.Drafter, got {type(drafter).__name__}")
     if not isinstance(prefix, torch.Tensor) or prefix.dtype != torch.long or prefix.dim() != 2 or prefix.shape[0] != 1:
         raise ValueError(f"prefix: expected a (1, length) torch.long tensor, got {_shape(prefix)}")
     drafter.reset()
@@ -427,7 +427,7 @@ def step_costs(target, drafter: Drafter, prefix: torch.Tensor, gamma: int, repea
     time, each part here finds the processor caches as the other parts leave them, as in generation.
     Medians of ``repeats`` steps, the smallest of ``rounds`` rounds: ``{"draft", "score", "verify"}``."""
     if not isinstance(drafter, Drafter):
-        raise TypeError(f"drafter: expected an arlib.drafters.Drafter, got {type(drafter).__name__}")
+        raise TypeError(f"drafter: expected an arlib.decoding.drafters.Drafter, got {type(drafter).__name__}")
     if not isinstance(prefix, torch.Tensor) or prefix.dtype != torch.long or prefix.dim() != 2 \
             or prefix.shape[0] != 1 or prefix.shape[1] < 2:
         raise ValueError(f"prefix: expected a (1, length >= 2) torch.long tensor, got {_shape(prefix)}")

@@ -142,7 +142,7 @@ def draw(logits: torch.Tensor, generator: torch.Generator | None = None) -> torc
 
     The inverse CDF at one uniform per row, as :func:`sample_probs`, but without its value check, so
     that it never makes the host wait for an accelerator: the inner loop of the image samplers
-    (:mod:`arlib.visual_ar`) calls it once per pass. One uniform per row is also much cheaper than
+    (:mod:`arlib.vision.generators`) calls it once per pass. One uniform per row is also much cheaper than
     Gumbel noise per logit when a pass draws many tokens (49 x 256 logits: about 8x on a CPU).
     Tokens at ``-inf`` are never drawn.
     """
@@ -239,7 +239,7 @@ def generate(model, prompt: torch.Tensor, max_new_tokens: int, *, use_cache: boo
 def inverse_cdf_index(weights: np.ndarray, u: float) -> int:
     """Index drawn with probability proportional to ``weights`` (V,) >= 0 (not necessarily normalized),
     from one uniform ``u`` in [0, 1): the smallest i with cumsum(weights)[i] > u * sum. The verification
-    loops of :mod:`arlib.spectr` and :mod:`arlib.jacobi` use it on numpy rows, where one call beats the
+    loops of :mod:`arlib.decoding.spectr` and :mod:`arlib.vision.jacobi` use it on numpy rows, where one call beats the
     dozen tensor operations of a torch draw."""
     cdf = np.cumsum(weights)
     i = int(np.searchsorted(cdf, u * cdf[-1], side="right"))

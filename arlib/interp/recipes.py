@@ -16,12 +16,13 @@ from dataclasses import asdict, replace
 import torch
 import torch.nn.functional as F
 
-from arlib.checkpoints import dequantize_state, load_gpt, load_meta, load_state, quantize_state, save_checkpoint
+from arlib.checkpoints import dequantize_state, load_model, provenance, quantize_state, save_checkpoint
 from arlib.data import SOURCES, shakespeare
 from arlib.env import pick_device, seed_everything
-from arlib.sae import SAEConfig, SparseAutoencoder, evaluate, residual_stream, spliced_logits
-from arlib.sae_train import TopKObjective, collect_activations, train_sae
-from arlib.train import TrainConfig
+from arlib.interp.sae import SAEConfig, SparseAutoencoder, evaluate, residual_stream, spliced_logits
+from arlib.interp.sae_train import TopKObjective, collect_activations, train_sae
+from arlib.text.recipes import load_gpt
+from arlib.train import Recipe, TrainConfig, mean_last_loss
 
 SAE_RECIPES: dict[str, dict] = {
     "shakespeare-sae": dict(
@@ -36,12 +37,18 @@ SAE_RECIPES: dict[str, dict] = {
 EVAL_WINDOWS = 64  # held-out windows of 256 characters for the sidecar's metrics
 
 
+def build_sae(meta: dict) -> tuple[SparseAutoencoder, dict]:
+    """An empty SAE of the sidecar's config (``meta["layer"]`` says which residual stream it reads)."""
+    return SparseAutoencoder(SAEConfig(**meta["config"])), {}
+
+
+KINDS = {"sae": build_sae}
+
+
 def load_sae(name: str = "shakespeare-sae", device=None, directory=None) -> tuple[SparseAutoencoder, dict]:
-    """Load an SAE checkpoint as float32 in eval mode: ``(sae, meta)``; ``meta["layer"]`` says where it reads."""
-    meta = load_meta(name, directory)
-    sae = SparseAutoencoder(SAEConfig(**meta["config"]))
-    sae.load_state_dict(load_state(name, directory))
-    return sae.to(device if device is not None else "cpu").eval(), meta
+    """An SAE checkpoint as float32 in eval mode: ``(sae, meta)`` (readers use :func:`arlib.load`)."""
+    sae, meta, _ = load_model(name, build_sae, device, directory, kind="sae")
+    return sae, meta
 
 
 @torch.no_grad()
@@ -107,26 +114,28 @@ def run_sae_recipe(name: str, steps: int | None = None, out: str | None = None, 
     metrics = evaluate(sae, val_acts)
     metrics.update(gpt_losses(gpt, sae, layer, val_windows, mean))
     metrics["nmse_float32"] = float_nmse
-    from arlib.recipes import _last50, _provenance
-
     meta = {
         "name": name,
+        "kind": "sae",
         "description": recipe["description"],
         "config": recipe["sae"].to_dict(),
         "layer": layer,
         "parameters": sum(p.numel() for p in sae.parameters()),
         "target": {"name": recipe["target"], "config": gpt.config.to_dict(),
-                   "val_nll": target_meta["metrics"]["val_nll"]},
+                   "report_nll": target_meta["metrics"]["report_nll"]},
         "tokenizer": {"kind": "char", "vocab": tokenizer.vocab},
         "data": {"source": "shakespeare", "sha256": SOURCES["shakespeare"].sha256,
                  "train_activations": len(acts), "train_windows": n_windows,
                  "val_positions_scored": int(val_acts.shape[0])},
         "objective": {"kind": "topk+auxk", **recipe["objective"]},
-        "train": {**asdict(config), "batch_size": batch, "final_train_loss_avg50": _last50(history)},
+        "train": {**asdict(config), "batch_size": batch, "final_train_loss_avg50": mean_last_loss(history)},
         "metrics": {k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()},
         "eval_history": history["eval"],
-        **_provenance(name, steps, t0, device),
-        "stored_dtype": "int8",
+        **provenance(name, steps, t0, device, stored_dtype="int8"),
     }
     save_checkpoint(sae, name, meta, directory=out, dtype=torch.int8)
     return meta
+
+
+RECIPES = {name: Recipe(name, "sae", r["sae"], r["train"], run_sae_recipe, r["description"])
+           for name, r in SAE_RECIPES.items()}

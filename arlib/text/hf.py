@@ -1,4 +1,4 @@
-"""Conversion between :class:`arlib.gpt.GPT` and Hugging Face's ``GPT2LMHeadModel`` (Radford et al. 2019).
+"""Conversion between :class:`arlib.text.gpt.GPT` and Hugging Face's ``GPT2LMHeadModel`` (Radford et al. 2019).
 
 Both are the same network with the same parameter names; Hugging Face stores the weights of its
 ``Conv1D`` layers (``c_attn``, ``c_proj``, ``c_fc``) transposed, as (in, out), where ``nn.Linear``
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from arlib.gpt import GPT, GPTConfig
+from arlib.text.gpt import GPT, GPTConfig
 
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
@@ -21,7 +21,7 @@ def _transformers():
     try:
         import transformers
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("arlib.hf needs Hugging Face transformers: pip install 'transformers>=4.40' "
+        raise ImportError("arlib.text.hf needs Hugging Face transformers: pip install 'transformers>=4.40' "
                           "(or pip install -e '.[test]')") from exc
     return transformers
 
@@ -44,7 +44,7 @@ def hf_config(config: GPTConfig):
 def to_hf(model: GPT):
     """A ``transformers.GPT2LMHeadModel`` with ``model``'s weights (same device and dtype, eval mode)."""
     if not isinstance(model, GPT):
-        raise TypeError(f"model: expected arlib.gpt.GPT, got {type(model).__name__}")
+        raise TypeError(f"model: expected arlib.text.gpt.GPT, got {type(model).__name__}")
     transformers = _transformers()
     p = model.wte.weight
     hf = transformers.GPT2LMHeadModel(hf_config(model.config)).to(device=p.device, dtype=p.dtype)

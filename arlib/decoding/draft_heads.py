@@ -13,7 +13,7 @@ cross-entropy to the target's own next-token distributions on real text, which i
 - :class:`HydraHeads`: sequentially dependent heads (Ankner et al. 2024): head k also reads the
   embeddings of x_(t+1) .. x_(t+k), the tokens already decided or drafted before it.
 
-:class:`HeadDrafter` turns Medusa or Hydra heads into an :class:`arlib.drafters.Drafter`;
+:class:`HeadDrafter` turns Medusa or Hydra heads into an :class:`arlib.decoding.drafters.Drafter`;
 ``ModelDrafter(EarlyExitModel(target, E, exits))`` is the early-exit drafter. Position convention:
 h_t is the final residual stream (before ``ln_f``) at position t, whose logits give x_(t+1).
 """
@@ -26,15 +26,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from arlib.drafters import Draft, Drafter, SamplingOptions, _check_gamma, _check_seq, _gumbel
-from arlib.gpt import GPT, KVCache
+from arlib.decoding.drafters import Draft, Drafter, SamplingOptions, _check_gamma, _check_seq, _gumbel
+from arlib.text.gpt import GPT, GPTConfig, KVCache
 
 _PLAIN = SamplingOptions()  # sampling at temperature 1, no truncation
 
 
 def _check_target(target) -> GPT:
     if not isinstance(target, GPT):
-        raise TypeError(f"target: expected an arlib.gpt.GPT, got {type(target).__name__}")
+        raise TypeError(f"target: expected an arlib.text.gpt.GPT, got {type(target).__name__}")
     return target
 
 
@@ -98,7 +98,7 @@ class ExitHeads(nn.Module):
 
 class EarlyExitModel(nn.Module):
     """The target's first ``exit_layer`` blocks and an exit head, with the interface of a GPT that
-    :class:`arlib.drafters.ModelDrafter` drives (``config``, ``new_cache``, ``forward(idx, cache)``).
+    :class:`arlib.decoding.drafters.ModelDrafter` drives (``config``, ``new_cache``, ``forward(idx, cache)``).
     The blocks are the target's own (shared, not copied): the draft costs about exit_layer / n_layer of
     a target step."""
 
@@ -200,7 +200,7 @@ class HydraHeads(nn.Module):
 class HeadDrafter(Drafter):
     """Draft with Medusa or Hydra heads on the target's hidden state: no draft model at all.
 
-    :func:`arlib.speculative.speculative_generate` hands it h_t, the target's final residual stream at
+    :func:`arlib.decoding.speculative.speculative_generate` hands it h_t, the target's final residual stream at
     the second-to-last decided position t (its logits gave the last decided token x_(t+1)), through
     :meth:`observe` after the prompt's prefill and after every verification. It then drafts
     x_(t+2) .. x_(t+1+g), g <= number of heads, in g head calls (Hydra) or one (Medusa), under the
@@ -321,10 +321,9 @@ def head_acceptance(target: GPT, exits: ExitHeads, medusa: MedusaHeads, hydra: H
 class DraftHeads(nn.Module):
     """Every family's heads for one target, trained together and stored as one checkpoint."""
 
-    def __init__(self, target: GPT, n_heads: int = 6):
+    def __init__(self, target: GPT | GPTConfig, n_heads: int = 6):
         super().__init__()
-        _check_target(target)
-        c = target.config
+        c = target if isinstance(target, GPTConfig) else _check_target(target).config
         self.exits = ExitHeads(c.n_layer, c.n_embd, c.vocab_size)
         self.medusa = MedusaHeads(n_heads, c.n_embd, c.vocab_size)
         self.hydra = HydraHeads(n_heads, c.n_embd, c.vocab_size)
@@ -340,18 +339,3 @@ class DraftHeads(nn.Module):
 
     def acceptance(self, target: GPT, x: torch.Tensor) -> dict[str, list[float]]:
         return head_acceptance(target, self.exits, self.medusa, self.hydra, x)
-
-
-def load_heads(target: GPT, name: str = "shakespeare-heads", directory=None) -> DraftHeads:
-    """Load the heads trained by ``python -m arlib.recipes shakespeare-heads`` for ``target``."""
-    from safetensors.torch import load_file
-
-    from arlib.checkpoints import _paths, load_meta
-
-    meta = load_meta(name, directory)
-    if meta["target"]["config"] != target.config.to_dict():
-        raise ValueError(f"target: the heads {name!r} were trained for a target with config {meta['target']['config']}")
-    heads = DraftHeads(target, meta["n_heads"])
-    state = {k: v.float() for k, v in load_file(str(_paths(name, directory)[0])).items()}
-    heads.load_state_dict(state)
-    return heads.to(target.wte.weight.device).eval()

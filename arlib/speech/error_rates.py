@@ -1,0 +1,41 @@
+"""Speech-recognition metrics (chapter 5): the edit distance, word and character error rates."""
+
+from __future__ import annotations
+
+__all__ = ["edit_distance", "word_error_rate", "char_error_rate"]
+
+
+def edit_distance(reference, hypothesis) -> int:
+    """Levenshtein distance between two sequences: the fewest substitutions, insertions and deletions
+    that turn ``reference`` into ``hypothesis`` (dynamic programming, one row at a time)."""
+    ref, hyp = list(reference), list(hypothesis)
+    row = list(range(len(hyp) + 1))  # distances from ref[:0] to each prefix of hyp
+    for i, r in enumerate(ref, 1):
+        diagonal, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (r != h))
+    return row[-1]
+
+
+def _error_rate(references, hypotheses, split) -> float:
+    if isinstance(references, str) or isinstance(hypotheses, str):
+        raise TypeError("references, hypotheses: expected lists of strings, got a string")
+    references, hypotheses = list(references), list(hypotheses)
+    if len(references) != len(hypotheses) or not references:
+        raise ValueError(f"references, hypotheses: expected equally long non-empty lists, got "
+                         f"{len(references)} and {len(hypotheses)}")
+    errors = sum(edit_distance(split(r), split(h)) for r, h in zip(references, hypotheses))
+    total = sum(len(split(r)) for r in references)
+    if total == 0:
+        raise ValueError("references: expected at least one word or character to score against")
+    return errors / total
+
+
+def word_error_rate(references, hypotheses) -> float:
+    """WER: word edit distance summed over the corpus / reference words (can exceed 1)."""
+    return _error_rate(references, hypotheses, str.split)
+
+
+def char_error_rate(references, hypotheses) -> float:
+    """CER: character edit distance summed over the corpus / reference characters."""
+    return _error_rate(references, hypotheses, list)
