@@ -42,7 +42,7 @@ CHROMIUM = next(
     ),
     None,
 )
-# DESIGN.md section 4, plus a proxy that refuses every connection: a page that needed the network would
+# Chromium's offline flags, plus a proxy that refuses every connection: a page that needed the network would
 # fail to load its assets even on a machine that has one.
 CHROMIUM_FLAGS = [
     "--headless",

@@ -1,4 +1,4 @@
-"""Classroom mode (DESIGN.md section 7): the exercises, their checks, the student notebooks, the instructor page.
+"""Classroom mode (the book's page "For instructors"): the exercises, their checks, the student notebooks, the instructor page.
 
 For every chapter of book.toml, the student notebook holds no solution text and runs: its first code cell and
 its exercises section execute in a fresh kernel, and every check reports "not yet implemented"; the original
@@ -33,7 +33,7 @@ from tools import book, classroom  # noqa: E402
 ROOT = Path(os.environ.get("BOOK_TEST_ROOT", REPO)).resolve()
 CHAPTERS = [ch for ch in book.load_manifest(ROOT).chapters if (ROOT / ch.notebook).is_file()]
 IDS = [Path(ch.notebook).stem for ch in CHAPTERS]
-MIN_EXERCISES = 4  # DESIGN.md section 6
+MIN_EXERCISES = 4  # every chapter has at least four exercises
 PASS_RE = re.compile(r"^Exercise (\d+\.\d+) \(.+\): all \d+ cases pass\.$", re.MULTILINE)
 
 

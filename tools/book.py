@@ -456,7 +456,7 @@ class BuildError(RuntimeError):
 def _fold_solutions(app, docname: str, source: list[str]) -> None:
     """Sphinx ``source-read`` hook: fold the input of every exercise solution cell in a notebook.
 
-    A solution cell holds nbgrader's ``### BEGIN SOLUTION`` marker (DESIGN.md section 7). The committed notebook
+    A solution cell holds nbgrader's ``### BEGIN SOLUTION`` marker (the classroom format). The committed notebook
     stays as it is; only the copy Sphinx parses gets myst-nb's ``hide-input`` tag, so the book shows a
     "Show solution" toggle in place of the code, and its outputs (if any) below.
     """

@@ -1,4 +1,4 @@
-"""Automatic checks for the book's exercises (the classroom format of DESIGN.md section 7).
+"""Automatic checks for the book's exercises (the classroom format of the book's page "For instructors").
 
 Each check takes the learner's function, tries it on several inputs including edge cases, and either
 prints one line saying it passed or raises :class:`CheckFailed` saying what was tested, what was

@@ -7,34 +7,10 @@ import math
 import numpy as np
 import torch
 
-from arlib.checks.core import Check
+from arlib.checks.core import Check, as_integer, as_number
 from arlib.decoding.drafters import NGramDrafter
 from arlib.decoding.speculative import expected_tokens, optimal_gamma
 from arlib.decoding.speculative import residual as reference_residual
-
-
-def _number(got) -> float | None:
-    """A Python float for a number or a one-element tensor or array; None for anything else."""
-    if isinstance(got, bool):
-        return None
-    if isinstance(got, (int, float, np.integer, np.floating)):
-        return float(got)
-    if isinstance(got, torch.Tensor) and got.numel() == 1:
-        return float(got.item())
-    if isinstance(got, np.ndarray) and got.size == 1:
-        return float(got.item())
-    return None
-
-
-def _integer(got) -> int | None:
-    """A Python int for an int (or numpy / one-element integer tensor); None for anything else, floats included."""
-    if isinstance(got, bool):
-        return None
-    if isinstance(got, (int, np.integer)):
-        return int(got)
-    if isinstance(got, torch.Tensor) and got.numel() == 1 and not got.is_floating_point() and got.dtype != torch.bool:
-        return int(got.item())
-    return None
 
 
 def _simulated_tokens(alpha: float, gamma: int, steps: int, seed: int) -> tuple[float, float]:
@@ -54,7 +30,7 @@ def expected_tokens_sum(fn) -> None:
         cases += [(0.5, 64), (0.99, 200), (1.0, 64), (0.0, 64)]
         for alpha, gamma in cases:
             got = c.call(fn, alpha, gamma)
-            value = _number(got)
+            value = as_number(got)
             c.expect(value is not None, f"a single number for alpha = {alpha}, gamma = {gamma}", "a float",
                      type(got).__name__, "return a Python float")
             expected = float(expected_tokens(alpha, gamma))
@@ -67,7 +43,7 @@ def expected_tokens_sum(fn) -> None:
                      f"E[tokens] for alpha = {alpha}, gamma = {gamma}", expected, value, specific or hint)
         for alpha, gamma, seed in [(0.7, 5, 20), (0.9, 12, 21)]:
             mean, stderr = _simulated_tokens(alpha, gamma, 100_000, seed)
-            value = _number(c.call(fn, alpha, gamma))
+            value = as_number(c.call(fn, alpha, gamma))
             c.expect(value is not None and abs(value - mean) < 5 * stderr,
                      f"agreement with 100000 simulated verifications (alpha = {alpha}, gamma = {gamma}): "
                      f"their mean is {mean:.4f} +- {stderr:.4f}", round(mean, 4), value, hint)
@@ -134,7 +110,7 @@ def optimal_gamma_search(fn) -> None:
             else:
                 got = c.call(fn, alpha, cost, max_gamma=max_gamma)
                 where = f"alpha = {alpha}, c = {cost}, max_gamma = {max_gamma}"
-            value = _integer(got)
+            value = as_integer(got)
             c.expect(value is not None, f"an integer for {where}", "an int", repr(got),
                      "return an int (e.g. int(...) of an argmax plus the first gamma)")
             expected = optimal_gamma(alpha, cost, max_gamma)
@@ -216,7 +192,7 @@ def accept_prefix(fn) -> None:
             cases.append((p_x, q_x, u, f"random drafts (gamma = {gamma})"))
         for p_x, q_x, u, what in cases:
             got = c.call(fn, p_x.clone(), q_x.clone(), u.clone())
-            value = _integer(got)
+            value = as_integer(got)
             c.expect(value is not None, f"an integer for {what}", "an int", repr(got),
                      "return the count as an int (int(...) of a tensor)")
             accepted = u * q_x < p_x

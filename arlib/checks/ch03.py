@@ -10,8 +10,7 @@ import math
 import numpy as np
 import torch
 
-from arlib.checks.ch02 import _number
-from arlib.checks.core import Check
+from arlib.checks.core import Check, as_number
 from arlib.decoding.spectr import (
     kseq_residual,
     kseq_rho,
@@ -129,7 +128,7 @@ def kseq_rho_search(fn) -> None:
         cases.append((p32.float(), q32.float(), 4, "float32 tensors, k = 4"))
         for p, q, k, what in cases:
             got = c.call(fn, p.clone(), q.clone(), k)
-            value = _number(got)
+            value = as_number(got)
             c.expect(value is not None and math.isfinite(value), f"a single number for {what}", "a float",
                      repr(got), "return rho as a Python float")
             pd, qd = p.double(), q.double()
@@ -152,7 +151,7 @@ def kseq_rho_search(fn) -> None:
             c.expect(abs(value - expected) <= rtol * expected, f"the smallest valid rho for {what}", expected, value,
                      specific)
         p, q = _t(0.6, 0.4, 0.0), _t(1.0, 0.0, 0.0)  # one-hot draft: (1 - 0.6 / rho)^k = 0.4 in closed form
-        got = _number(c.call(fn, p.clone(), q.clone(), 3))
+        got = as_number(c.call(fn, p.clone(), q.clone(), 3))
         closed = 0.6 / (1 - 0.4 ** (1 / 3))
         c.expect(got is not None and abs(got - closed) <= 1e-6 * closed,
                  "the closed form for a one-hot draft on a token of target probability 0.6, k = 3: beta = 0.6 / rho, "
@@ -273,7 +272,7 @@ def rrs_acceptance_exact(fn) -> None:
         cases.append((p32.float(), q32.float(), 3, "float32 tensors, k = 3", False))
         for n, (p, q, k, what, small) in enumerate(cases):
             got = c.call(fn, p.clone(), q.clone(), k)
-            value = _number(got)
+            value = as_number(got)
             c.expect(value is not None, f"a single number for {what}", "a float", repr(got),
                      "return the probability as a Python float")
             pd, qd = p.double(), q.double()

@@ -12,27 +12,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from arlib.checks.ch02 import _integer
-from arlib.checks.core import Check
+from arlib.checks.core import Check, as_token_list, is_index_tensor
 from arlib.vision.jacobi import lantern_neighbors, proximity_set
 
 
 def _got(got):
     return got if isinstance(got, torch.Tensor) else type(got).__name__
-
-
-def _is_index_tensor(x) -> bool:
-    return isinstance(x, torch.Tensor) and not x.is_floating_point() and not x.is_complex() and x.dtype != torch.bool
-
-
-def _token_list(got) -> list[int] | None:
-    """A list of ints for a 1-D integer tensor or a list / tuple of ints; None for anything else."""
-    if isinstance(got, torch.Tensor):
-        return [int(t) for t in got.tolist()] if _is_index_tensor(got) and got.dim() == 1 else None
-    if isinstance(got, (list, tuple)):
-        tokens = [_integer(t) for t in got]
-        return None if any(t is None for t in tokens) else tokens
-    return None
 
 
 def _distances(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -81,7 +66,7 @@ def straight_through_quantize(fn) -> None:
             c.expect(isinstance(got, (tuple, list)) and len(got) == 2, f"a pair (z_q, indices) for {what}",
                      "(z_q, indices)", _got(got), "return z_q and indices as a tuple: return z_q, indices")
             z_q, idx = got
-            c.expect(_is_index_tensor(idx) and tuple(idx.shape) == (N,), f"indices of shape (N,) = {(N,)} for {what}",
+            c.expect(is_index_tensor(idx) and tuple(idx.shape) == (N,), f"indices of shape (N,) = {(N,)} for {what}",
                      f"an integer tensor of shape {(N,)}", _got(idx),
                      "one code id per vector, as a torch.long tensor: the argmin over the codes (dim=1), not a value")
             c.expect(bool(((idx >= 0) & (idx < K)).all()), f"code ids in [0, {K}) for {what}", f"ids in [0, {K})", idx,
@@ -196,7 +181,7 @@ def residual_quantize(fn) -> None:
                      f"one token map per scale for {what}", f"a list of {len(scales)} tensors", count,
                      "append the (B, s, s) token map of every scale, coarse to fine")
             for s, m in zip(scales, maps):
-                c.expect(_is_index_tensor(m) and tuple(m.shape) == (B, s, s), f"the token map of scale {s} for {what}",
+                c.expect(is_index_tensor(m) and tuple(m.shape) == (B, s, s), f"the token map of scale {s} for {what}",
                          f"an integer tensor of shape {(B, s, s)}", _got(m),
                          "the code ids of the s x s downsampled residual, viewed as (B, s, s)")
                 c.expect(bool(((m >= 0) & (m < K)).all()), f"code ids in [0, {K}) at scale {s} for {what}",
@@ -331,7 +316,7 @@ def sjd_verify(fn) -> None:
         cases.append((p.float(), q.float(), drafts, u.float(), "float32 tensors"))
         for p, q, drafts, u, what in cases:
             got = c.call(fn, p.clone(), q.clone(), drafts.clone(), u.clone())
-            tokens = _token_list(got)
+            tokens = as_token_list(got)
             c.expect(tokens is not None, f"a list of token ids for {what}", "a list of ints or a 1-D torch.long tensor",
                      _got(got), "return the decided tokens: the accepted drafts, then the replacement if a draft was "
                      "rejected")
@@ -368,7 +353,7 @@ def sjd_verify(fn) -> None:
         p, q = torch.stack([p0, p1]), torch.stack([q0, p1])
         counts = torch.zeros(5)
         for j in range(n):
-            tokens = _token_list(c.call(fn, p.clone(), q.clone(), torch.stack([first[j], second[j]]), uniforms[j]))
+            tokens = as_token_list(c.call(fn, p.clone(), q.clone(), torch.stack([first[j], second[j]]), uniforms[j]))
             if tokens is None or not tokens or not 0 <= tokens[0] < 5:
                 c.expect(False, "a list of decided tokens starting with a token id in [0, 5)", "ids in [0, 5)",
                          tokens, hint)
@@ -447,7 +432,7 @@ def lantern_proximity(fn) -> None:
                                       f"delta = {delta}"))
         for p, x, neighbors, delta, what in cases:
             got = c.call(fn, p.clone(), x, neighbors.clone(), delta)
-            ids = _token_list(got)
+            ids = as_token_list(got)
             c.expect(ids is not None, f"a 1-D tensor of code ids for {what}", "a 1-D torch.long tensor", _got(got),
                      "return a prefix of neighbors[x], e.g. neighbors[x][:m]")
             row = neighbors[x].tolist()

@@ -13,8 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from arlib.checks.ch04 import _token_list
-from arlib.checks.core import Check
+from arlib.checks.core import Check, as_token_list
 from arlib.speech.audio import mel_filterbank
 from arlib.speech.ctc import ctc_forward, greedy_decode
 from arlib.speech.paraformer import cif
@@ -260,7 +259,7 @@ def ctc_greedy_collapse(fn) -> None:
         for labels, blank, what in cases:
             args = (list(labels),) + ((blank,) if blank != 0 else ())
             got = c.call(fn, *args)
-            ids = _token_list(got)
+            ids = as_token_list(got)
             c.expect(ids is not None, f"a list of labels for {what}", "a list of ints", _got(got),
                      "return the transcript as a list of ints")
             C = max(labels + [blank]) + 1

@@ -7,8 +7,7 @@ import math
 
 import torch
 
-from arlib.checks.ch02 import _integer
-from arlib.checks.core import Check
+from arlib.checks.core import Check, as_integer
 from arlib.interp.sae import firing_f1, matching_latent, mmcs, topk_activation
 from arlib.interp.sae_train import bias_adaptation_step
 
@@ -241,7 +240,7 @@ def find_latent(fn) -> None:
         cases.append((f.double(), mask, "the same in float64"))
         cases.append((f, mask.long(), "the same with the pattern as a 0/1 integer tensor"))
         for f, mask, what in cases:
-            got = _integer(c.call(fn, f.clone(), mask.clone()))
+            got = as_integer(c.call(fn, f.clone(), mask.clone()))
             c.expect(got is not None, f"an integer index for {what}", "an int", got,
                      "return the index of the best latent, e.g. int(scores.argmax())")
             expected, best = matching_latent(f, mask)

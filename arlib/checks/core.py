@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -63,6 +64,45 @@ class Check:
             self.expect(False, f"{what} (shape)", tuple(exp_t.shape), tuple(got_t.shape), hint)
         ok = torch.allclose(got_t.double().cpu(), exp_t.double().cpu(), atol=atol, rtol=rtol, equal_nan=False)
         self.expect(bool(ok), what, exp_t, got_t, hint)
+
+
+def as_number(got) -> float | None:
+    """A Python float for a number or a one-element tensor or array; None for anything else (bools included)."""
+    if isinstance(got, bool):
+        return None
+    if isinstance(got, (int, float, np.integer, np.floating)):
+        return float(got)
+    if isinstance(got, torch.Tensor) and got.numel() == 1:
+        return float(got.item())
+    if isinstance(got, np.ndarray) and got.size == 1:
+        return float(got.item())
+    return None
+
+
+def as_integer(got) -> int | None:
+    """A Python int for an int (or numpy / one-element integer tensor); None for anything else, floats included."""
+    if isinstance(got, bool):
+        return None
+    if isinstance(got, (int, np.integer)):
+        return int(got)
+    if isinstance(got, torch.Tensor) and got.numel() == 1 and not got.is_floating_point() and got.dtype != torch.bool:
+        return int(got.item())
+    return None
+
+
+def is_index_tensor(x) -> bool:
+    """Is ``x`` a tensor of integer ids (an integer dtype: not floating, complex or bool)?"""
+    return isinstance(x, torch.Tensor) and not x.is_floating_point() and not x.is_complex() and x.dtype != torch.bool
+
+
+def as_token_list(got) -> list[int] | None:
+    """A list of ints for a 1-D integer tensor or a list / tuple of ints; None for anything else."""
+    if isinstance(got, torch.Tensor):
+        return [int(t) for t in got.tolist()] if is_index_tensor(got) and got.dim() == 1 else None
+    if isinstance(got, (list, tuple)):
+        tokens = [as_integer(t) for t in got]
+        return None if any(t is None for t in tokens) else tokens
+    return None
 
 
 def _short(x: Any, limit: int = 160) -> str:

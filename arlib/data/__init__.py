@@ -1,4 +1,4 @@
-"""Real data, offline-first and checksummed (DESIGN.md section 5).
+"""Real data, offline-first and checksummed (see data/README.md).
 
 Loaders: :func:`shakespeare`, :func:`fashion_mnist`, :func:`spoken_utterances`. Each reads a verified
 file from the cache (``$ARLIB_DATA``, default ``data/cache``) or a system package, and fetches it once

@@ -19,6 +19,15 @@ def random_windows(ids: torch.Tensor, batch_size: int, block_size: int, generato
     return windows[:, :-1].to(device), windows[:, 1:].to(device)
 
 
+def heldout_halves(val_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(select, report): the first and second half of held-out ids. The book chooses settings (dropout,
+    early stopping, an n-gram's order and discount) on the first and only reports on the second."""
+    if not isinstance(val_ids, torch.Tensor) or val_ids.dim() != 1 or len(val_ids) < 2:
+        raise ValueError("val_ids: expected a 1-D tensor of at least 2 token ids")
+    half = len(val_ids) // 2
+    return val_ids[:half], val_ids[half:]
+
+
 def next_token_loss(model, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """Mean cross-entropy of teacher-forced next-token prediction, in nats per token."""
     x, y = batch

@@ -18,7 +18,7 @@ from arlib.checkpoints import load_model, provenance, save_checkpoint
 from arlib.data import SOURCES, shakespeare
 from arlib.env import pick_device, seed_everything
 from arlib.text.gpt import GPT, GPTConfig
-from arlib.text.lm import heldout_nll, next_token_loss, random_windows
+from arlib.text.lm import heldout_halves, heldout_nll, next_token_loss, random_windows
 from arlib.text.tokenizer import CharTokenizer
 from arlib.train import Recipe, TrainConfig, distributed_context, mean_last_loss, train
 
@@ -55,12 +55,6 @@ def load_gpt(name: str, device=None, directory=None) -> tuple[GPT, CharTokenizer
 
 def _shakespeare_vocab() -> str:
     return CharTokenizer.from_text(shakespeare().text).vocab  # 84 characters
-
-
-def heldout_halves(val_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(select, report): the first and second half of the held-out ids."""
-    half = len(val_ids) // 2
-    return val_ids[:half], val_ids[half:]
 
 
 LM_RECIPES: dict[str, LMRecipe] = {

@@ -22,6 +22,8 @@ import math
 import numpy as np
 import torch
 
+from arlib.validate import int_at_least, number_in, probability, token_ids
+
 # --- checks -------------------------------------------------------------------------------------
 
 
@@ -32,26 +34,21 @@ def _check_logits(logits: torch.Tensor, name: str = "logits") -> None:
         raise ValueError(f"{name}: expected a floating (batch, vocab) tensor, got {tuple(logits.shape)} {logits.dtype}")
 
 
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 # --- logit processors: (B, V) -> (B, V) ------------------------------------------------------------
 
 
 def temperature(logits: torch.Tensor, t: float) -> torch.Tensor:
     """Logits divided by the temperature ``t > 0`` (greedy decoding, the limit ``t -> 0``, is separate)."""
     _check_logits(logits)
-    if not _is_number(t) or not 0 < t < math.inf:
-        raise ValueError(f"temperature: expected a finite number > 0 (use greedy=True for t = 0), got {t!r}")
+    number_in(t, "temperature", 0, math.inf, bounds="()",
+              expected="a finite number > 0 (use greedy=True for t = 0)")
     return logits / t
 
 
 def top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Keep the ``k`` largest logits of each row (tokens tied with the k-th are kept too)."""
     _check_logits(logits)
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"top_k: expected an int >= 1, got {k!r}")
+    int_at_least(k, "top_k", 1)
     if k >= logits.shape[-1]:
         return logits
     kth = logits.topk(k, dim=-1).values[:, -1:]  # (B, 1)
@@ -62,8 +59,7 @@ def top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     """Nucleus filtering (Holtzman et al. 2020): keep the smallest set of most likely tokens whose
     probability mass reaches ``p``; the top token is always kept."""
     _check_logits(logits)
-    if not _is_number(p) or not 0 < p <= 1:
-        raise ValueError(f"top_p: expected a number in (0, 1], got {p!r}")
+    number_in(p, "top_p", 0, 1, bounds="(]")
     if p == 1:
         return logits
     sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V)
@@ -81,8 +77,7 @@ def min_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     In log space the rule reads ``logit >= max logit + log p``: the softmax normaliser cancels.
     """
     _check_logits(logits)
-    if not _is_number(p) or not 0 <= p <= 1:
-        raise ValueError(f"min_p: expected a number in [0, 1], got {p!r}")
+    probability(p, "min_p")
     if p == 0:
         return logits
     threshold = logits.max(dim=-1, keepdim=True).values + math.log(p)  # (B, 1)
@@ -153,6 +148,15 @@ def draw(logits: torch.Tensor, generator: torch.Generator | None = None) -> torc
     return _invert_cdf(cdf, generator).view(logits.shape[:-1])
 
 
+def gumbel_noise(shape, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """i.i.d. standard Gumbel noise ``-log(E)``, E ~ Exp(1), of the given shape, drawn on the generator's
+    device (or ``device`` without a generator) and returned on ``device``. ``argmax(logits + noise)``
+    is a draw from ``softmax(logits)`` (the Gumbel-max trick): the drafters use it to draw many tokens at once."""
+    gen_device = generator.device if generator is not None else device
+    e = torch.empty(shape, device=gen_device).exponential_(generator=generator)
+    return e.clamp_min_(torch.finfo(e.dtype).tiny).log_().neg_().to(device)  # E = 0 would give +inf
+
+
 def sample(logits: torch.Tensor, generator: torch.Generator | None = None, temperature: float = 1.0,
            top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
            greedy: bool = False) -> torch.Tensor:
@@ -194,11 +198,8 @@ def generate(model, prompt: torch.Tensor, max_new_tokens: int, *, use_cache: boo
     ``block_size`` tokens: past the context the window slides, so there is no length limit.
     Both give the same tokens for the same ``generator`` state (up to float rounding ties).
     """
-    if not isinstance(prompt, torch.Tensor) or prompt.dtype != torch.long or prompt.dim() not in (1, 2):
-        got = f"{tuple(prompt.shape)} {prompt.dtype}" if isinstance(prompt, torch.Tensor) else type(prompt).__name__
-        raise ValueError(f"prompt: expected a (batch, time) or (time,) torch.long tensor, got {got}")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
+    token_ids(prompt, "prompt", dim=(1, 2), expected="a (batch, time) or (time,) torch.long tensor")
+    int_at_least(max_new_tokens, "max_new_tokens", 0)
     squeeze = prompt.dim() == 1
     idx = prompt[None] if squeeze else prompt  # (B, T)
     B, T = idx.shape

@@ -16,8 +16,8 @@ LANTERN (Jang et al. 2025) relaxes the test for image tokens, where many codes l
 be the k nearest codes of x in the tokenizer's latent space (x first), and A the longest nearest-first
 prefix of B_k(x) whose mass ``sum over x' in A, x' != x of p(x')`` stays within a budget delta. The test
 uses ``p~(x) = p(x) + that mass`` (p with A's mass moved onto x, within total variation delta of p for
-that one draft); after a rejection, x and A are removed from the residual (the book's choice, following
-the notes of ALGORITHMS.md). p~ depends on the draft, so the law of the decided token is not within delta
+that one draft); after a rejection, x and A are removed from the residual (the book's choice:
+removing them keeps the residual off the tokens the relaxed test already weighed). p~ depends on the draft, so the law of the decided token is not within delta
 of p in general: chapter 4 computes how far it moves. delta = 0 is SJD.
 
 Batch size 1 (the window's acceptance differs between images); with classifier-free guidance the

@@ -448,7 +448,8 @@ assert pvalue > 1e-3
 # which is Leviathan et al.'s Theorem 3.8 with $v = 1$. More drafts help while the chance that the
 # $\gamma$-th draft survives, $\alpha^\gamma$, still outweighs its cost; the best $\gamma$ balances the
 # two. We first check equation {eq}`eq-expected-tokens` against a simulation of i.i.d. acceptance and
-# against the worked example in `ALGORITHMS.md` ($\alpha = 0.8$, $c = 0.05$, $\gamma = 4$).
+# against a worked example by hand: with $\alpha = 0.8$, $c = 0.05$ and $\gamma = 4$, a call yields
+# $(1 - 0.8^5)/(1 - 0.8) = 3.3616$ tokens on average, a speed-up of $3.3616 / (4 \cdot 0.05 + 1) = 2.801$.
 
 # %%
 sim_gen = np.random.default_rng(0)
