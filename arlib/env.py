@@ -8,6 +8,8 @@ import random
 import numpy as np
 import torch
 
+from arlib.validate import int_at_least, positive_int
+
 _STYLE = {
     "figure.figsize": (6.4, 3.6),
     "figure.dpi": 110,
@@ -39,8 +41,7 @@ def pick_device(prefer: str | None = None) -> torch.device:
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices) with one integer."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
+    int_at_least(seed, "seed", 0, expected="a non-negative int")
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -55,8 +56,7 @@ def setup(seed: int = 0, device: str | None = None, threads: int | None = None, 
     seed_everything(seed)
     if threads is None:
         threads = int(os.environ.get("ARLIB_THREADS", os.cpu_count() or 1))
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads: expected a positive int, got {threads!r}")
+    positive_int(threads, "threads")
     torch.set_num_threads(threads)
     if style:
         import matplotlib

@@ -14,6 +14,7 @@ import importlib
 import sys
 
 from arlib.train import Recipe
+from arlib.validate import positive_int
 
 PART_RECIPES = ("arlib.text.recipes", "arlib.decoding.recipes", "arlib.vision.recipes", "arlib.speech.recipes",
                 "arlib.interp.recipes")
@@ -41,8 +42,8 @@ def get_recipe(name: str) -> Recipe:
 def run_recipe(name: str, steps: int | None = None, out: str | None = None, progress: bool = True, **options):
     """Train recipe ``name`` and save its checkpoint; returns the sidecar (empty off rank 0)."""
     recipe = get_recipe(name)
-    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise ValueError(f"steps: expected a positive int, got {steps!r}")
+    if steps is not None:
+        positive_int(steps, "steps")
     return recipe.run(name, steps=steps, out=out, progress=progress, **options)
 
 

@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from arlib.validate import positive_int
+
 
 @dataclass
 class TrainConfig:
@@ -34,8 +36,7 @@ class TrainConfig:
     amp: bool = False  # bf16 autocast of the forward pass on CUDA (ignored elsewhere)
 
     def __post_init__(self):
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"steps: expected a positive int, got {self.steps!r}")
+        positive_int(self.steps, "steps")
         if not self.lr > 0:
             raise ValueError(f"lr: expected a positive learning rate, got {self.lr!r}")
         if not 0 <= self.warmup <= self.steps:

@@ -30,7 +30,7 @@ def load_model(device: str) -> tuple[GPT, torch.Tensor, str]:
         _loaded = arlib.load("shakespeare-target", device)
         model, tokenizer, meta = _loaded.model, _loaded.tokenizer, _loaded.meta
         prompt = tokenizer.encode(PROMPT)[None]
-        label = f"checkpoint shakespeare-target (val NLL {meta['metrics']['val_nll']} nats/char)"
+        label = f"checkpoint shakespeare-target (held-out NLL {meta['metrics']['report_nll']} nats/char)"
     except FileNotFoundError:
         torch.manual_seed(0)
         model = GPT(RECIPES["shakespeare-target"].model).to(device).eval()

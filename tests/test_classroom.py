@@ -1,4 +1,5 @@
-"""Classroom mode (the book's page "For instructors"): the exercises, their checks, the student notebooks, the instructor page.
+"""Classroom mode (the book's page "For instructors"): the exercises, their checks, the student notebooks,
+the instructor page.
 
 For every chapter of book.toml, the student notebook holds no solution text and runs: its first code cell and
 its exercises section execute in a fresh kernel, and every check reports "not yet implemented"; the original

@@ -7,7 +7,8 @@
     python tools/classroom.py table --check      # exit 1 if chapters/instructors.md is out of date
     python tools/classroom.py grade NB.ipynb ... # run learners' notebooks' exercises with the book's checks
 
-An exercise (the format the book's page "For instructors" describes) is a markdown cell whose first line, or the first line of one of its
+An exercise (the format the book's page "For instructors" describes) is a markdown cell whose first
+line, or the first line of one of its
 paragraphs, starts ``**Exercise N.M** (topic; easy|medium|hard)``; then a code cell whose solution sits
 between ``### BEGIN SOLUTION`` and ``### END SOLUTION``; then a check cell calling ``arlib.checks.<name>(...)``.
 The first exercise may share its cell with the chapter's ``## Exercises`` heading. Exercises come after that

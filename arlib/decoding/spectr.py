@@ -23,7 +23,8 @@ import itertools
 import numpy as np
 import torch
 
-from arlib.text.sampling import inverse_cdf_index, sample_probs
+from arlib.text.sampling import gumbel_noise, inverse_cdf_index, sample_probs
+from arlib.validate import int_at_least, token_ids
 
 __all__ = ["optimal_acceptance_lp", "optimal_acceptance", "acceptance_upper_bound", "kseq_beta", "kseq_rho",
            "kseq_rho_exact", "kseq_acceptance", "kseq_residual", "kseq_select", "recursive_rejection_select",
@@ -31,9 +32,7 @@ __all__ = ["optimal_acceptance_lp", "optimal_acceptance", "acceptance_upper_boun
 
 
 def _check_k(k) -> int:
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k: expected an int >= 1 (the number of drafts), got {k!r}")
-    return k
+    return int_at_least(k, "k", 1, expected="an int >= 1 (the number of drafts)")
 
 
 def _check_pair(p, q, atol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,13 +193,7 @@ def kseq_residual(p, q, k: int, rho=None) -> torch.Tensor:
 
 
 def _check_drafts(drafts, batch: int, V: int) -> torch.Tensor:
-    if not isinstance(drafts, torch.Tensor) or drafts.dtype != torch.long or drafts.dim() != 2 \
-            or drafts.shape[0] != batch:
-        got = f"{tuple(drafts.shape)} {drafts.dtype}" if isinstance(drafts, torch.Tensor) else type(drafts).__name__
-        raise ValueError(f"drafts: expected a ({batch}, k) torch.long tensor, got {got}")
-    if drafts.numel() and (drafts.min() < 0 or drafts.max() >= V):
-        raise ValueError(f"drafts: token ids must lie in [0, {V})")
-    return drafts
+    return token_ids(drafts, "drafts", dim=2, rows=batch, vocab_size=V, expected=f"a ({batch}, k) torch.long tensor")
 
 
 def kseq_select(p, q, drafts: torch.Tensor, generator: torch.Generator | None = None):
@@ -409,18 +402,16 @@ def spectr_generate(target, drafter, prompt: torch.Tensor, max_new_tokens: int, 
     """
     import time as _time
 
-    from arlib.decoding.drafters import ModelDrafter, SamplingOptions, _gumbel
+    from arlib.decoding.drafters import ModelDrafter, SamplingOptions
     from arlib.decoding.speculative import SpecStats
 
     k = _check_k(k)
-    if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
-        raise ValueError(f"gamma: expected an int >= 1, got {gamma!r}")
+    int_at_least(gamma, "gamma", 1)
     if select not in _PICKS:
         raise ValueError(f"select: expected 'kseq' or 'rrs', got {select!r}")
     if not isinstance(prompt, torch.Tensor) or prompt.dtype != torch.long or prompt.dim() != 1 or len(prompt) < 2:
         raise ValueError("prompt: expected a (time,) torch.long tensor of at least 2 tokens")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
+    int_at_least(max_new_tokens, "max_new_tokens", 0)
     options = SamplingOptions(temperature, top_k, top_p, min_p)
     if isinstance(drafter, ModelDrafter):
         draft, draft_options = drafter.model, drafter._options(options)
@@ -467,7 +458,7 @@ def spectr_generate(target, drafter, prompt: torch.Tensor, max_new_tokens: int, 
         shared = {id(t_cache): t_cache.length, id(d_cache): d_cache.length}  # identical in every row up to here
         tick = _time.perf_counter()
         x = out[None, d_cache.length:n].expand(k, -1)  # (k, m >= 1)
-        noise = _gumbel((g, k, V), generator, device)  # (g, k, V)
+        noise = gumbel_noise((g, k, V), generator, device)  # (g, k, V)
         drafts, z = [], []
         for i in range(g):
             z.append(draft_options.process(draft(x, cache=d_cache)[:, -1]))  # (k, V)

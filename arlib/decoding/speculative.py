@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from arlib.decoding.drafters import Draft, Drafter, ModelDrafter, NGramDrafter, SamplingOptions
 from arlib.text.sampling import sample_probs
+from arlib.validate import describe, ids_in_vocab, int_at_least, token_ids
 
 __all__ = ["verify", "verify_greedy", "residual", "Verification", "acceptance_rate", "expected_tokens",
            "speedup", "optimal_gamma", "speculative_generate", "SpecStats", "draft_cost", "step_costs", "Draft",
@@ -41,13 +42,8 @@ class Verification(NamedTuple):
     next_token: torch.Tensor
 
 
-def _shape(t) -> str:
-    return f"{tuple(t.shape)} {t.dtype}" if isinstance(t, torch.Tensor) else type(t).__name__
-
-
 def _check_tokens(tokens, name: str) -> tuple[int, int]:
-    if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long or tokens.dim() != 2:
-        raise ValueError(f"{name}: expected a (batch, gamma) torch.long tensor, got {_shape(tokens)}")
+    token_ids(tokens, name, dim=2, expected="a (batch, gamma) torch.long tensor")
     if tokens.shape[1] < 1:
         raise ValueError(f"{name}: expected gamma >= 1 draft tokens per row, got gamma = {tokens.shape[1]}")
     return tokens.shape
@@ -56,7 +52,7 @@ def _check_tokens(tokens, name: str) -> tuple[int, int]:
 def _check_probs(t, name: str, atol: float) -> None:
     """t (..., V): finite, non-negative, each distribution summing to 1 within ``atol``."""
     if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-        raise ValueError(f"{name}: expected a floating tensor of probabilities, got {_shape(t)}")
+        raise ValueError(f"{name}: expected a floating tensor of probabilities, got {describe(t)}")
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name}: contains NaN or inf")
     if bool((t < 0).any()):
@@ -71,18 +67,17 @@ def _check_verify(p, q, draft_tokens, atol: float) -> None:
     B, G = _check_tokens(draft_tokens, "draft_tokens")
     if not isinstance(p, torch.Tensor) or p.dim() != 3 or p.shape[:2] != (B, G + 1):
         raise ValueError(f"p: expected target probabilities of shape (batch, gamma + 1, V) = ({B}, {G + 1}, V) "
-                         f"for draft_tokens of shape ({B}, {G}), got {_shape(p)}")
+                         f"for draft_tokens of shape ({B}, {G}), got {describe(p)}")
     _check_probs(p, "p", atol)
     V = p.shape[-1]
     if q is not None:
         if not isinstance(q, torch.Tensor) or q.dim() != 3 or q.shape[:2] != (B, G):
             raise ValueError(f"q: expected draft probabilities of shape (batch, gamma, V) = ({B}, {G}, V), "
-                             f"got {_shape(q)}")
+                             f"got {describe(q)}")
         if q.shape[-1] != V:
             raise ValueError(f"q: vocabulary mismatch: p has V = {V} tokens, q has V = {q.shape[-1]}")
         _check_probs(q, "q", atol)
-    if bool((draft_tokens < 0).any()) or bool((draft_tokens >= V).any()):
-        raise ValueError(f"draft_tokens: token ids must lie in [0, {V})")
+    ids_in_vocab(draft_tokens, "draft_tokens", V)
     if q is not None:
         impossible = (q.gather(-1, draft_tokens[..., None]).squeeze(-1) == 0).nonzero()  # (K, 2)
         if len(impossible):
@@ -143,7 +138,7 @@ def verify_greedy(target_tokens: torch.Tensor, draft_tokens: torch.Tensor) -> Ve
     if not isinstance(target_tokens, torch.Tensor) or target_tokens.dtype != torch.long \
             or target_tokens.shape != (B, G + 1):
         raise ValueError(f"target_tokens: expected a torch.long tensor of shape (batch, gamma + 1) = ({B}, {G + 1}), "
-                         f"got {_shape(target_tokens)}")
+                         f"got {describe(target_tokens)}")
     n = (target_tokens[:, :G] == draft_tokens).long().cumprod(dim=-1).sum(dim=-1)  # (B,)
     return Verification(n, target_tokens.gather(1, n[:, None]).squeeze(1))
 
@@ -182,7 +177,7 @@ def acceptance_rate(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """beta = sum_x min(p(x), q(x)) = 1 - TV(p, q): the probability that a draft x ~ q is accepted
     (Leviathan et al. 2023, Definition 3.1 and Lemma 3.3). p, q (..., V) -> (...)."""
     if not isinstance(p, torch.Tensor) or not isinstance(q, torch.Tensor) or p.shape != q.shape or p.dim() < 1:
-        raise ValueError(f"q: expected the shape of p {_shape(p)}, got {_shape(q)}")
+        raise ValueError(f"q: expected the shape of p {describe(p)}, got {describe(q)}")
     return torch.minimum(p, q).sum(dim=-1)
 
 
@@ -235,8 +230,7 @@ def speedup(alpha, gamma, c, verify_cost=None):
 
 def optimal_gamma(alpha: float, c: float, max_gamma: int = 64, verify_cost=None) -> int:
     """The gamma in [1, max_gamma] that maximizes :func:`speedup` (Leviathan et al. 2023, section 3.4)."""
-    if isinstance(max_gamma, bool) or not isinstance(max_gamma, int) or max_gamma < 1:
-        raise ValueError(f"max_gamma: expected an int >= 1, got {max_gamma!r}")
+    int_at_least(max_gamma, "max_gamma", 1)
     gammas = np.arange(1, max_gamma + 1)
     return int(gammas[np.argmax(speedup(alpha, gammas, c, verify_cost))])
 
@@ -310,11 +304,9 @@ def speculative_generate(target, drafter: Drafter, prompt: torch.Tensor, max_new
     if not isinstance(prompt, torch.Tensor) or prompt.dtype != torch.long or prompt.dim() not in (1, 2) \
             or (prompt.dim() == 2 and prompt.shape[0] != 1) or prompt.shape[-1] == 0:
         raise ValueError(f"prompt: expected a non-empty (time,) or (1, time) torch.long tensor (batch size 1), "
-                         f"got {_shape(prompt)}")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens: expected an int >= 0, got {max_new_tokens!r}")
-    if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
-        raise ValueError(f"gamma: expected an int >= 1, got {gamma!r}")
+                         f"got {describe(prompt)}")
+    int_at_least(max_new_tokens, "max_new_tokens", 0)
+    int_at_least(gamma, "gamma", 1)
     options = SamplingOptions(temperature, top_k, top_p, min_p, greedy)
     T, block_size = prompt.shape[-1], target.config.block_size
     if T + max_new_tokens > block_size:
@@ -396,8 +388,7 @@ def draft_cost(drafter: Drafter, target, prefix: torch.Tensor, gamma: int, repea
     first shown it. Divide by gamma and the target's step time for the cost ratio c of the theory."""
     if not isinstance(drafter, Drafter):
         raise TypeError(f"drafter: expected an arlib.decoding.drafters.Drafter, got {type(drafter).__name__}")
-    if not isinstance(prefix, torch.Tensor) or prefix.dtype != torch.long or prefix.dim() != 2 or prefix.shape[0] != 1:
-        raise ValueError(f"prefix: expected a (1, length) torch.long tensor, got {_shape(prefix)}")
+    token_ids(prefix, "prefix", dim=2, rows=1, expected="a (1, length) torch.long tensor")
     drafter.reset()
     if getattr(drafter, "uses_hidden", False):
         drafter.observe(target(prefix[:, :-1], return_hidden=True)[1][-1][:, -1])
@@ -430,9 +421,8 @@ def step_costs(target, drafter: Drafter, prefix: torch.Tensor, gamma: int, repea
         raise TypeError(f"drafter: expected an arlib.decoding.drafters.Drafter, got {type(drafter).__name__}")
     if not isinstance(prefix, torch.Tensor) or prefix.dtype != torch.long or prefix.dim() != 2 \
             or prefix.shape[0] != 1 or prefix.shape[1] < 2:
-        raise ValueError(f"prefix: expected a (1, length >= 2) torch.long tensor, got {_shape(prefix)}")
-    if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
-        raise ValueError(f"gamma: expected an int >= 1, got {gamma!r}")
+        raise ValueError(f"prefix: expected a (1, length >= 2) torch.long tensor, got {describe(prefix)}")
+    int_at_least(gamma, "gamma", 1)
     L, options = prefix.shape[1], SamplingOptions()
     if L + gamma > target.config.block_size:
         raise ValueError(f"gamma: prefix ({L}) + gamma ({gamma}) exceeds the target's context")

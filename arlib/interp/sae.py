@@ -31,6 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from arlib.validate import int_in_range, positive_int
+
 ACTIVATIONS = ("relu", "topk", "jump")
 
 
@@ -44,14 +46,11 @@ class SAEConfig:
 
     def __post_init__(self):
         for name in ("d_in", "n_latents"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+            positive_int(getattr(self, name), name)
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {self.activation!r}")
         if self.activation == "topk":
-            if isinstance(self.k, bool) or not isinstance(self.k, int) or not 1 <= self.k <= self.n_latents:
-                raise ValueError(f"k: expected an int in [1, n_latents={self.n_latents}] for topk, got {self.k!r}")
+            int_in_range(self.k, "k", 1, self.n_latents, expected=f"an int in [1, n_latents={self.n_latents}] for topk")
         elif self.k is not None:
             raise ValueError(f"k: only the topk activation takes k, got k={self.k!r} with {self.activation!r}")
 
@@ -66,8 +65,7 @@ def topk_activation(pre: torch.Tensor, k: int) -> torch.Tensor:
     """
     if not isinstance(pre, torch.Tensor) or pre.dim() < 1:
         raise ValueError("pre: expected a tensor of pre-activations (..., M)")
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= pre.shape[-1]:
-        raise ValueError(f"k: expected an int in [1, {pre.shape[-1]}], got {k!r}")
+    int_in_range(k, "k", 1, pre.shape[-1])
     values, indices = pre.topk(k, dim=-1)  # (..., k)
     return torch.zeros_like(pre).scatter(-1, indices, F.relu(values))
 
@@ -261,9 +259,7 @@ def residual_stream(gpt, idx: torch.Tensor, layer: int) -> torch.Tensor:
 
 def _layer(gpt, layer) -> int:
     n = gpt.config.n_layer
-    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer <= n:
-        raise ValueError(f"layer: expected an int in [0, {n}], got {layer!r}")
-    return layer
+    return int_in_range(layer, "layer", 0, n)
 
 
 def spliced_logits(gpt, idx: torch.Tensor, layer: int, replace) -> torch.Tensor:

@@ -31,6 +31,7 @@ import torch
 
 from arlib.interp.sae import SparseAutoencoder, l1_penalty, reconstruction_loss, residual_stream, topk_activation
 from arlib.train import TrainConfig, train
+from arlib.validate import int_in_range, positive_int
 
 
 def _check_sae(sae) -> None:
@@ -61,12 +62,10 @@ class TopKObjective:
     ``k_aux`` largest of their pre-activations are asked to reconstruct the residual error."""
 
     def __init__(self, k_aux: int = 64, aux_coeff: float = 1 / 32, dead_after: int = 200):
-        if isinstance(k_aux, bool) or not isinstance(k_aux, int) or k_aux < 1:
-            raise ValueError(f"k_aux: expected a positive int, got {k_aux!r}")
+        positive_int(k_aux, "k_aux")
         if not aux_coeff >= 0:
             raise ValueError(f"aux_coeff: expected a non-negative coefficient, got {aux_coeff!r}")
-        if isinstance(dead_after, bool) or not isinstance(dead_after, int) or dead_after < 1:
-            raise ValueError(f"dead_after: expected a positive number of steps, got {dead_after!r}")
+        positive_int(dead_after, "dead_after", expected="a positive number of steps")
         self.k_aux, self.aux_coeff, self.dead_after = k_aux, float(aux_coeff), dead_after
         self.silent: torch.Tensor | None = None  # (M,) steps since each latent last fired
 
@@ -97,8 +96,7 @@ class TopKObjective:
 def group_targets(n_latents: int, n_groups: int, p_max: float, p_min: float) -> torch.Tensor:
     """Target activation frequencies (M,): ``n_groups`` contiguous groups of (nearly) equal size, the targets
     spaced geometrically from ``p_max`` (group 0) down to ``p_min`` (the last group). One group: all ``p_max``."""
-    if isinstance(n_groups, bool) or not isinstance(n_groups, int) or not 1 <= n_groups <= n_latents:
-        raise ValueError(f"n_groups: expected an int in [1, n_latents={n_latents}], got {n_groups!r}")
+    int_in_range(n_groups, "n_groups", 1, n_latents, expected=f"an int in [1, n_latents={n_latents}]")
     if not 0 < p_min <= p_max < 1:
         raise ValueError(f"p_min, p_max: expected 0 < p_min <= p_max < 1, got {p_min!r}, {p_max!r}")
     if n_groups == 1:
@@ -146,8 +144,7 @@ class BiasAdaptation:
         targets = torch.as_tensor(targets, dtype=torch.float64)
         if targets.dim() != 1 or not bool(((targets > 0) & (targets < 1)).all()):
             raise ValueError("targets: expected a 1-D tensor of frequencies in (0, 1), one per latent")
-        if isinstance(period, bool) or not isinstance(period, int) or period < 1:
-            raise ValueError(f"period: expected a positive number of steps, got {period!r}")
+        positive_int(period, "period", expected="a positive number of steps")
         if not 0 < rate <= 1:
             raise ValueError(f"rate: expected a fraction in (0, 1], got {rate!r}")
         self.targets, self.period, self.rate = targets, period, float(rate)
@@ -197,8 +194,7 @@ def collect_activations(gpt, ids: torch.Tensor, layer: int, n_windows: int, gene
     if not isinstance(ids, torch.Tensor) or ids.dim() != 1:
         raise ValueError("ids: expected a 1-D tensor of token ids")
     window = window or gpt.config.block_size
-    if isinstance(window, bool) or not isinstance(window, int) or not 1 <= window <= gpt.config.block_size:
-        raise ValueError(f"window: expected an int in [1, {gpt.config.block_size}], got {window!r}")
+    int_in_range(window, "window", 1, gpt.config.block_size)
     if len(ids) <= window:
         raise ValueError(f"ids: need more than window={window} tokens, got {len(ids)}")
     device = next(gpt.parameters()).device

@@ -21,11 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    return value
+from arlib.validate import positive_int
 
 
 def _probabilities(name: str, p, size: int | None = None) -> torch.Tensor:
@@ -45,9 +41,9 @@ def toy_batch(batch_size: int, n_features: int, p, generator: torch.Generator, n
 
     ``p`` is one number or one probability per instance (each instance is a separately trained toy model).
     """
-    _positive_int("batch_size", batch_size)
-    _positive_int("n_features", n_features)
-    _positive_int("n_instances", n_instances)
+    positive_int(batch_size, "batch_size")
+    positive_int(n_features, "n_features")
+    positive_int(n_instances, "n_instances")
     p = _probabilities("p", p, n_instances).float()  # (I,)
     shape = (batch_size, n_instances, n_features)
     present = torch.rand(shape, generator=generator) < p[None, :, None]
@@ -63,9 +59,9 @@ class ToyModel(nn.Module):
 
     def __init__(self, n_features: int, n_hidden: int, n_instances: int = 1, generator: torch.Generator | None = None):
         super().__init__()
-        _positive_int("n_features", n_features)
-        _positive_int("n_hidden", n_hidden)
-        _positive_int("n_instances", n_instances)
+        positive_int(n_features, "n_features")
+        positive_int(n_hidden, "n_hidden")
+        positive_int(n_instances, "n_instances")
         W = torch.empty(n_instances, n_hidden, n_features)
         bound = math.sqrt(6 / (n_hidden + n_features))  # Xavier-uniform, as the paper's code uses
         W.uniform_(-bound, bound, generator=generator)
@@ -97,7 +93,7 @@ def train_toy_model(n_features: int, n_hidden: int, p, importance, steps: int = 
     model = ToyModel(n_features, n_hidden, len(p), generator).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     importance = torch.as_tensor(importance, dtype=torch.float32, device=device)
-    for _ in range(_positive_int("steps", steps)):
+    for _ in range(positive_int(steps, "steps")):
         x = toy_batch(batch_size, n_features, p, generator, len(p), device)
         loss = toy_loss(model, x, importance)
         optimizer.zero_grad(set_to_none=True)
@@ -122,8 +118,8 @@ def feature_dimensionality(W: torch.Tensor) -> torch.Tensor:
 
 def random_directions(n: int, d: int, generator: torch.Generator, device=None) -> torch.Tensor:
     """``n`` random unit vectors in ``R^d``, one per row: (n, d)."""
-    _positive_int("n", n)
-    _positive_int("d", d)
+    positive_int(n, "n")
+    positive_int(d, "d")
     v = torch.randn(n, d, generator=generator)
     return (v / v.norm(dim=1, keepdim=True)).to(device)
 
@@ -172,7 +168,7 @@ class SparseMixture:
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` samples: activations x (n, d) and the true coefficients h (n, F)."""
-        _positive_int("n", n)
+        positive_int(n, "n")
         present = torch.rand(n, self.n_features, generator=generator) < self.frequencies.cpu()  # (n, F)
         h = present * (self.low + (self.high - self.low) * torch.rand(n, self.n_features, generator=generator))
         h = h.to(self.features.device)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from arlib.validate import positive_int
+
 
 def hz_to_mel(f: torch.Tensor | float) -> torch.Tensor:
     """Frequency in Hz -> mels (elementwise)."""
@@ -27,8 +29,7 @@ def mel_filterbank(n_mels: int, n_fft: int, sample_rate: int, f_min: float = 0.0
                    ) -> torch.Tensor:
     """Triangular filters, equally spaced in mels, over the ``n_fft // 2 + 1`` STFT bins: (n_mels, n_freqs)."""
     for name, value in (("n_mels", n_mels), ("n_fft", n_fft), ("sample_rate", sample_rate)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        positive_int(value, name)
     f_max = sample_rate / 2 if f_max is None else f_max
     if not 0 <= f_min < f_max <= sample_rate / 2:
         raise ValueError(f"f_min, f_max: expected 0 <= f_min < f_max <= {sample_rate / 2}, got {f_min}, {f_max}")

@@ -19,6 +19,8 @@ import math
 
 import torch
 
+from arlib.validate import positive_int
+
 NEG = -1e30  # "log 0" that keeps gradients finite (exp(NEG - NEG) is 1, not nan as with -inf)
 
 
@@ -127,8 +129,7 @@ def prefix_beam_search(log_probs: torch.Tensor, beam: int = 8, blank: int = 0, p
     """
     if not isinstance(log_probs, torch.Tensor) or log_probs.dim() != 2:
         raise ValueError("log_probs: expected a tensor (T, C) for one utterance")
-    if isinstance(beam, bool) or not isinstance(beam, int) or beam < 1:
-        raise ValueError(f"beam: expected a positive int, got {beam!r}")
+    positive_int(beam, "beam")
     lp = log_probs.detach().double().cpu().numpy()
     T, C = lp.shape
     beams = {(): (0.0, -math.inf)}  # prefix -> (log p ending in blank, log p ending in a label)

@@ -14,6 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from arlib.validate import ids_in_vocab, int_in_range, positive_int, token_ids
+
 
 @dataclass
 class GPTConfig:
@@ -26,9 +28,7 @@ class GPTConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+            positive_int(getattr(self, name), name)
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd: expected a multiple of n_head={self.n_head}, got {self.n_embd}")
         if not 0.0 <= self.dropout < 1.0:
@@ -46,8 +46,7 @@ class KVCache:
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, device=None, dtype=torch.float32):
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size: expected a positive int, got {batch_size!r}")
+        positive_int(batch_size, "batch_size")
         head_dim = config.n_embd // config.n_head
         shape = (config.n_layer, batch_size, config.n_head, config.block_size, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, H, T_max, D)
@@ -184,12 +183,9 @@ class GPT(nn.Module):
         blocks (all by default): a list of ``n_layers + 1`` tensors. A cache, if given, must hold at
         least ``n_layers`` layers (the first ones are used) and grows by T. Early-exit drafters
         (:mod:`arlib.decoding.draft_heads`) run the first layers only. ``validate`` as in :meth:`forward`."""
-        if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype != torch.long:
-            got = f"{tuple(idx.shape)} {idx.dtype}" if isinstance(idx, torch.Tensor) else type(idx).__name__
-            raise ValueError(f"idx: expected a (batch, time) tensor of torch.long token ids, got {got}")
+        token_ids(idx, "idx", dim=2, expected="a (batch, time) tensor of torch.long token ids")
         n_layers = self.config.n_layer if n_layers is None else n_layers
-        if isinstance(n_layers, bool) or not isinstance(n_layers, int) or not 0 <= n_layers <= self.config.n_layer:
-            raise ValueError(f"n_layers: expected an int in [0, {self.config.n_layer}], got {n_layers!r}")
+        int_in_range(n_layers, "n_layers", 0, self.config.n_layer)
         B, T = idx.shape
         start = 0 if cache is None else cache.length
         if start + T > self.config.block_size:
@@ -197,8 +193,8 @@ class GPT(nn.Module):
         if cache is not None and (cache.k.shape[1] != B or cache.k.shape[0] < n_layers):
             raise ValueError(f"cache: built for batch {cache.k.shape[1]} and {cache.k.shape[0]} layers, "
                              f"got batch {B} and {n_layers} layers")
-        if validate and T and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
-            raise ValueError(f"idx: token ids must lie in [0, {self.config.vocab_size})")
+        if validate and T:
+            ids_in_vocab(idx, "idx", self.config.vocab_size)
         pos = torch.arange(start, start + T, device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, d)
         hidden = [x]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from arlib.validate import int_in_range
+
 
 def random_windows(ids: torch.Tensor, batch_size: int, block_size: int, generator: torch.Generator,
                    device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,8 +49,7 @@ def token_nll(model, ids: torch.Tensor, stride: int | None = None, batch_size: i
         raise ValueError("ids: expected a 1-D tensor of at least 2 token ids")
     context = model.config.block_size
     stride = stride or context // 2
-    if isinstance(stride, bool) or not isinstance(stride, int) or not 0 < stride <= context:
-        raise ValueError(f"stride: expected an int in [1, {context}], got {stride!r}")
+    int_in_range(stride, "stride", 1, context)
     n_targets = len(ids) - 1
     width = min(context, n_targets)  # every window has this many inputs
     plan = []  # (start, first scored offset within the window)

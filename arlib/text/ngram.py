@@ -26,16 +26,14 @@ import numpy as np
 import torch
 
 from arlib.text.sampling import sample_probs
+from arlib.validate import ids_in_vocab, int_at_least, number_in, positive_int, token_ids
 
 
 def _as_ids(ids, vocab_size: int, name: str, min_len: int = 0) -> np.ndarray:
-    if not isinstance(ids, torch.Tensor) or ids.dtype != torch.long or ids.dim() != 1:
-        got = f"{tuple(ids.shape)} {ids.dtype}" if isinstance(ids, torch.Tensor) else type(ids).__name__
-        raise ValueError(f"{name}: expected a 1-D torch.long tensor of token ids, got {got}")
+    token_ids(ids, name, dim=1)
     if len(ids) < min_len:
         raise ValueError(f"{name}: expected at least {min_len} token ids, got {len(ids)}")
-    if len(ids) and (ids.min() < 0 or ids.max() >= vocab_size):
-        raise ValueError(f"{name}: token ids must lie in [0, {vocab_size})")
+    ids_in_vocab(ids, name, vocab_size)
     return ids.detach().cpu().numpy().astype(np.int64)
 
 
@@ -75,17 +73,14 @@ class NGramModel:
 
     def __init__(self, order: int, vocab_size: int, smoothing: str = "kneser_ney", k: float = 1.0,
                  discount: float = 0.75):
-        for name, value in (("order", order), ("vocab_size", vocab_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        positive_int(order, "order")
+        positive_int(vocab_size, "vocab_size")
         if vocab_size ** order >= 2**62:
             raise ValueError(f"order: vocab_size ** order must fit in 62 bits, got {vocab_size}**{order}")
         if smoothing not in ("add_k", "kneser_ney"):
             raise ValueError(f"smoothing: expected 'add_k' or 'kneser_ney', got {smoothing!r}")
-        if isinstance(k, bool) or not isinstance(k, (int, float)) or not k > 0:
-            raise ValueError(f"k: expected a number > 0, got {k!r}")
-        if isinstance(discount, bool) or not isinstance(discount, (int, float)) or not 0 < discount <= 1:
-            raise ValueError(f"discount: expected a number in (0, 1], got {discount!r}")
+        number_in(k, "k", 0, bounds="(]")
+        number_in(discount, "discount", 0, 1, bounds="(]")
         self.order, self.vocab_size, self.smoothing = order, vocab_size, smoothing
         self.k, self.discount = float(k), float(discount)
         self.raw: list[_Level] = []  # raw[m - 1]: m-gram counts c(h w)
@@ -202,8 +197,7 @@ class NGramModel:
         Without a prompt the first token is drawn from the model's unigram distribution.
         """
         self._check_fitted()
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"n: expected an int >= 0, got {n!r}")
+        int_at_least(n, "n", 0)
         if prompt is None:
             prompt = torch.zeros(0, dtype=torch.long)
         if not isinstance(prompt, torch.Tensor) or prompt.dim() not in (1, 2):

@@ -23,13 +23,15 @@ from torch import nn
 from arlib.text.gpt import GPT, Block, GPTConfig, KVCache
 from arlib.text.sampling import draw, process_logits
 
-__all__ = ["raster_model", "raster_tokens", "raster_loss", "cfg_logits", "sample_raster", "NextScaleModel",
-           "next_scale_loss", "sample_next_scale", "block_causal_mask"]
+__all__ = ["raster_model", "raster_tokens", "raster_loss", "cfg_logits", "check_labels", "sample_raster",
+           "NextScaleModel", "next_scale_loss", "sample_next_scale", "block_causal_mask"]
 
 GRID = 7  # token grid side of the book's tokenizers (28x28 images, 4x downsampling)
 
 
-def _check_labels(labels, num_classes: int) -> torch.Tensor:
+def check_labels(labels, num_classes: int) -> torch.Tensor:
+    """``labels`` if it is a (B,) ``torch.long`` tensor of class ids in ``[0, num_classes]`` (``num_classes``
+    is the null class of classifier-free guidance); else ``ValueError`` naming ``labels``."""
     if not isinstance(labels, torch.Tensor) or labels.dtype != torch.long or labels.dim() != 1:
         raise ValueError("labels: expected a (B,) torch.long tensor of class ids")
     if labels.numel() and (labels.min() < 0 or labels.max() > num_classes):
@@ -66,7 +68,7 @@ def raster_tokens(grids: torch.Tensor, labels: torch.Tensor, num_codes: int, num
     ``drop``), then the grid (B, 7, 7) in raster order."""
     if grids.dim() != 3 or grids.shape[1:] != (GRID, GRID) or grids.dtype != torch.long:
         raise ValueError(f"grids: expected (B, {GRID}, {GRID}) torch.long code ids, got {tuple(grids.shape)}")
-    labels = _drop_labels(_check_labels(labels, num_classes), num_classes, drop, generator)
+    labels = _drop_labels(check_labels(labels, num_classes), num_classes, drop, generator)
     return torch.cat([(num_codes + labels)[:, None], grids.flatten(1)], dim=1)
 
 
@@ -83,7 +85,7 @@ def sample_raster(model: GPT, labels: torch.Tensor, num_codes: int, num_classes:
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """Token grids (B, 7, 7), one token per forward pass with the KV cache. With ``cfg_scale != 1`` the
     batch is doubled (conditional rows, then null-class rows) and the logits are guided."""
-    labels = _check_labels(labels, num_classes)
+    labels = check_labels(labels, num_classes)
     B, guided = len(labels), cfg_scale != 1.0
     first = num_codes + labels
     if guided:
@@ -162,7 +164,7 @@ class NextScaleModel(nn.Module):
 
     def forward(self, labels: torch.Tensor, inputs: list[torch.Tensor]) -> torch.Tensor:
         """Teacher-forced logits (B, L, num_codes); inputs: the K-1 feature blocks (B, s_(k+1)^2, D)."""
-        labels = _check_labels(labels, self.num_classes)
+        labels = check_labels(labels, self.num_classes)
         if len(inputs) != len(self.scales) - 1:
             raise ValueError(f"inputs: expected {len(self.scales) - 1} feature blocks, got {len(inputs)}")
         x = self._embed(labels, inputs, 0)  # (B, L, d)
@@ -203,7 +205,7 @@ def sample_next_scale(model: NextScaleModel, quantizer, labels: torch.Tensor, cf
     The sampler builds the reconstruction f_hat (B, D, 7, 7) as it goes (VAR, Algorithm 2); with
     ``return_latent=True`` it returns (maps, f_hat), so that images come from
     :meth:`arlib.vision.vq.MultiScaleVQVAE.decode_latent` without rebuilding f_hat from the maps."""
-    labels = _check_labels(labels, model.num_classes)
+    labels = check_labels(labels, model.num_classes)
     if tuple(quantizer.scales) != model.scales:
         raise ValueError(f"quantizer: expected scales {model.scales}, got {tuple(quantizer.scales)}")
     B, guided = len(labels), cfg_scale != 1.0

@@ -17,8 +17,9 @@ be the k nearest codes of x in the tokenizer's latent space (x first), and A the
 prefix of B_k(x) whose mass ``sum over x' in A, x' != x of p(x')`` stays within a budget delta. The test
 uses ``p~(x) = p(x) + that mass`` (p with A's mass moved onto x, within total variation delta of p for
 that one draft); after a rejection, x and A are removed from the residual (the book's choice:
-removing them keeps the residual off the tokens the relaxed test already weighed). p~ depends on the draft, so the law of the decided token is not within delta
-of p in general: chapter 4 computes how far it moves. delta = 0 is SJD.
+removing them keeps the residual off the tokens the relaxed test already weighed). p~ depends on the
+draft, so the law of the decided token is not within delta of p in general: chapter 4 computes how far
+it moves. delta = 0 is SJD.
 
 Batch size 1 (the window's acceptance differs between images); with classifier-free guidance the
 model runs on two rows (conditional, null class) that share the tokens.
@@ -30,7 +31,8 @@ import numpy as np
 import torch
 
 from arlib.text.sampling import inverse_cdf_index, process_logits
-from arlib.vision.generators import GRID, _check_labels, cfg_logits
+from arlib.validate import int_at_least, int_in_range
+from arlib.vision.generators import GRID, cfg_logits, check_labels
 
 __all__ = ["lantern_neighbors", "proximity_set", "relaxed_target", "jacobi_generate", "sample_raster_sjd"]
 
@@ -39,8 +41,7 @@ def lantern_neighbors(codebook: torch.Tensor, k: int) -> torch.Tensor:
     """(K, k) ids of each code's k nearest codes in Euclidean distance, the code itself first."""
     if not isinstance(codebook, torch.Tensor) or codebook.dim() != 2:
         raise ValueError("codebook: expected a (K, D) tensor of code vectors")
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= codebook.shape[0]:
-        raise ValueError(f"k: expected an int in [1, {codebook.shape[0]}], got {k!r}")
+    int_in_range(k, "k", 1, codebook.shape[0])
     distance = torch.cdist(codebook.double(), codebook.double())  # (K, K)
     distance.fill_diagonal_(-1.0)  # the code itself first, even among duplicates
     return distance.argsort(dim=1)[:, :k]
@@ -89,8 +90,7 @@ def jacobi_generate(model, prefix: torch.Tensor, length: int, vocab: int, window
     (length,), stats dict: forward passes, accepted drafts per pass). The verification of a window works
     on numpy copies of its distributions: dozens of tiny tensor operations per pass would cost more than
     the model's pass itself."""
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ValueError(f"window: expected an int >= 1, got {window!r}")
+    int_at_least(window, "window", 1)
     if delta > 0 and neighbors is None:
         raise ValueError("neighbors: LANTERN (delta > 0) needs the (vocab, k) neighbour table")
     if not 0 <= delta <= 1:
@@ -159,7 +159,7 @@ def sample_raster_sjd(model, label: int, num_codes: int, num_classes: int = 10, 
     """One image's token grid (7, 7) from a raster model (:func:`arlib.vision.generators.raster_model`) with
     speculative Jacobi decoding (and LANTERN when ``delta`` > 0); returns (grid, stats)."""
     device = next(model.parameters()).device
-    labels = _check_labels(torch.tensor([label], device=device), num_classes)
+    labels = check_labels(torch.tensor([label], device=device), num_classes)
     prefix = (num_codes + labels)[:, None]  # (1, 1)
     if cfg_scale != 1.0:
         prefix = torch.cat([prefix, torch.full_like(prefix, num_codes + num_classes)])

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arlib.validate import describe, positive_int
+
 __all__ = ["nearest_code", "VectorQuantizer", "VQConfig", "VQVAE", "MultiScaleQuantizer", "MultiScaleVQVAE"]
 
 
@@ -51,9 +53,8 @@ class VectorQuantizer(nn.Module):
     def __init__(self, num_codes: int, dim: int, beta: float = 0.25, decay: float = 0.99,
                  restart_below: float = 1.0):
         super().__init__()
-        for name, value in (("num_codes", num_codes), ("dim", dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+        positive_int(num_codes, "num_codes")
+        positive_int(dim, "dim")
         if not 0 < decay < 1:
             raise ValueError(f"decay: expected a number in (0, 1), got {decay!r}")
         self.num_codes, self.dim, self.beta, self.decay, self.restart_below = num_codes, dim, beta, decay, restart_below
@@ -158,8 +159,7 @@ def _decoder(config: VQConfig) -> nn.Sequential:
 
 def _check_images(x) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1:] != (1, 28, 28) or not x.is_floating_point():
-        got = f"{tuple(x.shape)} {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x: expected float images (B, 1, 28, 28) in [0, 1], got {got}")
+        raise ValueError(f"x: expected float images (B, 1, 28, 28) in [0, 1], got {describe(x)}")
 
 
 class VQVAE(nn.Module):

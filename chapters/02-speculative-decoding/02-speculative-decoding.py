@@ -69,9 +69,9 @@ heads = arlib.load("shakespeare-heads", device).model  # early-exit, Medusa and 
 val_ids = tokenizer.encode(shakespeare().val).to(device)
 print(f"device {device}, {torch.get_num_threads()} threads")
 print(f"target: {target.num_params():,} parameters, {target.config.n_layer} layers, held-out NLL "
-      f"{target_meta['metrics']['val_nll']} nats/char")
+      f"{target_meta['metrics']['report_nll']} nats/char")
 print(f"draft:  {draft.num_params():,} parameters, {draft.config.n_layer} layers, held-out NLL "
-      f"{draft_meta['metrics']['val_nll']} nats/char")
+      f"{draft_meta['metrics']['report_nll']} nats/char")
 
 # %% [markdown]
 # ## 1. Why decoding is slow

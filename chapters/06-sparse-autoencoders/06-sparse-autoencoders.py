@@ -74,7 +74,7 @@ _loaded = arlib.load("shakespeare-sae", device)
 sae_gpt, sae_meta = _loaded.model, _loaded.meta
 LAYER = sae_meta["layer"]
 print(f"device {device}; the GPT: {gpt_meta['parameters']:,} parameters, {gpt.config.n_layer} layers of width "
-      f"{gpt.config.n_embd}, held-out loss {gpt_meta['metrics']['val_nll']:.3f} nats/char")
+      f"{gpt.config.n_embd}, held-out loss {gpt_meta['metrics']['report_nll']:.3f} nats/char")
 print(f"its SAE: {sae_gpt.config.n_latents} latents on the residual stream entering block {LAYER}, trained in "
       f"{sae_meta['wall_seconds']:.0f} s ({sae_meta['environment']['threads']} thread(s))")
 
