@@ -517,16 +517,18 @@ print(f"the recipe measured on other held-out windows: NMSE {sae_meta['metrics']
       f"+{sae_meta['metrics']['loss_increase']:.3f} nats")
 
 # %% [markdown]
-# The SAE reconstructs the activations to within about half a percent of their variance, and the splice
-# costs the GPT less than a hundredth of a nat per character, against more than two nats when the
-# activations are replaced by their mean: the 32 active latents of each position carry more than 99 % of
-# what the last three blocks use (asserted below, with the agreement with the recipe's own measurement on
-# other held-out windows).
+# The SAE reconstructs the activations to within about 3 % of their variance, and the splice costs the
+# GPT about a hundredth of a nat per character, against more than three nats when the activations are
+# replaced by their mean: the 32 active latents of each position carry more than 99 % of what the last
+# three blocks use (asserted below, with the agreement with the recipe's own measurement on other
+# held-out windows). The same recipe on an earlier, under-trained version of this GPT left only 0.5 % of
+# the variance unexplained: a better-trained model packs more into its residual stream, and a
+# dictionary of the same size captures less of it.
 
 # %%
-assert gpt_metrics["nmse"] < 0.01 and abs(gpt_metrics["l0"] - sae_gpt.config.k) < 0.5
-assert 0 < losses["loss_increase"] < 0.01 and losses["loss_recovered"] > 0.99
-assert losses["mean_ablated_nll"] - losses["clean_nll"] > 2.0
+assert 0.015 < gpt_metrics["nmse"] < 0.04 and abs(gpt_metrics["l0"] - sae_gpt.config.k) < 0.5
+assert 0 < losses["loss_increase"] < 0.02 and losses["loss_recovered"] > 0.99
+assert losses["mean_ablated_nll"] - losses["clean_nll"] > 3.0
 assert abs(losses["loss_increase"] - sae_meta["metrics"]["loss_increase"]) < 0.005
 assert abs(gpt_metrics["nmse"] - sae_meta["metrics"]["nmse"]) < 0.002
 assert abs(sae_meta["metrics"]["nmse"] - sae_meta["metrics"]["nmse_float32"]) < 0.001  # int8 storage
