@@ -27,8 +27,8 @@ PROMPT = "ROMEO:\nBut soft,"  # 16 characters: 16 + 240 new tokens fill the 256-
 def load_model(device: str) -> tuple[GPT, torch.Tensor, str]:
     """The model, a (1, 16) prompt and a line that says which model it is."""
     try:
-        _loaded = arlib.load("shakespeare-target", device)
-        model, tokenizer, meta = _loaded.model, _loaded.tokenizer, _loaded.meta
+        checkpoint = arlib.load("shakespeare-target", device)
+        model, tokenizer, meta = checkpoint.model, checkpoint.tokenizer, checkpoint.meta
         prompt = tokenizer.encode(PROMPT)[None]
         label = f"checkpoint shakespeare-target (held-out NLL {meta['metrics']['report_nll']} nats/char)"
     except FileNotFoundError:

@@ -50,8 +50,8 @@ def random_pairs(n: int, V: int, seed: int) -> list[tuple[torch.Tensor, torch.Te
 @torch.no_grad()
 def shakespeare_pairs(n: int, top: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """(p, q) of the target and the draft at n held-out positions, restricted to the draft's top characters."""
-    _loaded = arlib.load("shakespeare-target")
-    target, tokenizer = _loaded.model, _loaded.tokenizer
+    checkpoint = arlib.load("shakespeare-target")
+    target, tokenizer = checkpoint.model, checkpoint.tokenizer
     draft = arlib.load("shakespeare-draft").model
     ids = tokenizer.encode(shakespeare().val)[:256 * 8].view(8, 256)  # (8, 256)
     p, q = target(ids).double().softmax(-1), draft(ids).double().softmax(-1)  # (8, 256, V)
@@ -113,8 +113,8 @@ def timed(fn, *args, **kwargs):
 @torch.no_grad()
 def decoding_table(n_prompts: int, new_tokens: int, gammas, ks) -> None:
     """SpecTr (K-SEQ) against speculative decoding and plain decoding on held-out prompts, interleaved."""
-    _loaded = arlib.load("shakespeare-target")
-    target, tokenizer = _loaded.model, _loaded.tokenizer
+    checkpoint = arlib.load("shakespeare-target")
+    target, tokenizer = checkpoint.model, checkpoint.tokenizer
     draft = arlib.load("shakespeare-draft").model
     val = shakespeare().val
     stride = (len(val) - 64) // n_prompts

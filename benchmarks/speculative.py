@@ -94,8 +94,8 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    _loaded = arlib.load("shakespeare-target")
-    target, tokenizer = _loaded.model, _loaded.tokenizer
+    checkpoint = arlib.load("shakespeare-target")
+    target, tokenizer = checkpoint.model, checkpoint.tokenizer
     draft = arlib.load("shakespeare-draft").model
     target.eval(), draft.eval()
     heads = arlib.load("shakespeare-heads", target.wte.weight.device).model

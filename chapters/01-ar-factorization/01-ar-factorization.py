@@ -354,10 +354,10 @@ class ScratchGPT(nn.Module):
 # target model's weights load into the scratch model unchanged, and the two must agree.
 
 # %%
-_loaded = arlib.load("shakespeare-target")
-target, target_meta = _loaded.model, _loaded.meta
-_loaded = arlib.load("shakespeare-draft")
-draft, draft_meta = _loaded.model, _loaded.meta
+checkpoint = arlib.load("shakespeare-target")
+target, target_meta = checkpoint.model, checkpoint.meta
+checkpoint = arlib.load("shakespeare-draft")
+draft, draft_meta = checkpoint.model, checkpoint.meta
 assert target_meta["tokenizer"]["vocab"] == draft_meta["tokenizer"]["vocab"] == tokenizer.vocab
 cfg = target.config
 scratch = ScratchGPT(cfg.vocab_size, cfg.block_size, cfg.n_layer, cfg.n_head, cfg.n_embd)

@@ -61,10 +61,10 @@ from arlib.decoding.speculative import (draft_cost, expected_tokens, optimal_gam
                                step_costs, verify)
 
 device = arlib.setup(seed=0)
-_loaded = arlib.load("shakespeare-target", device)
-target, tokenizer, target_meta = _loaded.model, _loaded.tokenizer, _loaded.meta
-_loaded = arlib.load("shakespeare-draft", device)
-draft, draft_meta = _loaded.model, _loaded.meta
+checkpoint = arlib.load("shakespeare-target", device)
+target, tokenizer, target_meta = checkpoint.model, checkpoint.tokenizer, checkpoint.meta
+checkpoint = arlib.load("shakespeare-draft", device)
+draft, draft_meta = checkpoint.model, checkpoint.meta
 heads = arlib.load("shakespeare-heads", device).model  # early-exit, Medusa and Hydra heads, distilled from the frozen target
 val_ids = tokenizer.encode(shakespeare().val).to(device)
 print(f"device {device}, {torch.get_num_threads()} threads")
@@ -622,11 +622,12 @@ print(f"total variation between the two: {tv_iid:.3f} over {len(full):,} steps")
 assert tv_iid < 0.08
 
 # %% [markdown]
-# The two histograms are close. What differs is the signature of mildly *correlated* acceptance:
-# slightly more steps stop at the very first draft (the start of a word, where both models are unsure
-# and often disagree) and slightly more accept everything (the inside of a word, where both are
-# confident). On this pair the two effects nearly cancel, so the i.i.d. formula, averaged over the
-# steps' actual numbers of drafts, predicts the tokens per call to within about one percent.
+# The two histograms are close. Mildly *correlated* acceptance would show as more steps stopping at
+# the very first draft (the start of a word, where both models are unsure and often disagree) and
+# more accepting everything (the inside of a word, where both are confident); both bars lean that way
+# here, but by about 0.01, less than the sampling noise of some 750 steps. The two effects would pull
+# the mean in opposite directions anyway, and the i.i.d. formula, averaged over the steps' actual
+# numbers of drafts, predicts the tokens per call to within about one percent.
 
 # %% [markdown]
 # **Wall-clock.** Now the speed-up itself, against three predictions, all with the measured $\alpha$:
@@ -776,7 +777,7 @@ print(f"best exit layer: {best_exit[0]}")
 # On this model no exit pays for itself, even in theory. With only six layers, a single layer and the
 # exit head already cost a sixth of a step (a step's fixed costs, the embedding, the output layer and
 # the Python around them, do not shrink with depth), and the shallow exits agree with the full model
-# only half of the time; the deep exits agree more but cost almost as much as the target. Early exit
+# less than half of the time; the deep exits agree more but cost almost as much as the target. Early exit
 # is made for deep models (tens of layers) trained to exit early, as LayerSkip's layer dropout and
 # early-exit loss do, and DEL picks the exit layer and the number of drafts on the fly. We still
 # measure the best layer below.
@@ -820,16 +821,17 @@ for name, row in table.items():
 
 # %% [markdown]
 # Hydra heads win, by far: they cost a few percent of a target step per draft, because they reuse the
-# target's own hidden state instead of recomputing one, and they are right as often as the separate
-# draft model because each head sees the tokens before its position. Medusa's heads are as cheap but
-# guess blind: a head that must predict the character two places ahead without knowing the one in
-# between is right only half as often, which barely pays for scoring the extra positions. Prompt lookup is free, but free
-# generation of Shakespeare rarely repeats the last three characters' continuation, and a one-hot draft
-# is accepted only with probability $p(x)$; the steps where it proposes nothing cost a plain step plus
-# the search. Its cost model is not asserted, because its steps draft anywhere from zero to $\gamma$
-# tokens. Chapter 1's observation that the target's state knows about the next few characters is what
-# makes the best drafter here. (The greedy variant of every drafter gives the target's greedy output
-# exactly; exercise 2.4 builds prompt lookup by hand.)
+# target's own hidden state instead of recomputing one, and they are right about three times in four,
+# less often than the separate draft model but far more often than Medusa's, because each head sees the
+# tokens before its position. Medusa's heads are as cheap but guess blind: a head that must predict the
+# character two places ahead without knowing the one in between is right only half as often, which
+# barely pays for scoring the extra positions. Prompt lookup is free, but free generation of
+# Shakespeare rarely repeats the last three characters' continuation, and a one-hot draft is accepted
+# only with probability $p(x)$; the steps where it proposes nothing cost a plain step plus the search.
+# Its cost model is not asserted, because its steps draft anywhere from zero to $\gamma$ tokens.
+# Chapter 1's observation that the target's state knows about the next few characters is what makes the
+# best drafter here. (The greedy variant of every drafter gives the target's greedy output exactly;
+# exercise 2.4 builds prompt lookup by hand.)
 
 # %% [markdown]
 # ## 7. Beyond lossless: relaxed acceptance
@@ -932,12 +934,13 @@ for name, r in results.items():
 # acceptance buys tokens per call by letting the draft's own habits through: the smaller $\lambda$, the
 # closer the output moves to the draft's text, whose NLL under the target is much higher (at
 # $\lambda = 0.5$ the shift is still lost in the noise of 16 prompts; at $\lambda = 0.1$ it is not, as
-# asserted below). Typical acceptance goes the other way: it
-# keeps only characters the target finds likely, so the text is *more* predictable than the target's
-# samples (lower NLL, less diversity), which is harmless for a chatbot answer and wrong for anything
-# that needs the target's distribution, such as sampling many diverse answers. Judge decoding bets that
-# a trained judge can tell the two kinds of disagreement apart. None of these gains comes for free;
-# the exact rule is the only point on this plane with the target's distribution.
+# asserted below). Typical acceptance goes the other way: it keeps only characters the target finds
+# likely, so the text is *more* predictable than exact sampling's (lower NLL, less diversity: clearly
+# so at $\epsilon = 0.09$, $\delta = 0.3$, as asserted below; the milder $\epsilon = 0.03$,
+# $\delta = 0.17$ stays within the noise), which is harmless for a chatbot answer and wrong for
+# anything that needs the target's distribution, such as sampling many diverse answers. Judge decoding
+# bets that a trained judge can tell the two kinds of disagreement apart. None of these gains comes for
+# free; the exact rule is the only point on this plane with the target's distribution.
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 3.8))

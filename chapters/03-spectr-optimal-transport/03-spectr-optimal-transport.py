@@ -66,8 +66,8 @@ from arlib.decoding.spectr import (acceptance_upper_bound, optimal_acceptance, k
                           spectr_generate)
 
 device = arlib.setup(seed=0)
-_loaded = arlib.load("shakespeare-target", device)
-target, tokenizer = _loaded.model, _loaded.tokenizer
+checkpoint = arlib.load("shakespeare-target", device)
+target, tokenizer = checkpoint.model, checkpoint.tokenizer
 draft = arlib.load("shakespeare-draft", device).model
 val_ids = tokenizer.encode(shakespeare().val).to(device)
 V = target.config.vocab_size
@@ -623,7 +623,8 @@ plt.show()
 #   multi-draft verification {cite}`khisti2025multidraft` is about;
 # - drafts *without* replacement are the strongest on the small vocabulary, because they never waste
 #   a try on a token already rejected; from $k = 3$ on they even beat the optimum for i.i.d. drafts.
-#   On the real distributions they are level with K-SEQ. That is a better *proposal*, not a better
+#   On the real distributions they stay close to K-SEQ (within three hundredths, a little above it).
+#   That is a better *proposal*, not a better
 #   verifier: K-SEQ and the optimum are statements about i.i.d. drafts.
 
 # %%
@@ -649,8 +650,8 @@ for j, k in enumerate(ks):
         assert without > random_table["K-SEQ"][j]
     if k >= 3 and not math.isnan(without):
         assert without > random_table["optimum"][j]  # a better proposal beats the best i.i.d. verifier
-    if k >= 2:
-        assert abs(real["RRS w/o repl."][j] - real["K-SEQ"][j]) < 0.01  # level on the real pairs
+    if k >= 2:  # on the real pairs: close to K-SEQ, a little above it
+        assert -0.005 < real["RRS w/o repl."][j] - real["K-SEQ"][j] < 0.03, (k, real["RRS w/o repl."][j], real["K-SEQ"][j])
 for title, table in tables.items():
     for k in (2, 4, 8):
         share = share_of_optimal_gain(table, k)
@@ -778,7 +779,8 @@ def alive_by_depth(records, gamma):
 for k in (2, 4, 8):
     alive = alive_by_depth(runs["K-SEQ", k, 5], 5)
     print(f"K-SEQ, k = {k}, gamma = 5: live drafts at depths 1..5: " + ", ".join(f"{a:.2f}" for a in alive))
-    assert alive[0] == k and (k < 8 or all(a < k / 2 for a in alive[1:]))  # most rows die at depth 1
+    # with eight drafts, about half the rows die at depth 1 and most are gone by depth 3
+    assert alive[0] == k and (k < 8 or (alive[1] < 0.6 * k and all(a < k / 2 for a in alive[2:])))
 
 # %% [markdown]
 # Costs: SpecTr's steps run the target over $k$ rows of $\gamma + 1$ positions and the draft over $k$
@@ -844,9 +846,10 @@ for gamma in gammas:
 # - **More drafts, more tokens per call, with diminishing returns.** K-SEQ's block efficiency grows
 #   with $k$, and RRS gets a little less at large $k$. The gain is smaller than section 4 promises
 #   (per-position acceptance 0.83 with one draft, 0.96 with four): that holds only at the first depth
-#   of the tree. Deeper down, only the rows that agree with the tokens picked so far are still alive,
-#   a few of the $k$ (printed above), so the accepted fraction per depth (column "accepted") gains much
-#   less over $k = 1$ than section 4's acceptance does.
+#   of the tree. Deeper down, only the rows that agree with the tokens picked so far are still alive
+#   (with eight drafts, about half at the second depth and fewer than half below it; printed above),
+#   so the accepted fraction per depth (column "accepted") gains much less over $k = 1$ than section
+#   4's acceptance does.
 # - **On this CPU the extra rows are not free.** A target pass over 8 rows costs two to three times a
 #   pass over one, and each draft step about 1.5 times; the wall-clock speed-up falls with $k$ even
 #   though each call yields more tokens: every multi-draft setting is slower than speculative

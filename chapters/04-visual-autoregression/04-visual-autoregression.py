@@ -68,18 +68,10 @@ from arlib.vision.vq import VQVAE, VectorQuantizer, VQConfig
 device = arlib.setup(seed=0)
 train_images, train_labels = fashion_mnist("train")
 test_images, test_labels = fashion_mnist("test")
-_loaded = arlib.load("fashion-vq", device)
-vq, vq_meta = _loaded.model, _loaded.meta
-_loaded = arlib.load("fashion-msvq", device)
-msvq, msvq_meta = _loaded.model, _loaded.meta
-_loaded = arlib.load("fashion-raster", device)
-raster, raster_meta = _loaded.model, _loaded.meta
-_loaded = arlib.load("fashion-var", device)
-var, var_meta = _loaded.model, _loaded.meta
-_loaded = arlib.load("fashion-var-markov", device)
-var_markov, var_markov_meta = _loaded.model, _loaded.meta
-_loaded = arlib.load("fashion-classifier", device)
-classifier, classifier_meta = _loaded.model, _loaded.meta
+names = ["fashion-vq", "fashion-msvq", "fashion-raster", "fashion-var", "fashion-var-markov", "fashion-classifier"]
+loaded = [arlib.load(name, device) for name in names]  # each checked against its sidecar's sha256
+vq, msvq, raster, var, var_markov, classifier = (c.model for c in loaded)
+vq_meta, msvq_meta, raster_meta, var_meta, var_markov_meta, classifier_meta = (c.meta for c in loaded)
 K = vq.config.num_codes
 print(f"device {device}; {len(train_images):,} training and {len(test_images):,} test images of 28x28 pixels")
 for name, meta in [("fashion-vq", vq_meta), ("fashion-msvq", msvq_meta), ("fashion-raster", raster_meta),

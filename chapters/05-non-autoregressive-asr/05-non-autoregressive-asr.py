@@ -75,16 +75,10 @@ device = arlib.setup(seed=0)
 test_set = spoken_utterances("test", n=400)
 vocab = TranscriptVocab()  # characters: CTC and the autoregressive decoder
 word_vocab = TranscriptVocab(unit="word")  # whole words: Paraformer's tokens (section 4)
-_loaded = arlib.load("speech-ctc", device)
-ctc_model, ctc_meta = _loaded.model, _loaded.meta
-_loaded = arlib.load("speech-aed", device)
-aed, aed_meta = _loaded.model, _loaded.meta
-_loaded = arlib.load("speech-aed-words", device)
-aed_words, aed_words_meta = _loaded.model, _loaded.meta
-_loaded = arlib.load("speech-paraformer", device)
-para, para_meta = _loaded.model, _loaded.meta
-_loaded = arlib.load("speech-paraformer-noglance", device)
-para_ng, para_ng_meta = _loaded.model, _loaded.meta
+names = ["speech-ctc", "speech-aed", "speech-aed-words", "speech-paraformer", "speech-paraformer-noglance"]
+loaded = [arlib.load(name, device) for name in names]  # each checked against its sidecar's sha256
+ctc_model, aed, aed_words, para, para_ng = (c.model for c in loaded)
+ctc_meta, aed_meta, aed_words_meta, para_meta, para_ng_meta = (c.meta for c in loaded)
 encoder = ctc_model.encoder
 refs = [u.transcript for u in test_set]
 print(f"device {device}; trained on {ctc_meta['data']['train']['n']:,} utterances of {len(TRAIN_VOICES)} voices; "

@@ -68,10 +68,10 @@ from arlib.interp.superposition import SparseMixture, feature_dimensionality, to
 from arlib.train import TrainConfig
 
 device = arlib.setup(seed=0)
-_loaded = arlib.load("shakespeare-target", device)
-gpt, tokenizer, gpt_meta = _loaded.model, _loaded.tokenizer, _loaded.meta
-_loaded = arlib.load("shakespeare-sae", device)
-sae_gpt, sae_meta = _loaded.model, _loaded.meta
+checkpoint = arlib.load("shakespeare-target", device)
+gpt, tokenizer, gpt_meta = checkpoint.model, checkpoint.tokenizer, checkpoint.meta
+checkpoint = arlib.load("shakespeare-sae", device)
+sae_gpt, sae_meta = checkpoint.model, checkpoint.meta
 LAYER = sae_meta["layer"]
 print(f"device {device}; the GPT: {gpt_meta['parameters']:,} parameters, {gpt.config.n_layer} layers of width "
       f"{gpt.config.n_embd}, held-out loss {gpt_meta['metrics']['report_nll']:.3f} nats/char")
@@ -560,14 +560,16 @@ print(f"{n_dead} of {sae_gpt.config.n_latents} latents never fire on these {len(
       f"on more than 10 % of them; the others' median density is {float(quartiles[1]):.4f} "
       f"(quartiles {float(quartiles[0]):.4f} and {float(quartiles[2]):.4f})")
 assert abs(float(density.sum()) - sae_gpt.config.k) < 1  # TopK: the densities add up to k per position
-assert 0.2 < n_dead / M < 0.45 and 0.03 * M < n_dense < 0.1 * M and 0.003 < float(quartiles[1]) < 0.03
+assert n_dead / M < 0.05 and 0.03 * M < n_dense < 0.1 * M and 0.003 < float(quartiles[1]) < 0.03
+assert abs(n_dead - sae_meta["metrics"]["dead"]) < 0.03 * M  # about as many silent as the recipe counted
 
 # %% [markdown]
-# The densities tell a mixed story (asserted above). About a third of the 1024 latents never fire on these
-# 40,960 held-out positions: they either died in training or serve contexts absent from this text (the
-# recipe counted 353 silent on other windows). Some eighty are dense, firing on more than a tenth of all positions, the kind of
-# latent that is hard to interpret. The others spread over three decades of density, around a median of
-# about one percent, and the densities add up to $L_0$, here $k = 32$ latents per position.
+# The densities tell a mixed story (asserted above). Almost every latent fires somewhere on these 40,960
+# held-out positions: fewer than 5 % are silent (the recipe counted about ten on other windows), thanks
+# to the auxiliary loss that revives dead latents. Some fifty are dense, firing on more than a tenth of all
+# positions, the kind of latent that is hard to interpret. The others spread over three decades of
+# density, around a median of about one percent, and the densities add up to $L_0$, here $k = 32$
+# latents per position.
 
 # %% [markdown]
 # **A gallery.** What does a latent detect? A simple test asks how well "latent $j$ fires" predicts a
@@ -620,27 +622,32 @@ for name, (j, score) in list(found.items())[:4]:
 
 # %% [markdown]
 # Some latents are clean detectors of simple events (asserted below): one fires at newlines and almost
-# nowhere else, others at a space or the end of a sentence, and, less cleanly, at a comma; one fires
-# inside words in capitals (speakers' names heading a speech, and names in stage directions such as
-# "Enter ACHILLES": all of its 50 strongest activations sit inside such a word, after its first
-# letters). Others are weaker matches to our guesses, which says as much about our list of patterns as
-# about the SAE: the best latent for "a line's first letter", for instance, reaches an F1 below 0.8, and
-# its strongest contexts are all line-initial capitals, of only a few letters (printed below).
-# Many of the 1024 latents fire on contexts no single character describes, and naming them would take the
-# kind of automated interpretation that Bricken et al. and Gao et al. apply at scale.
+# nowhere else, others at a space, at a comma, or at the end of a sentence; one fires inside words in
+# capitals (speakers' names heading a speech, and names in stage directions): all of its 50 strongest
+# activations sit inside such a word, after its first letter. The best latent for "a line's first
+# letter" is a good but imperfect detector (an F1 between 0.8 and 0.95): its 20 strongest contexts are
+# all line-initial capitals, of only a handful of letters (printed below). Others are weaker matches to
+# our guesses ("an 'h' after a 't'" is the weakest of our list), which says as much about our list of
+# patterns as about the SAE. Many of the 1024 latents fire on contexts no single character describes,
+# and naming them would take the kind of automated interpretation that Bricken et al. and Gao et al.
+# apply at scale.
 
 # %%
-assert found["a newline"][1] > 0.95 and found["a space"][1] > 0.9
-assert found["a full stop, '!' or '?'"][1] > 0.85 and found["a comma"][1] > 0.7
+assert found["a newline"][1] > 0.95 and found["a space"][1] > 0.95
+assert found["a full stop, '!' or '?'"][1] > 0.85 and found["a comma"][1] > 0.9
 speaker = found["a capital after a capital (speakers' names, in capitals)"][0]
 strongest = torch.where(indices == speaker, values, torch.zeros_like(values)).amax(1).topk(50).indices.tolist()
-assert found["a capital after a capital (speakers' names, in capitals)"][1] > 0.65
+assert found["a capital after a capital (speakers' names, in capitals)"][1] > 0.8
 assert all(text[t].isupper() and bool(is_upper(prev[t])) for t in strongest)
+assert min(found, key=lambda name: found[name][1]) == "an 'h' after a 't'"
 line_start = found["a capital letter after a newline (a line's first letter)"]
 strongest = torch.where(indices == line_start[0], values, torch.zeros_like(values)).amax(1).topk(20).indices.tolist()
 letters = sorted({text[t] for t in strongest})
-assert line_start[1] < 0.8 and all(int(prev[t]) == ord("\n") for t in strongest) and len(letters) <= 3
-print(f"the strongest 20 contexts of latent {line_start[0]} ('a line's first letter'): capitals {letters} after a newline")
+after_newline = sum(int(prev[t]) == ord("\n") for t in strongest)
+print(f"the strongest 20 contexts of latent {line_start[0]} ('a line's first letter', F1 {line_start[1]:.3f}): "
+      f"{after_newline} after a newline, characters {letters}")
+assert 0.8 < line_start[1] < 0.95, line_start
+assert after_newline == 20 and all(ch.isupper() for ch in letters) and len(letters) <= 6, (after_newline, letters)
 
 # %% [markdown]
 # ## Exercises
