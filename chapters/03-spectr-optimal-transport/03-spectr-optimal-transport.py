@@ -158,7 +158,7 @@ fig.colorbar(image, ax=axes, shrink=0.8, label="probability")
 plt.show()
 
 # %% [markdown]
-# The right plan keeps {math}`1 - \mathrm{TV}` of the mass (here 73.5 %) on the diagonal: all the mass that
+# The right plan keeps {math}`1 - \mathrm{TV}` of the mass (here 78.4 %) on the diagonal: all the mass that
 # both laws share stays in place, and only
 # the draft's excess (rows where $q > p$) is moved, onto the columns where the target has more
 # ($p > q$). The off-diagonal block is a product because the residual draw ignores which draft was
@@ -617,13 +617,13 @@ plt.show()
 # - every multi-draft rule beats one draft, and each extra draft buys less than the one before;
 # - K-SEQ beats RRS with replacement on both kinds of pairs (the ordering Khisti et al. also report
 #   on their data {cite}`khisti2025multidraft`), and stays far above its guarantee;
-# - measured as a ratio, K-SEQ is within 1.5 to 7 % of the optimum; but one draft already gets most of
-#   the way, so with two drafts those few percent are a quarter to a third of all that extra drafts can
-#   buy (printed below); the gap narrows as $k$ grows. Closing it with a cheap rule is what later work on
+# - measured as a ratio, K-SEQ is within 1.3 to 7 % of the optimum; but one draft already gets most of
+#   the way, so with two drafts those few percent are a quarter to three tenths of all that extra drafts
+#   can buy (printed below); the gap narrows as $k$ grows. Closing it with a cheap rule is what later work on
 #   multi-draft verification {cite}`khisti2025multidraft` is about;
 # - drafts *without* replacement are the strongest on the small vocabulary, because they never waste
 #   a try on a token already rejected; from $k = 3$ on they even beat the optimum for i.i.d. drafts.
-#   On the real distributions they stay close to K-SEQ (within three hundredths, a little above it).
+#   On the real distributions they stay close to K-SEQ (a little above it, by about one hundredth).
 #   That is a better *proposal*, not a better
 #   verifier: K-SEQ and the optimum are statements about i.i.d. drafts.
 
@@ -844,16 +844,19 @@ for gamma in gammas:
 # - **k = 1 is speculative decoding.** SpecTr with one draft gives chapter 2's tokens per call, within
 #   noise; it runs at about 0.9 of speculative decoding's speed, the cost of its tree bookkeeping.
 # - **More drafts, more tokens per call, with diminishing returns.** K-SEQ's block efficiency grows
-#   with $k$, and RRS gets a little less at large $k$. The gain is smaller than section 4 promises
+#   with $k$, and RRS gets about as much (within a few percent either way, inside the noise of twelve
+#   prompts). The gain is smaller than section 4 promises
 #   (per-position acceptance 0.83 with one draft, 0.96 with four): that holds only at the first depth
 #   of the tree. Deeper down, only the rows that agree with the tokens picked so far are still alive
 #   (with eight drafts, about half at the second depth and fewer than half below it; printed above),
 #   so the accepted fraction per depth (column "accepted") gains much less over $k = 1$ than section
 #   4's acceptance does.
-# - **On this CPU the extra rows are not free.** A target pass over 8 rows costs two to three times a
-#   pass over one, and each draft step about 1.5 times; the wall-clock speed-up falls with $k$ even
+# - **On this CPU the extra rows are not free.** A target pass over 8 rows costs well over a pass over
+#   one (about twice, printed above), and a draft step over 8 rows more than over one; the wall-clock
+#   speed-up falls with $k$ even
 #   though each call yields more tokens: every multi-draft setting is slower than speculative
-#   decoding, and the best of them barely keeps up with plain decoding. The column "model" predicts SpecTr's speed relative to
+#   decoding (with this draft, the gain over plain decoding that is left comes from the draft, not
+#   from the extra rows). The column "model" predicts SpecTr's speed relative to
 #   speculative decoding from the tokens-per-call ratio and the step costs measured in isolation. It
 #   follows the trend and is optimistic: as chapter 2 found, a pass costs more inside the loop, right
 #   after the other model's pass, than alone, and the tree walk and the copying of the accepted row
@@ -887,8 +890,6 @@ for gamma in gammas:
         assert measured_gain < real["K-SEQ"][k - 1] - real["single"][k - 1], (k, gamma)
     check_timing(all(summary[key][3] < 1 for key in summary if key[2] == gamma and key[1] > 1),
                  "every multi-draft setting should be slower than speculative decoding on this CPU")
-    check_timing(all(summary[key][2] < 1.15 for key in summary if key[2] == gamma and key[1] > 1),
-                 "no multi-draft setting should be much faster than plain decoding on this CPU")
 check_timing(row_cost[8, 5][0] > 1.5, f"on a CPU a target pass over 8 rows should cost well over one row's, "
              f"got {row_cost[8, 5][0]:.2f}x")
 for key, (_, _, _, ratio, model, _) in summary.items():
@@ -1130,9 +1131,9 @@ arlib.checks.rrs_acceptance_exact(rrs_acceptance_exact)
 #   ({prf:ref}`thm-kseq-guarantee`), about 96 % of it on random pairs, with an exact $O(V \log V)$ solve
 #   for $\rho^*$.
 # - On the Shakespeare pair four drafts lift the per-position acceptance from 0.83 to 0.96, and SpecTr
-#   decoding's tokens per call by 13 to 19 %. Deeper in the tree few drafts stay alive, and on a CPU the
+#   decoding's tokens per call by 17 to 20 %. Deeper in the tree few drafts stay alive, and on a CPU the
 #   extra rows cost more than they save: every multi-draft setting here is slower than speculative
-#   decoding, and the best barely matches plain decoding. On accelerators, where a few rows cost what one does, the
+#   decoding. On accelerators, where a few rows cost what one does, the
 #   block-efficiency gain should become wall-clock speed, as in the paper.
 #
 # ## References
