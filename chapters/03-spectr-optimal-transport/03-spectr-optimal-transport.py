@@ -851,14 +851,14 @@ for gamma in gammas:
 #   (with eight drafts, about half at the second depth and fewer than half below it; printed above),
 #   so the accepted fraction per depth (column "accepted") gains much less over $k = 1$ than section
 #   4's acceptance does.
-# - **On this CPU the extra rows are not free.** A target pass over 8 rows costs well over a pass over
-#   one (about twice, printed above), and a draft step over 8 rows more than over one; the wall-clock
+# - **On this CPU the extra rows are not free.** A target pass over 8 rows costs clearly more than a pass
+#   over one (printed above), and a draft step over 8 rows more than over one; the wall-clock
 #   speed-up falls with $k$ even
 #   though each call yields more tokens: every multi-draft setting is slower than speculative
 #   decoding (with this draft, the gain over plain decoding that is left comes from the draft, not
 #   from the extra rows). The column "model" predicts SpecTr's speed relative to
 #   speculative decoding from the tokens-per-call ratio and the step costs measured in isolation. It
-#   follows the trend and is optimistic: as chapter 2 found, a pass costs more inside the loop, right
+#   follows the trend (within a factor of 1.5, asserted) but is not exact: as chapter 2 found, a pass costs more inside the loop, right
 #   after the other model's pass, than alone, and the tree walk and the copying of the accepted row
 #   into every row of both caches add their share. The first "÷ SD" column (tokens per call relative
 #   to speculative decoding) is what SpecTr should gain if a batch of rows cost no more than one row,
@@ -890,10 +890,10 @@ for gamma in gammas:
         assert measured_gain < real["K-SEQ"][k - 1] - real["single"][k - 1], (k, gamma)
     check_timing(all(summary[key][3] < 1 for key in summary if key[2] == gamma and key[1] > 1),
                  "every multi-draft setting should be slower than speculative decoding on this CPU")
-check_timing(row_cost[8, 5][0] > 1.5, f"on a CPU a target pass over 8 rows should cost well over one row's, "
+check_timing(row_cost[8, 5][0] > 1.2, f"on a CPU a target pass over 8 rows should cost clearly more than one row's, "
              f"got {row_cost[8, 5][0]:.2f}x")
 for key, (_, _, _, ratio, model, _) in summary.items():
-    check_timing(-0.05 < model / ratio - 1 < 0.3, f"the cost model should predict {key} within 30 %, optimistic: "
+    check_timing(1 / 1.5 < model / ratio < 1.5, f"the cost model should predict {key} within a factor of 1.5: "
                  f"{model:.2f} predicted, {ratio:.2f} measured")
 for gamma in gammas:  # both fall with k: the extra rows cost more than they save
     measured = [summary["K-SEQ", k, gamma][3] for k in spectr_ks]
