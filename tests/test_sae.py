@@ -488,5 +488,10 @@ def test_sae_recipe_runs_and_its_checkpoint_loads(tmp_path):
     assert meta["data"]["train_activations"] == 4 * 256 and meta["data"]["val_positions_scored"] == 512
     assert set(meta["metrics"]) >= {"nmse", "l0", "dead", "dense", "clean_nll", "sae_nll", "loss_increase"}
     sae, loaded = load_sae("shakespeare-sae", directory=tmp_path)
-    assert loaded == json.loads(json.dumps(meta)) and sae.config.k == 32
+    # the sidecar is the recipe's meta completed by the saver with the schema version and the weights' hash
+    from arlib.checkpoints import SCHEMA_VERSION, sha256_of
+    assert loaded["schema"] == SCHEMA_VERSION
+    assert loaded["sha256"] == sha256_of(tmp_path / "shakespeare-sae.safetensors")
+    assert {k: v for k, v in loaded.items() if k not in ("schema", "sha256")} == json.loads(json.dumps(meta))
+    assert sae.config.k == 32
     assert (tmp_path / "shakespeare-sae.safetensors").stat().st_size < 0.75 * 2**20
