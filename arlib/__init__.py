@@ -6,8 +6,8 @@ One sub-package per part of the book: :mod:`arlib.text` (chapters 0-1), :mod:`ar
 :mod:`arlib.checkpoints`, :mod:`arlib.data`). :func:`load` opens any committed checkpoint.
 """
 
-from arlib.env import pick_device, seed_everything, setup
+from arlib.env import export_figure, pick_device, seed_everything, setup
 from arlib.loader import Loaded, load
 
 __version__ = "0.2.0"
-__all__ = ["setup", "pick_device", "seed_everything", "load", "Loaded", "__version__"]
+__all__ = ["setup", "pick_device", "seed_everything", "export_figure", "load", "Loaded", "__version__"]

@@ -82,3 +82,37 @@ def check_timing(ok: bool, message: str) -> None:
         print(f"{TIMING_NOTICE}: {message}")
         return
     raise AssertionError(message)
+
+
+FIGURES_ENV = "ARLIB_FIGURES_DIR"
+
+
+def export_figure(fig, name: str, directory: str | os.PathLike | None = None) -> list:
+    """Write ``fig`` as ``name.png`` and ``name.svg`` for the repository's ``figures/`` folder.
+
+    ``make execute`` sets ``$ARLIB_FIGURES_DIR`` to ``figures/<chapter>/`` while it runs a chapter, so
+    each chapter's key figures land there; anywhere else (a reader's run, the test suite) the call writes
+    nothing unless ``directory`` is given. The files are byte-stable across runs (no date in the SVG or
+    PNG metadata, a fixed SVG id salt), so re-executing a chapter changes them only when the figure changes.
+    Returns the paths written (empty when nothing was).
+    """
+    from pathlib import Path
+
+    from matplotlib.figure import Figure
+
+    if not isinstance(fig, Figure):
+        raise TypeError(f"fig: expected a matplotlib Figure, got {type(fig).__name__}")
+    if not isinstance(name, str) or not name or any(c in name for c in "/\\. ") or name.startswith("-"):
+        raise ValueError(f"name: expected a file stem such as 'learning-curve' (no dots, slashes or spaces), got {name!r}")
+    target = directory if directory is not None else os.environ.get(FIGURES_ENV)
+    if not target:
+        return []
+    import matplotlib
+
+    out = Path(target)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.png", out / f"{name}.svg"]
+    with matplotlib.rc_context({"svg.hashsalt": "arlib", "svg.fonttype": "path"}):
+        fig.savefig(paths[0], metadata={"Software": None})
+        fig.savefig(paths[1], metadata={"Date": None, "Creator": None})
+    return paths

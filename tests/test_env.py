@@ -43,3 +43,30 @@ def test_pick_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
 def test_setup_rejects_bad_arguments_naming_them(kwargs, word):
     with pytest.raises(ValueError, match=word):
         arlib.setup(**{"seed": 0, **kwargs})
+
+
+def test_export_figure_writes_stable_png_and_svg_only_when_asked(tmp_path, monkeypatch):
+    import hashlib
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from arlib.env import FIGURES_ENV, export_figure
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1, 4])
+    monkeypatch.delenv(FIGURES_ENV, raising=False)
+    assert export_figure(fig, "curve") == []  # a reader's run writes nothing
+    monkeypatch.setenv(FIGURES_ENV, str(tmp_path / "ch"))
+    paths = export_figure(fig, "curve")
+    assert [p.name for p in paths] == ["curve.png", "curve.svg"]
+    first = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+    assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in export_figure(fig, "curve")] == first  # byte-stable
+    assert paths[0].read_bytes().startswith(b"\x89PNG") and b"<svg" in paths[1].read_bytes()[:500]
+    with pytest.raises(ValueError, match="name"):
+        export_figure(fig, "a/b")
+    with pytest.raises(TypeError, match="fig"):
+        export_figure(ax, "curve")
+    plt.close(fig)

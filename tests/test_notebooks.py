@@ -148,3 +148,23 @@ def test_download_patterns_catch_downloads_and_ignore_comments():
     assert hits("datasets.MNIST(root, download=True)") == ["download=True"]
     assert hits("x = 1  # no wget, no from_pretrained() here\n") == []
     assert hits("corpus = arlib.data.shakespeare()") == []
+
+
+EXPORT_CALL = re.compile(r"""(?:export_figure\(fig,\s*|\bname=)"([a-z0-9-]+)\"""")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_exported_figures_match_the_chapter(path):
+    """figures/<chapter>/ holds, as PNG and SVG, exactly the figures the chapter exports (written by
+    `make execute`): a figure the chapter names but the folder lacks means the chapter was not re-executed."""
+    twin = path.with_suffix(".py").read_text()
+    names = set(EXPORT_CALL.findall(twin))
+    assert names, f"{path.name}: exports no figure (call arlib.export_figure on its key figures)"
+    folder = ROOT / "figures" / path.stem
+    found = {p.name for p in folder.glob("*")} if folder.is_dir() else set()
+    expected = {f"{n}.{ext}" for n in names for ext in ("png", "svg")}
+    assert found == expected, (f"{folder.relative_to(ROOT)}: missing {sorted(expected - found)}, "
+                               f"stale {sorted(found - expected)}; {FIX}")
+    for name in expected:
+        head = (folder / name).read_bytes()[:200]
+        assert head.startswith(b"\x89PNG") if name.endswith(".png") else b"<svg" in head or b"<?xml" in head, name

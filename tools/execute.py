@@ -5,12 +5,14 @@
 
 The py:percent twin is the file to edit: when it is newer than the notebook, its cells are synced into
 the notebook first (jupytext keeps outputs of unchanged cells, so the notebook is then re-executed).
-After execution the twin is rewritten from the notebook so the two always agree.
+After execution the twin is rewritten from the notebook so the two always agree. The figures a chapter
+exports with ``arlib.export_figure`` are written to ``figures/<chapter>/`` (PNG and SVG).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import tomllib
@@ -21,6 +23,7 @@ import nbformat
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
+FIGURES_ENV = "ARLIB_FIGURES_DIR"  # read by arlib.env.export_figure in the chapter's kernel
 
 
 def chapter_notebooks(chapter: str | None = None) -> list[Path]:
@@ -50,6 +53,14 @@ def sync_from_twin(notebook: Path) -> nbformat.NotebookNode:
 
 def execute(notebook: Path, timeout: int = 1800) -> float:
     nb = sync_from_twin(notebook)
+    # The chapter's key figures (arlib.export_figure) go to figures/<chapter>/; the folder is emptied first
+    # so a figure the chapter no longer draws does not linger.
+    figures = ROOT / "figures" / notebook.stem
+    for old in figures.glob("*.png"):
+        old.unlink()
+    for old in figures.glob("*.svg"):
+        old.unlink()
+    os.environ[FIGURES_ENV] = str(figures)
     start = time.perf_counter()
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(notebook.parent)}})

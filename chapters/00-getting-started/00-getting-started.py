@@ -131,6 +131,7 @@ ax.semilogy(np.arange(1, V + 1), p, marker=".")
 ax.set_xlabel("rank of the character")
 ax.set_ylabel("frequency")
 ax.set_title("Character frequencies in the training text")
+arlib.export_figure(fig, "character-frequencies")  # into figures/ when `make execute` runs
 plt.show()
 
 # %% [markdown]
@@ -193,6 +194,7 @@ ax1.set_title(f"{u.transcript!r} ({u.voice})")
 ax2.imshow(features.numpy(), origin="lower", aspect="auto", extent=(0, t[-1], 0, features.shape[0]))
 ax2.set_xlabel("time (s)")
 ax2.set_ylabel("mel channel")
+arlib.export_figure(fig, "waveform-and-log-mel")  # into figures/ when `make execute` runs
 plt.show()
 print(f"log-mel features: {tuple(features.shape)} (mel channels, 10 ms frames)")
 

@@ -53,6 +53,7 @@ import arlib
 import arlib.checks
 from arlib.data import shakespeare
 from arlib.text.gpt import GPT, GPTConfig
+from arlib.text.ladder import RUNGS, attention_logit_spread, bootstrap_interval
 from arlib.text.lm import heldout_halves, heldout_nll, next_token_loss, random_windows, token_nll
 from arlib.text.ngram import NGramModel
 from arlib.text.sampling import entropy, generate, process_logits
@@ -231,6 +232,31 @@ print(f"... but it gives probability 0 to {unseen_val} validation bigram(s), so 
 assert unseen_val > 0
 
 # %% [markdown]
+# **Gradient descent finds the same table.** A *neural* bigram model is a $V \times V$ matrix of logits
+# $W$ with $q(b \mid a) = \mathrm{softmax}(W_a)_b$, trained by gradient descent on the NLL of the
+# training pairs. That NLL depends on the data only through the counts, and by {eq}`eq-ce-kl` it is
+# bounded below by $H(B \mid A)$ and reaches it only at the count table, so training must walk toward
+# the table. We train $W$ from zero (the uniform guess) with Adam on the full batch of 4.6M pairs and
+# measure how far it ends from the counts: in training NLL, and in the total variation between its rows
+# and the count table's, weighted by how often each previous character occurs.
+
+# %%
+W = torch.zeros(V, V, dtype=torch.float64, requires_grad=True)  # logits, one row per previous character
+optimizer = torch.optim.Adam([W], lr=0.5)
+for step in range(300):
+    neural_nll = -(p_data * torch.log_softmax(W, dim=-1)).sum()  # NLL of all training pairs
+    optimizer.zero_grad()
+    neural_nll.backward()
+    optimizer.step()
+learned = torch.softmax(W.detach(), dim=-1)
+row_weight = counts.sum(dim=1) / counts.sum()  # how often each previous character occurs
+weighted_tv = (row_weight * 0.5 * (learned - mle).abs().sum(dim=1)).sum().item()
+print(f"neural bigram after 300 steps: NLL {neural_nll.item():.5f} (count table {H_cond:.5f}); "
+      f"weighted total variation to the count table {weighted_tv:.1e}")
+assert 0 <= neural_nll.item() - H_cond < 1e-3  # the count table is the floor, and training reaches it
+assert weighted_tv < 1e-3  # ... by learning the count table itself
+
+# %% [markdown]
 # ## 4. A GPT from scratch
 #
 # A GPT {cite}`radford2019language` maps a prefix to next-token logits with a stack of transformer
@@ -246,6 +272,22 @@ assert unseen_val > 0
 # \mathrm{head}(X) = \mathrm{softmax}\!\left(\frac{Q K^\top}{\sqrt{d_h}} + M\right) \mathbf{V}, \qquad
 # M_{ts} = \begin{cases} 0 & s \le t \\ -\infty & s > t. \end{cases}
 # $$ (eq-attention)
+#
+# Why divide by $\sqrt{d_h}$ {cite}`vaswani2017attention`? If the entries of $q$ and $k$ are independent
+# with mean 0 and variance 1 (roughly what a fresh initialization and LayerNorm give), $q \cdot k$ is a
+# sum of $d_h$ such products and has variance $d_h$. The softmax of logits that spread that wide puts
+# almost all its weight on one key, and its gradient with respect to the other keys nearly vanishes;
+# dividing by $\sqrt{d_h}$ brings the variance back to 1 at any width. Measured over 64 keys:
+
+# %%
+print(f"{'d_h':>4} | {'var(q.k)':>8} | {'var(q.k / sqrt(d_h))':>20} | largest softmax weight: raw, scaled")
+for d_head in (4, 16, 64, 256):
+    spread = attention_logit_spread(d_head, n_keys=64)
+    print(f"{d_head:4d} | {spread['raw_variance']:8.1f} | {spread['scaled_variance']:20.2f} | "
+          f"{spread['raw_max_weight']:.2f}, {spread['scaled_max_weight']:.2f}")
+    assert abs(spread["raw_variance"] / d_head - 1) < 0.1 and abs(spread["scaled_variance"] - 1) < 0.1
+    if d_head >= 64:  # unscaled, wide heads attend to nearly one key; scaled ones spread their weight
+        assert spread["raw_max_weight"] > 0.5 > 0.2 > spread["scaled_max_weight"]
 
 # %%
 class Head(nn.Module):
@@ -487,6 +529,7 @@ ax.set_xlabel("characters seen in training (millions)")
 ax.set_ylabel("nats per character")
 ax.set_ylim(1.0, 2.1)
 ax.legend(fontsize=8)
+arlib.export_figure(fig, "learning-curve")  # into figures/ when `make execute` runs
 plt.show()
 gpu = target_meta["environment"].get("gpu", target_meta["environment"]["device"])
 print(f"target's recipe: {target_meta['train']['steps']} steps of {target_meta['train']['batch_size']} windows = "
@@ -677,6 +720,7 @@ ax.plot(positions, 1e3 * t_cache, label="KV cache: one new token")
 ax.set_xlabel("position of the generated token")
 ax.set_ylabel("ms per token")
 ax.legend()
+arlib.export_figure(fig, "kv-cache-step-time")  # into figures/ when `make execute` runs
 plt.show()
 
 # %% [markdown]
@@ -742,6 +786,7 @@ for k in (1, 2, 3):
 ax.set_xlabel("layer (0 = embeddings)")
 ax.set_ylabel("probe accuracy (dotted: from x(t) alone)")
 ax.legend()
+arlib.export_figure(fig, "future-token-probe")  # into figures/ when `make execute` runs
 plt.show()
 
 # %% [markdown]

@@ -155,6 +155,7 @@ for ax, matrix, title in [(axes[0], independent, "independent: q(x) p(y)"),
     ax.set_ylabel("draft x (law q)")
     ax.set_title(f"{title}\ndiagonal = P(accept) = {matrix.trace():.3f}")
 fig.colorbar(image, ax=axes, shrink=0.8, label="probability")
+arlib.export_figure(fig, "acceptance-couplings")  # into figures/ when `make execute` runs
 plt.show()
 
 # %% [markdown]
@@ -534,6 +535,7 @@ ax.set_ylabel(r"K-SEQ acceptance / $\alpha^*_k$")
 ax.set_ylim(0.55, 1.01)
 ax.legend(loc="lower right")
 ax.set_title("K-SEQ against the optimum on 400 random pairs")
+arlib.export_figure(fig, "kseq-vs-optimum")  # into figures/ when `make execute` runs
 plt.show()
 
 # %% [markdown]
@@ -610,6 +612,7 @@ for ax, (title, table) in zip(axes, tables.items()):
     ax.set_ylabel("mean acceptance")
     ax.set_title(title)
     ax.legend()
+arlib.export_figure(fig, "acceptance-vs-k")  # into figures/ when `make execute` runs
 plt.show()
 
 # %% [markdown]

@@ -86,8 +86,8 @@ def sync():
         torch.cuda.synchronize()
 
 
-def show_grid(images, rows, title=None, row_labels=None, scale=0.9):
-    """Plot images (N, 1, 28, 28) or (N, 28, 28) in a grid of `rows` rows."""
+def show_grid(images, rows, title=None, row_labels=None, scale=0.9, name=None):
+    """Plot images (N, 1, 28, 28) or (N, 28, 28) in a grid of `rows` rows; `name` exports it to figures/."""
     images = images.reshape(len(images), images.shape[-2], images.shape[-1]).cpu()
     cols = math.ceil(len(images) / rows)
     fig, axes = plt.subplots(rows, cols, figsize=(cols * scale, rows * scale), squeeze=False)
@@ -100,6 +100,8 @@ def show_grid(images, rows, title=None, row_labels=None, scale=0.9):
             axes[r, 0].text(-4, 14, label, ha="right", va="center", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
+    if name is not None:
+        arlib.export_figure(fig, name)
     plt.show()
 
 
@@ -274,7 +276,8 @@ perplexity, used = vq.quantizer.usage(test_codes)
 assert vq_mse < 0.01 and used == K and perplexity > 100
 print(f"fashion-vq on 2000 test images: MSE {vq_mse:.4f} (PSNR {10 * math.log10(1 / vq_mse):.1f} dB), "
       f"{used} of {K} codes used, perplexity {perplexity:.0f}; 49 tokens of 8 bits = 392 bits per image")
-show_grid(torch.cat([x_test[:12], recon[:12]]).cpu(), 2, "test images (top) and their reconstructions from 49 tokens")
+show_grid(torch.cat([x_test[:12], recon[:12]]).cpu(), 2, "test images (top) and their reconstructions from 49 tokens",
+          name="vq-reconstructions")
 frequency = torch.bincount(test_codes.flatten(), minlength=K).sort(descending=True).values
 plt.figure(figsize=(6, 2.5))
 plt.bar(range(K), frequency.cpu().numpy(), width=1.0)
@@ -333,7 +336,7 @@ assert guidance[1.0][0] < guidance[2.0][0] < guidance[4.0][0]  # guidance buys c
 assert guidance[4.0][1] > guidance[2.0][1]  # and too much of it costs variety
 raster_grids = sample_raster(raster, torch.arange(10, device=device).repeat_interleave(6), K, cfg_scale=2.0,
                              generator=gen)
-show_grid(vq.decode(raster_grids), 10, "raster GPT, cfg 2: six samples per class",
+show_grid(vq.decode(raster_grids), 10, "raster GPT, cfg 2: six samples per class", name="raster-samples",
           row_labels=CLASS_NAMES)
 
 # %% [markdown]
@@ -383,7 +386,8 @@ print(f"next-scale model: test NLL {var_nll:.3f} nats per token over 88 tokens =
       f"{var_nll * 88 / math.log(2):.0f} bits per image (raster: {raster_nll * 49 / math.log(2):.0f} bits over 49)")
 var_maps = sample_next_scale(var, msvq.quantizer, torch.arange(10, device=device).repeat_interleave(6),
                              cfg_scale=2.0, generator=gen)
-show_grid(msvq.decode(var_maps), 10, "next-scale model, cfg 2: six samples per class", row_labels=CLASS_NAMES)
+show_grid(msvq.decode(var_maps), 10, "next-scale model, cfg 2: six samples per class", row_labels=CLASS_NAMES,
+          name="next-scale-samples")
 
 # %% [markdown]
 # The two bit counts are not comparable as likelihoods of images: the tokenizers differ and both are

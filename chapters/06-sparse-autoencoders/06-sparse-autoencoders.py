@@ -144,6 +144,7 @@ axes[0, 0].set_ylabel(r"$W^\top W$")
 axes[1, 0].set_ylabel(r"$\|W_i\|$ (colour: $D_i$)")
 fig.suptitle("the toy model of superposition: dense features get orthogonal directions, sparse ones share")
 plt.tight_layout()
+arlib.export_figure(fig, "superposition-toy")  # into figures/ when `make execute` runs
 plt.show()
 
 # %% [markdown]
@@ -454,6 +455,7 @@ axes[0].set_xlabel("$L_0$"), axes[1].set_xlabel("$L_0$")
 axes[0].set_ylabel("fraction recovered (cos > 0.9)"), axes[1].set_ylabel("normalized MSE")
 axes[0].legend()
 plt.tight_layout()
+arlib.export_figure(fig, "sae-frontier")  # into figures/ when `make execute` runs
 plt.show()
 
 # %% [markdown]
@@ -554,6 +556,7 @@ ax.hist(alive.log10().numpy(), bins=50)
 ax.set_xlabel(r"$\log_{10}$ of the fraction of positions a latent fires on")
 ax.set_ylabel("latents")
 ax.set_title(f"feature density: {n_dead} latents silent on this text, {n_dense} fire on more than 10 %")
+arlib.export_figure(fig, "feature-density")  # into figures/ when `make execute` runs
 plt.show()
 quartiles = alive.quantile(torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
 print(f"{n_dead} of {sae_gpt.config.n_latents} latents never fire on these {len(acts):,} positions, {n_dense} fire "
