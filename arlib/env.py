@@ -103,7 +103,8 @@ def export_figure(fig, name: str, directory: str | os.PathLike | None = None) ->
     if not isinstance(fig, Figure):
         raise TypeError(f"fig: expected a matplotlib Figure, got {type(fig).__name__}")
     if not isinstance(name, str) or not name or any(c in name for c in "/\\. ") or name.startswith("-"):
-        raise ValueError(f"name: expected a file stem such as 'learning-curve' (no dots, slashes or spaces), got {name!r}")
+        raise ValueError(f"name: expected a file stem such as 'learning-curve' (no dots, slashes or spaces), "
+                         f"got {name!r}")
     target = directory if directory is not None else os.environ.get(FIGURES_ENV)
     if not target:
         return []

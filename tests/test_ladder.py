@@ -7,8 +7,19 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from arlib.text.ladder import (LADDER_SETTINGS, RUNGS, LadderSettings, NeuralBigram, WindowMLP, attention_logit_spread,
-                               block_means, bootstrap_interval, build_rung, load_ladder, run_ladder)
+from arlib.text.ladder import (
+    LADDER_SETTINGS,
+    RUNGS,
+    LadderSettings,
+    NeuralBigram,
+    WindowMLP,
+    attention_logit_spread,
+    block_means,
+    bootstrap_interval,
+    build_rung,
+    load_ladder,
+    run_ladder,
+)
 
 SMALL = LadderSettings(n_layer=2, n_head=2, n_embd=16, block_size=16, window=3, mlp_hidden=32, steps=5, batch_size=4)
 

@@ -243,7 +243,7 @@ assert unseen_val > 0
 # %%
 W = torch.zeros(V, V, dtype=torch.float64, requires_grad=True)  # logits, one row per previous character
 optimizer = torch.optim.Adam([W], lr=0.5)
-for step in range(300):
+for _ in range(300):
     neural_nll = -(p_data * torch.log_softmax(W, dim=-1)).sum()  # NLL of all training pairs
     optimizer.zero_grad()
     neural_nll.backward()
