@@ -53,7 +53,7 @@ import arlib
 import arlib.checks
 from arlib.data import shakespeare
 from arlib.text.gpt import GPT, GPTConfig
-from arlib.text.ladder import RUNGS, attention_logit_spread, bootstrap_interval
+from arlib.text.ladder import RUNGS, attention_logit_spread, bootstrap_interval, load_ladder
 from arlib.text.lm import heldout_halves, heldout_nll, next_token_loss, random_windows, token_nll
 from arlib.text.ngram import NGramModel
 from arlib.text.sampling import entropy, generate, process_logits
@@ -594,6 +594,75 @@ assert mixture_nll < gpt_tokens.mean() - 0.005  # ... and the counts still add a
 # still lost to the 5-gram. The mixture gains a little over the GPT alone, so the counts still hold some
 # knowledge of rare strings that the GPT has not absorbed. The learning curve was still falling slowly
 # when the recipe ended: a longer run would lower it a little further.
+
+# %% [markdown]
+# **An ablation ladder: which parts of the GPT matter?** The GPT combines several ideas at once. To see
+# what each buys, a recipe (`python -m arlib.text.ladder`, about an hour on one CPU core; its results are
+# committed) trains six models, each adding one idea to the one before, with the same optimizer, batch
+# (32 windows of 64 characters), context and number of steps (3,000, or 6.1M characters):
+#
+# 1. a **neural bigram**: the table of logits from section 3, trained on windows like the others;
+# 2. Bengio et al.'s **window MLP** {cite}`bengio2003neural`: the embeddings of the last 8 characters,
+#    concatenated, through one tanh layer;
+# 3. **single-head attention**: four layers of one causal head each, nothing else, so every position
+#    can read the whole context but each layer replaces its input;
+# 4. **multi-head attention and an MLP** in each of the four layers, still without residuals;
+# 5. **residual connections and LayerNorm**, placed as in the original Transformer
+#    {cite}`vaswani2017attention` (*post-LN*: $x \leftarrow \mathrm{LN}(x + \mathrm{sublayer}(x))$);
+# 6. **the book's GPT** at the same size: LayerNorm before each sub-layer and at the end (GPT-2's *pre-LN*
+#    {cite}`radford2019language`, analysed by Xiong et al. {cite}`xiong2020layer`), GPT-2's initialization
+#    and a tied output matrix.
+#
+# Rungs 3 to 6 share depth (4), width (64) and heads (4; one in rung 3). Three seeds per rung; the change
+# from one rung to the next comes with a 95 % interval from a paired bootstrap over 1,000-character
+# blocks of the report half (neighbouring characters' losses are correlated, so blocks, not characters,
+# are resampled), on the losses averaged over the seeds.
+
+# %%
+ladder = load_ladder()
+seeds = ladder["seeds"]
+ladder_rows = {}
+for rung in RUNGS:
+    runs = ladder["rungs"][rung]
+    nlls = np.array([run["report_nll"] for run in runs])
+    blocks = np.mean([run["report_blocks"] for run in runs], axis=0)  # seed-averaged block means
+    ladder_rows[rung] = dict(params=runs[0]["parameters"], nll=nlls.mean(), seed_sd=nlls.std(ddof=1), blocks=blocks,
+                             curve=np.mean([run["curve_per_100_steps"] for run in runs], axis=0))
+count_bigram_report = counting["bigram"][0].nll(report_ids)
+print(f"{'rung':12s} {'parameters':>10s} {'report NLL':>10s} {'seed sd':>7s} | change from the rung before [95 % CI]")
+previous = None
+steps_up = {}
+for rung, row in ladder_rows.items():
+    line = f"{rung:12s} {row['params']:10,d} {row['nll']:10.3f} {row['seed_sd']:7.3f}"
+    if previous is not None:
+        steps_up[rung] = bootstrap_interval(row["blocks"], ladder_rows[previous]["blocks"])
+        line += " | {:+.3f} [{:+.3f}, {:+.3f}]".format(*steps_up[rung])
+    print(line)
+    previous = rung
+print(f"count-table bigram (add-one) on the report half: {count_bigram_report:.3f}; "
+      f"the committed target (256 characters of context, 4.8M parameters, 17 passes): "
+      f"{target_meta['metrics']['report_nll']:.3f}")
+ladder_seconds = sum(run["seconds"] for runs in ladder["rungs"].values() for run in runs)
+print(f"ladder recipe: {ladder_seconds / 60:.0f} min of training on {ladder['environment']['device']}, "
+      f"{ladder['environment']['trained_on']}")
+
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+steps_axis = 100 * (np.arange(len(ladder_rows["gpt"]["curve"])) + 1)
+for i, (rung, row) in enumerate(ladder_rows.items()):
+    ax1.plot(steps_axis, row["curve"], label=rung, color=f"C{i}")
+    ax2.errorbar(i, row["nll"], yerr=2 * row["seed_sd"], fmt="o", color=f"C{i}", capsize=3)
+ax1.set(xlabel="training step", ylabel="training loss (nats, mean of 100 steps)", ylim=(1.2, 3.6))
+ax1.legend(fontsize=8)
+ax2.axhline(count_bigram_report, color="gray", ls=":", label="count-table bigram")
+ax2.axhline(report_nll[f"{best_order}-gram, D={best_D}"], color="gray", ls="-.", label="best counting (slice)")
+ax2.set_xticks(range(len(RUNGS)), RUNGS, rotation=30, fontsize=8)
+ax2.set(ylabel="report NLL (nats/char, +-2 seed sd)")
+ax2.legend(fontsize=8)
+arlib.export_figure(fig, "ablation-ladder")  # into figures/ when `make execute` runs
+plt.show()
+
+# %%
+LADDER_ASSERTS_PENDING = True
 
 # %% [markdown]
 # ## 6. Sampling
