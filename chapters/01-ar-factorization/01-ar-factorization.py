@@ -793,6 +793,32 @@ arlib.export_figure(fig, "kv-cache-step-time")  # into figures/ when `make execu
 plt.show()
 
 # %% [markdown]
+# **The same model in Hugging Face.** `arlib`'s GPT uses GPT-2's layout and parameter names, so
+# `arlib.text.hf.to_hf` copies its weights into a `transformers` `GPT2LMHeadModel`, which can be saved with
+# `save_pretrained` and used by any tool of that ecosystem. We save the target to a temporary folder, load
+# it back with `from_pretrained` (a local folder: nothing is downloaded) and check that Hugging Face's
+# own `generate`, with its own KV cache, writes the same greedy continuation as `arlib`.
+
+# %%
+import tempfile  # noqa: E402
+
+from transformers import GPT2LMHeadModel  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+from arlib.text.hf import to_hf  # noqa: E402
+
+hf_logging.disable_progress_bar()
+with tempfile.TemporaryDirectory() as folder:
+    to_hf(target).save_pretrained(folder)
+    hf_target = GPT2LMHeadModel.from_pretrained(folder).eval()
+hf_prompt = tokenizer.encode("KING HENRY:\nWhat ")[None]  # (1, 17)
+ours = generate(target, hf_prompt, 100, greedy=True)
+theirs = hf_target.generate(hf_prompt, attention_mask=torch.ones_like(hf_prompt), max_new_tokens=100,
+                            do_sample=False, pad_token_id=0)
+assert torch.equal(ours, theirs)  # the same 100 greedy characters
+print(f"Hugging Face generate == arlib generate on 100 greedy characters:\n{tokenizer.decode(theirs[0])}")
+
+# %% [markdown]
 # ## 8. What a next-token predictor knows, and what it does not
 #
 # **Looking ahead.** The model is trained only to predict $x_{t+1}$, but to do that well its hidden
