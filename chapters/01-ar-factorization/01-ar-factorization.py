@@ -41,6 +41,7 @@
 import itertools
 import math
 import re
+import tempfile
 import time
 
 import matplotlib.pyplot as plt
@@ -48,11 +49,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from transformers import GPT2LMHeadModel
+from transformers.utils import logging as hf_logging
 
 import arlib
 import arlib.checks
 from arlib.data import shakespeare
 from arlib.text.gpt import GPT, GPTConfig
+from arlib.text.hf import to_hf
 from arlib.text.ladder import RUNGS, attention_logit_spread, bootstrap_interval, load_ladder
 from arlib.text.lm import heldout_halves, heldout_nll, next_token_loss, random_windows, token_nll
 from arlib.text.ngram import NGramModel
@@ -800,13 +804,6 @@ plt.show()
 # own `generate`, with its own KV cache, writes the same greedy continuation as `arlib`.
 
 # %%
-import tempfile  # noqa: E402
-
-from transformers import GPT2LMHeadModel  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
-
-from arlib.text.hf import to_hf  # noqa: E402
-
 hf_logging.disable_progress_bar()
 with tempfile.TemporaryDirectory() as folder:
     to_hf(target).save_pretrained(folder)
