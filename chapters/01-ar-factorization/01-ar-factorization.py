@@ -674,7 +674,7 @@ LADDER_ASSERTS_PENDING = True
 # A trained model gives a distribution over the next character; a *decoding strategy* turns it into
 # text. Greedy decoding takes the most likely token; sampling draws from $\mathrm{softmax}(z / \tau)$
 # at temperature $\tau$ (lower is sharper). Truncation methods sample only from a trusted head of the
-# distribution: **top-k** keeps the $k$ most likely tokens, **top-p** (nucleus) keeps the smallest set
+# distribution: **top-k** keeps the $k$ most likely tokens {cite}`fan2018hierarchical`, **top-p** (nucleus) keeps the smallest set
 # whose probability reaches $p$ {cite}`holtzman2020curious`, and **min-p** keeps tokens whose
 # probability is at least $p_{\min}$ times the top token's {cite}`nguyen2025minp`, so it adapts to how
 # confident the model is. We generate 8 continuations of 200 characters with each strategy and measure
