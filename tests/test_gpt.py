@@ -148,3 +148,71 @@ def test_untrained_loss_near_uniform():
     x = ids(4, 16)
     loss = F.cross_entropy(model(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
     assert abs(loss.item() - torch.log(torch.tensor(float(V))).item()) < 0.1
+
+
+# --------------------------------------------------------------------- grouped-query and multi-query attention
+
+
+def test_n_kv_head_none_or_n_head_is_the_same_multi_head_model():
+    from arlib.text.gpt import kv_cache_bytes
+
+    base = GPTConfig(vocab_size=13, block_size=16, n_layer=2, n_head=4, n_embd=16)
+    same = GPTConfig(vocab_size=13, block_size=16, n_layer=2, n_head=4, n_embd=16, n_kv_head=4)
+    torch.manual_seed(0)
+    a = GPT(base).eval()
+    b = GPT(same).eval()
+    assert {k: v.shape for k, v in a.state_dict().items()} == {k: v.shape for k, v in b.state_dict().items()}
+    b.load_state_dict(a.state_dict())
+    x = torch.randint(0, 13, (2, 9))
+    assert torch.equal(a(x), b(x))
+    assert "n_kv_head" not in base.to_dict() and GPTConfig(**base.to_dict()) == base  # old sidecars load
+    assert kv_cache_bytes(base) == kv_cache_bytes(same) == {"per_token": 2 * 2 * 4 * 4 * 2,
+                                                             "per_sequence": 2 * 2 * 4 * 4 * 2 * 16}
+
+
+@pytest.mark.parametrize("n_kv_head", [1, 2])
+def test_grouped_query_attention_caches_fewer_heads_and_decodes_the_same(n_kv_head):
+    from arlib.text.gpt import kv_cache_bytes
+    from arlib.text.sampling import generate
+
+    config = GPTConfig(vocab_size=13, block_size=24, n_layer=2, n_head=4, n_embd=16, n_kv_head=n_kv_head)
+    torch.manual_seed(1)
+    model = GPT(config).eval()
+    assert model.h[0].attn.c_attn.weight.shape == (16 + 2 * n_kv_head * 4, 16)
+    cache = model.new_cache(2)
+    assert cache.k.shape == (2, 2, n_kv_head, 24, 4)  # (L, B, H_kv, T_max, D)
+    x = torch.randint(0, 13, (2, 12))
+    with torch.no_grad():
+        full = model(x)
+        step = torch.cat([model(x[:, :5], cache=cache)] + [model(x[:, t:t + 1], cache=cache) for t in range(5, 12)], 1)
+    assert torch.allclose(full, step, atol=1e-5)  # cached decoding equals the full pass
+    prompt = x[:1, :4]
+    cached, uncached = (generate(model, prompt, 10, greedy=True, use_cache=c) for c in (True, False))
+    assert torch.equal(cached, uncached)
+    assert kv_cache_bytes(config)["per_token"] * (4 // n_kv_head) == kv_cache_bytes(
+        GPTConfig(vocab_size=13, block_size=24, n_layer=2, n_head=4, n_embd=16))["per_token"]
+
+
+def test_grouped_query_attention_equals_multi_head_with_shared_keys():
+    """A GQA model is an MHA model whose key/value weights are copied across each group of heads."""
+    gqa_config = GPTConfig(vocab_size=11, block_size=16, n_layer=1, n_head=4, n_embd=16, n_kv_head=2)
+    mha_config = GPTConfig(vocab_size=11, block_size=16, n_layer=1, n_head=4, n_embd=16)
+    torch.manual_seed(2)
+    gqa, mha = GPT(gqa_config).eval(), GPT(mha_config).eval()
+    state = gqa.state_dict()
+    for name in ("weight", "bias"):
+        w = state[f"h.0.attn.c_attn.{name}"]
+        q, k, v = w.split([16, 8, 8])
+        widen = lambda t: t.reshape(2, 4, *t.shape[1:]).repeat_interleave(2, 0).reshape(16, *t.shape[1:])  # noqa: E731
+        state[f"h.0.attn.c_attn.{name}"] = torch.cat([q, widen(k), widen(v)])
+    mha.load_state_dict(state)
+    x = torch.randint(0, 11, (3, 10))
+    with torch.no_grad():
+        assert torch.allclose(gqa(x), mha(x), atol=1e-5)
+
+
+def test_n_kv_head_must_divide_n_head():
+    with pytest.raises(ValueError, match="n_kv_head"):
+        GPTConfig(vocab_size=5, n_head=4, n_embd=16, n_kv_head=3)
+    with pytest.raises(ValueError, match="n_kv_head"):
+        GPTConfig(vocab_size=5, n_head=4, n_embd=16, n_kv_head=0)

@@ -87,3 +87,12 @@ def test_errors():
         untied.lm_head.weight.add_(1.0)
     with pytest.raises(ValueError, match="tie"):
         from_hf(untied)
+
+
+def test_grouped_query_attention_does_not_export_to_gpt2():
+    from arlib.text.gpt import GPT, GPTConfig
+    from arlib.text.hf import to_hf
+
+    model = GPT(GPTConfig(vocab_size=7, block_size=8, n_layer=1, n_head=4, n_embd=16, n_kv_head=2))
+    with pytest.raises(ValueError, match="n_kv_head"):
+        to_hf(model)

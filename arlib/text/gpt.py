@@ -25,6 +25,10 @@ class GPTConfig:
     n_head: int = 8
     n_embd: int = 256
     dropout: float = 0.0
+    # Key/value heads: None (= n_head) is multi-head attention; 1 is multi-query attention (Shazeer 2019);
+    # a divisor of n_head in between is grouped-query attention (Ainslie et al. 2023): each key/value
+    # head serves n_head / n_kv_head query heads, and the KV cache shrinks by that factor.
+    n_kv_head: int | None = None
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -33,9 +37,33 @@ class GPTConfig:
             raise ValueError(f"n_embd: expected a multiple of n_head={self.n_head}, got {self.n_embd}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
+        if self.n_kv_head is not None:
+            positive_int(self.n_kv_head, "n_kv_head")
+            if self.n_head % self.n_kv_head:
+                raise ValueError(f"n_kv_head: expected a divisor of n_head={self.n_head} (or None), "
+                                 f"got {self.n_kv_head}")
+
+    @property
+    def kv_heads(self) -> int:
+        """The number of key/value heads (n_kv_head, or n_head when it is None)."""
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["n_kv_head"] is None:  # plain multi-head attention: the sidecars of every earlier model
+            del d["n_kv_head"]
+        return d
+
+
+def kv_cache_bytes(config: GPTConfig, bytes_per_value: int = 2) -> dict:
+    """Memory of the KV cache of ``config``: keys and values of every layer, ``bytes_per_value`` each
+    (2 for float16/bfloat16). Returns bytes ``per_token`` (2 L H_kv d_head b) and ``per_sequence`` (at the
+    full context); a batch of B sequences takes B times that. Pope et al. (2023) analyse this cost."""
+    if not isinstance(config, GPTConfig):
+        raise TypeError(f"config: expected GPTConfig, got {type(config).__name__}")
+    positive_int(bytes_per_value, "bytes_per_value")
+    per_token = 2 * config.n_layer * config.kv_heads * (config.n_embd // config.n_head) * bytes_per_value
+    return {"per_token": per_token, "per_sequence": per_token * config.block_size}
 
 
 class KVCache:
@@ -48,7 +76,7 @@ class KVCache:
     def __init__(self, config: GPTConfig, batch_size: int, device=None, dtype=torch.float32):
         positive_int(batch_size, "batch_size")
         head_dim = config.n_embd // config.n_head
-        shape = (config.n_layer, batch_size, config.n_head, config.block_size, head_dim)
+        shape = (config.n_layer, batch_size, config.kv_heads, config.block_size, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, H, T_max, D)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.length = 0
@@ -70,8 +98,9 @@ def causal_mask(T: int, start: int, device=None) -> torch.Tensor:
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.n_head, self.n_embd = config.n_head, config.n_embd
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v in one matmul
+        self.n_head, self.n_embd, self.n_kv_head = config.n_head, config.n_embd, config.kv_heads
+        self.kv_dim = config.kv_heads * (config.n_embd // config.n_head)  # n_embd unless grouped
+        self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * self.kv_dim)  # q, k, v in one matmul
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.attn_dropout = config.dropout
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -84,15 +113,19 @@ class CausalSelfAttention(nn.Module):
         block of a block-causal model that sees its past and all of itself): attention then runs without
         a mask, which on a GPU is the faster kernel."""
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        # (B, T, C) -> (B, H, T, D)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        q, k, v = self.c_attn(x).split([self.n_embd, self.kv_dim, self.kv_dim], dim=2)
+        D = C // self.n_head
+        q = q.view(B, T, self.n_head, D).transpose(1, 2)  # (B, H, T, D)
+        k, v = (t.view(B, T, self.n_kv_head, D).transpose(1, 2) for t in (k, v))  # (B, H_kv, T, D)
         dropout = self.attn_dropout if self.training else 0.0
         if cache is not None:
             start = cache.length
             cache.k[layer, :, :, start:start + T] = k
             cache.v[layer, :, :, start:start + T] = v
-            k, v = cache.k[layer, :, :, :start + T], cache.v[layer, :, :, :start + T]  # (B, H, start+T, D)
+            k, v = cache.k[layer, :, :, :start + T], cache.v[layer, :, :, :start + T]  # (B, H_kv, start+T, D)
+        if self.n_kv_head != self.n_head:  # grouped: query head h reads key/value head h // group
+            group = self.n_head // self.n_kv_head
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (B, H, ., D)
         if mask is True or (cache is not None and T == 1):  # every query sees every key: no mask needed
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
         elif cache is None and mask is None:  # causal by default

@@ -31,6 +31,9 @@ def hf_config(config: GPTConfig):
     no dropout, and no special tokens (a character vocabulary has none)."""
     if not isinstance(config, GPTConfig):
         raise TypeError(f"config: expected GPTConfig, got {type(config).__name__}")
+    if config.kv_heads != config.n_head:  # GPT-2's attention has one key/value head per query head
+        raise ValueError(f"config: n_kv_head={config.n_kv_head} (grouped-query attention) has no GPT-2 "
+                         f"equivalent; only n_kv_head=None or n_head={config.n_head} exports")
     return _transformers().GPT2Config(
         vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
         n_layer=config.n_layer, n_head=config.n_head, n_inner=4 * config.n_embd,
