@@ -95,7 +95,7 @@ def test_run_ladder_writes_results_that_load(tmp_path):
     out = tmp_path / "ladder.json"
     results = run_ladder(str(out), seeds=(0,), steps=3, eval_chars=4000, progress=False, settings=SMALL)
     loaded = load_ladder(out)
-    assert loaded["rungs"].keys() == set(RUNGS) and loaded["settings"]["steps"] == 3
+    assert loaded["rungs"].keys() == set(RUNGS) | set(SIDE_RUNGS) and loaded["settings"]["steps"] == 3
     for runs in loaded["rungs"].values():
         assert runs[0]["report_nll"] > 0 and len(runs[0]["report_blocks"]) == 4
     assert results["command"].endswith("--steps 3")
@@ -105,6 +105,7 @@ def test_the_committed_ladder_is_the_full_recipe():
     results = load_ladder()
     assert results["settings"] == asdict(LADDER_SETTINGS) and len(results["seeds"]) >= 3
     assert results["data"]["report_chars"] > 200_000
+    assert set(results["rungs"]) == set(RUNGS) | set(SIDE_RUNGS)
     for rung, runs in results["rungs"].items():
         assert len(runs) == len(results["seeds"]) and all(len(r["report_blocks"]) >= 200 for r in runs)
         assert all(len(r["curve_per_100_steps"]) == LADDER_SETTINGS.steps // 100 for r in runs), rung

@@ -21,7 +21,7 @@ book's own teaching device; the rungs are standard architectures, credited in th
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -31,6 +31,9 @@ from arlib.text.gpt import GPT, MLP, CausalSelfAttention, GPTConfig
 from arlib.validate import positive_int
 
 RUNGS = ("bigram", "window-mlp", "one-head", "heads+mlp", "residual+ln", "gpt")
+# Controls beside the ladder: rungs 3 and 4 with one layer instead of four, which shows that what fails
+# without residual connections is depth, not attention.
+SIDE_RUNGS = {"one-head, 1 layer": ("one-head", 1), "heads+mlp, 1 layer": ("heads+mlp", 1)}
 
 
 @dataclass(frozen=True)
@@ -132,9 +135,13 @@ class LadderTransformer(nn.Module):
 
 
 def build_rung(rung: str, vocab_size: int, settings: LadderSettings = LADDER_SETTINGS) -> nn.Module:
-    """The untrained model of ``rung`` (one of :data:`RUNGS`) for a vocabulary of ``vocab_size``."""
+    """The untrained model of ``rung`` (one of :data:`RUNGS` or :data:`SIDE_RUNGS`) for a vocabulary of
+    ``vocab_size``."""
+    if rung in SIDE_RUNGS:
+        rung, layers = SIDE_RUNGS[rung]
+        settings = replace(settings, n_layer=layers)
     if rung not in RUNGS:
-        raise ValueError(f"rung: expected one of {', '.join(RUNGS)}, got {rung!r}")
+        raise ValueError(f"rung: expected one of {', '.join(RUNGS + tuple(SIDE_RUNGS))}, got {rung!r}")
     positive_int(vocab_size, "vocab_size")
     s = settings
     if rung == "bigram":
@@ -203,16 +210,17 @@ def bootstrap_interval(blocks_a, blocks_b=None, draws: int = 2000, level: float 
 
 
 def run_ladder(out: str, seeds=(0,), steps: int | None = None, eval_chars: int | None = None,
-               progress: bool = True, settings: LadderSettings = LADDER_SETTINGS) -> dict:
+               progress: bool = True, settings: LadderSettings = LADDER_SETTINGS, rungs=None) -> dict:
     """Train every rung of the ladder with each seed and write the results as JSON to ``out``.
 
     Per rung and seed: parameters, the training curve (mean loss per 100 steps), NLL on the select and
     report halves of the held-out text (:func:`arlib.text.lm.heldout_halves`), and the report half's
     per-token losses as means of 1000-character blocks for paired bootstrap intervals. ``steps`` and
-    ``eval_chars`` shorten the run (tests)."""
+    ``eval_chars`` shorten the run (tests). ``rungs`` (default: the ladder and its side rungs) trains only
+    those; the results of other rungs already in ``out`` with the same settings and seeds are kept."""
     import json
     import time
-    from dataclasses import asdict, replace
+    from dataclasses import asdict
     from pathlib import Path
 
     from arlib.data import SOURCES, shakespeare
@@ -234,8 +242,17 @@ def run_ladder(out: str, seeds=(0,), steps: int | None = None, eval_chars: int |
     results = {"settings": asdict(settings), "seeds": list(seeds), "rungs": {}, "block_chars": block,
                "data": {"source": "shakespeare", "sha256": SOURCES["shakespeare"].sha256,
                         "select_chars": len(select_ids), "report_chars": len(report_ids)}}
+    path = Path(out)
+    if path.is_file():  # keep what an earlier run of the same recipe trained
+        earlier = json.loads(path.read_text())
+        if earlier.get("settings") == results["settings"] and earlier.get("seeds") == results["seeds"]:
+            results["rungs"].update(earlier["rungs"])
+    rungs = RUNGS + tuple(SIDE_RUNGS) if rungs is None else tuple(rungs)
+    for rung in rungs:
+        if rung not in RUNGS and rung not in SIDE_RUNGS:
+            raise ValueError(f"rungs: unknown rung {rung!r}; expected some of {RUNGS + tuple(SIDE_RUNGS)}")
     t0 = time.time()
-    for rung in RUNGS:
+    for rung in rungs:
         runs = []
         for seed in seeds:
             seed_everything(seed)
@@ -267,7 +284,6 @@ def run_ladder(out: str, seeds=(0,), steps: int | None = None, eval_chars: int |
     results["environment"] = {"torch": torch.__version__, "device": device.type, "threads": torch.get_num_threads(),
                               "wall_seconds": round(time.time() - t0, 1), "trained_on": time.strftime("%Y-%m-%d")}
     results["command"] = "python -m arlib.text.ladder" + (f" --steps {steps}" if steps else "")
-    path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1) + "\n")
     return results
@@ -303,5 +319,6 @@ if __name__ == "__main__":
     parser.add_argument("--out", default="data/results/shakespeare-ladder.json")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--rungs", nargs="+", default=None, help="train only these rungs (default: all)")
     args = parser.parse_args()
-    run_ladder(args.out, seeds=tuple(args.seeds), steps=args.steps)
+    run_ladder(args.out, seeds=tuple(args.seeds), steps=args.steps, rungs=args.rungs)
