@@ -10,6 +10,7 @@ import torch
 from arlib.text.ladder import (
     LADDER_SETTINGS,
     RUNGS,
+    SIDE_RUNGS,
     LadderSettings,
     NeuralBigram,
     WindowMLP,
