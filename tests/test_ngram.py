@@ -190,3 +190,87 @@ def test_shakespeare_orders():
     assert kn[1] > kn[2] > kn[3] > kn[5]
     assert NGramModel(5, tok.vocab_size, smoothing="add_k").fit(train).nll(val) > kn[5]
     assert 2.9 < kn[1] < 3.6  # about 3.4 nats/char: the unigram entropy of English text with capitals
+
+
+# --- modified Kneser-Ney (Chen & Goodman 1999) ----------------------------------------------------
+
+
+def reference_modified_kn(train, order, V, context):
+    """Modified Kneser-Ney by the textbook formulas, with dicts: three discounts per level from its
+    counts of counts, raw counts at the top order and continuation counts below."""
+    from arlib.text.ngram import modified_discounts
+
+    raw = {m: Counter(tuple(train[i:i + m]) for i in range(len(train) - m + 1)) for m in range(1, order + 1)}
+    cont = {m: Counter(g[1:] for g in raw[m + 1]) for m in range(1, order)}
+    h = tuple(context[len(context) - min(len(context), order - 1):])
+    top = len(h) + 1
+
+    def level(m):
+        counts = raw[m] if m == top else cont[m]
+        # counts of counts over every m-gram of the level (np.unique's codes: those seen in the text)
+        all_counts = [counts.get(g, 0) for g in raw[m]]
+        return counts, modified_discounts(np.array(all_counts))
+
+    def kn(w, h):
+        lower = kn(w, h[1:]) if h else 1.0 / V
+        counts, (d1, d2, d3) = level(len(h) + 1)
+        row = {g[-1]: c for g, c in counts.items() if g[:-1] == h and c > 0}
+        total = sum(row.values())
+        if total == 0:
+            return lower
+        disc = lambda c: 0.0 if c == 0 else d1 if c == 1 else d2 if c == 2 else d3  # noqa: E731
+        n = [sum(1 for c in row.values() if c == r) for r in (1, 2)] + [sum(1 for c in row.values() if c >= 3)]
+        gamma = (d1 * n[0] + d2 * n[1] + d3 * n[2]) / total
+        c = row.get(w, 0)
+        return max(c - disc(c), 0) / total + gamma * lower
+
+    return [kn(w, h) for w in range(V)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(train=st.lists(st.integers(0, 4), min_size=1, max_size=80), order=st.integers(1, 4),
+       context=st.lists(st.integers(0, 4), max_size=4))
+def test_modified_kneser_ney_matches_the_reference_and_sums_to_one(train, order, context):
+    model = NGramModel(order, 5, smoothing="modified_kneser_ney").fit(torch.tensor(train))
+    p = model.probs(torch.tensor(context, dtype=torch.long))
+    assert abs(p.sum().item() - 1) < 1e-9 and (p > 0).all()
+    np.testing.assert_allclose(p.numpy(), reference_modified_kn(train, order, 5, context), rtol=1e-9)
+
+
+def test_modified_discounts_by_hand():
+    from arlib.text.ngram import modified_discounts
+
+    counts = np.array([1] * 10 + [2] * 4 + [3] * 3 + [4] * 2 + [9])  # n1..n4 = 10, 4, 3, 2
+    y = 10 / (10 + 2 * 4)
+    expected = (1 - 2 * y * 4 / 10, 2 - 3 * y * 3 / 4, 3 - 4 * y * 2 / 3)
+    np.testing.assert_allclose(modified_discounts(counts), expected)
+    assert modified_discounts(np.array([1, 1, 2])) == (0.5, 1.0, 1.5)  # too few counts of counts: a default
+
+
+def test_modified_kneser_ney_needs_no_tuning_to_match_one_tuned_discount():
+    from arlib.data import shakespeare
+    from arlib.text.lm import heldout_halves
+    from arlib.text.tokenizer import CharTokenizer
+
+    corpus = shakespeare()
+    tok = CharTokenizer.from_text(corpus.text)
+    train_ids = tok.encode(corpus.train)[:1_000_000]
+    select = heldout_halves(tok.encode(corpus.val))[0][:20_000]
+    kn = NGramModel(5, tok.vocab_size, smoothing="kneser_ney").fit(train_ids)
+    best_single = min(_with_discount(kn, d).nll(select) for d in (0.6, 0.7, 0.8, 0.9, 1.0))
+    modified = NGramModel(5, tok.vocab_size, smoothing="modified_kneser_ney").fit(train_ids).nll(select)
+    assert modified < best_single + 0.002  # three discounts estimated from counts, none tuned
+
+
+def _with_discount(model, d):
+    model.discount = d
+    return model
+
+
+def test_count_ranks_follow_zipf():
+    g = torch.Generator().manual_seed(0)
+    model = NGramModel(2, 6).fit(torch.randint(0, 6, (500,), generator=g))
+    ranks = model.count_ranks(1)
+    assert ranks.sum() == 500 and (np.diff(ranks) <= 0).all() and len(ranks) == 6
+    with pytest.raises(ValueError, match="m"):
+        model.count_ranks(3)

@@ -16,6 +16,14 @@ Smoothing:
   continuation counts ``N1+(. h w)``, the number of distinct tokens seen before ``h w``. The recursion
   ends at the uniform distribution, and a context never seen backs off to ``P(w | h')`` entirely.
 
+- ``"modified_kneser_ney"``: Chen & Goodman's modified Kneser-Ney (1999, sec. 3): three discounts
+  per order, ``D1`` for n-grams seen once, ``D2`` twice, ``D3+`` three times or more,
+  ``P(w | h) = (c(h w) - D(c(h w))) / c(h) + gamma(h) P(w | h')`` with
+  ``gamma(h) = (D1 N1(h .) + D2 N2(h .) + D3+ N3+(h .)) / c(h)``, and the discounts estimated in closed
+  form from the counts of counts ``n_r`` of each order: ``Y = n1 / (n1 + 2 n2)``,
+  ``D_r = r - (r + 1) Y n_{r+1} / n_r``. Lower orders use continuation counts, with discounts from
+  their own counts of counts (as KenLM does); each discount is clipped to ``[0, r]``.
+
 Near the start of a sequence a context is shorter than ``n - 1``; it is then scored with the longest
 context available, its own order taking the role of the highest one.
 """
@@ -26,7 +34,7 @@ import numpy as np
 import torch
 
 from arlib.text.sampling import sample_probs
-from arlib.validate import ids_in_vocab, int_at_least, number_in, positive_int, token_ids
+from arlib.validate import ids_in_vocab, int_at_least, int_in_range, number_in, positive_int, token_ids
 
 
 def _as_ids(ids, vocab_size: int, name: str, min_len: int = 0) -> np.ndarray:
@@ -55,12 +63,43 @@ class _Level:
         self.ctx, first = np.unique(ctx, return_index=True)
         self.total = np.add.reduceat(counts, first) if len(first) else counts[:0]  # sum_w c(h w)
         self.types = np.add.reduceat((counts > 0).astype(np.int64), first) if len(first) else counts[:0]
+        # modified Kneser-Ney: N1, N2, N3+ of each context, and the three discounts of this level
+        per_ctx = lambda mask: np.add.reduceat(mask.astype(np.int64), first) if len(first) else counts[:0]  # noqa: E731
+        self.n1, self.n2, self.n3p = per_ctx(counts == 1), per_ctx(counts == 2), per_ctx(counts >= 3)
+        self.discounts = modified_discounts(counts)
 
     def stats(self, h: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """c(h w) (N, K), sum_w c(h w) (N, 1) and N1+(h .) (N, 1) for contexts ``h`` (N, 1)."""
         V = self.codes.dtype.type(self.vocab_size)
         return (_lookup(self.codes, self.counts, h * V + w), _lookup(self.ctx, self.total, h),
                 _lookup(self.ctx, self.types, h))
+
+    def gamma_mass(self, h: np.ndarray) -> np.ndarray:
+        """``D1 N1(h .) + D2 N2(h .) + D3+ N3+(h .)`` (N, 1): the mass modified Kneser-Ney frees after h."""
+        d1, d2, d3 = self.discounts
+        return (d1 * _lookup(self.ctx, self.n1, h) + d2 * _lookup(self.ctx, self.n2, h)
+                + d3 * _lookup(self.ctx, self.n3p, h))
+
+    def discount_of(self, c: np.ndarray) -> np.ndarray:
+        """The discount of each count: 0, D1, D2 or D3+ for c = 0, 1, 2, >= 3."""
+        d1, d2, d3 = self.discounts
+        return np.select([c == 0, c == 1, c == 2], [0.0, d1, d2], d3)
+
+
+def modified_discounts(counts: np.ndarray) -> tuple[float, float, float]:
+    """Chen & Goodman's (1999) closed-form discounts ``(D1, D2, D3+)`` from the counts of counts
+    ``n_r`` (how many n-grams occur exactly r times): ``Y = n1 / (n1 + 2 n2)``,
+    ``D_r = r - (r + 1) Y n_{r+1} / n_r``, each clipped to ``[0, r]`` (a level with too few n-grams
+    for an estimate gets the classic 0.5, 1, 1.5)."""
+    counts = np.asarray(counts)
+    n = [int((counts == r).sum()) for r in range(1, 5)]
+    if min(n) == 0:
+        return 0.5, 1.0, 1.5
+    y = n[0] / (n[0] + 2 * n[1])
+    return tuple(float(np.clip(r - (r + 1) * y * n[r] / n[r - 1], 0.0, r)) for r in (1, 2, 3))
+
+
+SMOOTHINGS = ("add_k", "kneser_ney", "modified_kneser_ney")
 
 
 class NGramModel:
@@ -77,8 +116,8 @@ class NGramModel:
         positive_int(vocab_size, "vocab_size")
         if vocab_size ** order >= 2**62:
             raise ValueError(f"order: vocab_size ** order must fit in 62 bits, got {vocab_size}**{order}")
-        if smoothing not in ("add_k", "kneser_ney"):
-            raise ValueError(f"smoothing: expected 'add_k' or 'kneser_ney', got {smoothing!r}")
+        if smoothing not in SMOOTHINGS:
+            raise ValueError(f"smoothing: expected one of {', '.join(map(repr, SMOOTHINGS))}, got {smoothing!r}")
         number_in(k, "k", 0, bounds="(]")
         number_in(discount, "discount", 0, 1, bounds="(]")
         self.order, self.vocab_size, self.smoothing = order, vocab_size, smoothing
@@ -140,7 +179,14 @@ class NGramModel:
                                                                                (c, tot, types)))
             else:
                 c, tot, types = self.raw[m - 1].stats(h, w)
-            new = (np.maximum(c - D, 0) + D * types * p) / np.maximum(tot, 1)  # Chen & Goodman eq. 17
+            if self.smoothing == "modified_kneser_ney":  # Chen & Goodman's modified KN
+                levels = (self.raw[m - 1], self.cont[m - 1] if m < self.order else self.raw[m - 1])
+                at_top = top == m
+                mass = np.where(at_top, levels[0].gamma_mass(h), levels[1].gamma_mass(h))  # (N, 1)
+                discount = np.where(at_top, levels[0].discount_of(c), levels[1].discount_of(c))  # (N, K)
+                new = (np.maximum(c - discount, 0) + mass * p) / np.maximum(tot, 1)
+            else:
+                new = (np.maximum(c - D, 0) + D * types * p) / np.maximum(tot, 1)  # Chen & Goodman eq. 17
             p = np.where((top >= m) & (tot > 0), new, p)  # an unseen context keeps the lower order
         return p
 
@@ -187,6 +233,13 @@ class NGramModel:
         """Mean negative log-likelihood of held-out ``ids``, in nats per token, over every token after
         the first (each with up to ``order - 1`` tokens of context)."""
         return float(self.token_nll(ids).mean())
+
+    def count_ranks(self, m: int) -> np.ndarray:
+        """The counts of the distinct m-grams of the training text, largest first: plotted against their
+        rank on log-log axes, Zipf's law for m-grams."""
+        self._check_fitted()
+        int_in_range(m, "m", 1, self.order)
+        return np.sort(self.raw[m - 1].counts)[::-1]
 
     # --- sampling --------------------------------------------------------------------------------
 
