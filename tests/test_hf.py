@@ -96,3 +96,17 @@ def test_grouped_query_attention_does_not_export_to_gpt2():
     model = GPT(GPTConfig(vocab_size=7, block_size=8, n_layer=1, n_head=4, n_embd=16, n_kv_head=2))
     with pytest.raises(ValueError, match="n_kv_head"):
         to_hf(model)
+
+
+def test_a_saved_export_reloads_from_its_folder_only(tmp_path):
+    from arlib.text.gpt import GPT, GPTConfig
+    from arlib.text.hf import load_hf_folder, to_hf
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=7, block_size=8, n_layer=1, n_head=2, n_embd=8)).eval()
+    to_hf(model).save_pretrained(tmp_path)
+    x = torch.randint(0, 7, (2, 8))
+    with torch.no_grad():
+        assert torch.allclose(load_hf_folder(tmp_path)(x).logits, model(x), atol=1e-5)
+    with pytest.raises(FileNotFoundError, match="folder"):
+        load_hf_folder(tmp_path / "missing")

@@ -90,3 +90,15 @@ def from_hf(hf_model, dropout: float = 0.0) -> GPT:
         state[name] = tensor.t() if name.endswith(_CONV1D) else tensor
     model.load_state_dict(state)
     return model.eval()
+
+
+def load_hf_folder(folder):
+    """The ``GPT2LMHeadModel`` saved by ``save_pretrained`` in the local ``folder`` (eval mode). Only that
+    folder is read (``local_files_only``): a name of a hub model is refused, nothing is downloaded."""
+    from pathlib import Path
+
+    path = Path(folder)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"folder: {path} holds no saved model (config.json); save one with "
+                                f"to_hf(model).save_pretrained(folder)")
+    return _transformers().GPT2LMHeadModel.from_pretrained(path, local_files_only=True).eval()

@@ -49,17 +49,17 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import GPT2LMHeadModel
 from transformers.utils import logging as hf_logging
 
 import arlib
 import arlib.checks
 from arlib.data import shakespeare
 from arlib.text.gpt import GPT, GPTConfig, kv_cache_bytes
-from arlib.text.hf import to_hf
+from arlib.text.hf import load_hf_folder, to_hf
 from arlib.text.ladder import RUNGS, SIDE_RUNGS, attention_logit_spread, bootstrap_interval, load_ladder
 from arlib.text.lm import heldout_halves, heldout_nll, next_token_loss, random_windows, token_nll
 from arlib.text.ngram import NGramModel
+from arlib.text.probes import group_means, logistic_probe
 from arlib.text.beam import beam_search
 from arlib.text.sample_quality import distinct_n, match_entropy, real_word_share, repetition, truncated_entropy
 from arlib.text.sampling import entropy, generate, process_logits
@@ -543,9 +543,8 @@ assert draft.num_params() <= target.num_params() / 10
 
 # %% [markdown]
 # With its context tuned, counting improves from the 5-gram to the best tuned model; modified Kneser–Ney,
-# untuned, lands within 0.01 nats of the tuned single discount (its estimated discounts grow with the order,
-# from about 0.5 to 0.7 for $D_1$). The target GPT beats both by a wide margin, and even the draft, with 440k parameters and two layers, beats the
-# trigram. The learning curve from the target's sidecar shows when the GPT passed counting: its NLL on the
+# untuned, lands within 0.01 nats of the tuned single discount. The target GPT beats both by a wide
+# margin, and even the draft, with 440k parameters and two layers, beats the trigram. The learning curve from the target's sidecar shows when the GPT passed counting: its NLL on the
 # select half against the characters it had seen, beside the counting models on the same half.
 
 # %%
@@ -1022,14 +1021,15 @@ assert cache_share["7B, multi-head"][1] > 0.5 > cache_share["7B, GQA, 8 KV heads
 # **The same model in Hugging Face.** `arlib`'s GPT uses GPT-2's layout and parameter names, so
 # `arlib.text.hf.to_hf` copies its weights into a `transformers` `GPT2LMHeadModel`, which can be saved with
 # `save_pretrained` and used by any tool of that ecosystem. We save the target to a temporary folder, load
-# it back with `from_pretrained` (a local folder: nothing is downloaded) and check that Hugging Face's
-# own `generate`, with its own KV cache, writes the same greedy continuation as `arlib`.
+# it back with `from_pretrained` from that folder only (`arlib.text.hf.load_hf_folder`: nothing is
+# downloaded) and check that Hugging Face's own `generate`, with its own KV cache, writes the same greedy
+# continuation as `arlib`.
 
 # %%
 hf_logging.disable_progress_bar()
 with tempfile.TemporaryDirectory() as folder:
     to_hf(target).save_pretrained(folder)
-    hf_target = GPT2LMHeadModel.from_pretrained(folder).eval()
+    hf_target = load_hf_folder(folder)  # from_pretrained on that local folder only
 hf_prompt = tokenizer.encode("KING HENRY:\nWhat ")[None]  # (1, 17)
 ours = generate(target, hf_prompt, 100, greedy=True)
 theirs = hf_target.generate(hf_prompt, attention_mask=torch.ones_like(hf_prompt), max_new_tokens=100,
@@ -1102,6 +1102,57 @@ ax.set_ylabel("probe accuracy (dotted: from x(t) alone)")
 ax.legend()
 arlib.export_figure(fig, "future-token-probe")  # into figures/ when `make execute` runs
 plt.show()
+
+# %% [markdown]
+# **Beyond the next-token distribution.** These probes beat the current character, but that is a weak
+# baseline: a state that predicts $x_{t+1}$ well also predicts $x_{t+2}$ somewhat *through* $x_{t+1}$ (after
+# "th", an "e" is likely next and a space after that). The question worth asking is whether the state
+# knows more about $x_{t+2}$ than the model's own next-token distribution $p(x_{t+1} \mid x_{\le t})$
+# does, an *information surplus* in the sense of Zhang {cite}`zhang2025markov` (arXiv 2507.19247), who
+# uses it to explain why drafting several tokens from one hidden state works. We fit the same kind of
+# probe from both, multinomial logistic regressions (`arlib.text.probes.logistic_probe`: L-BFGS, the L2
+# weight chosen on a fifth of the fitting rows), on the same 8,000 fitting positions, and score them on
+# the same 4,608 test positions by accuracy and cross-entropy. The intervals come from a bootstrap over
+# the 120 windows (positions in a window share their text, so they are resampled together).
+
+# %%
+window_of = (torch.arange(N) // len(positions))  # the window each probed position comes from
+with torch.no_grad():
+    own_logp = torch.log_softmax(logits[:, positions].double(), dim=-1).reshape(-1, V)  # (N, V)
+best_layer = max(range(last + 1), key=lambda l: probe[2, l])
+surplus = {}
+for k in (2, 3):
+    labels = windows[:, positions + k].reshape(-1)
+    fits = {"hidden state, last layer": hidden[last][:, positions].reshape(-1, cfg.n_embd),
+            "own next-token distribution": own_logp}
+    fits = {name: logistic_probe(x, labels, fit_rows[:8000], test_rows, V) for name, x in fits.items()}
+    groups = window_of[test_rows]
+    diff = group_means(fits["own next-token distribution"]["nll_rows"] - fits["hidden state, last layer"]["nll_rows"],
+                       groups)
+    acc_diff = group_means(fits["hidden state, last layer"]["correct_rows"]
+                           - fits["own next-token distribution"]["correct_rows"], groups)
+    surplus[k] = (bootstrap_interval(diff), bootstrap_interval(acc_diff), fits)
+    for name, f in fits.items():
+        print(f"x(t+{k}) from the {name:28s}: accuracy {f['accuracy']:.3f}, cross-entropy {f['nll']:.3f} nats")
+    print("  surplus of the hidden state: {:+.3f} nats [{:+.3f}, {:+.3f}]".format(*surplus[k][0]),
+          "; accuracy {:+.3f} [{:+.3f}, {:+.3f}]".format(*surplus[k][1]))
+
+# %%
+for k in (2, 3):
+    (nats, nats_lo, nats_hi), (acc, acc_lo, acc_hi), _ = surplus[k]
+    assert nats_lo > 0 and acc_lo > 0  # the hidden state knows more than its own next-token distribution
+assert surplus[2][0][0] > surplus[3][0][0]  # and the surplus shrinks with the distance
+
+# %% [markdown]
+# The hidden state predicts $x_{t+2}$ and $x_{t+3}$ better than a probe that reads the model's own
+# next-token distribution, in cross-entropy and in accuracy, and the surplus is smaller three characters
+# ahead than two. Nothing in the loss asks position $t$ to predict $x_{t+2}$, so why is it there? Because
+# later positions read $h_t$ through attention: the losses of $x_{t+2}, x_{t+3}, \dots$ send gradients into
+# $h_t$, which learns to carry what they need. Wu et al. {cite}`wu2024plan` call this *pre-caching*, and
+# separate it from *breadcrumbs*, features computed for the next token that happen to help later ones;
+# Pal et al. {cite}`pal2023future` decode several tokens ahead from one hidden state of GPT-J. The surplus is
+# what Medusa's and Hydra's extra heads {cite}`cai2024medusa,ankner2024hydra` and blockwise parallel decoding
+# {cite}`stern2018blockwise` read in chapter 2.
 
 # %% [markdown]
 # **The reversal curse.** The chain rule says a left-to-right model *can* represent any joint
