@@ -78,6 +78,7 @@ EXTENSIONS = [
     "sphinx_proof",
     "sphinx_exercise",
     "sphinxcontrib.bibtex",
+    "sphinx.ext.autodoc",  # the arlib reference pages (chapters/reference/), from the docstrings
     "book",  # this file, as a Sphinx extension: folds exercise solutions (see setup() below)
 ]
 TOOLS_DIR = Path(__file__).resolve().parent
@@ -330,6 +331,8 @@ def jb_config(book: Book) -> dict:
                 # network), neither of which works offline.
                 "extensions": EXTENSIONS,
                 "html_title": book.title,
+                "autodoc_member_order": "bysource",
+                "autodoc_typehints": "signature",
                 "html_show_sourcelink": False,
                 "html_last_updated_fmt": None,
                 "bibtex_reference_style": "author_year",
