@@ -495,6 +495,35 @@ def test_images_exist_and_decode(html, manifest):
         assert seen, "no chapter shows a figure"
 
 
+REFERENCE_OBJECTS = {  # one documented object per reference page, with a phrase of its docstring
+    "core": ("arlib.loader.load", "checkpoint"),
+    "text": ("arlib.text.gpt.GPT", "Decoder-only transformer"),
+    "decoding": ("arlib.decoding.speculative.speculative_generate", "speculative"),
+    "vision": ("arlib.vision.vq.VQVAE", "VQ"),
+    "speech": ("arlib.speech.ctc.ctc_forward", "CTC"),
+    "interp": ("arlib.interp.sae.SparseAutoencoder", "autoencoder"),
+}
+
+
+def test_the_manifest_has_an_arlib_reference_part(manifest):
+    part = next((p for p in manifest.parts if p.caption == "arlib reference"), None)
+    assert part is not None and [Path(p).stem for p in part.pages] == list(REFERENCE_OBJECTS)
+
+
+def test_reference_pages_document_every_sub_package(html):
+    for page, (obj, phrase) in REFERENCE_OBJECTS.items():
+        text = (html / "chapters" / "reference" / f"{page}.html").read_text()
+        at = text.find(f'id="{obj}"')
+        assert at >= 0, f"reference page {page}: {obj} is not documented"
+        assert phrase.lower() in text[at:at + 6000].lower(), f"{page}: {obj} has no docstring"
+        assert text.count('class="sig sig-object py"') >= 5, f"{page}: too few documented objects"
+
+
+def test_the_landing_page_links_to_the_reference(html, manifest):
+    landing = (html / page_of(manifest.intro)).read_text()
+    assert 'href="reference/core.html"' in landing
+
+
 # --------------------------------------------------------------------------------------------- in a browser
 
 
