@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from arlib.data.cache import REPO_ROOT, atomic_write
+from arlib.data.cache import REPO_ROOT, atomic_write, in_checkout, user_dir
 
 SCHEMA_VERSION = 1
 REQUIRED_KEYS = ("schema", "name", "kind", "config", "sha256", "stored_dtype", "data", "metrics", "command",
@@ -39,9 +39,13 @@ class CheckpointError(ValueError):
 
 
 def checkpoint_dir() -> Path:
-    """Where the book's checkpoints live: ``$ARLIB_HOME/checkpoints`` if set, else ``data/checkpoints``."""
+    """Where the book's checkpoints live: ``$ARLIB_HOME/checkpoints`` if set, else ``data/checkpoints`` in
+    the checkout, else ``~/.local/share/arlib/checkpoints`` (``$XDG_DATA_HOME/arlib``) for an installed
+    package: copy the checkout's ``data/checkpoints`` there, or point ``ARLIB_HOME`` at a folder holding it."""
     home = os.environ.get("ARLIB_HOME")
-    return Path(home) / "checkpoints" if home else REPO_ROOT / "data" / "checkpoints"
+    if home:
+        return Path(home) / "checkpoints"
+    return REPO_ROOT / "data" / "checkpoints" if in_checkout() else user_dir("data") / "checkpoints"
 
 
 CHECKPOINT_DIR = REPO_ROOT / "data" / "checkpoints"  # the checkout's copy, where recipes write by default
@@ -105,13 +109,13 @@ def save_checkpoint(model: torch.nn.Module, name: str, meta: dict, directory: st
     """Write the weights (cast to ``dtype``, or int8 with per-row scales (:func:`quantize_state`) for
     ``torch.int8``) and the sidecar ``meta``, completed with the schema version and the weights'
     sha256. ``meta`` must give at least ``kind`` and ``config``. Under ``torchrun`` only rank 0 writes
-    (the others return None). ``directory`` defaults to the checkout's ``data/checkpoints``."""
+    (the others return None). ``directory`` defaults to :func:`checkpoint_dir`."""
     for key in ("kind", "config"):
         if key not in meta:
             raise ValueError(f"meta: expected a {key!r} entry (the sidecar schema needs it)")
     if not _is_rank_zero():
         return None
-    weights_path, meta_path = checkpoint_paths(name, directory if directory is not None else CHECKPOINT_DIR)
+    weights_path, meta_path = checkpoint_paths(name, directory if directory is not None else checkpoint_dir())
     weights_path.parent.mkdir(parents=True, exist_ok=True)
     if dtype == torch.int8:
         tensors = quantize_state(model.state_dict())

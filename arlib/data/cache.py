@@ -41,9 +41,26 @@ class Source:
     install_hint: str = ""
 
 
+def in_checkout() -> bool:
+    """Whether arlib runs from the book's repository (an editable install or the source tree), rather than
+    from a package installed elsewhere: the checkout keeps its data and checkpoints beside the package."""
+    return (REPO_ROOT / "pyproject.toml").is_file() and (REPO_ROOT / "data").is_dir()
+
+
+def user_dir(kind: str) -> Path:
+    """A per-user folder for arlib outside a checkout: ``$XDG_CACHE_HOME/arlib`` (``kind="cache"``) or
+    ``$XDG_DATA_HOME/arlib`` (``kind="data"``), with the XDG defaults ``~/.cache`` and ``~/.local/share``."""
+    if kind not in ("cache", "data"):
+        raise ValueError(f"kind: expected 'cache' or 'data', got {kind!r}")
+    variable, default = ("XDG_CACHE_HOME", ".cache") if kind == "cache" else ("XDG_DATA_HOME", ".local/share")
+    return Path(os.environ.get(variable) or Path.home() / default) / "arlib"
+
+
 def cache_dir() -> Path:
-    """The cache folder: ``$ARLIB_DATA`` if set, else ``data/cache`` beside the package."""
-    root = Path(os.environ.get("ARLIB_DATA", REPO_ROOT / "data" / "cache"))
+    """The cache folder: ``$ARLIB_DATA`` if set, else ``data/cache`` in the checkout, else the per-user cache
+    (``~/.cache/arlib``) when arlib is installed as a package."""
+    default = REPO_ROOT / "data" / "cache" if in_checkout() else user_dir("cache")
+    root = Path(os.environ.get("ARLIB_DATA") or default)
     root.mkdir(parents=True, exist_ok=True)
     return root
 
