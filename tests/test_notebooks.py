@@ -158,8 +158,7 @@ def test_exported_figures_match_the_chapter(path):
     """figures/<chapter>/ holds, as PNG and SVG, exactly the figures the chapter exports (written by
     `make execute`): a figure the chapter names but the folder lacks means the chapter was not re-executed."""
     twin = path.with_suffix(".py").read_text()
-    names = set(EXPORT_CALL.findall(twin))
-    assert names, f"{path.name}: exports no figure (call arlib.export_figure on its key figures)"
+    names = set(EXPORT_CALL.findall(twin))  # a chapter that exports nothing must have no figures/ folder either
     folder = ROOT / "figures" / path.stem
     found = {p.name for p in folder.glob("*")} if folder.is_dir() else set()
     expected = {f"{n}.{ext}" for n in names for ext in ("png", "svg")}

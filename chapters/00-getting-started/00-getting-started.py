@@ -48,6 +48,11 @@
 # the best device (CUDA, then Apple's MPS, then the CPU), sets the number of CPU threads and applies
 # the book's plotting style.
 
+# %% [markdown]
+# ![How every chapter works](../../figures/diagrams/00-getting-started.svg)
+#
+# *Figure.* (a) every chapter seeds everything, loads real data offline, builds its method from scratch and checks it against `arlib`, measures it, and asserts the measurement against the theory before the text states it; (b) the three data sources and the chapters that use them.
+
 # %%
 import math
 import platform

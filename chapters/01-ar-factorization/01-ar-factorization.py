@@ -37,6 +37,11 @@
 # The book's two Shakespeare models, a *target* GPT and a ten-times-smaller *draft*, are trained by
 # recipes (`python -m arlib.recipes shakespeare-target`) and committed; chapters 2, 3 and 6 reuse them.
 
+# %% [markdown]
+# ![The chain rule and a GPT](../../figures/diagrams/01-ar-factorization.svg)
+#
+# *Figure.* The chain rule factorizes a sequence's probability into next-token conditionals (left), and a GPT computes all of them in one pass under a causal mask (the stack on the right).
+
 # %%
 import itertools
 import math

@@ -39,6 +39,11 @@
 # Letters follow Leviathan et al.: $p$ is the target's distribution and $q$ the draft's (Chen et al.
 # and chapter 3's SpecTr swap them).
 
+# %% [markdown]
+# ![One round of speculative sampling](../../figures/diagrams/02-speculative-decoding.svg)
+#
+# *Figure.* A cheap draft proposes $\gamma$ tokens, the target scores them in one pass, and the accept/resample rule keeps the output distributed exactly as the target's.
+
 # %%
 import math
 import statistics
@@ -482,7 +487,6 @@ im = axes[2].pcolormesh(alphas_grid, costs_grid, best, shading="auto", cmap="vir
 fig.colorbar(im, ax=axes[2], label="optimal gamma")
 axes[2].set(xlabel="alpha", ylabel="c", title="the best number of drafts")
 plt.tight_layout()
-arlib.export_figure(fig, "speedup-theory")  # into figures/ when `make execute` runs
 plt.show()
 
 # %% [markdown]
@@ -616,7 +620,6 @@ ax.bar(np.arange(best_g + 1) - 0.2, counts, width=0.4, label="measured")
 ax.bar(np.arange(best_g + 1) + 0.2, iid, width=0.4, label=f"i.i.d., alpha = {run.alpha:.3f}")
 ax.set(xlabel="accepted drafts in a step", ylabel="fraction of steps", title=f"draft model, gamma = {best_g}")
 ax.legend()
-arlib.export_figure(fig, "accepted-per-round")  # into figures/ when `make execute` runs
 plt.show()
 print("measured  " + " ".join(f"{x:.3f}" for x in counts))
 print("i.i.d.    " + " ".join(f"{x:.3f}" for x in iid))
@@ -669,7 +672,6 @@ ax.plot(gammas, [model_runs[g].predicted for g in gammas], "-", label="cost mode
 ax.axhline(1, color="gray", lw=0.8)
 ax.set(xlabel="gamma", ylabel="speed-up over plain decoding", title="draft model, temperature 1")
 ax.legend(fontsize=8)
-arlib.export_figure(fig, "speedup-vs-gamma")  # into figures/ when `make execute` runs
 plt.show()
 
 # %% [markdown]
@@ -966,7 +968,6 @@ ax.axhline(results["target alone"]["nll"], color="gray", ls="--", lw=0.8, label=
 ax.axhline(results["draft alone"]["nll"], color="gray", ls=":", lw=0.8, label="draft alone")
 ax.set(xlabel="tokens per target call", ylabel="NLL of the output under the target (nats/char)")
 ax.legend(fontsize=7)
-arlib.export_figure(fig, "quality-vs-speed")  # into figures/ when `make execute` runs
 plt.show()
 
 

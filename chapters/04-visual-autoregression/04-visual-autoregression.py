@@ -43,6 +43,11 @@
 # `fashion-raster`, `fashion-var`, `fashion-var-markov`, `fashion-classifier`) in a bit over an hour on two
 # CPU cores (the times are printed below).
 
+# %% [markdown]
+# ![Image tokens and two generation orders](../../figures/diagrams/04-visual-autoregression.svg)
+#
+# *Figure.* A vector-quantized autoencoder turns an image into a grid of tokens (top); an AR model then writes them in raster order, one per step, or scale by scale, a whole map per step (bottom).
+
 # %%
 import math
 import statistics

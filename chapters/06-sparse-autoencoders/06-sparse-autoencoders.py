@@ -42,6 +42,11 @@
 # The SAE of section 5 was trained by `python -m arlib.recipes shakespeare-sae` on a GPU in about twenty
 # seconds (its time is printed below); everything else trains here.
 
+# %% [markdown]
+# ![A TopK sparse autoencoder](../../figures/diagrams/06-sparse-autoencoder.svg)
+#
+# *Figure.* (a) the residual stream x is encoded into 1024 latents, of which only the k = 32 largest stay active (f), and decoded back into x̂, spliced into the model in place of x; (b) superposition: more features than dimensions, each a direction.
+
 # %%
 import time
 
