@@ -89,13 +89,46 @@ def test_errors():
         from_hf(untied)
 
 
-def test_grouped_query_attention_does_not_export_to_gpt2():
-    from arlib.text.gpt import GPT, GPTConfig
-    from arlib.text.hf import to_hf
-
+def test_grouped_query_attention_has_no_hf_equivalent():
     model = GPT(GPTConfig(vocab_size=7, block_size=8, n_layer=1, n_head=4, n_embd=16, n_kv_head=2))
-    with pytest.raises(ValueError, match="n_kv_head"):
+    with pytest.raises(ValueError, match="n_kv_head=2"):
         to_hf(model)
+
+
+@pytest.fixture(scope="module")
+def mqa():
+    """A multi-query GPT (4 query heads, 1 key/value head), every parameter random and O(1)."""
+    torch.manual_seed(3)
+    model = GPT(GPTConfig(vocab_size=V, block_size=32, n_layer=2, n_head=4, n_embd=32, n_kv_head=1))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * (0.3 if p.dim() > 1 else 0.5) + (1.0 if p.dim() == 1 else 0.0))
+    return model.eval()
+
+
+def test_multi_query_exports_to_gpt_bigcode_with_the_same_logits_both_ways(mqa):
+    hf = to_hf(mqa)
+    assert isinstance(hf, transformers.GPTBigCodeForCausalLM) and hf.config.multi_query
+    assert hf.transformer.h[0].attn.c_attn.weight.shape == (32 + 2 * 8, 32)  # one key/value head of 8
+    x = ids()
+    with torch.no_grad():
+        ours, theirs = mqa(x), hf(x).logits
+        torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-4)
+        back = from_hf(hf)
+        assert back.config == mqa.config and back.config.n_kv_head == 1
+        assert torch.equal(back(x), ours)
+    generated = generate(mqa, x[:, :6], 12, greedy=True)  # our KV cache holds one head per layer
+    with torch.no_grad():
+        theirs = hf.generate(x[:, :6], attention_mask=torch.ones_like(x[:, :6]), max_new_tokens=12,
+                             do_sample=False, use_cache=True, pad_token_id=0)
+    assert torch.equal(generated, theirs)
+
+
+def test_a_gpt_bigcode_that_is_not_multi_query_is_refused():
+    config = transformers.GPTBigCodeConfig(vocab_size=V, n_positions=8, n_embd=8, n_layer=1, n_head=2,
+                                           multi_query=False)
+    with pytest.raises(ValueError, match="multi_query"):
+        from_hf(transformers.GPTBigCodeForCausalLM(config))
 
 
 def test_a_saved_export_reloads_from_its_folder_only(tmp_path):
@@ -108,5 +141,27 @@ def test_a_saved_export_reloads_from_its_folder_only(tmp_path):
     x = torch.randint(0, 7, (2, 8))
     with torch.no_grad():
         assert torch.allclose(load_hf_folder(tmp_path)(x).logits, model(x), atol=1e-5)
+    mqa = GPT(GPTConfig(vocab_size=7, block_size=8, n_layer=1, n_head=2, n_embd=8, n_kv_head=1)).eval()
+    to_hf(mqa).save_pretrained(tmp_path / "mqa")
+    with torch.no_grad():
+        reloaded = load_hf_folder(tmp_path / "mqa")
+        assert isinstance(reloaded, transformers.GPTBigCodeForCausalLM)
+        assert torch.allclose(reloaded(x).logits, mqa(x), atol=1e-5)
     with pytest.raises(FileNotFoundError, match="folder"):
         load_hf_folder(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("t, k, p_min", [(1.0, None, 0.1), (2.0, None, 0.1), (0.5, 8, 0.05), (3.0, 12, 0.3)])
+def test_temperature_then_min_p_as_hugging_face_does(t, k, p_min):
+    """The min-p paper's reference implementation is Hugging Face's MinPLogitsWarper, which generate()
+    runs after TemperatureLogitsWarper and TopKLogitsWarper: process_logits keeps the same tokens."""
+    from arlib.text.sampling import process_logits
+
+    logits = 3 * torch.randn(16, 50, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    warpers = [transformers.TemperatureLogitsWarper(t)] + ([transformers.TopKLogitsWarper(k)] if k else [])
+    theirs = logits
+    for warper in [*warpers, transformers.MinPLogitsWarper(p_min)]:
+        theirs = warper(None, theirs)
+    ours = process_logits(logits, temperature=t, top_k=k, min_p=p_min)
+    assert torch.equal(torch.isfinite(ours), torch.isfinite(theirs))
+    assert torch.isfinite(ours).sum() < torch.isfinite(process_logits(logits, temperature=t, top_k=k)).sum()

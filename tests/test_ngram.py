@@ -58,8 +58,8 @@ def test_matches_reference_and_sums_to_one(train, order, smoothing, context, k, 
 
 
 @settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), order=st.integers(1, 5), smoothing=st.sampled_from(["add_k", "kneser_ney"]),
-       L=st.integers(0, 7))
+@given(seed=st.integers(0, 2**31 - 1), order=st.integers(1, 5),
+       smoothing=st.sampled_from(["add_k", "kneser_ney", "modified_kneser_ney"]), L=st.integers(0, 7))
 def test_batched_probs_sum_to_one_on_unseen_contexts(seed, order, smoothing, L):
     """A model fitted on a small alphabet, asked about contexts made of tokens it never saw."""
     g = torch.Generator().manual_seed(seed)
@@ -72,7 +72,7 @@ def test_batched_probs_sum_to_one_on_unseen_contexts(seed, order, smoothing, L):
     torch.testing.assert_close(model.log_probs(contexts), p.log())
 
 
-@pytest.mark.parametrize("smoothing", ["add_k", "kneser_ney"])
+@pytest.mark.parametrize("smoothing", ["add_k", "kneser_ney", "modified_kneser_ney"])
 @pytest.mark.parametrize("order", [1, 2, 3])
 def test_nll_equals_sum_of_conditionals(order, smoothing):
     g = torch.Generator().manual_seed(0)
@@ -247,7 +247,11 @@ def test_modified_discounts_by_hand():
     assert modified_discounts(np.array([1, 1, 2])) == (0.5, 1.0, 1.5)  # too few counts of counts: a default
 
 
-def test_modified_kneser_ney_needs_no_tuning_to_match_one_tuned_discount():
+@pytest.mark.parametrize("order", [3, 5, 8])
+def test_modified_kneser_ney_needs_no_tuning_to_match_one_tuned_discount(order):
+    """Single-discount KN with D tuned on one held-out half against modified KN (nothing tuned), both
+    scored on the other half. Measured (1M training characters, 20k scored), single vs modified, nats/char:
+    order 3 2.075 (D = 0.4) vs 2.060, order 5 1.598 (D = 0.8) vs 1.589, order 8 1.566 (D = 0.9) vs 1.559."""
     from arlib.data import shakespeare
     from arlib.text.lm import heldout_halves
     from arlib.text.tokenizer import CharTokenizer
@@ -255,11 +259,13 @@ def test_modified_kneser_ney_needs_no_tuning_to_match_one_tuned_discount():
     corpus = shakespeare()
     tok = CharTokenizer.from_text(corpus.text)
     train_ids = tok.encode(corpus.train)[:1_000_000]
-    select = heldout_halves(tok.encode(corpus.val))[0][:20_000]
-    kn = NGramModel(5, tok.vocab_size, smoothing="kneser_ney").fit(train_ids)
-    best_single = min(_with_discount(kn, d).nll(select) for d in (0.6, 0.7, 0.8, 0.9, 1.0))
-    modified = NGramModel(5, tok.vocab_size, smoothing="modified_kneser_ney").fit(train_ids).nll(select)
-    assert modified < best_single + 0.002  # three discounts estimated from counts, none tuned
+    select, report = (half[:20_000] for half in heldout_halves(tok.encode(corpus.val)))
+    kn = NGramModel(order, tok.vocab_size, smoothing="kneser_ney").fit(train_ids)
+    tuned = min(np.arange(0.3, 1.01, 0.1), key=lambda d: _with_discount(kn, d).nll(select))
+    assert 0.3 < tuned < 1.0  # the grid brackets the best single discount
+    single = _with_discount(kn, tuned).nll(report)
+    modified = NGramModel(order, tok.vocab_size, smoothing="modified_kneser_ney").fit(train_ids).nll(report)
+    assert modified <= single  # three discounts estimated from counts of counts, none tuned
 
 
 def _with_discount(model, d):

@@ -89,6 +89,21 @@ def test_min_p_rule(logits, p):
     assert_distribution(out)
 
 
+@settings(max_examples=60, deadline=None)
+@given(logits=logits_st, p=st.floats(0.0, 1.0), q=st.floats(0.0, 1.0), t=st.floats(0.2, 5.0))
+def test_min_p_keeps_the_argmax_and_nests_and_follows_the_temperature(logits, p, q, t):
+    lo, hi = sorted((p, q))
+    loose, strict = kept(min_p(logits, lo)), kept(min_p(logits, hi))
+    assert loose[torch.arange(len(logits)), logits.argmax(-1)].all()  # the top token always stays
+    assert (loose | ~strict).all()  # a larger p_min keeps a subset
+    # temperature first, then min-p: at temperature t the threshold on the raw logits is t * log p
+    hot = kept(process_logits(logits, temperature=t, min_p=hi))
+    if hi > 0:
+        gap = logits.max(-1, keepdim=True).values - logits  # (B, V) >= 0
+        margin = (gap - t * math.log(1 / hi)).abs() > 1e-4  # away from float ties at the threshold
+        assert torch.equal(hot[margin], (gap <= t * math.log(1 / hi))[margin])
+
+
 @settings(max_examples=40, deadline=None)
 @given(logits=logits_st, t=st.floats(0.05, 20.0), k=st.integers(1, 10), p=st.floats(0.05, 1.0),
        m=st.floats(0.0, 0.9))

@@ -4,6 +4,8 @@
 - :func:`distinct_n`: distinct n-grams over all n-grams of a set of samples (diversity; Li et al. 2016);
 - :func:`repetition`: the fraction of a text's n-grams that already occurred earlier in it, the measure
   of the repetitive loops of greedy and beam decoding (Holtzman et al. 2020, sec. 3);
+- :func:`sampled_entropy`: the per-token entropy of the distributions a sampler actually drew from;
+- :func:`measure_samples`: real words, distinct-n and repetition of a set of samples, one row of a sweep;
 - :func:`match_entropy`: the truncation parameter (top-k's k, top-p's p, min-p's p_min) that gives the
   sampled distributions a target mean entropy, so that methods are compared at equal diversity.
 """
@@ -15,7 +17,7 @@ import re
 import torch
 
 from arlib.text.sampling import entropy, process_logits
-from arlib.validate import number_in, positive_int
+from arlib.validate import int_in_range, number_in, positive_int, token_ids
 
 WORD = re.compile(r"[a-z]+")
 
@@ -57,6 +59,40 @@ def repetition(text: str, n: int = 10) -> float:
         repeated += g in seen
         seen.add(g)
     return repeated / len(grams)
+
+
+def measure_samples(texts, known_words, n_distinct: int = 5, n_repeat: int = 10) -> dict:
+    """One row of a decoding sweep for the samples ``texts``: ``real_words`` (:func:`real_word_share`,
+    quality), ``distinct`` (:func:`distinct_n` of n_distinct-grams over all texts, diversity) and
+    ``repetition`` (:func:`repetition` of n_repeat-grams, the mean over texts, degeneration)."""
+    texts = _texts(texts)
+    return {"real_words": real_word_share(texts, known_words), "distinct": distinct_n(texts, n_distinct),
+            "repetition": sum(repetition(t, n_repeat) for t in texts) / len(texts)}
+
+
+@torch.no_grad()
+def sampled_entropy(model, sequences: torch.Tensor, prompt_length: int, temperature: float = 1.0,
+                    top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
+                    greedy: bool = False) -> torch.Tensor:
+    """Entropy (nats) of the distribution each new token of ``sequences`` (B, T + N), generated after a
+    prompt of ``prompt_length`` = T tokens, was drawn from with these options of
+    :func:`arlib.text.sampling.generate`: (B, N), zeros for greedy decoding. One teacher-forced pass of
+    ``model`` over the sequences; they must fit its context (``T + N - 1 <= block_size``)."""
+    token_ids(sequences, "sequences", dim=2, expected="a (batch, time) tensor of torch.long token ids")
+    int_in_range(prompt_length, "prompt_length", 1, sequences.shape[1] - 1)
+    if sequences.shape[1] - 1 > model.config.block_size:
+        raise ValueError(f"sequences: {sequences.shape[1]} tokens do not fit the context of "
+                         f"{model.config.block_size} (+1)")
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(sequences[:, :-1])[:, prompt_length - 1:]  # (B, N, V): the new tokens' distributions
+    finally:
+        model.train(was_training)
+    if greedy:
+        return torch.zeros(logits.shape[:2], device=logits.device)
+    flat = process_logits(logits.reshape(-1, logits.shape[-1]), temperature, top_k, top_p, min_p)
+    return entropy(flat).view(logits.shape[:2])
 
 
 METHODS = ("top_k", "top_p", "min_p")

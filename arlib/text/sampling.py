@@ -75,6 +75,11 @@ def min_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     """Min-p filtering (Nguyen et al. 2025): keep tokens with ``prob >= p * max prob``.
 
     In log space the rule reads ``logit >= max logit + log p``: the softmax normaliser cancels.
+    Order: :func:`process_logits` (so :func:`sample` and :func:`generate`) applies min-p *after* the
+    temperature, as the paper's reference implementation (Hugging Face's ``MinPLogitsWarper``, run after
+    ``TemperatureLogitsWarper``) and vLLM do: at temperature ``t`` the rule keeps
+    ``logit >= max logit + t log p``, so a hotter distribution keeps more tokens. (llama.cpp's default
+    chain divides by the temperature last, which makes the kept set independent of ``t``.)
     """
     _check_logits(logits)
     probability(p, "min_p")
