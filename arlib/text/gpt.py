@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from einops import rearrange
 
 from arlib.validate import ids_in_vocab, int_in_range, positive_int, token_ids
 
@@ -95,6 +96,16 @@ def causal_mask(T: int, start: int, device=None) -> torch.Tensor:
     return torch.ones(T, start + T, dtype=torch.bool, device=device).tril(diagonal=start)
 
 
+def split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
+    """(B, T, H * D) -> (B, H, T, D): one slice of the channels per head (Vaswani et al. 2017, sec. 3.2.2)."""
+    return rearrange(x, "b t (h d) -> b h t d", h=n_head)
+
+
+def merge_heads(y: torch.Tensor) -> torch.Tensor:
+    """(B, H, T, D) -> (B, T, H * D): the heads' outputs side by side again, for the output projection."""
+    return rearrange(y, "b h t d -> b t (h d)")
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -114,9 +125,8 @@ class CausalSelfAttention(nn.Module):
         a mask, which on a GPU is the faster kernel."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split([self.n_embd, self.kv_dim, self.kv_dim], dim=2)
-        D = C // self.n_head
-        q = q.view(B, T, self.n_head, D).transpose(1, 2)  # (B, H, T, D)
-        k, v = (t.view(B, T, self.n_kv_head, D).transpose(1, 2) for t in (k, v))  # (B, H_kv, T, D)
+        q = split_heads(q, self.n_head)  # (B, H, T, D)
+        k, v = split_heads(k, self.n_kv_head), split_heads(v, self.n_kv_head)  # (B, H_kv, T, D)
         dropout = self.attn_dropout if self.training else 0.0
         if cache is not None:
             start = cache.length
@@ -133,28 +143,36 @@ class CausalSelfAttention(nn.Module):
         else:  # a given mask (next-scale models: block-causal), or query i at start+i sees keys 0..start+i
             mask = causal_mask(T, start, x.device) if mask is None else mask
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y = merge_heads(y)  # (B, H, T, D) -> (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
 
 class MLP(nn.Module):
-    def __init__(self, config: GPTConfig):
+    """Position-wise feed-forward layer: GELU between two linear maps. ``hidden`` (default 4 n_embd) and
+    ``approximate`` (GPT-2's "tanh", or "none" for the exact erf GELU) let chapter 5's speech models
+    build their layers from this one."""
+
+    def __init__(self, config: GPTConfig, hidden: int | None = None, approximate: str = "tanh"):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        hidden = 4 * config.n_embd if hidden is None else positive_int(hidden, "hidden")
+        if approximate not in ("tanh", "none"):
+            raise ValueError(f"approximate: expected 'tanh' or 'none', got {approximate!r}")
+        self.c_fc = nn.Linear(config.n_embd, hidden)
+        self.c_proj = nn.Linear(hidden, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
+        self.approximate = approximate
 
     def forward(self, x):
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate)))
 
 
 class Block(nn.Module):
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig, hidden: int | None = None, approximate: str = "tanh"):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd)
-        self.mlp = MLP(config)
+        self.mlp = MLP(config, hidden, approximate)  # hidden, approximate: see MLP
 
     def forward(self, x, cache=None, layer=0, mask=None):
         x = x + self.attn(self.ln_1(x), cache, layer, mask)  # pre-LN residual blocks
