@@ -42,6 +42,11 @@
 # $q$ the **draft**. SpecTr's paper swaps them (its $p$ is the draft and its $q$ the target), so its
 # formulas read with the letters exchanged.
 
+# %% [markdown]
+# ![SpecTr](../../figures/diagrams/03-spectr.svg)
+#
+# *Figure.* Several drafts, one batched target pass, and a selection rule that couples the drafts with the target's distribution (optimal transport); the output still follows the target exactly.
+
 # %%
 import itertools
 import math
@@ -155,7 +160,6 @@ for ax, matrix, title in [(axes[0], independent, "independent: q(x) p(y)"),
     ax.set_ylabel("draft x (law q)")
     ax.set_title(f"{title}\ndiagonal = P(accept) = {matrix.trace():.3f}")
 fig.colorbar(image, ax=axes, shrink=0.8, label="probability")
-arlib.export_figure(fig, "acceptance-couplings")  # into figures/ when `make execute` runs
 plt.show()
 
 # %% [markdown]
@@ -535,7 +539,6 @@ ax.set_ylabel(r"K-SEQ acceptance / $\alpha^*_k$")
 ax.set_ylim(0.55, 1.01)
 ax.legend(loc="lower right")
 ax.set_title("K-SEQ against the optimum on 400 random pairs")
-arlib.export_figure(fig, "kseq-vs-optimum")  # into figures/ when `make execute` runs
 plt.show()
 
 # %% [markdown]
@@ -612,7 +615,6 @@ for ax, (title, table) in zip(axes, tables.items()):
     ax.set_ylabel("mean acceptance")
     ax.set_title(title)
     ax.legend()
-arlib.export_figure(fig, "acceptance-vs-k")  # into figures/ when `make execute` runs
 plt.show()
 
 # %% [markdown]
