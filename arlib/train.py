@@ -47,6 +47,8 @@ class TrainConfig:
             raise ValueError(f"clip: expected a positive max gradient norm, got {self.clip!r}")
         if not 0 <= self.weight_decay:
             raise ValueError(f"weight_decay: expected a non-negative number, got {self.weight_decay!r}")
+        if not isinstance(self.amp, bool):
+            raise ValueError(f"amp: expected True or False (bf16 autocast on CUDA), got {self.amp!r}")
 
 
 @dataclass(frozen=True)

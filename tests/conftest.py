@@ -3,6 +3,16 @@
 import pytest
 import torch
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    """Every device the tests can run on: the CPU always, CUDA where torch sees a GPU (test ids "cpu" and
+    "cuda"). A test taking it moves its models and inputs there and, where the numbers allow, compares
+    with the CPU; on a machine without a GPU only the "cpu" case runs, so the suite costs no more there."""
+    return torch.device(request.param)
+
 
 @pytest.fixture
 def tmp_cache(tmp_path, monkeypatch):

@@ -329,3 +329,35 @@ def test_spec_augment_masks_bands_and_spans_only():
     assert (masked_channels <= 20).all() and masked_channels.sum() > 0
     with pytest.raises(ValueError, match="feats"):
         spec_augment(torch.ones(100, 80), lengths, torch.Generator())
+
+
+def test_speech_models_and_decoders_on_a_device_match_the_cpu(device):
+    """CTC loss and decoding, the attention decoder (loss, cached greedy, beam search) and Paraformer on the
+    device give the CPU's numbers and transcripts (lengths and targets may stay on the CPU)."""
+    import copy
+
+    torch.manual_seed(0)
+    vocab = TranscriptVocab()
+    feats, lengths = speech_features([torch.randn(4840) * 0.1, torch.randn(4000) * 0.1])
+    ctc = CTCModel(vocab.size, d=32, layers=1, heads=2, ff=64).eval()
+    dec = AttentionDecoder(vocab.size, d=32, layers=1, heads=2, ff=64).eval()
+    para = Paraformer(vocab.size, d=32, layers=1, heads=2, ff=64).eval()
+    y, y_lengths = vocab.batch(["one two", "go"])
+
+    def run(ctc, dec, para, dev):
+        log_probs, out_lengths = ctc(feats.to(dev), lengths.to(dev))
+        memory = torch.randn(2, log_probs.shape[1], 32, generator=torch.Generator().manual_seed(1)).to(dev)
+        return {"log_probs": log_probs.cpu(), "ctc": ctc_loss(log_probs, out_lengths, y, y_lengths).item(),
+                "greedy": greedy_decode(log_probs, out_lengths), "dec_loss": dec.loss(memory, out_lengths, y.to(dev),
+                                                                                       y_lengths).item(),
+                "dec_greedy": dec.greedy(memory, out_lengths, max_len=5),
+                "beam": dec.beam_search(memory[:1], out_lengths[:1], beam=2, max_len=5)[0][0],
+                "para": para.decode(memory, out_lengths, num_tokens=torch.tensor([3, 1])),
+                "para_loss": para.loss(memory, out_lengths, y.to(dev), y_lengths.to(dev))[0].item()}
+
+    on_cpu = run(ctc, dec, para, torch.device("cpu"))
+    on_dev = run(*(copy.deepcopy(m).to(device) for m in (ctc, dec, para)), device)
+    torch.testing.assert_close(on_dev.pop("log_probs"), on_cpu.pop("log_probs"), rtol=1e-4, atol=1e-4)
+    for key in ("ctc", "dec_loss", "para_loss"):
+        assert on_dev.pop(key) == pytest.approx(on_cpu.pop(key), rel=1e-4), key
+    assert on_dev == on_cpu

@@ -56,20 +56,24 @@ def test_causality(T, pos):
     assert not torch.allclose(a[:, j], b[:, j])
 
 
-def test_cache_prefill_then_steps_equals_full_forward():
+def test_cache_prefill_then_steps_equals_full_forward(device):
     model = tiny()
     x = ids(3, 12)
+    on_cpu = model(x)
+    model, x = model.to(device), x.to(device)
     full = model(x)
     cache = model.new_cache(3)
+    assert cache.k.device.type == device.type
     parts = [model(x[:, :5], cache=cache)] + [model(x[:, t:t + 1], cache=cache) for t in range(5, 12)]
     assert cache.length == 12
     torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(full.cpu(), on_cpu, rtol=1e-4, atol=1e-4)  # the device computes the CPU's logits
 
 
-def test_cache_chunk_continuation_and_crop():
+def test_cache_chunk_continuation_and_crop(device):
     """Speculative verification: feed a chunk of gamma+1 tokens after the cache, then roll back."""
-    model = tiny()
-    x = ids(2, 14)
+    model = tiny().to(device)
+    x = ids(2, 14).to(device)
     cache = model.new_cache(2)
     model(x[:, :6], cache=cache)
     chunk = model(x[:, 6:11], cache=cache)  # 5 positions at once, on top of 6 cached

@@ -250,3 +250,29 @@ def test_hydra_drafting_tables_give_the_same_heads(target, heads):
     with torch.no_grad():
         copy.hydra.blocks[0].inp.bias.add_(1.0)
     assert torch.allclose(copy.hydra.drafting_tables()[1][0], before[0] + 1.0)
+
+
+def test_head_drafters_on_a_device_match_the_cpu(target, heads, device):
+    """Early exit, Medusa and Hydra on the device draw the CPU's drafts from a CPU generator (Hydra's table
+    lookups without reading the token back), so speculative sampling gives the same tokens; the
+    distillation losses are the CPU's."""
+    import copy
+
+    on_target, on_heads = copy.deepcopy(target).to(device), copy.deepcopy(heads).to(device)
+    x = torch.tensor([1, 4, 2, 7])
+
+    def drafters(t, h):
+        return {"exit": ModelDrafter(EarlyExitModel(t, 1, h.exits)), "medusa": HeadDrafter(h.medusa),
+                "hydra": HeadDrafter(h.hydra)}
+
+    on_cpu, on_dev = drafters(target, heads), drafters(on_target, on_heads)
+    for family in on_cpu:
+        out, s = speculative_generate(target, on_cpu[family], x, 20, 3, generator=gen(0))
+        out_d, s_d = speculative_generate(on_target, on_dev[family], x.to(device), 20, 3, generator=gen(0))
+        assert out_d.device.type == device.type and torch.equal(out_d.cpu(), out), family
+        assert s_d.accepted == s.accepted, family
+    windows = torch.randint(0, 11, (2, 16), generator=gen(3))
+    losses = distillation_losses(target, heads.exits, heads.medusa, heads.hydra, windows)
+    losses_d = distillation_losses(on_target, on_heads.exits, on_heads.medusa, on_heads.hydra, windows.to(device))
+    for name, value in losses.items():
+        assert losses_d[name].item() == pytest.approx(value.item(), rel=1e-4), name

@@ -495,3 +495,30 @@ def test_sae_recipe_runs_and_its_checkpoint_loads(tmp_path):
     assert {k: v for k, v in loaded.items() if k not in ("schema", "sha256")} == json.loads(json.dumps(meta))
     assert sae.config.k == 32
     assert (tmp_path / "shakespeare-sae.safetensors").stat().st_size < 0.75 * 2**20
+
+
+def test_sae_on_a_device_matches_the_cpu(device):
+    """A TopK SAE on the device encodes and reconstructs as on the CPU, trains there (its batches made on
+    the device), keeps its unit decoder rows, and splices into a GPT on the device with the CPU's logits."""
+    import copy
+
+    g = torch.Generator().manual_seed(6)
+    sae = SparseAutoencoder(SAEConfig(16, 24, "topk", k=3, unit_decoder=True), g)
+    gpt = tiny_gpt(2, n_layer=2, vocab_size=11, block_size=16)
+    on_sae, on_gpt = copy.deepcopy(sae).to(device), copy.deepcopy(gpt).to(device)
+    x = torch.randn(40, 16, generator=g)
+    x_hat, f = sae(x)
+    x_hat_d, f_d = on_sae(x.to(device))
+    torch.testing.assert_close(f_d.cpu(), f, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(x_hat_d.cpu(), x_hat, rtol=1e-4, atol=1e-5)
+    idx = torch.randint(0, 11, (2, 16), generator=g)
+    spliced = spliced_logits(gpt, idx, 1, lambda h: sae(h)[0])
+    spliced_d = spliced_logits(on_gpt, idx.to(device), 1, lambda h: on_sae(h)[0])
+    torch.testing.assert_close(spliced_d.cpu(), spliced, rtol=1e-4, atol=1e-4)
+    acts = collect_activations(on_gpt, torch.randint(0, 11, (64,), generator=g), 1, 4, torch.Generator().manual_seed(0))
+    assert acts.device.type == device.type and acts.shape == (64, 16)
+    history = train_sae(on_sae, TopKObjective(k_aux=4, dead_after=5), lambda s, gen: acts,
+                        TrainConfig(steps=8, lr=1e-2, warmup=0, progress=False))
+    assert len(history["loss"]) == 8 and history["loss"][-1] < history["loss"][0]
+    norms = on_sae.decoder.norm(dim=1)
+    torch.testing.assert_close(norms, torch.ones_like(norms), rtol=0, atol=1e-5)

@@ -285,6 +285,39 @@ def test_generate_errors(model, kwargs, name):
         generate(model, p, n, **args)
 
 
+@pytest.mark.parametrize("options", [{"greedy": True}, {}, {"top_p": 0.9, "min_p": 0.05}])
+def test_generate_on_a_device_draws_the_cpu_tokens(model, device, options):
+    """The uniforms come from the generator's device: with a CPU generator a run on the device draws the
+    tokens of the CPU run, with or without the cache; a generator on the device works as well."""
+    import copy
+
+    x = prompt()
+    expected = generate(model, x, 12, generator=torch.Generator().manual_seed(3), **options)
+    on = copy.deepcopy(model).to(device)
+    for use_cache in (True, False):
+        out = generate(on, x.to(device), 12, use_cache=use_cache, generator=torch.Generator().manual_seed(3),
+                       **options)
+        assert out.device.type == device.type and torch.equal(out.cpu(), expected)
+    own = generate(on, x.to(device), 12, generator=torch.Generator(device=device).manual_seed(3), **options)
+    assert own.shape == expected.shape and torch.equal(own[:, :4].cpu(), x)
+
+
+def test_generate_checks_the_prompt_once_and_the_masses_after_the_loop(model):
+    """The steps skip the range check and the mass check (host syncs); the prompt is checked up front and
+    the masses of every step once at the end, so bad input and a broken model still raise."""
+    import copy
+
+    with pytest.raises(ValueError, match="prompt: token ids must lie in"):
+        generate(model, torch.tensor([[3, 17]]), 2)
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken.ln_f.weight.fill_(math.nan)  # every logit NaN: no row has positive mass
+    for use_cache in (True, False):
+        with pytest.raises(ValueError, match="probs: every row needs positive mass"):
+            generate(broken, prompt(), 3, use_cache=use_cache, generator=torch.Generator().manual_seed(0))
+    assert generate(broken, prompt(), 3, greedy=True).shape == (3, 7)  # greedy draws nothing: no mass to check
+
+
 def test_inverse_cdf_index_follows_the_weights_and_skips_zeros():
     import numpy as np
 

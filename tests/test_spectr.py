@@ -375,3 +375,41 @@ def test_optimal_acceptance_is_the_lp_and_the_subset_minimum():
     assert float(optimal_acceptance(*pair(5, 1), 1)) == pytest.approx(float(torch.minimum(*pair(5, 1)).sum()))
     with pytest.raises(ValueError, match="k"):
         optimal_acceptance(*pair(3, 0), 0)
+
+
+def test_spectr_on_a_device_matches_the_cpu(device):
+    """With the uniforms and the Gumbel noise from a CPU generator, SpecTr decoding on the device decides what
+    the CPU does (the verification runs on the host, in numpy, on copies of the device's probabilities);
+    the batched selection rules keep their tensors on the device and draw the CPU's tokens too."""
+    import copy
+
+    from arlib.decoding.spectr import spectr_generate
+
+    target, draft = tiny_pair_model(5, 2, V=6), tiny_pair_model(6, 1, V=6)
+    x = torch.tensor([0, 3, 2, 5])
+    on_target, on_draft = copy.deepcopy(target).to(device), copy.deepcopy(draft).to(device)
+    for select in ("kseq", "rrs"):
+        out, s = spectr_generate(target, draft, x, 16, k=3, gamma=3, select=select,
+                                 generator=torch.Generator().manual_seed(0))
+        out_d, s_d = spectr_generate(on_target, on_draft, x.to(device), 16, k=3, gamma=3, select=select,
+                                     generator=torch.Generator().manual_seed(0))
+        assert out_d.device.type == device.type and torch.equal(out_d.cpu(), out)
+        assert s_d.accepted == s.accepted and np.allclose(s_d.betas, s.betas, atol=1e-5)
+        own = spectr_generate(on_target, on_draft, x, 8, k=2, gamma=2, select=select, stats=False,
+                              generator=torch.Generator(device=device).manual_seed(0))  # a prompt on the CPU
+        assert own.shape == (12,) and torch.equal(own[:4].cpu(), x)
+    with pytest.raises(ValueError, match="prompt: token ids must lie in"):
+        spectr_generate(on_target, on_draft, torch.tensor([0, 6], device=device), 4, k=2, gamma=2)
+    p, q = pair(9, 0)
+    P, Q = p.expand(5, -1), q.expand(5, -1)
+    drafts = torch.randint(0, 9, (5, 3), generator=torch.Generator().manual_seed(1))
+    for rule in (kseq_select, recursive_rejection_select):
+        first, token = rule(P, Q, drafts, torch.Generator().manual_seed(2))
+        first_d, token_d = rule(P.to(device), Q.to(device), drafts.to(device), torch.Generator().manual_seed(2))
+        assert token_d.device.type == device.type
+        assert torch.equal(first_d.cpu(), first) and torch.equal(token_d.cpu(), token)
+    torch.testing.assert_close(rrs_acceptance(P.to(device), Q.to(device), 3).cpu(), rrs_acceptance(P, Q, 3))
+    torch.testing.assert_close(kseq_acceptance(P.to(device), Q.to(device), 3).cpu(), kseq_acceptance(P, Q, 3))
+    assert acceptance_upper_bound(p.to(device), q.to(device), 2) == pytest.approx(acceptance_upper_bound(p, q, 2))
+    assert optimal_acceptance_lp(p[:4].to(device) / p[:4].sum(), q[:4].to(device) / q[:4].sum(), 2) \
+        == pytest.approx(optimal_acceptance_lp(p[:4] / p[:4].sum(), q[:4] / q[:4].sum(), 2))

@@ -559,3 +559,27 @@ def test_other_errors(pair):
                        (lambda: NGramDrafter().propose(torch.tensor([1, 2]), 2), "seq")]:
         with pytest.raises(ValueError, match=name):
             call()
+
+
+@pytest.mark.parametrize("which", ["draft", "ngram"])
+def test_speculative_on_a_device_matches_the_cpu(pair, device, which):
+    """Models on the device, uniforms and Gumbel noise from a CPU generator: speculative sampling accepts and
+    draws what it does on the CPU (same tokens, same acceptances, same betas); greedy decoding equals
+    greedy generation there; a generator on the device works too; a bad prompt is refused up front."""
+    import copy
+
+    target, draft = pair
+    on_target, on_draft = copy.deepcopy(target).to(device), copy.deepcopy(draft).to(device)
+    make = {"draft": ModelDrafter, "ngram": lambda model: NGramDrafter()}[which]
+    x = prompt()
+    out, s = speculative_generate(target, make(draft), x, 24, 3, generator=gen(0), top_k=8)
+    out_d, s_d = speculative_generate(on_target, make(on_draft), x.to(device), 24, 3, generator=gen(0), top_k=8)
+    assert out_d.device.type == device.type and torch.equal(out_d.cpu(), out)
+    assert s_d.accepted == s.accepted and s_d.betas == pytest.approx(s.betas, abs=1e-5)
+    greedy = speculative_generate(on_target, make(on_draft), x.to(device), 24, 3, greedy=True, stats=False)
+    assert torch.equal(greedy, generate(on_target, x.to(device), 24, greedy=True))
+    own = speculative_generate(on_target, make(on_draft), x.to(device), 12, 3, stats=False,
+                               generator=torch.Generator(device=device).manual_seed(0))
+    assert own.shape == (17,) and torch.equal(own[:5].cpu(), x)
+    with pytest.raises(ValueError, match="prompt: token ids must lie in"):
+        speculative_generate(on_target, make(on_draft), torch.tensor([1, 13], device=device), 4, 2)

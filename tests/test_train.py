@@ -43,7 +43,7 @@ def test_lr_schedule_endpoints():
 
 @pytest.mark.parametrize("field, value", [
     ("steps", 0), ("steps", 1.5), ("lr", 0.0), ("lr", -1.0), ("warmup", -1), ("warmup", 2000),
-    ("min_lr_ratio", 1.5), ("min_lr_ratio", -0.1), ("clip", 0.0),
+    ("min_lr_ratio", 1.5), ("min_lr_ratio", -0.1), ("clip", 0.0), ("amp", 1), ("amp", "bf16"),
 ])
 def test_train_config_validation(field, value):
     with pytest.raises(ValueError, match=field):
@@ -72,6 +72,34 @@ def test_training_lowers_the_loss_on_a_pattern():
     assert history["eval"][-1][1]["nll"] < 0.2
     assert history["lr"][4] == pytest.approx(1e-2) and history["world_size"] == 1
     assert not model.training and history["seconds"] > 0
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_training_on_a_device_with_fused_adamw_and_bf16_autocast(device, amp):
+    """On CUDA the update is one fused AdamW kernel and ``amp=True`` runs the forward pass under bf16
+    autocast; elsewhere both are off and ``amp`` is ignored: the CPU's history is the same with or
+    without it. The loss falls either way."""
+    from arlib.train import _optimizer
+
+    ids = torch.arange(5).repeat(200)
+    cuda = device.type == "cuda"
+    model = tiny_gpt().to(device)
+    config = TrainConfig(steps=30, lr=1e-2, warmup=5, progress=False, amp=amp)
+    assert _optimizer(model, config).defaults["fused"] is cuda
+    seen = []
+
+    def loss_fn(m, batch):
+        seen.append(torch.is_autocast_enabled("cuda"))
+        return next_token_loss(m, batch)
+
+    batch = lambda step, g: tuple(t.to(device) for t in random_windows(ids, 8, 16, g))  # noqa: E731
+    history = train(model, loss_fn, batch, config)
+    assert set(seen) == {amp and cuda}
+    assert len(history["loss"]) == 30 and history["loss"][-1] < 0.5 * history["loss"][0]
+    if not cuda:
+        plain = train(tiny_gpt(), next_token_loss, lambda step, g: random_windows(ids, 8, 16, g),
+                      TrainConfig(steps=30, lr=1e-2, warmup=5, progress=False))
+        assert history["loss"] == plain["loss"]
 
 
 def test_train_errors():

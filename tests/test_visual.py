@@ -332,3 +332,36 @@ def test_classifier_shapes():
     assert model(x).shape == (4, 10) and model.features(x).shape == (4, 64)
     with pytest.raises(ValueError, match="x"):
         model.features(torch.rand(4, 28, 28))
+
+
+def test_tokenizers_and_samplers_on_a_device_match_the_cpu(device):
+    """The VQ tokenizers encode to the CPU's codes on the device, and the raster, next-scale and Jacobi
+    samplers, drawing from a CPU generator, sample the CPU's tokens there."""
+    import copy
+
+    torch.manual_seed(6)
+    vq, ms = VQVAE(VQConfig(num_codes=32, code_dim=8, width=16)).eval(), _tiny_next_scale()
+    quantizer = MultiScaleQuantizer(16, 4, scales=(1, 2, 3)).eval()
+    raster = raster_model(8, num_classes=3, n_layer=1, n_head=2, n_embd=16).eval()
+    x, labels = torch.rand(2, 1, 28, 28), torch.tensor([0, 2])
+    on = {name: copy.deepcopy(m).to(device) for name, m in
+          {"vq": vq, "ms": ms, "quantizer": quantizer, "raster": raster}.items()}
+    assert torch.equal(on["vq"].encode(x.to(device)).cpu(), vq.encode(x))
+    torch.testing.assert_close(on["vq"].decode(vq.encode(x).to(device)).cpu(), vq.decode(vq.encode(x)),
+                               rtol=1e-4, atol=1e-4)
+    grids = sample_raster(raster, labels, 8, num_classes=3, cfg_scale=2.0, generator=torch.Generator().manual_seed(1))
+    grids_d = sample_raster(on["raster"], labels.to(device), 8, num_classes=3, cfg_scale=2.0,
+                            generator=torch.Generator().manual_seed(1))
+    assert grids_d.device.type == device.type and torch.equal(grids_d.cpu(), grids)
+    maps, f_hat = sample_next_scale(ms, quantizer, labels, return_latent=True,
+                                    generator=torch.Generator().manual_seed(2))
+    maps_d, f_hat_d = sample_next_scale(on["ms"], on["quantizer"], labels.to(device), return_latent=True,
+                                        generator=torch.Generator().manual_seed(2))
+    assert all(torch.equal(a.cpu(), b) for a, b in zip(maps_d, maps))
+    torch.testing.assert_close(f_hat_d.cpu(), f_hat, rtol=1e-4, atol=1e-4)
+    model = tiny_gpt(8, n_layer=1, vocab_size=6, block_size=16)
+    tokens, info = jacobi_generate(model, torch.tensor([[4, 1]]), 7, 3, window=3,
+                                   generator=torch.Generator().manual_seed(0))
+    tokens_d, info_d = jacobi_generate(copy.deepcopy(model).to(device), torch.tensor([[4, 1]], device=device), 7, 3,
+                                       window=3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(tokens_d.cpu(), tokens) and info_d == info

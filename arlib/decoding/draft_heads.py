@@ -112,8 +112,9 @@ class EarlyExitModel(nn.Module):
         p = self._target[0].wte.weight
         return KVCache(self.config, batch_size, device=p.device, dtype=p.dtype)
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        x = self._target[0].trunk(idx, cache, self.exit_layer)[-1]  # (B, T, d)
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, validate: bool = True) -> torch.Tensor:
+        """Logits (B, T, V) of the draft; ``validate`` as in :meth:`arlib.text.gpt.GPT.forward`."""
+        x = self._target[0].trunk(idx, cache, self.exit_layer, validate=validate)[-1]  # (B, T, d)
         return self.head(x)  # (B, T, V)
 
 
@@ -248,7 +249,8 @@ class HeadDrafter(Drafter):
             pre = (self.h @ w_h.T).view(-1, d)[:g] + b[:g]  # (g, d): every head's first layer, h part
             x = seq[:, -1:]  # (1, 1): x_(t+1), the last decided token, is seen by every head
             for i in range(g):
-                pre[i:] += tables[i][:g - i, int(x)]  # token i's part of heads i .. g - 1
+                pre[i:] += tables[i][:g - i].index_select(1, x[0])[:, 0]  # token i's part of heads i .. g - 1
+                # (index_select with the token tensor: int(x) would make the host wait for an accelerator)
                 block = self.heads.blocks[i]
                 z, x = draw(self.heads.unembed[i](self.h + block.out(F.silu(pre[i:i + 1]))), i)  # (1, V)
                 zs.append(z)

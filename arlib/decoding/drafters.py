@@ -100,7 +100,7 @@ class Drafter(ABC):
 
 
 def check_seq(seq) -> int:
-    """The length L of ``seq`` if it is what :meth:`Drafter.propose` takes, a (1, L) ``torch.long`` tensor
+    """The length L of ``seq`` if it is what ``Drafter.propose`` takes, a (1, L) ``torch.long`` tensor
     with L >= 1; else ``ValueError`` naming ``seq``."""
     token_ids(seq, "seq", dim=2, rows=1, expected="a (1, length) torch.long tensor (batch size 1)")
     if seq.shape[1] == 0:
@@ -179,7 +179,9 @@ class ModelDrafter(Drafter):
         try:
             xs = []
             for i in range(g):
-                logits = self.model(x, cache=self.cache)[:, -1]  # (1, V)
+                # only the first call feeds tokens of seq; the later ones feed argmaxes, in range by construction,
+                # so their range check (a host sync on an accelerator) is skipped
+                logits = self.model(x, cache=self.cache, validate=i == 0)[:, -1]  # (1, V)
                 if options.greedy:
                     x = logits.argmax(dim=-1, keepdim=True)  # (1, 1)
                 else:

@@ -24,11 +24,18 @@ import numpy as np
 import torch
 
 from arlib.text.sampling import gumbel_noise, inverse_cdf_index, sample_probs
-from arlib.validate import int_at_least, token_ids
+from arlib.validate import ids_in_vocab, int_at_least, token_ids
 
 __all__ = ["optimal_acceptance_lp", "optimal_acceptance", "acceptance_upper_bound", "kseq_beta", "kseq_rho",
            "kseq_rho_exact", "kseq_acceptance", "kseq_residual", "kseq_select", "recursive_rejection_select",
            "rrs_acceptance", "spectr_generate"]
+
+
+def _rand(shape, generator, like: torch.Tensor) -> torch.Tensor:
+    """Uniforms of ``like``'s dtype drawn on the generator's device (the CPU without one, as before) and
+    moved to ``like``'s device: the same numbers for a seed whatever device the probabilities live on."""
+    gen_device = generator.device if generator is not None else "cpu"
+    return torch.rand(shape, generator=generator, dtype=like.dtype, device=gen_device).to(like.device)
 
 
 def _check_k(k) -> int:
@@ -77,7 +84,7 @@ def optimal_acceptance_lp(p, q, k: int) -> float:
     V = p.shape[0]
     if V ** k > 2_000_000:
         raise ValueError(f"k: V^k = {V}^{k} draft tuples is too large for the exact LP")
-    p_np, q_np = p.double().numpy(), q.double().numpy()
+    p_np, q_np = p.double().cpu().numpy(), q.double().cpu().numpy()
     support = np.flatnonzero(q_np > 0)  # tuples with a zero-probability draft carry no mass
     rows, cols, col = [], [], 0  # constraint matrix entries: (constraint, variable)
     n_tuples = 0
@@ -110,7 +117,8 @@ def acceptance_upper_bound(p, q, k: int) -> float:
     if p.dim() != 1 or p.shape[0] > 20:
         raise ValueError(f"p: expected one distribution over at most 20 tokens, got shape {tuple(p.shape)}")
     V = p.shape[0]
-    masks = torch.tensor(list(itertools.product([0.0, 1.0], repeat=V)), dtype=torch.float64)  # (2^V, V)
+    masks = torch.tensor(list(itertools.product([0.0, 1.0], repeat=V)), dtype=torch.float64,
+                         device=p.device)  # (2^V, V)
     values = masks @ p.double() + 1 - (masks @ q.double()) ** k
     return float(values.min().clamp(max=1.0))
 
@@ -143,7 +151,7 @@ def kseq_beta(p, q, rho) -> torch.Tensor:
     """beta(rho) = sum_x min(q(x), p(x) / rho): the chance that one draft passes K-SEQ's test
     (SpecTr: sum_x min(p(x), q(x) / rho) in their letters). p, q (..., V); rho a number or (...,)."""
     p, q = _check_pair(p, q)
-    rho = torch.as_tensor(rho, dtype=p.dtype)
+    rho = torch.as_tensor(rho, dtype=p.dtype, device=p.device)
     return torch.minimum(q, p / rho[..., None]).sum(-1)
 
 
@@ -153,8 +161,8 @@ def kseq_rho(p, q, k: int, iterations: int = 60) -> torch.Tensor:
     non-negative, and at equality the acceptance is largest. Returns (...)."""
     k = _check_k(k)
     p, q = _check_pair(p, q)
-    lo = torch.ones(p.shape[:-1], dtype=p.dtype)
-    hi = torch.full(p.shape[:-1], float(k), dtype=p.dtype)
+    lo = torch.ones(p.shape[:-1], dtype=p.dtype, device=p.device)
+    hi = torch.full(p.shape[:-1], float(k), dtype=p.dtype, device=p.device)
 
     def feasible(rho):
         beta = kseq_beta(p, q, rho)
@@ -183,7 +191,7 @@ def kseq_residual(p, q, k: int, rho=None) -> torch.Tensor:
     can be rejected (beta = 1) it returns p."""
     k = _check_k(k)
     p, q = _check_pair(p, q)
-    rho = kseq_rho(p, q, k) if rho is None else torch.as_tensor(rho, dtype=p.dtype)
+    rho = kseq_rho(p, q, k) if rho is None else torch.as_tensor(rho, dtype=p.dtype, device=p.device)
     accept = torch.minimum(q, p / rho[..., None])  # (..., V)
     beta = accept.sum(-1, keepdim=True)
     passed = (1 - (1 - beta) ** k) / beta.clamp_min(torch.finfo(p.dtype).tiny)  # (..., 1)
@@ -211,9 +219,9 @@ def kseq_select(p, q, drafts: torch.Tensor, generator: torch.Generator | None = 
     k = drafts.shape[1]
     rho = kseq_rho(p, q, k)  # (B,)
     px, qx = p.gather(1, drafts), q.gather(1, drafts)  # (B, k)
-    u = torch.rand(B, k, generator=generator, dtype=p.dtype)
+    u = _rand((B, k), generator, p)
     accepted = u * rho[:, None] * qx < px  # probability min(1, p / (rho q))
-    first = torch.where(accepted.any(1), accepted.long().argmax(1), torch.full((B,), -1))
+    first = torch.where(accepted.any(1), accepted.long().argmax(1), torch.full((B,), -1, device=p.device))
     fallback = sample_probs(kseq_residual(p, q, k, rho), generator)
     token = torch.where(first >= 0, drafts.gather(1, first.clamp_min(0)[:, None])[:, 0], fallback)
     return first, token
@@ -238,8 +246,8 @@ def recursive_rejection_select(p, q, drafts: torch.Tensor, generator: torch.Gene
     drafts = _check_drafts(drafts, B, V)
     tiny = torch.finfo(p.dtype).tiny
     p, q = p.clone(), q.clone()
-    first = torch.full((B,), -1)
-    u = torch.rand(B, drafts.shape[1], generator=generator, dtype=p.dtype)
+    first = torch.full((B,), -1, device=p.device)
+    u = _rand((B, drafts.shape[1]), generator, p)
     for i in range(drafts.shape[1]):
         x = drafts[:, i:i + 1]
         open_ = first < 0
@@ -266,7 +274,7 @@ def rrs_acceptance(p, q, k: int) -> torch.Tensor:
     k = _check_k(k)
     p, q = _check_pair(p, q)
     tiny = torch.finfo(p.dtype).tiny
-    reject = torch.ones(p.shape[:-1], dtype=p.dtype)
+    reject = torch.ones(p.shape[:-1], dtype=p.dtype, device=p.device)
     for _ in range(k):
         beta = torch.minimum(p, q).sum(-1)
         reject = reject * (1 - beta)
@@ -323,7 +331,7 @@ def _kseq_rho_exact(p: np.ndarray, q: np.ndarray, k: int) -> float:
 
 def kseq_rho_exact(p, q, k: int) -> float:
     """rho* of :func:`kseq_rho` for one pair p, q (V,), exactly and in O(V log V) (sorting the ratios
-    p(x)/q(x), see :func:`_kseq_rho_exact`) instead of 60 bisection passes over the vocabulary."""
+    p(x)/q(x), see ``_kseq_rho_exact``) instead of 60 bisection passes over the vocabulary."""
     k = _check_k(k)
     p, q = _check_pair(p, q)
     if p.dim() != 1:
@@ -426,9 +434,10 @@ def spectr_generate(target, drafter, prompt: torch.Tensor, max_new_tokens: int, 
     T = len(prompt)
     if T + max_new_tokens > min(target.config.block_size, draft.config.block_size):
         raise ValueError("max_new_tokens: the output must fit both models' contexts")
+    ids_in_vocab(prompt, "prompt", V)  # once: every later token is drawn in range, so no pass re-checks its ids
     pick = _PICKS[select]
     record, start = SpecStats(), _time.perf_counter()
-    device = prompt.device
+    device = next(target.parameters()).device  # the prompt may live elsewhere (the CPU): out is on the model's
     out = torch.empty(T + max_new_tokens, dtype=torch.long, device=device)
     out[:T] = prompt
     decided = prompt.tolist() + [0] * max_new_tokens  # a python copy of out: no tensor writes per token
@@ -444,9 +453,9 @@ def spectr_generate(target, drafter, prompt: torch.Tensor, max_new_tokens: int, 
                        device=generator.device if generator is not None else "cpu").cpu().numpy()  # (g, k + 1)
         if g == 0:  # the last token: a plain target step
             tick = _time.perf_counter()
-            logits = target(out[None, n - 1:n].expand(k, -1), cache=t_cache)[0, -1]
+            logits = target(out[None, n - 1:n].expand(k, -1), cache=t_cache, validate=False)[0, -1]
             record.target_time += _time.perf_counter() - tick
-            decided[n] = inverse_cdf_index(options.probs(logits).double().numpy(), u[0, 0])
+            decided[n] = inverse_cdf_index(options.probs(logits).double().cpu().numpy(), u[0, 0])
             out[n] = decided[n]
             t_cache.crop(n)
             n += 1
@@ -461,17 +470,18 @@ def spectr_generate(target, drafter, prompt: torch.Tensor, max_new_tokens: int, 
         noise = gumbel_noise((g, k, V), generator, device)  # (g, k, V)
         drafts, z = [], []
         for i in range(g):
-            z.append(draft_options.process(draft(x, cache=d_cache)[:, -1]))  # (k, V)
+            z.append(draft_options.process(draft(x, cache=d_cache, validate=False)[:, -1]))  # (k, V)
             x = (z[-1] + noise[i]).argmax(-1, keepdim=True)  # (k, 1): i.i.d. across rows
             drafts.append(x)
         drafts = torch.cat(drafts, 1)  # (k, g)
-        qs = torch.stack(z, 1).softmax(-1).double().numpy()  # (k, g, V)
+        qs = torch.stack(z, 1).softmax(-1).double().cpu().numpy()  # (k, g, V): the host verifies (numpy)
         record.draft_time += _time.perf_counter() - tick
         tick = _time.perf_counter()
-        logits = target(torch.cat([out[None, n - 1:n].expand(k, -1), drafts], 1), cache=t_cache)  # (k, g+1, V)
+        logits = target(torch.cat([out[None, n - 1:n].expand(k, -1), drafts], 1), cache=t_cache,
+                        validate=False)  # (k, g + 1, V)
         record.target_time += _time.perf_counter() - tick
-        p = options.probs(logits).double().numpy()  # (k, g + 1, V)
-        tokens = drafts.numpy() if drafts.device.type == "cpu" else drafts.cpu().numpy()
+        p = options.probs(logits).double().cpu().numpy()  # (k, g + 1, V)
+        tokens = drafts.cpu().numpy()
         record.target_calls += 1
         record.draft_calls += g
         alive = np.arange(k)

@@ -165,8 +165,9 @@ def _verify_one(p: torch.Tensor, q: torch.Tensor | None, x: torch.Tensor, genera
     e = torch.empty(r.shape, device=gen_device).exponential_(generator=generator)  # (V,)
     e = e.clamp_min_(torch.finfo(e.dtype).tiny).to(p.device)  # E = 0 would give inf or nan
     y = (r / e).argmax()
-    if not r[y] > 0:  # r is zero everywhere (p = q, or p one-hot on x_k): a rejection cannot happen there
-        y = (p[k] / e).argmax()
+    # r is zero everywhere (p = q, or p one-hot on x_k): a rejection cannot happen there; decided on the
+    # device (torch.where), since reading r[y] would make the host wait for an accelerator
+    y = torch.where(r[y] > 0, y, (p[k] / e).argmax())
     return k, y[None]
 
 
@@ -312,13 +313,15 @@ def speculative_generate(target, drafter: Drafter, prompt: torch.Tensor, max_new
     if T + max_new_tokens > block_size:
         raise ValueError(f"max_new_tokens: prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds the target's "
                          f"context of {block_size} tokens")
-    record = SpecStats()
+    ids_in_vocab(prompt, "prompt", target.config.vocab_size)  # once: later tokens are checked or drawn in range
+    record, betas = SpecStats(), []  # betas: tensors read back once, after the loop (no host sync per step)
     start = time.perf_counter()
     device = next(target.parameters()).device
     out = torch.empty(1, T + max_new_tokens, dtype=torch.long, device=device)
     out[0, :T] = prompt.reshape(-1)
     n, end = T, T + max_new_tokens  # out[:, :n] is decided
     validated = False  # check the first verification's inputs (draft vocabulary, ...), then trust them
+    ids_checked = False  # the same for the ids of the first drafts the target reads (greedy or not)
     was_training = target.training
     target.eval()
     drafter.reset()
@@ -340,7 +343,9 @@ def speculative_generate(target, drafter: Drafter, prompt: torch.Tensor, max_new
             if g > asked:
                 raise ValueError(f"drafter: proposed {g} tokens, more than the {asked} asked for")
             out[:, n:n + g] = x  # tentatively: what the target scores (n + g < end, so it fits)
-            logits = target(out[:, n - 1:n + g], cache=cache, return_hidden=hidden)  # (1, g + 1, V)
+            logits = target(out[:, n - 1:n + g], cache=cache, return_hidden=hidden,
+                            validate=not ids_checked)  # (1, g + 1, V)
+            ids_checked = ids_checked or g > 0
             if hidden:
                 logits, states = logits[0], logits[1][-1]  # states (1, g + 1, d)
             record.draft_time += t1 - t0
@@ -358,7 +363,7 @@ def speculative_generate(target, drafter: Drafter, prompt: torch.Tensor, max_new
                 if stats:  # beta at the accepted drafts and the first rejected one
                     examined = min(int(k) + 1, g)
                     q = draft.probs if draft.probs is not None else F.one_hot(x, p.shape[-1]).to(p.dtype)
-                    record.betas += acceptance_rate(p[0, :examined], q[0, :examined]).tolist()
+                    betas.append(acceptance_rate(p[0, :examined], q[0, :examined]))
             k = int(k)
             cache.crop(n + k)  # keep x_1 .. x_k; the next token y is fed at the next step
             out[:, n + k] = y  # x_1 .. x_k are in place already
@@ -372,6 +377,8 @@ def speculative_generate(target, drafter: Drafter, prompt: torch.Tensor, max_new
             record.draft_calls += draft.calls
     finally:
         target.train(was_training)
+    if betas:
+        record.betas += torch.cat(betas).tolist()
     record.new_tokens = max_new_tokens
     record.wall_time = time.perf_counter() - start
     tokens = out[0] if prompt.dim() == 1 else out

@@ -276,7 +276,7 @@ class AttentionDecoder(nn.Module):
         B, U = targets.shape
         inp = torch.cat([torch.full((B, 1), EOS, device=targets.device), targets], dim=1)  # (B, U+1)
         out = torch.cat([targets, torch.zeros(B, 1, dtype=torch.long, device=targets.device)], dim=1)
-        out[torch.arange(B), target_lengths] = EOS
+        out[torch.arange(B, device=targets.device), target_lengths.to(targets.device)] = EOS
         out[torch.arange(U + 1, device=targets.device) > target_lengths[:, None].to(targets.device)] = -100
         logits = self(inp, memory, memory_lengths)
         return F.cross_entropy(logits.flatten(0, 1), out.flatten(), ignore_index=-100)

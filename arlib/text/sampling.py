@@ -22,7 +22,7 @@ import math
 import numpy as np
 import torch
 
-from arlib.validate import int_at_least, number_in, probability, token_ids
+from arlib.validate import ids_in_vocab, int_at_least, number_in, probability, token_ids
 
 # --- checks -------------------------------------------------------------------------------------
 
@@ -118,9 +118,15 @@ def sample_probs(probs: torch.Tensor, generator: torch.Generator | None = None) 
     """
     _check_logits(probs, "probs")
     cdf = probs.to(_wide(probs.device)).cumsum(dim=-1)  # (B, V)
-    if not bool((cdf[:, -1] > 0).all()):
-        raise ValueError("probs: every row needs positive mass")
+    _check_mass(cdf[:, -1])
     return _invert_cdf(cdf, generator)
+
+
+def _check_mass(mass: torch.Tensor) -> None:
+    """The rows' total probabilities (any shape) must all be positive (False for NaN): a host sync, so
+    :func:`generate` stacks its steps' masses and checks them once, after its loop."""
+    if not bool((mass > 0).all()):
+        raise ValueError("probs: every row needs positive mass")
 
 
 def _wide(device: torch.device) -> torch.dtype:
@@ -217,8 +223,20 @@ def generate(model, prompt: torch.Tensor, max_new_tokens: int, *, use_cache: boo
     if not greedy:  # check the options once, up front, rather than at the first step
         process_logits(torch.zeros(1, 1), temperature, top_k, top_p, min_p)
 
-    def pick(logits):  # (B, V) -> (B,)
-        return sample(logits, generator, temperature, top_k, top_p, min_p, greedy)
+    masses = []  # each step's row masses, checked once after the loop: no host sync per token
+
+    def pick(logits):  # (B, V) -> (B,): the draw of sample() with its mass check deferred
+        if greedy:
+            return logits.argmax(dim=-1)
+        probs = process_logits(logits, temperature, top_k, top_p, min_p).float().softmax(dim=-1)
+        cdf = probs.to(_wide(probs.device)).cumsum(dim=-1)  # (B, V)
+        masses.append(cdf[:, -1])
+        return _invert_cdf(cdf, generator)
+
+    from arlib.text.gpt import GPT
+
+    ids_in_vocab(idx, "prompt", model.config.vocab_size)  # once: the drawn tokens are in range by construction
+    fast = {"validate": False} if isinstance(model, GPT) else {}  # so no pass re-checks its ids (a host sync)
 
     device = next(model.parameters()).device
     out = torch.empty(B, T + max_new_tokens, dtype=torch.long, device=device)
@@ -232,13 +250,15 @@ def generate(model, prompt: torch.Tensor, max_new_tokens: int, *, use_cache: boo
             for t in range(T, T + max_new_tokens):
                 out[:, t] = pick(logits)
                 if t + 1 < T + max_new_tokens:
-                    logits = model(out[:, t:t + 1], cache=cache)[:, -1]
+                    logits = model(out[:, t:t + 1], cache=cache, **fast)[:, -1]
         else:
             for t in range(T, T + max_new_tokens):
                 window = out[:, max(0, t - block_size):t]  # (B, <= block_size)
-                out[:, t] = pick(model(window)[:, -1])
+                out[:, t] = pick(model(window, **fast)[:, -1])
     finally:
         model.train(was_training)
+    if masses:
+        _check_mass(torch.stack(masses))
     return out[0] if squeeze else out
 
 

@@ -119,7 +119,8 @@ def jacobi_generate(model, prefix: torch.Tensor, length: int, vocab: int, window
             proposals.append(uniform)
         drafts, proposals = drafts[:L], proposals[:L]
         feed = torch.cat([last, torch.tensor([drafts], device=device).expand(len(last), -1)], 1)  # (R, L + 1)
-        logits = model(feed, cache=cache)[:, :, :vocab].double()  # (R, L + 1, vocab)
+        # the ids are checked in the first pass (the prefix's last token); later ones are drawn in range
+        logits = model(feed, cache=cache, validate=passes == 0)[:, :, :vocab].double()  # (R, L + 1, vocab)
         passes += 1
         if cfg_scale != 1.0:
             logits = cfg_logits(logits[0], logits[1], cfg_scale)[None]
