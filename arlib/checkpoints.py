@@ -10,7 +10,9 @@ Sidecar schema (version 1); every committed checkpoint has these keys, and recip
 - ``command``: the command that trains it; ``wall_seconds``; ``environment`` (torch, device, threads).
 
 Weights are read with safetensors only: nothing is unpickled. Checkpoints are looked up in
-``$ARLIB_HOME/checkpoints`` when ``ARLIB_HOME`` is set, else in the checkout's ``data/checkpoints``.
+:func:`checkpoint_dir` (``$ARLIB_HOME/checkpoints`` when ``ARLIB_HOME`` is set, else the checkout's
+``data/checkpoints``, else a per-user folder), then, in a package installed by ``pip install .``, in the
+copies the wheel carries (``PACKAGED_DIR``).
 """
 
 from __future__ import annotations
@@ -38,24 +40,43 @@ class CheckpointError(ValueError):
     The message names the file."""
 
 
+# The committed checkpoints inside an installed wheel (pyproject maps data/checkpoints there); a checkout has
+# no such folder and reads data/checkpoints itself.
+PACKAGED_DIR = Path(__file__).resolve().parent / "_checkpoints"
+
+
 def checkpoint_dir() -> Path:
-    """Where the book's checkpoints live: ``$ARLIB_HOME/checkpoints`` if set, else ``data/checkpoints`` in
-    the checkout, else ``~/.local/share/arlib/checkpoints`` (``$XDG_DATA_HOME/arlib``) for an installed
-    package: copy the checkout's ``data/checkpoints`` there, or point ``ARLIB_HOME`` at a folder holding it."""
+    """Where checkpoints are written and looked up first: ``$ARLIB_HOME/checkpoints`` if set, else
+    ``data/checkpoints`` in the checkout, else ``~/.local/share/arlib/checkpoints`` (``$XDG_DATA_HOME/arlib``)
+    for an installed package, whose shipped copies (``PACKAGED_DIR``) are read when a name is not here."""
     home = os.environ.get("ARLIB_HOME")
     if home:
         return Path(home) / "checkpoints"
     return REPO_ROOT / "data" / "checkpoints" if in_checkout() else user_dir("data") / "checkpoints"
 
 
-CHECKPOINT_DIR = REPO_ROOT / "data" / "checkpoints"  # the checkout's copy, where recipes write by default
+CHECKPOINT_DIR = REPO_ROOT / "data" / "checkpoints"  # the checkout's copy, for tools and tests run in the checkout
+
+
+def search_dirs() -> list[Path]:
+    """The folders a checkpoint name is looked up in, in order: :func:`checkpoint_dir`, then the installed
+    wheel's copies (when there are any), so a checkpoint trained or copied by the user wins over the shipped one."""
+    dirs = [checkpoint_dir()]
+    if PACKAGED_DIR.is_dir() and PACKAGED_DIR != dirs[0]:
+        dirs.append(PACKAGED_DIR)
+    return dirs
 
 
 def checkpoint_paths(name: str, directory: str | Path | None = None) -> tuple[Path, Path]:
-    """(weights, sidecar) paths of checkpoint ``name`` in ``directory`` (default :func:`checkpoint_dir`)."""
+    """(weights, sidecar) paths of checkpoint ``name`` in ``directory`` (default: the first of
+    :func:`search_dirs` that holds its sidecar, else :func:`checkpoint_dir`)."""
     if not isinstance(name, str) or not name or "/" in name or "\\" in name:
         raise ValueError(f"name: expected a checkpoint name such as 'shakespeare-target', got {name!r}")
-    root = Path(directory) if directory is not None else checkpoint_dir()
+    if directory is not None:
+        root = Path(directory)
+    else:
+        dirs = search_dirs()
+        root = next((d for d in dirs if (d / f"{name}.json").is_file()), dirs[0])
     return root / f"{name}.safetensors", root / f"{name}.json"
 
 
@@ -129,8 +150,9 @@ def save_checkpoint(model: torch.nn.Module, name: str, meta: dict, directory: st
 
 
 def list_checkpoints(directory: str | Path | None = None) -> list[str]:
-    root = Path(directory) if directory is not None else checkpoint_dir()
-    return sorted(p.stem for p in root.glob("*.json"))
+    """The names of the checkpoints in ``directory`` (default: in any of :func:`search_dirs`), sorted."""
+    roots = [Path(directory)] if directory is not None else search_dirs()
+    return sorted({p.stem for root in roots for p in root.glob("*.json")})
 
 
 def load_meta(name: str, directory: str | Path | None = None) -> dict:

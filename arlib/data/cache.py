@@ -1,7 +1,8 @@
 """The data registry and its cache: every external file has a source, a sha256 and a licence.
 
-Files land in ``$ARLIB_DATA`` (default ``data/cache/`` in the repository) through an atomic write
-(temporary file + rename), so an interrupted fetch never leaves a file that looks complete. A file
+Files land in ``$ARLIB_DATA`` (default ``data/cache/`` in the repository, ``~/.cache/arlib`` for an
+installed package: :func:`cache_dir`) through an atomic write (temporary file + rename), so an
+interrupted fetch never leaves a file that looks complete. A file
 whose checksum does not match (corrupted, truncated, tampered) is removed and fetched again.
 Set ``ARLIB_OFFLINE=1`` to forbid fetching: a missing file then raises an error that says what to run.
 """

@@ -290,19 +290,28 @@ def run_ladder(out: str, seeds=(0,), steps: int | None = None, eval_chars: int |
 
 
 def ladder_results_path():
-    """Where the committed ladder results live: ``results/shakespeare-ladder.json`` beside the checkpoints'
-    folder (so ``$ARLIB_HOME`` moves both)."""
+    """Where the ladder results are written and read first: ``results/shakespeare-ladder.json`` beside the
+    checkpoints' folder (so ``$ARLIB_HOME`` moves both; ``data/results`` in the checkout)."""
     from arlib.checkpoints import checkpoint_dir
 
     return checkpoint_dir().parent / "results" / "shakespeare-ladder.json"
 
 
+def _readable_results_path():
+    """:func:`ladder_results_path`, else the committed copy an installed wheel carries in ``arlib/_results``."""
+    from arlib.checkpoints import PACKAGED_DIR
+
+    path, packaged = ladder_results_path(), PACKAGED_DIR.parent / "_results" / "shakespeare-ladder.json"
+    return packaged if not path.is_file() and packaged.is_file() else path
+
+
 def load_ladder(path=None) -> dict:
-    """The ladder's results as :func:`run_ladder` wrote them (default: :func:`ladder_results_path`)."""
+    """The ladder's results as :func:`run_ladder` wrote them (default: :func:`ladder_results_path`, else the
+    installed wheel's copy)."""
     import json
     from pathlib import Path
 
-    path = Path(path) if path is not None else ladder_results_path()
+    path = Path(path) if path is not None else _readable_results_path()
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no ladder results (run `python -m arlib.text.ladder --out {path}`)")
     results = json.loads(path.read_text())
@@ -316,7 +325,7 @@ if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description="Train chapter 1's ablation ladder and write its results.")
-    parser.add_argument("--out", default="data/results/shakespeare-ladder.json")
+    parser.add_argument("--out", default=str(ladder_results_path()))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--rungs", nargs="+", default=None, help="train only these rungs (default: all)")
