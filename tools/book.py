@@ -81,6 +81,8 @@ EXTENSIONS = [
     "sphinx.ext.autodoc",  # the arlib reference pages (chapters/reference/), from the docstrings
     "book",  # this file, as a Sphinx extension: folds exercise solutions (see setup() below)
 ]
+# Types of other packages in arlib's signatures (torch.Tensor, pathlib.Path, ...): the reference cannot link them.
+REFERENCE_EXTERNAL_TYPES = r"(torch|numpy|scipy|safetensors|pathlib|os|collections|typing)\..+"
 TOOLS_DIR = Path(__file__).resolve().parent
 SOLUTION_BEGIN = "### BEGIN SOLUTION"
 
@@ -328,11 +330,15 @@ def jb_config(book: Book) -> dict:
             "config": {
                 # The full extension list, replacing Jupyter Book's default: it leaves out sphinx_thebe (live
                 # kernels from a CDN and mybinder.org) and sphinx.ext.intersphinx (inventories fetched over the
-                # network), neither of which works offline.
+                # network), neither of which works offline. Jupyter Book's ``sphinx.extra_extensions`` would be
+                # overridden by this list, so the book's extensions (autodoc for the reference) are all in it.
                 "extensions": EXTENSIONS,
                 "html_title": book.title,
                 "autodoc_member_order": "bysource",
                 "autodoc_typehints": "signature",
+                # Offline there is no intersphinx inventory, so types from torch, numpy and the standard library
+                # cannot link; references to arlib's own objects must still resolve (-n).
+                "nitpick_ignore_regex": [["py:.*", REFERENCE_EXTERNAL_TYPES]],
                 "html_show_sourcelink": False,
                 "html_last_updated_fmt": None,
                 "bibtex_reference_style": "author_year",
@@ -484,9 +490,34 @@ def _fold_solutions(app, docname: str, source: list[str]) -> None:
         source[0] = json.dumps(nb, ensure_ascii=False)
 
 
+def _skip_foreign_docstrings(app, what: str, name: str, obj, skip: bool, options) -> bool | None:
+    """Sphinx ``autodoc-skip-member`` hook: leave out of the reference an arlib class or method that has no
+    docstring of its own and would show one inherited from outside arlib (torch's generic text for an
+    ``nn.Module`` or its ``forward``). A docstring inherited from an arlib base (a drafter's ``reset``) is kept.
+    """
+    if skip or getattr(obj, "__doc__", None):
+        return None
+    if isinstance(obj, type):
+        owner, attribute = obj, None
+    elif what == "class" and callable(obj):
+        owner, attribute = sys.modules.get(getattr(obj, "__module__", None) or ""), name
+        for part in getattr(obj, "__qualname__", "").split(".")[:-1]:
+            owner = getattr(owner, part, None)
+    else:
+        return None
+    if not isinstance(owner, type) or not owner.__module__.startswith("arlib"):
+        return None
+    for base in owner.__mro__[1:]:
+        if getattr(base if attribute is None else getattr(base, attribute, None), "__doc__", None):
+            return None if base.__module__.startswith("arlib") else True
+    return None
+
+
 def setup(app):
     """Sphinx entry point (loaded as the local extension ``book``)."""
     app.connect("source-read", _fold_solutions)
+    app.setup_extension("sphinx.ext.autodoc")  # the reference pages; its event must exist before connecting
+    app.connect("autodoc-skip-member", _skip_foreign_docstrings)
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
 
 

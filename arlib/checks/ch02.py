@@ -131,7 +131,8 @@ def _reference_draft(tokens: list[int], n: int, gamma: int) -> list[int]:
 
 
 def prompt_lookup(fn) -> None:
-    """Exercise 2.4: ``fn(tokens, n, gamma) -> list[int]``, the prompt-lookup draft of :class:`NGramDrafter`."""
+    """Exercise 2.4: ``fn(tokens, n, gamma) -> list[int]``, the prompt-lookup draft of
+    :class:`~arlib.decoding.drafters.NGramDrafter`."""
     with Check("2.4", "a prompt-lookup drafter") as c:
         hint = ("look for the last n tokens at every earlier start i (tokens[i:i + n], with i + n < len(tokens)), "
                 "take the largest such i, and copy what follows it: draft[j] = tokens[i + n + j] while that is "

@@ -88,7 +88,7 @@ def fashion_mnist(split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     """Fashion-MNIST images and labels: ``(images, labels)``.
 
     ``images`` is uint8 of shape (N, 28, 28), 0 for the background and up to 255 on the garment;
-    ``labels`` is int64 of shape (N,) in 0..9, indexing :data:`CLASS_NAMES`. N is 60,000 for
+    ``labels`` is int64 of shape (N,) in 0..9, indexing ``CLASS_NAMES``. N is 60,000 for
     ``split="train"`` (6,000 per class) and 10,000 for ``"test"`` (1,000 per class). The parsed tensors
     are kept in memory, so later calls are fast; each call returns fresh copies.
     """

@@ -1,6 +1,6 @@
 """Spoken word sequences synthesized with ``espeak-ng``: a small, real, offline speech corpus.
 
-Each utterance says 1-8 words from :data:`VOCABULARY` (digits, numbers, short commands) in one voice:
+Each utterance says 1-8 words from ``VOCABULARY`` (digits, numbers, short commands) in one voice:
 an English accent of espeak-ng combined with a voice variant (``en-gb-scotland+f2``), at a random speed
 (words per minute, ``-s``) and pitch (``-p``). The variants are split into disjoint train and test sets,
 so a test set is spoken by speakers never heard in training. espeak-ng writes 22,050 Hz 16-bit WAV; we
@@ -228,12 +228,13 @@ def spoken_utterances(split: str = "train", n: int | None = None, seed: int = 0,
     """``n`` synthesized utterances of word sequences, spoken by the ``split``'s voices.
 
     Args:
-        split: ``"train"`` (voices :data:`TRAIN_VOICES`) or ``"test"`` (:data:`TEST_VOICES`, disjoint).
-        n: number of utterances (default :data:`DEFAULT_N`: 1000 for train, 200 for test).
-        seed: the set is a deterministic function of (split, n, seed, word range, espeak-ng version);
-            utterance i is the same for every n > i.
-        min_words, max_words: the number of words is uniform in this inclusive range (1..8).
-        workers: espeak-ng processes run at once (default: the number of CPUs).
+
+    - split: ``"train"`` (voices ``TRAIN_VOICES``) or ``"test"`` (``TEST_VOICES``, disjoint).
+    - n: number of utterances (default ``DEFAULT_N``: 1000 for train, 200 for test).
+    - seed: the set is a deterministic function of (split, n, seed, word range, espeak-ng version);
+      utterance i is the same for every n > i.
+    - min_words, max_words: the number of words is uniform in this inclusive range (1..8).
+    - workers: espeak-ng processes run at once (default: the number of CPUs).
 
     Synthesis takes about 10 ms an utterance per core; the set is cached under ``cache_dir()``.
     """

@@ -215,7 +215,7 @@ def fraction_recovered(true_features: torch.Tensor, learned: torch.Tensor, thres
 def firing_f1(f: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """For each latent, the F1 score of "the latent fires" (f > 0) as a detector of ``mask``: (N, M), (N,) -> (M,).
 
-    F1 = 2 |fires and mask| / (|fires| + |mask|): 1 for a latent that fires exactly where the pattern holds,
+    ``F1 = 2 |fires and mask| / (|fires| + |mask|)``: 1 for a latent that fires exactly where the pattern holds,
     low for one that fires everywhere (poor precision) or on a few of the positions only (poor recall).
     """
     if f.dim() != 2 or not isinstance(mask, torch.Tensor) or mask.shape != f.shape[:1]:

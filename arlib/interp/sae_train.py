@@ -137,7 +137,7 @@ def bias_adaptation_step(bias: torch.Tensor, drive: torch.Tensor, targets: torch
 class BiasAdaptation:
     """Reconstruction loss only; every ``period`` steps each encoder bias moves toward its latent's target
     activation frequency ``targets`` (M,) with :func:`bias_adaptation_step` (GBA with grouped targets,
-    see :func:`group_targets`). The biases leave gradient descent: :meth:`prepare` freezes them, and the
+    see :func:`group_targets`). The biases leave gradient descent: ``prepare`` freezes them, and the
     first batch sets them with :func:`calibrated_bias` (ours) so that training starts at the targets."""
 
     def __init__(self, targets: torch.Tensor, period: int = 10, rate: float = 0.5):

@@ -7,7 +7,7 @@ gives the part that completes the token to it and the rest to the next one. Equi
 the interval [c_{t-1}, c_t) of the cumulative sum c_t = alpha_1 + ... + alpha_t, token j owns [j, j+1),
 and frame t's weight in token j is the length of their overlap: that is how :func:`cif` computes all
 firings at once. Training rescales alpha so that its sum equals the target length N (the right number
-of tokens fire) and adds the quantity loss |N - sum alpha|; at inference the predictor fires
+of tokens fire) and adds the quantity loss ``|N - sum alpha|``; at inference the predictor fires
 floor(sum alpha + tail) tokens.
 
 The decoder reads all the fired embeddings at once (self-attention without a causal mask, plus
@@ -29,7 +29,7 @@ from arlib.speech.models import DecoderBlock, layer_config, padding_mask, sinuso
 def cif(hidden: torch.Tensor, alpha: torch.Tensor, num_tokens: torch.Tensor) -> torch.Tensor:
     """Integrate and fire: (B, T, d) frames, (B, T) weights, (B,) token counts -> (B, max N, d).
 
-    Token j's embedding is sum_t w_tj h_t with w_tj = |[c_{t-1}, c_t) ∩ [j, j+1)|; tokens past a row's
+    Token j's embedding is sum_t w_tj h_t with ``w_tj = |[c_{t-1}, c_t) ∩ [j, j+1)|``; tokens past a row's
     count are zero. Frames after the last whole token contribute only to tokens below ``num_tokens``.
     """
     if hidden.dim() != 3 or alpha.shape != hidden.shape[:2]:
@@ -96,7 +96,7 @@ class Paraformer(nn.Module):
 
     def loss(self, memory, memory_lengths, targets, target_lengths, glance: float = 0.0,
              generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
-        """Cross-entropy of the parallel decoder + the quantity loss |N - sum alpha| (mean over the batch).
+        """Cross-entropy of the parallel decoder + the quantity loss ``|N - sum alpha|`` (mean over the batch).
 
         With ``glance`` = lambda > 0 the glancing sampler replaces ceil(lambda * wrong) acoustic embeddings
         by target embeddings before the trained pass."""

@@ -107,6 +107,9 @@ def merge_heads(y: torch.Tensor) -> torch.Tensor:
 
 
 class CausalSelfAttention(nn.Module):
+    """Masked multi-head self-attention (Vaswani et al. 2017) with grouped key/value heads (Ainslie et al. 2023)
+    and an optional KV cache."""
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head, self.n_embd, self.n_kv_head = config.n_head, config.n_embd, config.kv_heads
@@ -167,6 +170,8 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    """One pre-LN transformer block of GPT-2: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``."""
+
     def __init__(self, config: GPTConfig, hidden: int | None = None, approximate: str = "tanh"):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd)

@@ -90,7 +90,7 @@ def to_hf(model: GPT):
 
 
 def from_hf(hf_model, dropout: float = 0.0) -> GPT:
-    """A :class:`GPT` with the weights of a ``GPT2LMHeadModel``, or of a multi-query
+    """A :class:`~arlib.text.gpt.GPT` with the weights of a ``GPT2LMHeadModel``, or of a multi-query
     ``GPTBigCodeForCausalLM`` (then ``n_kv_head=1``), on the same device and dtype, in eval mode.
 
     Rejects variants this GPT does not implement (other activations, untied heads, ...).

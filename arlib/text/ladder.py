@@ -1,7 +1,7 @@
 """Chapter 1's ablation ladder: from a neural bigram to the GPT, one idea added per rung.
 
 Rungs, each trained with the same optimizer, batch, context and number of steps
-(:data:`LADDER_SETTINGS`):
+(``LADDER_SETTINGS``):
 
 1. ``bigram``: a table of logits ``W[x_t]`` (V x V) trained by gradient descent; its optimum is the
    count table of bigram frequencies.
@@ -135,7 +135,7 @@ class LadderTransformer(nn.Module):
 
 
 def build_rung(rung: str, vocab_size: int, settings: LadderSettings = LADDER_SETTINGS) -> nn.Module:
-    """The untrained model of ``rung`` (one of :data:`RUNGS` or :data:`SIDE_RUNGS`) for a vocabulary of
+    """The untrained model of ``rung`` (one of ``RUNGS`` or ``SIDE_RUNGS``) for a vocabulary of
     ``vocab_size``."""
     if rung in SIDE_RUNGS:
         rung, layers = SIDE_RUNGS[rung]

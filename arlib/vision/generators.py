@@ -118,8 +118,9 @@ class NextScaleModel(nn.Module):
     """VAR's transformer (Tian et al. 2024, section 3.2) over token maps of ``scales``.
 
     Position block 0 is the class embedding (the start token); block k (k >= 1) holds the features of
-    the reconstruction from maps 1..k, downsampled to scale k+1 (:meth:`arlib.vision.vq.MultiScaleQuantizer.
-    next_scale_inputs`), projected to the model width. Every position adds a learned position embedding
+    the reconstruction from maps 1..k, downsampled to scale k+1
+    (:meth:`~arlib.vision.vq.MultiScaleQuantizer.next_scale_inputs`), projected to the model width. Every
+    position adds a learned position embedding
     and its scale's level embedding; attention is block-causal; block k predicts all tokens of map k+1.
     ``markov=True`` restricts attention to the current and the previous scale (HMAR).
     ``forward(labels, inputs)`` -> logits (B, L, num_codes).
