@@ -150,7 +150,6 @@ def save_checkpoint(model: torch.nn.Module, name: str, meta: dict, directory: st
 
 
 def list_checkpoints(directory: str | Path | None = None) -> list[str]:
-    """The names of the checkpoints in ``directory`` (default :func:`checkpoint_dir`), sorted."""
     """The names of the checkpoints in ``directory`` (default: in any of :func:`search_dirs`), sorted."""
     roots = [Path(directory)] if directory is not None else search_dirs()
     return sorted({p.stem for root in roots for p in root.glob("*.json")})
