@@ -52,6 +52,11 @@
 # systems train each model end to end; sharing the encoder keeps the book's checkpoints small and makes
 # every comparison below a comparison of decoders that hear exactly the same representation.
 
+# %% [markdown]
+# ![Three decoders on one encoder](../../figures/diagrams/05-speech-decoders.svg)
+#
+# *Figure.* CTC labels every frame and collapses; Paraformer counts and places tokens with CIF, then decodes them in one pass; the attention decoder writes one token at a time.
+
 # %%
 import math
 import statistics
@@ -156,7 +161,6 @@ axes[1].set(ylabel="mel channel", title="normalized log-mel frames")
 axes[2].imshow(masked[0].T, origin="lower", aspect="auto", cmap="magma", extent=(0, utt.duration, 0, 80))
 axes[2].set(ylabel="mel channel", xlabel="seconds", title="with SpecAugment's masks")
 plt.tight_layout()
-arlib.export_figure(fig, "spectrograms")  # into figures/ when `make execute` runs
 plt.show()
 hidden_fraction = float((masked == 0).float().mean() - (feats == 0).float().mean())
 assert 0 < hidden_fraction < 0.5
@@ -421,7 +425,6 @@ for j, t in enumerate(firing_frames):
             transform=ax.get_xaxis_transform())
 ax.set(xlabel="encoder frame (20 ms)", ylabel=r"$\alpha_t$")
 ax.set_title("CIF weights and firing frames (each labelled with the word that fired)", pad=16)
-arlib.export_figure(fig, "cif-firing")  # into figures/ when `make execute` runs
 plt.show()
 
 
@@ -519,7 +522,6 @@ for (start, end), c in zip(segments, utt.transcript):
     ax.text((start + end) / 2, 82, c, ha="center", fontsize=9)
 ax.set(xlabel="encoder frame (20 ms)", ylabel="mel channel")
 ax.set_title("Viterbi alignment of the transcript (CTC): each character's frames", pad=16)
-arlib.export_figure(fig, "ctc-viterbi-alignment")  # into figures/ when `make execute` runs
 plt.show()
 ctc_count_exact = statistics.mean(float(len(g.split()) == len(r.split())) for g, r in zip(ctc_greedy, refs))
 print(f"the best path has log-probability {viterbi_score:.3f}, all paths of the transcript together "
