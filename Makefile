@@ -43,8 +43,13 @@ test: REQUIRE_SYSTEM = 1
 test: setup lint
 	MPLBACKEND=Agg ARLIB_THREADS=1 ARLIB_TIMING_ASSERTS=0 $(PY) -m pytest -n $(JOBS) --dist loadfile --nbval-lax tests $$($(PY) tools/book.py notebooks)
 
+# The repository is JupyterLab's root (the chapters' diagrams are under figures/) and its file browser opens on
+# chapters/; tools/lab/overrides.json holds the book's settings (no first-run news prompt). tests/test_lab.py
+# starts JupyterLab with these arguments.
+LAB_ARGS := --ServerApp.root_dir=. --ContentsManager.preferred_dir=chapters --LabApp.app_settings_dir=tools/lab
+
 lab: setup
-	$(VENV)/bin/jupyter lab chapters/
+	$(VENV)/bin/jupyter lab $(LAB_ARGS) $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
 execute: setup
 	$(PY) tools/execute.py $(if $(CHAPTER),--chapter $(CHAPTER),)
