@@ -52,6 +52,8 @@ STYLE = {
     "svg.fonttype": "path",  # glyphs as paths: the same picture whatever fonts the reader has
     "svg.hashsalt": "arlib-diagrams",  # fixed ids for clip paths and glyphs: byte-stable output
     "savefig.dpi": 150,
+    "savefig.bbox": "standard",  # the page size exactly, whatever style the caller's process has set
+    "savefig.facecolor": "white",
 }
 
 
