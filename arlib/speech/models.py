@@ -8,6 +8,7 @@
 - :class:`AttentionDecoder`: an autoregressive transformer decoder over characters with
   cross-attention to the encoder (Vaswani et al. 2017; Chan et al.'s LAS in spirit), with a KV cache,
   batched greedy decoding and beam search.
+
 The non-autoregressive Paraformer lives in :mod:`arlib.speech.paraformer`.
 """
 
