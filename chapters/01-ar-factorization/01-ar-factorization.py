@@ -64,7 +64,6 @@ from arlib.text.hf import load_hf_folder, to_hf
 from arlib.text.ladder import RUNGS, SIDE_RUNGS, attention_logit_spread, bootstrap_interval, load_ladder
 from arlib.text.lm import heldout_halves, heldout_nll, next_token_loss, random_windows, token_nll
 from arlib.text.ngram import NGramModel
-from arlib.text.probes import group_means, logistic_probe
 from arlib.text.beam import beam_search
 from arlib.text.sample_quality import distinct_n, match_entropy, real_word_share, repetition, truncated_entropy
 from arlib.text.sampling import entropy, generate, process_logits
@@ -1111,53 +1110,168 @@ plt.show()
 # %% [markdown]
 # **Beyond the next-token distribution.** These probes beat the current character, but that is a weak
 # baseline: a state that predicts $x_{t+1}$ well also predicts $x_{t+2}$ somewhat *through* $x_{t+1}$ (after
-# "th", an "e" is likely next and a space after that). The question worth asking is whether the state
-# knows more about $x_{t+2}$ than the model's own next-token distribution $p(x_{t+1} \mid x_{\le t})$
-# does, an *information surplus* in the sense of Zhang {cite}`zhang2025markov` (arXiv 2507.19247), who
-# uses it to explain why drafting several tokens from one hidden state works. We fit the same kind of
-# probe from both, multinomial logistic regressions (`arlib.text.probes.logistic_probe`: L-BFGS, the L2
-# weight chosen on a fifth of the fitting rows), on the same 8,000 fitting positions, and score them on
-# the same 4,608 test positions by accuracy and cross-entropy. The intervals come from a bootstrap over
-# the 120 windows (positions in a window share their text, so they are resampled together).
+# "th", an "e" is likely next and a space after that). The question worth asking is whether the state knows
+# more about $x_{t+2}$ than the model's own next-token distribution $p(x_{t+1} \mid x_{\le t})$ does: an
+# *information surplus* in the sense of Zhang {cite}`zhang2025markov`, who uses it to explain why drafting
+# several tokens from one hidden state works. We fit multinomial logistic regressions (softmax regression,
+# L-BFGS, the L2 weight chosen on a fifth of the fitting rows along a warm-started path) from four feature
+# sets: the hidden state $h_t$ after the last layer (and after the best layer on the fitting rows, if that
+# differs); the model's own distribution, as log-probabilities *and* probabilities (a mixture
+# $\sum_c p(c)\, q(x_{t+2} \mid c)$ is linear in the probabilities, not in their logarithms); the same
+# plus the current character; and all of it plus $h_t$. All probes see the same 9,216 fitting positions (half
+# of the fitting rows, to keep this cell short) and are scored on the same 4,608 test positions by
+# accuracy and cross-entropy. Intervals are 95 % bootstrap intervals over the 120 windows (positions in a
+# window share their text, so they are resampled together), for each probe and for paired differences.
 
 # %%
-window_of = (torch.arange(N) // len(positions))  # the window each probed position comes from
+def scaled(x, rows, per_column=True):
+    """Center on `rows`; divide by each column's spread, or (per_column=False) by the block's RMS. The
+    latter is for one-hots and probabilities: a rare column divided by its own tiny spread would get values
+    near 100 on the few rows where it fires, and one such test row can dominate a probe's cross-entropy."""
+    x = x.float() - x[rows].float().mean(0)
+    return x / (x[rows].std(0).clamp_min(1e-6) if per_column else x[rows].pow(2).mean().sqrt())
+
+
+def softmax_probe(x, labels, rows, test, l2_path=(3e-2, 1e-2, 3e-3), path_iter=30, refit_iter=80):
+    """Softmax regression from already scaled features x (N, d) to labels on `rows`, scored on `test`.
+    The L2 weight is chosen on the last fifth of `rows`, walking `l2_path` from strong to weak with each fit
+    warm-started from the previous one (a regularization path); the chosen fit is then refined on all of
+    `rows`. Returns per-test-row cross-entropy (nats) and correctness, and the chosen weight."""
+    X = torch.cat([x, torch.ones(len(x), 1)], dim=1)  # (N, d + 1); the bias column is not penalized
+
+    def fit(r, l2, W, iters):
+        W = W.clone().requires_grad_(True)
+        opt = torch.optim.LBFGS([W], max_iter=iters, history_size=20, line_search_fn="strong_wolfe",
+                                tolerance_grad=1e-6, tolerance_change=1e-10)
+
+        def closure():
+            opt.zero_grad()
+            loss = F.cross_entropy(X[r] @ W, labels[r]) + l2 * W[:-1].pow(2).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        return W.detach()
+
+    inner, held = rows[: int(0.8 * len(rows))], rows[int(0.8 * len(rows)):]
+    W, best = torch.zeros(X.shape[1], V), None
+    for l2 in l2_path:
+        W = fit(inner, l2, W, path_iter)
+        score = F.cross_entropy(X[held] @ W, labels[held]).item()
+        if best is None or score < best[0]:
+            best = (score, l2, W)
+    W = fit(rows, best[1], best[2], refit_iter)
+    logits_test = X[test] @ W
+    return {"nll_rows": F.cross_entropy(logits_test, labels[test], reduction="none").double(),
+            "correct_rows": (logits_test.argmax(1) == labels[test]).double(), "l2": best[1]}
+
+
+def window_bootstrap(values, groups, draws=2000, seed=0):
+    """Mean of `values` over test positions and a 95 % percentile interval, resampling whole windows
+    (`groups`) with replacement and pooling their positions (a cluster bootstrap)."""
+    ids, inverse = torch.unique(groups, return_inverse=True)
+    sums = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, inverse, values.double())
+    counts = torch.bincount(inverse, minlength=len(ids)).double()
+    picks = torch.randint(0, len(ids), (draws, len(ids)), generator=torch.Generator().manual_seed(seed))
+    means = sums[picks].sum(1) / counts[picks].sum(1)
+    lo, hi = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return values.double().mean().item(), lo, hi
+
+
+t_probe = time.perf_counter()
+probe_rows = fit_rows[: len(fit_rows) // 2]
+window_of = torch.arange(N) // len(positions)  # the window each probed position comes from
+inner_rows, held_rows = probe_rows[: int(0.8 * len(probe_rows))], probe_rows[int(0.8 * len(probe_rows)):]
+best_layer = {}
+for k in (2, 3):  # the best layer for x(t+k), by a ridge probe's held-out accuracy within the fitting rows
+    labels = windows[:, positions + k].reshape(-1)
+    Y = F.one_hot(labels, V).double()
+    scores = []
+    for layer in range(cfg.n_layer + 1):
+        X = torch.cat([hidden[layer][:, positions].reshape(-1, cfg.n_embd), torch.ones(N, 1)], 1).double()
+        W = torch.linalg.solve(X[inner_rows].T @ X[inner_rows] + torch.eye(X.shape[1], dtype=torch.float64),
+                               X[inner_rows].T @ Y[inner_rows])
+        scores.append(((X[held_rows] @ W).argmax(1) == labels[held_rows]).double().mean().item())
+    best_layer[k] = int(np.argmax(scores))
 with torch.no_grad():
     own_logp = torch.log_softmax(logits[:, positions].double(), dim=-1).reshape(-1, V)  # (N, V)
-best_layer = max(range(last + 1), key=lambda l: probe[2, l])
-surplus = {}
+own_features = torch.cat([scaled(own_logp, probe_rows), scaled(own_logp.exp(), probe_rows, per_column=False)], 1)
+current_onehot = scaled(F.one_hot(current, V), probe_rows, per_column=False)
+state = {layer: scaled(hidden[layer][:, positions].reshape(-1, cfg.n_embd), probe_rows)
+         for layer in {last, *best_layer.values()}}
+groups = window_of[test_rows]
+lookahead = {}
 for k in (2, 3):
     labels = windows[:, positions + k].reshape(-1)
-    fits = {"hidden state, last layer": hidden[last][:, positions].reshape(-1, cfg.n_embd),
-            "own next-token distribution": own_logp}
-    fits = {name: logistic_probe(x, labels, fit_rows[:8000], test_rows, V) for name, x in fits.items()}
-    groups = window_of[test_rows]
-    diff = group_means(fits["own next-token distribution"]["nll_rows"] - fits["hidden state, last layer"]["nll_rows"],
-                       groups)
-    acc_diff = group_means(fits["hidden state, last layer"]["correct_rows"]
-                           - fits["own next-token distribution"]["correct_rows"], groups)
-    surplus[k] = (bootstrap_interval(diff), bootstrap_interval(acc_diff), fits)
-    for name, f in fits.items():
-        print(f"x(t+{k}) from the {name:28s}: accuracy {f['accuracy']:.3f}, cross-entropy {f['nll']:.3f} nats")
-    print("  surplus of the hidden state: {:+.3f} nats [{:+.3f}, {:+.3f}]".format(*surplus[k][0]),
-          "; accuracy {:+.3f} [{:+.3f}, {:+.3f}]".format(*surplus[k][1]))
+    feature_sets = {"own distribution": own_features,
+                    "own distribution + x(t)": torch.cat([own_features, current_onehot], 1),
+                    "hidden state, last layer": state[last],
+                    "own distribution + x(t) + hidden state": torch.cat([own_features, current_onehot, state[last]], 1)}
+    if best_layer[k] != last:
+        feature_sets[f"hidden state, layer {best_layer[k]}"] = state[best_layer[k]]
+    fits = {name: softmax_probe(x, labels, probe_rows, test_rows) for name, x in feature_sets.items()}
+    lookahead[k] = {name: {"nll": window_bootstrap(f["nll_rows"], groups),
+                           "accuracy": window_bootstrap(f["correct_rows"], groups), **f} for name, f in fits.items()}
+    print(f"x(t+{k}) (best hidden layer on the fitting rows: {best_layer[k]} of {last})")
+    for name, r in lookahead[k].items():
+        print("  {:40s} accuracy {:.3f} [{:.3f}, {:.3f}]".format(name, *r["accuracy"]),
+              " cross-entropy {:.3f} [{:.3f}, {:.3f}] nats".format(*r["nll"]), f" (L2 {r['l2']:g})")
+
+
+def paired(k, a, b, key="nll_rows"):
+    """Probe a's per-position loss (or correctness) minus probe b's, with its window-bootstrap interval."""
+    return window_bootstrap(lookahead[k][a][key] - lookahead[k][b][key], groups)
+
+
+for k in (2, 3):
+    print(f"x(t+{k}):",
+          "hidden state minus own distribution {:+.3f} nats [{:+.3f}, {:+.3f}];".format(
+              *paired(k, "hidden state, last layer", "own distribution")),
+          "surplus of the hidden state over own distribution + x(t): {:+.3f} nats [{:+.3f}, {:+.3f}],".format(
+              *paired(k, "own distribution + x(t)", "own distribution + x(t) + hidden state")),
+          "accuracy {:+.3f} [{:+.3f}, {:+.3f}]".format(*paired(k, "own distribution + x(t) + hidden state",
+                                                                "own distribution + x(t)", "correct_rows")))
+print(f"probes fitted in {time.perf_counter() - t_probe:.1f} s")
 
 # %%
 for k in (2, 3):
-    (nats, nats_lo, nats_hi), (acc, acc_lo, acc_hi), _ = surplus[k]
-    assert nats_lo > 0 and acc_lo > 0  # the hidden state knows more than its own next-token distribution
-assert surplus[2][0][0] > surplus[3][0][0]  # and the surplus shrinks with the distance
+    surplus_nats = paired(k, "own distribution + x(t)", "own distribution + x(t) + hidden state")
+    assert surplus_nats[1] > 0 and surplus_nats[0] < 0.1  # h_t adds a few hundredths of a nat, interval above 0
+    surplus_acc = paired(k, "own distribution + x(t) + hidden state", "own distribution + x(t)", "correct_rows")
+    assert surplus_acc[0] < 0.03  # in accuracy, at most a couple of points
+    assert best_layer[k] >= last - 1  # the ridge read-out on the fitting rows picks one of the last two layers ...
+    if best_layer[k] != last:  # ... and where it picks the second last, its logistic probe is worse than the last's
+        nll_best, nll_last = (lookahead[k][name]["nll"][0] for name in (f"hidden state, layer {best_layer[k]}",
+                                                                          "hidden state, last layer"))
+        assert nll_best > nll_last
+assert paired(2, "hidden state, last layer", "own distribution")[1] > 0  # at t+2 the distribution alone wins ...
+assert abs(paired(3, "hidden state, last layer", "own distribution")[0]) < 0.03  # ... at t+3 it is about a tie
 
 # %% [markdown]
-# The hidden state predicts $x_{t+2}$ and $x_{t+3}$ better than a probe that reads the model's own
-# next-token distribution, in cross-entropy and in accuracy, and the surplus is smaller three characters
-# ahead than two. Nothing in the loss asks position $t$ to predict $x_{t+2}$, so why is it there? Because
-# later positions read $h_t$ through attention: the losses of $x_{t+2}, x_{t+3}, \dots$ send gradients into
-# $h_t$, which learns to carry what they need. Wu et al. {cite}`wu2024plan` call this *pre-caching*, and
-# separate it from *breadcrumbs*, features computed for the next token that happen to help later ones;
-# Pal et al. {cite}`pal2023future` decode several tokens ahead from one hidden state of GPT-J. The surplus is
-# what Medusa's and Hydra's extra heads {cite}`cai2024medusa,ankner2024hydra` and blockwise parallel decoding
-# {cite}`stern2018blockwise` read in chapter 2.
+# Three things come out. First, read on its own, the hidden state is *not* a better predictor of $x_{t+2}$
+# than the model's own next-token distribution: the distribution's probe has the lower cross-entropy, and
+# three characters ahead the two are level. A linear read-out of $h_t$ cannot easily form the mixture
+# $\sum_c p(c)\, q(\cdot \mid c)$, which needs the softmax the model applies on top of $h_t$. So comparing
+# two separately fitted probes says more about the probes than about what $h_t$ knows. Second, the fair
+# test nests one probe in the other. Adding $h_t$ to the own distribution and the current character lowers
+# the held-out cross-entropy at both distances, with intervals above zero: the state carries information
+# about $x_{t+2}$ and $x_{t+3}$ that its own next-token distribution does not. The surplus is a few
+# hundredths of a nat (in accuracy, about a point, not always clear of zero), and it is a lower bound: a
+# linear probe on half the fitting rows finds only part of what is there. Third, the layer that reads the
+# future best is a late one: a ridge read-out on the fitting rows picks the last layer or the one before,
+# and where it picks the one before, the logistic probe from it does worse than from the last layer.
+#
+# Nothing in the loss asks position $t$ to predict $x_{t+2}$, so why is it there? Two explanations fit.
+# Later positions read $h_t$ through attention, so the losses at $x_{t+2}, x_{t+3}, \dots$ send gradients
+# into $h_t$, which can learn to carry what they need; Wu et al. {cite}`wu2024plan` call this
+# *pre-caching*. Or the features that $h_t$ computes for $x_{t+1}$ (which word we are in, how far into
+# the line) are useful later anyway; Wu et al. call these *breadcrumbs*. They separate the two by
+# *myopic* training, which cuts the gradient from later losses into earlier positions. In natural
+# language, for GPT-2-sized models, they find mostly breadcrumbs, with pre-caching growing with scale. A
+# probe cannot tell the two apart; it only shows that the information is there. Pal et al.
+# {cite}`pal2023future` decode tokens several steps ahead from a single hidden state of GPT-J. The surplus is
+# what Medusa's and Hydra's extra heads {cite}`cai2024medusa,ankner2024hydra` and blockwise parallel
+# decoding {cite}`stern2018blockwise` exploit in chapter 2.
 
 # %% [markdown]
 # **The reversal curse.** The chain rule says a left-to-right model *can* represent any joint
