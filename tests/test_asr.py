@@ -221,6 +221,51 @@ def test_models_run_and_the_decoders_agree_with_their_slow_paths():
     assert len(decoded[0]) == 3 and decoded[1] == []
 
 
+def test_speech_layers_are_the_gpts_and_the_decoder_cache_is_preallocated():
+    from arlib.text.gpt import Block, KVCache
+
+    torch.manual_seed(0)
+    vocab = TranscriptVocab()
+    ctc = CTCModel(vocab.size, d=16, layers=1, heads=2, ff=24)
+    dec = AttentionDecoder(vocab.size, d=16, layers=2, heads=2, ff=24, max_len=12).eval()
+    assert type(ctc.encoder.blocks[0]) is Block and isinstance(dec.blocks[0], Block)
+    memory, lengths = torch.randn(3, 7, 16), torch.tensor([7, 5, 2])
+    seq = torch.randint(2, vocab.size, (3, 9))
+    full = dec(seq, memory, lengths)  # teacher forcing, no cache
+    cache = dec.new_cache(memory)
+    assert isinstance(cache, KVCache) and cache.k.shape == (2, 3, 2, 12, 8)  # (L, B, H, max_len, D), fixed
+    # a prefix of 4 in one cached call, then one position per call: the full pass's logits
+    stepped = torch.cat([dec(seq[:, :4], memory, lengths, cache)]
+                        + [dec(seq[:, t:t + 1], memory, lengths, cache) for t in range(4, 9)], dim=1)
+    assert cache.length == 9 and cache.k.shape == (2, 3, 2, 12, 8)
+    assert torch.allclose(stepped, full, atol=1e-5)
+    order = torch.tensor([2, 2, 0])
+    cache.reorder(order)  # beam search: each row takes its parent's cache
+    longer = torch.cat([seq, seq[:, :1]], dim=1)[order]  # (3, 10)
+    assert torch.allclose(dec(longer[:, 9:], memory[order], lengths[order], cache),
+                          dec(longer, memory[order], lengths[order])[:, 9:], atol=1e-5)
+    with pytest.raises(ValueError, match="max_len"):
+        dec(seq[:, :3], memory, lengths, cache)
+    with pytest.raises(ValueError, match="memory"):
+        dec.new_cache(torch.randn(3, 7, 5))
+    with pytest.raises(ValueError, match="d: expected a multiple of heads"):
+        AttentionDecoder(vocab.size, d=15, heads=2)
+
+
+def test_cross_attention_on_its_own_stream_is_self_attention_without_a_mask():
+    """Cross-attention applies self-attention's parameters to two inputs: given the stream as the memory
+    and no mask, it is the self-attention in which every position sees every position."""
+    from arlib.speech.models import CrossAttention, layer_config
+
+    torch.manual_seed(0)
+    cross = CrossAttention(layer_config(16, 4, 1, 0.0)).eval()
+    x = torch.randn(2, 5, 16)
+    self_attention = super(CrossAttention, cross).forward  # the GPT's, on the same parameters
+    assert torch.allclose(cross(x, cross.keys_values(x)), self_attention(x, mask=True), atol=1e-6)
+    mask = torch.tensor([True, True, False, False, False])[None, None, None, :]  # keys 0, 1 only
+    assert torch.allclose(cross(x, cross.keys_values(x), mask), cross(x, cross.keys_values(x[:, :2])), atol=1e-6)
+
+
 def test_beam_search_never_scores_below_greedy():
     torch.manual_seed(1)
     dec = AttentionDecoder(8, d=16, layers=1, heads=2, ff=32).eval()

@@ -220,3 +220,29 @@ def test_n_kv_head_must_divide_n_head():
         GPTConfig(vocab_size=5, n_head=4, n_embd=16, n_kv_head=3)
     with pytest.raises(ValueError, match="n_kv_head"):
         GPTConfig(vocab_size=5, n_head=4, n_embd=16, n_kv_head=0)
+
+
+def test_heads_split_and_merge_as_channel_slices():
+    from arlib.text.gpt import merge_heads, split_heads
+
+    x = torch.arange(2 * 3 * 12.0).view(2, 3, 12)  # (B, T, H * D) with H = 4, D = 3
+    heads = split_heads(x, 4)
+    assert heads.shape == (2, 4, 3, 3)
+    assert torch.equal(heads[1, 2, 0], x[1, 0, 6:9])  # head 2 of position 0: channels 6..8
+    assert torch.equal(merge_heads(heads), x)
+
+
+def test_mlp_width_and_gelu_are_options_and_checked():
+    from arlib.text.gpt import MLP, Block
+
+    config = GPTConfig(vocab_size=5, n_head=2, n_embd=8)
+    torch.manual_seed(0)
+    exact = Block(config, hidden=12, approximate="none").mlp
+    assert exact.c_fc.weight.shape == (12, 8) and exact.c_proj.weight.shape == (8, 12)
+    x = torch.randn(3, 8)
+    assert torch.equal(exact(x), exact.c_proj(torch.nn.GELU()(exact.c_fc(x))))  # the erf form
+    assert MLP(config).c_fc.weight.shape == (32, 8)  # GPT-2's 4 d by default
+    with pytest.raises(ValueError, match="hidden"):
+        MLP(config, hidden=0)
+    with pytest.raises(ValueError, match="approximate"):
+        MLP(config, approximate="erf")

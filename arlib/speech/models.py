@@ -5,11 +5,15 @@
 - :func:`speech_features`: log-mel frames normalized per utterance, padded into a batch.
 - :class:`SpeechEncoder`: convolutional subsampling by 2 (20 ms frames) and a pre-LN transformer.
 - :class:`CTCModel`: the encoder and a linear layer to labels + blank (Graves et al. 2006).
+- :class:`DecoderBlock`: the GPT's block with cross-attention (:class:`CrossAttention`) to the encoder.
 - :class:`AttentionDecoder`: an autoregressive transformer decoder over characters with
-  cross-attention to the encoder (Vaswani et al. 2017; Chan et al.'s LAS in spirit), with a KV cache,
-  batched greedy decoding and beam search.
+  cross-attention to the encoder (Vaswani et al. 2017; Chan et al.'s LAS in spirit), with a KV cache
+  (:class:`DecoderCache`), batched greedy decoding and beam search.
 
 The non-autoregressive Paraformer lives in :mod:`arlib.speech.paraformer`.
+
+The transformer layers are chapter 1's (:mod:`arlib.text.gpt`: its attention, MLP, block and
+preallocated KV cache), with the exact (erf) GELU and the MLP width ``ff``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from torch import nn
 
 from arlib.data.speech import SAMPLE_RATE, VOCABULARY
 from arlib.speech.audio import log_mel
+from arlib.text.gpt import Block, CausalSelfAttention, GPTConfig, KVCache, causal_mask, merge_heads, split_heads
+from arlib.validate import describe
 
 BLANK, EOS = 0, 1  # EOS also starts a transcript (as <s>)
 
@@ -101,53 +107,66 @@ def sinusoids(T: int, d: int, device=None) -> torch.Tensor:
     return pe
 
 
-class Attention(nn.Module):
-    """Multi-head attention; ``kv`` passes keys and values computed earlier (a cache)."""
-
-    def __init__(self, d: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
-
-    def split(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, d) -> (B, h, T, d/h)
-        return x.view(x.shape[0], x.shape[1], self.heads, -1).transpose(1, 2)
-
-    def keys_values(self, source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.split(self.k(source)), self.split(self.v(source))
-
-    def forward(self, x, kv, mask=None):
-        y = F.scaled_dot_product_attention(self.split(self.q(x)), *kv, attn_mask=mask)  # (B, h, T, d/h)
-        return self.o(y.transpose(1, 2).reshape(x.shape))
+def layer_config(d: int, heads: int, layers: int, dropout: float, max_len: int = 1) -> GPTConfig:
+    """The sizes of a stack of speech transformer layers as the GPT's config, which builds them; a layer
+    reads no vocabulary, and ``max_len`` is the decoder's KV cache length."""
+    if not isinstance(d, int) or not isinstance(heads, int) or heads < 1 or d % heads:
+        raise ValueError(f"d: expected a multiple of heads={heads!r}, got {d!r}")
+    return GPTConfig(vocab_size=1, block_size=max_len, n_layer=layers, n_head=heads, n_embd=d, dropout=dropout)
 
 
-class Block(nn.Module):
-    """Pre-LN transformer layer: self-attention, cross-attention to ``memory`` if built with it, MLP."""
+def speech_layer(block: Block) -> Block:
+    """``block`` with dropout on its residual branches only: chapter 5's recipes train without dropout
+    on the attention probabilities (the GPT's ``attn_dropout``)."""
+    for attn in (block.attn, getattr(block, "cross", None)):
+        if attn is not None:
+            attn.attn_dropout = 0.0
+    return block
 
-    def __init__(self, d: int, heads: int, ff: int, cross: bool = False, dropout: float = 0.0):
-        super().__init__()
-        self.ln1, self.attn = nn.LayerNorm(d), Attention(d, heads)
-        self.ln2, self.cross = (nn.LayerNorm(d), Attention(d, heads)) if cross else (None, None)
-        self.ln3 = nn.LayerNorm(d)
-        self.mlp = nn.Sequential(nn.Linear(d, ff), nn.GELU(), nn.Linear(ff, d))
-        self.drop = nn.Dropout(dropout)
 
-    def forward(self, x, mask=None, memory=None, memory_mask=None, cache: dict | None = None):
-        h = self.ln1(x)
-        k, v = self.attn.keys_values(h)
-        if cache is not None:  # incremental decoding: append this step's keys and values
-            if "k" in cache:
-                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
-            cache["k"], cache["v"] = k, v
-        x = x + self.drop(self.attn(h, (k, v), mask))
-        if self.cross is not None:
-            if cache is not None and "mk" in cache:
-                mkv = cache["mk"], cache["mv"]
-            else:
-                mkv = self.cross.keys_values(memory)
-                if cache is not None:
-                    cache["mk"], cache["mv"] = mkv
-            x = x + self.drop(self.cross(self.ln2(x), mkv, memory_mask))
-        return x + self.drop(self.mlp(self.ln3(x)))
+class CrossAttention(CausalSelfAttention):
+    """Encoder-decoder attention (Vaswani et al. 2017, sec. 3.2.3): queries from the decoder's stream x
+    (B, U, d), keys and values from the encoder's output, the memory (B, S, d). The parameters are
+    self-attention's: ``c_attn`` stacks the query, key and value maps, here applied to two inputs (the
+    query rows to x, the key and value rows to the memory), and ``c_proj`` mixes the heads."""
+
+    def __init__(self, config: GPTConfig):
+        if config.kv_heads != config.n_head:
+            raise ValueError(f"config: cross-attention takes multi-head attention (n_kv_head=None), "
+                             f"got n_kv_head={config.n_kv_head}")
+        super().__init__(config)
+
+    def keys_values(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (B, H, S, D) of the memory (B, S, d): computed once per utterance, since the
+        memory does not change while the decoder runs."""
+        kv = F.linear(memory, self.c_attn.weight[self.n_embd:], self.c_attn.bias[self.n_embd:])  # (B, S, 2d)
+        k, v = kv.chunk(2, dim=2)
+        return split_heads(k, self.n_head), split_heads(v, self.n_head)
+
+    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor],
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``kv`` from :meth:`keys_values`; ``mask`` (B, 1, 1, S) is True on the memory frames to attend to."""
+        q = split_heads(F.linear(x, self.c_attn.weight[:self.n_embd], self.c_attn.bias[:self.n_embd]), self.n_head)
+        dropout = self.attn_dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, *kv, attn_mask=mask, dropout_p=dropout)  # (B, H, U, D)
+        return self.resid_dropout(self.c_proj(merge_heads(y)))
+
+
+class DecoderBlock(Block):
+    """The GPT's pre-LN block with cross-attention between self-attention and the MLP:
+    x += attn(ln_1 x); x += cross(ln_cross x, memory); x += mlp(ln_2 x)."""
+
+    def __init__(self, config: GPTConfig, hidden: int | None = None, approximate: str = "tanh"):
+        super().__init__(config, hidden, approximate)
+        self.ln_cross = nn.LayerNorm(config.n_embd)
+        self.cross = CrossAttention(config)
+
+    def forward(self, x, memory_kv, memory_mask=None, cache: KVCache | None = None, layer: int = 0, mask=None):
+        """``memory_kv`` from ``self.cross.keys_values(memory)``; ``cache``, ``layer`` and ``mask`` are the
+        self-attention's, as in the GPT's block (no mask and no cache: causal)."""
+        x = x + self.attn(self.ln_1(x), cache, layer, mask)
+        x = x + self.cross(self.ln_cross(x), memory_kv, memory_mask)
+        return x + self.mlp(self.ln_2(x))
 
 
 class SpeechEncoder(nn.Module):
@@ -160,7 +179,8 @@ class SpeechEncoder(nn.Module):
         self.config = dict(n_mels=n_mels, d=d, layers=layers, heads=heads, ff=ff, dropout=dropout)
         self.conv = nn.Sequential(nn.Conv1d(n_mels, d, 3, padding=1), nn.GELU(),
                                   nn.Conv1d(d, d, 3, stride=2, padding=1), nn.GELU())
-        self.blocks = nn.ModuleList(Block(d, heads, ff, dropout=dropout) for _ in range(layers))
+        layer = layer_config(d, heads, layers, dropout)
+        self.blocks = nn.ModuleList(speech_layer(Block(layer, ff, "none")) for _ in range(layers))
         self.ln = nn.LayerNorm(d)
 
     @staticmethod
@@ -178,7 +198,7 @@ class SpeechEncoder(nn.Module):
         x = x + sinusoids(x.shape[1], x.shape[2], x.device)
         mask = padding_mask(lengths, x.shape[1])[:, None, None, :]  # (B, 1, 1, T'): keys to attend to
         for block in self.blocks:
-            x = block(x, mask)
+            x = block(x, mask=mask)  # bidirectional: every real frame sees every real frame
         return self.ln(x), lengths
 
 
@@ -196,6 +216,24 @@ class CTCModel(nn.Module):
         return self.head(hidden).log_softmax(-1), lengths
 
 
+class DecoderCache(KVCache):
+    """The state of incremental decoding: the GPT's preallocated :class:`~arlib.text.gpt.KVCache` of the
+    decoder's self-attention (``max_len`` positions), plus each layer's cross-attention keys and values
+    of the memory, computed once (``memory_kv``, a list of (k, v) pairs (B, H, S, D))."""
+
+    def __init__(self, decoder: AttentionDecoder, memory: torch.Tensor):
+        if not isinstance(memory, torch.Tensor) or memory.dim() != 3 or memory.shape[2] != decoder.config["d"]:
+            raise ValueError(f"memory: expected the encoder's output (B, S, {decoder.config['d']}), "
+                             f"got {describe(memory)}")
+        super().__init__(decoder.layers, memory.shape[0], memory.device, memory.dtype)
+        self.memory_kv = [block.cross.keys_values(memory) for block in decoder.blocks]
+
+    def reorder(self, order: torch.Tensor) -> None:
+        """Keep rows ``order`` (B,) of the batch: beam search's hypotheses take their parents' caches."""
+        self.k, self.v = self.k[:, order], self.v[:, order]  # (L, B, H, T_max, D)
+        self.memory_kv = [(k[order], v[order]) for k, v in self.memory_kv]
+
+
 class AttentionDecoder(nn.Module):
     """Autoregressive character decoder: p(y_u | y_<u, encoder output), causal self-attention plus
     cross-attention, tied input/output embeddings. Transcripts start with EOS (as <s>) and end with it."""
@@ -206,19 +244,31 @@ class AttentionDecoder(nn.Module):
         self.config = dict(vocab_size=vocab_size, d=d, layers=layers, heads=heads, ff=ff, max_len=max_len,
                            dropout=dropout)
         self.embed, self.pos = nn.Embedding(vocab_size, d), nn.Embedding(max_len, d)
-        self.blocks = nn.ModuleList(Block(d, heads, ff, cross=True, dropout=dropout) for _ in range(layers))
+        self.layers = layer_config(d, heads, layers, dropout, max_len)
+        self.blocks = nn.ModuleList(speech_layer(DecoderBlock(self.layers, ff, "none")) for _ in range(layers))
         self.ln = nn.LayerNorm(d)
 
-    def forward(self, tokens, memory, memory_lengths, start: int = 0, caches: list | None = None):
-        """Logits (B, U, V) for ``tokens`` (B, U) at positions start.. (teacher forcing, or one cached step)."""
-        U = tokens.shape[1]
+    def new_cache(self, memory: torch.Tensor) -> DecoderCache:
+        """An empty cache for decoding the utterances of ``memory`` (B, S, d) step by step."""
+        return DecoderCache(self, memory)
+
+    def forward(self, tokens, memory, memory_lengths, cache: DecoderCache | None = None):
+        """Logits (B, U, V) for ``tokens`` (B, U): teacher forcing from position 0, or with ``cache`` (from
+        :meth:`new_cache`) the next U positions of incremental decoding (the cache grows by U)."""
+        B, U = tokens.shape
+        start = 0 if cache is None else cache.length
         if start + U > self.config["max_len"]:
             raise ValueError(f"tokens: positions up to {start + U} exceed max_len={self.config['max_len']}")
+        if cache is not None and cache.k.shape[1] != B:
+            raise ValueError(f"cache: built for a batch of {cache.k.shape[1]}, got tokens of batch {B}")
         x = self.embed(tokens) + self.pos(torch.arange(start, start + U, device=tokens.device))
-        causal = None if caches is not None else torch.ones(U, U, dtype=torch.bool, device=x.device).tril()
-        mmask = padding_mask(memory_lengths, memory.shape[1])[:, None, None, :]
-        for i, block in enumerate(self.blocks):
-            x = block(x, causal, memory, mmask, None if caches is None else caches[i])
+        mask = causal_mask(U, start, x.device) if cache is not None and U > 1 else None  # else causal or one step
+        mmask = padding_mask(memory_lengths, memory.shape[1])[:, None, None, :]  # (B, 1, 1, S)
+        for layer, block in enumerate(self.blocks):
+            kv = block.cross.keys_values(memory) if cache is None else cache.memory_kv[layer]
+            x = block(x, kv, mmask, cache, layer, mask)
+        if cache is not None:
+            cache.length += U
         return self.ln(x) @ self.embed.weight.T
 
     def loss(self, memory, memory_lengths, targets, target_lengths) -> torch.Tensor:
@@ -236,11 +286,11 @@ class AttentionDecoder(nn.Module):
         """Batched greedy decoding with a KV cache: (token lists, decoder steps run)."""
         B = memory.shape[0]
         max_len = self.config["max_len"] - 1 if max_len is None else max_len
-        caches = [{} for _ in self.blocks]
+        cache = self.new_cache(memory)
         token = torch.full((B, 1), EOS, device=memory.device)
         out, done = [], torch.zeros(B, dtype=torch.bool, device=memory.device)
-        for step in range(max_len):
-            token = self(token, memory, memory_lengths, start=step, caches=caches)[:, -1].argmax(-1, keepdim=True)
+        for _ in range(max_len):
+            token = self(token, memory, memory_lengths, cache)[:, -1].argmax(-1, keepdim=True)
             out.append(token)
             done |= token[:, 0] == EOS
             if done.all():
@@ -257,13 +307,13 @@ class AttentionDecoder(nn.Module):
             raise ValueError(f"memory: beam search takes one utterance (1, T, d), got {tuple(memory.shape)}")
         max_len = self.config["max_len"] - 1 if max_len is None else max_len
         memory, memory_lengths = memory.expand(beam, -1, -1), memory_lengths.expand(beam)
-        caches = [{} for _ in self.blocks]
+        cache = self.new_cache(memory)
         seqs = torch.full((beam, 1), EOS, device=memory.device)
         scores = torch.full((beam,), -math.inf, device=memory.device)
         scores[0] = 0.0  # all beams start identical: keep one alive
         finished: list[tuple[list[int], float]] = []
-        for step in range(max_len):
-            logp = self(seqs[:, -1:], memory, memory_lengths, start=step, caches=caches)[:, -1].log_softmax(-1)
+        for _ in range(max_len):
+            logp = self(seqs[:, -1:], memory, memory_lengths, cache)[:, -1].log_softmax(-1)
             total = (scores[:, None] + logp).flatten()  # (beam * V,)
             top, idx = total.topk(2 * beam)
             origin, token = idx // logp.shape[1], idx % logp.shape[1]
@@ -280,8 +330,7 @@ class AttentionDecoder(nn.Module):
             while len(keep) < beam:  # pad with dead beams
                 keep.append((keep[0][0], keep[0][1], -math.inf))
             order = torch.tensor([k[0] for k in keep], device=memory.device)
-            for cache in caches:
-                cache["k"], cache["v"] = cache["k"][order], cache["v"][order]
+            cache.reorder(order)
             seqs = torch.cat([seqs[order], torch.tensor([[k[1]] for k in keep], device=memory.device)], dim=1)
             scores = torch.tensor([k[2] for k in keep], device=memory.device)
         if not finished:

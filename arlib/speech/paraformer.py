@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arlib.speech.models import Block, padding_mask, sinusoids
+from arlib.speech.models import DecoderBlock, layer_config, padding_mask, sinusoids, speech_layer
 
 
 def cif(hidden: torch.Tensor, alpha: torch.Tensor, num_tokens: torch.Tensor) -> torch.Tensor:
@@ -73,7 +73,8 @@ class Paraformer(nn.Module):
         self.config = dict(vocab_size=vocab_size, d=d, layers=layers, heads=heads, ff=ff, dropout=dropout, tail=tail)
         self.predictor = CIFPredictor(d)
         self.embed = nn.Embedding(vocab_size, d)  # target embeddings for the glancing sampler
-        self.blocks = nn.ModuleList(Block(d, heads, ff, cross=True, dropout=dropout) for _ in range(layers))
+        layer = layer_config(d, heads, layers, dropout)
+        self.blocks = nn.ModuleList(speech_layer(DecoderBlock(layer, ff, "none")) for _ in range(layers))
         self.ln = nn.LayerNorm(d)
         self.head = nn.Linear(d, vocab_size)
 
@@ -85,8 +86,8 @@ class Paraformer(nn.Module):
         # A row with no token would attend to nothing (nan): let it attend to position 0 instead.
         self_mask = self_mask | (num_tokens == 0)[:, None, None, None]
         mmask = padding_mask(memory_lengths, memory.shape[1])[:, None, None, :]
-        for block in self.blocks:
-            x = block(x, self_mask, memory, mmask)
+        for block in self.blocks:  # self-attention without a causal mask: all tokens at once
+            x = block(x, block.cross.keys_values(memory), mmask, mask=self_mask)
         return self.head(self.ln(x))
 
     def token_count(self, alpha: torch.Tensor) -> torch.Tensor:

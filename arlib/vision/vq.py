@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from arlib.validate import describe, positive_int
@@ -70,19 +71,19 @@ class VectorQuantizer(nn.Module):
         if not isinstance(indices, torch.Tensor) or indices.dtype != torch.long or indices.dim() != 3 or (
                 validate and indices.numel() and (indices.min() < 0 or indices.max() >= self.num_codes)):
             raise ValueError(f"indices: expected a (B, h, w) tensor of torch.long code ids in [0, {self.num_codes})")
-        return self.codebook[indices].permute(0, 3, 1, 2)
+        return rearrange(self.codebook[indices], "b h w d -> b d h w")  # code vectors as D channels
 
     def forward(self, z: torch.Tensor):
         if z.dim() != 4 or z.shape[1] != self.dim:
             raise ValueError(f"z: expected (B, {self.dim}, h, w), got {tuple(z.shape)}")
         B, D, h, w = z.shape
-        flat = z.permute(0, 2, 3, 1).reshape(-1, D)  # (N, D)
+        flat = rearrange(z, "b d h w -> (b h w) d")  # (N, D): one vector per position, N = B h w
         if self.training and not bool(self.initialized):
             self._init_from_data(flat.detach())
         indices = nearest_code(flat.detach(), self.codebook)  # (N,)
         if self.training:
             self._ema_update(flat.detach(), indices)
-        codes = self.codebook[indices].view(B, h, w, D).permute(0, 3, 1, 2)  # (B, D, h, w)
+        codes = rearrange(self.codebook[indices], "(b h w) d -> b d h w", b=B, h=h, w=w)  # (N, D) -> (B, D, h, w)
         loss = self.beta * F.mse_loss(z, codes.detach())
         return z + (codes - z).detach(), indices.view(B, h, w), loss
 
@@ -259,7 +260,7 @@ class MultiScaleQuantizer(nn.Module):
         f_hat = self.add_scale(f_hat, k, indices, validate)
         s = self.scales[k + 1]
         x = f_hat if s == self.scales[-1] else F.interpolate(f_hat, size=(s, s), mode="area")
-        return f_hat, x.flatten(2).transpose(1, 2)
+        return f_hat, rearrange(x, "b d h w -> b (h w) d")  # scale map (B, D, s, s) -> s^2 tokens in raster order
 
     def next_scale_inputs(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
         """Teacher-forcing inputs of a next-scale model: for k = 1..K-1, the reconstruction from maps

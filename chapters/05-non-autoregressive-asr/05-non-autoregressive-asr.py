@@ -170,7 +170,8 @@ print(f"SpecAugment hid {hidden_fraction:.0%} of this utterance's values")
 # ## 2. The autoregressive baseline: an attention encoder-decoder
 #
 # The encoder turns the frames into a sequence of vectors $h_{1:T'}$; the decoder is a small GPT over
-# tokens whose every layer also attends to $h$ (cross-attention). It is trained by teacher forcing
+# tokens whose every layer also attends to $h$ (cross-attention): chapter 1's blocks (`arlib.text.gpt`)
+# with a cross-attention inserted (the encoder's layers are the same blocks without it). It is trained by teacher forcing
 # on $(\texttt{<s>}, y_1, \dots, y_U) \to (y_1, \dots, y_U, \texttt{</s>})$ and decodes like chapter 1's
 # GPT, with a KV cache for its own past and the encoder's keys and values computed once:
 #
@@ -604,10 +605,10 @@ def build_split(enc_layers, dec_layers):
 @torch.no_grad()
 def decode_steps(dec, memory, lengths, steps):
     """Greedy decoding for exactly `steps` tokens (no stop at the end token): the AED's loop, timed alone."""
-    caches, token = [{} for _ in dec.blocks], torch.full((memory.shape[0], 1), EOS, device=memory.device)
-    for step in range(steps):
-        token = dec(token, memory, lengths, start=step, caches=caches)[:, -1].argmax(-1, keepdim=True)
-    return step + 1
+    cache, token = dec.new_cache(memory), torch.full((memory.shape[0], 1), EOS, device=memory.device)
+    for _ in range(steps):
+        token = dec(token, memory, lengths, cache)[:, -1].argmax(-1, keepdim=True)
+    return cache.length
 
 
 def time_split(enc, dec, feats):
