@@ -733,6 +733,123 @@ def sparse_autoencoders() -> Figure:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# 07: the KV cache under pressure: paged blocks, eviction, compression.
+# ---------------------------------------------------------------------------------------------------------
+
+def kv_block(ax, x, y, tokens, w, h, fill=0.30, lw=0.6):
+    """A KV block of four slots holding ``tokens``; the slots left empty are outlined in red (unused memory)."""
+    for s in range(4):
+        if s < len(tokens):
+            cell(ax, x + s * w, y, w, h, tokens[s], color=DATA, fill=fill, lw=lw, size=SMALL)
+        else:
+            cell(ax, x + s * w, y, w, h, "", color=REJECT, fill=0, edge=tint(REJECT, 0.55), lw=0.6)
+
+
+def kv_cache() -> Figure:
+    fig, ax = canvas()
+    panel(ax, 0.5, 34.6, "a", "PagedAttention, 4 tokens a block")
+    # Two samples of the prompt "To be, o": they share its two blocks, then each writes blocks of its own.
+    requests = {"A": (["To␣b", "e,␣o", "r␣no", "t"], [3, 5, 0, 2], 29.4, INK),
+                "B": (["To␣b", "e,␣o", "f␣th", "em"], [3, 5, 7, 9], 15.6, MUTED)}
+    others = {1: "other request", 4: "free", 6: "other request", 8: "free"}
+    cw, bh, pitch = 1.6, 1.8, 2.3  # a slot's width, a block's height, the distance between blocks
+    xl, xt, xp, ytop = 2.0, 9.3, 22.0, 26.2  # logical blocks, block tables, the pool and its top block
+    pool = {}  # physical block -> (tokens, the requests that map it)
+    for name, (blocks, table, y0, color) in requests.items():
+        text(ax, xl - 1.2, y0 + 1.2, f"request {name}", size=SMALL, ha="left", weight="bold")
+        text(ax, xt + 1.1, y0 + 0.8, "block\ntable", size=TINY, color=MUTED, linespacing=1.1)
+        for j, (tokens, phys) in enumerate(zip(blocks, table)):
+            y = y0 - (j + 1) * pitch
+            text(ax, xl - 0.6, y + bh / 2, str(j), size=TINY, color=MUTED)
+            kv_block(ax, xl, y, tokens, cw, bh)
+            cell(ax, xt, y, 2.2, bh, str(phys), color=INK, fill=0.04, lw=0.6, size=SMALL)
+            arrow(ax, (xt + 2.3, y + bh / 2), (xp - 1.5, ytop - phys * pitch + bh / 2), color=color, lw=0.7, head=4)
+            pool[phys] = (tokens, pool.get(phys, ("", ""))[1] + name)
+    text(ax, xp + 2 * cw, ytop + 3.3, "physical blocks", size=SMALL, weight="bold")
+    text(ax, xp + 2 * cw, ytop + 2.2, "one pool for all requests", size=TINY, color=MUTED)
+    for phys in range(10):
+        y = ytop - phys * pitch
+        text(ax, xp - 0.8, y + bh / 2, str(phys), size=TINY, color=MUTED)
+        if phys in others:
+            busy = others[phys] != "free"
+            ax.add_patch(Rectangle((xp, y), 4 * cw, bh, linewidth=0.6, edgecolor=MUTED, zorder=3,
+                                   facecolor=tint(MUTED, 0.15) if busy else "none", linestyle="-" if busy else ":"))
+            text(ax, xp + 2 * cw, y + bh / 2, others[phys], size=TINY, color=MUTED)
+            continue
+        tokens, owners = pool[phys]
+        shared = len(owners) > 1
+        kv_block(ax, xp, y, tokens, cw, bh, fill=0.45 if shared else 0.30, lw=1.2 if shared else 0.6)
+        text(ax, xp + 4 * cw + 0.5, y + bh / 2, "A, B: ref 2" if shared else f"{owners}: ref 1", size=TINY,
+             ha="left", color=INK if shared else MUTED, weight="bold" if shared else "normal")
+    text(ax, 0.8, 3.4, "internal fragmentation (red): only in each request's last block", size=TINY, ha="left",
+         color=REJECT)
+    text(ax, 0.8, 1.7, "ref 2: A and B share it; a write would first copy it (copy-on-write)", size=TINY, ha="left")
+
+    # (b) which cached positions each eviction policy keeps, at the same position t.
+    panel(ax, 37.0, 34.6, "b", "Evicting positions: what stays cached")
+    n, w, c, x0 = 20, 6, 1.3, 51.2
+    recent = set(range(n - w, n))
+    rows = [("full cache", "all $t$ positions", set(range(n))),
+            ("sliding window", "the last $w$", recent),
+            ("attention sinks", "the first 4 + the last $w$", set(range(4)) | recent),
+            ("heavy hitters (H2O)", "most attended + the last $w$", {0, 4, 7, 11} | recent)]
+    text(ax, x0 + c / 2, 31.0, "1", size=TINY, color=MUTED)
+    text(ax, x0 + (n - 0.5) * c, 31.0, "$t$", size=TINY, color=MUTED)
+    text(ax, x0 + n * c / 2 - 2.0, 31.0, "kept", size=TINY, color=ACCEPT, ha="right")
+    text(ax, x0 + n * c / 2 - 1.4, 31.0, "evicted", size=TINY, color=REJECT, ha="left")
+    text(ax, x0 + n * c + 0.6, 31.0, "size", size=TINY, color=MUTED, ha="left")
+    for i, (name, rule, kept) in enumerate(rows):
+        y = 28.0 - i * 3.2
+        text(ax, 37.6, y + 1.45, name, size=SMALL, ha="left")
+        text(ax, 37.6, y + 0.2, rule, size=TINY, ha="left", color=MUTED)
+        for k in range(n):
+            on = k in kept
+            cell(ax, x0 + k * c, y, c, 1.8, "", color=ACCEPT if on else REJECT, fill=0.45 if on else 0.06,
+                 edge=None if on else tint(REJECT, 0.4), lw=0.5)
+        text(ax, x0 + n * c + 0.6, y + 0.9, str(len(kept)), size=TINY, ha="left", color=MUTED)
+
+    # (c) compressing what stays: GEAR's three parts, KIVI's quantization groups.
+    panel(ax, 37.0, 16.4, "c", "Compressing what stays")
+    text(ax, 37.6, 13.4, r"GEAR:  $D \approx \mathrm{quant}(D - S) + L + S$", size=SMALL, ha="left")
+    m, g, yg = 6, 0.75, 7.2  # 6x6 matrices (tokens x channels) of cells g units wide, bottom at yg
+    size, ym = m * g, yg + m * g / 2
+    dv = [[0.5 + 0.4 * math.sin(1.3 * r + 2.1 * k) for k in range(m)] for r in range(m)]
+    spikes = {(1, 4), (4, 1), (3, 3)}  # the outliers, kept exactly in S
+    xs = {"D": 38.0, "Q": 44.3, "L": 50.6, "S": 58.3}
+    grid(ax, xs["D"], yg, size, m, color=DATA, fill=lambda r, k: 0.95 if (r, k) in spikes else 0.1 + 0.5 * dv[r][k],
+         lw=0.4)
+    grid(ax, xs["Q"], yg, size, m, color=EXTRA, fill=lambda r, k: 0.1 + 0.2 * round(2.5 * dv[r][k]), lw=0.4)
+    for k in range(m):  # L = A B: a tall thin factor times a short wide one (rank 1 here)
+        cell(ax, xs["L"], yg + k * g, g, g, "", color=REJECT, fill=0.15 + 0.08 * k, lw=0.4)
+        cell(ax, xs["L"] + 1.4 + k * g, ym - g / 2, g, g, "", color=REJECT, fill=0.55 - 0.07 * k, lw=0.4)
+    grid(ax, xs["S"], yg, size, m, color=DATA, fill=lambda r, k: 0.95 if (r, k) in spikes else 0, lw=0.4)
+    for x, sign in ((xs["Q"] - 0.9, "≈"), (xs["L"] - 0.9, "+"), (xs["S"] - 0.9, "+")):
+        text(ax, x, ym, sign, size=TEXT)
+    labels = {"D": ("$D$: K or V", INK), "Q": ("low-bit", EXTRA), "L": ("$L$: low rank", REJECT),
+              "S": ("$S$: sparse", INK)}
+    for key, (label, color) in labels.items():
+        text(ax, xs[key] + size / 2 + (0.7 if key == "L" else 0), yg - 1.0, label, size=TINY, color=color)
+    text(ax, 64.2, ym, "quant: 2 to 4-bit codes\n$L$: the quantization\nerror, low rank\n$S$: a few outliers,"
+         "\nkept exactly", size=TINY, ha="left", color=MUTED, linespacing=1.25)
+    # KIVI: a quantization group runs along the tokens for keys (per channel), along the channels for values.
+    text(ax, 37.6, 2.2, "KIVI (2 bits):", size=SMALL, ha="left")
+    kivi = (("keys:\nper-channel groups", True), ("values:\nper-token groups", False))
+    for j, (name, per_channel) in enumerate(kivi):
+        xk, gc, nt, nc, yk = 46.0 + j * 17.0, 0.7, 4, 6, 0.8
+        for r in range(nt):
+            for k in range(nc):
+                shade = 0.2 + 0.1 * ((r + 2 * k) % 3) + (0.4 if per_channel and k == 2 else 0)
+                cell(ax, xk + k * gc, yk + (nt - 1 - r) * gc, gc, gc, "", color=EXTRA, fill=shade, lw=0.4)
+        for q in range(nc if per_channel else nt):  # one outline per quantization group
+            gx, gy = (xk + q * gc, yk) if per_channel else (xk, yk + q * gc)
+            gw, gh = (gc, nt * gc) if per_channel else (nc * gc, gc)
+            ax.add_patch(Rectangle((gx + 0.07, gy + 0.07), gw - 0.14, gh - 0.14, linewidth=0.7, edgecolor=INK,
+                                   facecolor="none", zorder=4))
+        text(ax, xk + nc * gc + 0.6, yk + nt * gc / 2, name, size=TINY, ha="left", linespacing=1.2)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Registry and output.
 # ---------------------------------------------------------------------------------------------------------
 
@@ -744,6 +861,7 @@ DIAGRAMS: dict[str, Callable[[], Figure]] = {
     "04-visual-autoregression": visual_autoregression,
     "05-speech-decoders": speech_recognition,
     "06-sparse-autoencoder": sparse_autoencoders,
+    "07-kv-cache": kv_cache,
 }
 
 
