@@ -2,7 +2,7 @@
 the import graph has no cycle.
 
 Layers, lowest first: the shared core (env, train, checkpoints, validate, data), then the parts
-text <- decoding <- vision, speech, interp, and on top the modules that join the parts (the loader,
+text <- decoding <- vision, speech, interp, serving, and on top the modules that join the parts (the loader,
 the recipe registry, the exercise checks, the package's __init__).
 """
 
@@ -12,7 +12,7 @@ import ast
 from pathlib import Path
 
 ARLIB = Path(__file__).resolve().parent.parent / "arlib"
-PART_RANK = {"core": 0, "text": 1, "decoding": 2, "vision": 3, "speech": 3, "interp": 3, "top": 4}
+PART_RANK = {"core": 0, "text": 1, "decoding": 2, "vision": 3, "speech": 3, "interp": 3, "serving": 3, "top": 4}
 TOP = {"arlib", "arlib.recipes", "arlib.loader", "arlib.checks"}  # modules (and packages) that join the parts
 
 

@@ -70,8 +70,13 @@ def kv_cache_bytes(config: GPTConfig, bytes_per_value: int = 2) -> dict:
 class KVCache:
     """Keys and values of every layer for the positions seen so far, preallocated to the block size.
 
-    ``length`` is the number of cached positions; :meth:`crop` rolls back (speculative decoding
-    discards the keys of rejected draft tokens this way).
+    ``length`` is the number of positions seen (the position the next token takes); :meth:`crop` rolls
+    back (speculative decoding discards the keys of rejected draft tokens this way).
+
+    Attention goes through the cache: each layer hands its new keys and values to :meth:`attend`, which
+    stores them and attends over everything kept, and the model calls :meth:`advance` once all layers
+    have run. Caches that keep less than every position (paged, evicting, quantized: chapter 7,
+    :mod:`arlib.serving`) subclass this one and override those two methods; the model does not change.
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, device=None, dtype=torch.float32):
@@ -83,11 +88,43 @@ class KVCache:
         self.length = 0
         self.block_size = config.block_size
 
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def n_layers(self) -> int:
+        return self.k.shape[0]
+
     def crop(self, length: int) -> None:
         """Forget every position from ``length`` on."""
         if not 0 <= length <= self.length:
             raise ValueError(f"length: expected an int in [0, {self.length}], got {length!r}")
         self.length = length
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None,
+               dropout: float = 0.0) -> torch.Tensor:
+        """Store layer ``layer``'s keys and values of the T new positions and attend over all cached ones.
+
+        q (B, H, T, D); k, v (B, H_kv, T, D); returns (B, H, T, D). ``mask`` as in
+        :class:`CausalSelfAttention` (None: query i at ``length + i`` sees keys 0 .. ``length + i``)."""
+        start, T = self.length, q.shape[2]
+        self.k[layer, :, :, start:start + T] = k
+        self.v[layer, :, :, start:start + T] = v
+        k, v = self.k[layer, :, :, :start + T], self.v[layer, :, :, :start + T]  # (B, H_kv, start+T, D)
+        if mask is None:  # one new query sees every key: no mask needed
+            mask = True if T == 1 else causal_mask(T, start, q.device)
+        return attention(q, k, v, mask, dropout)
+
+    def advance(self, T: int) -> None:
+        """Called once per forward, after every layer attended: T more positions are seen."""
+        self.length += T
+
+    def stored_bytes(self) -> int:
+        """Bytes of keys and values held for the positions seen (all layers and rows of the batch); the
+        preallocated but unused tail is not counted. Compressed caches count what they store instead."""
+        L, B, H, _, D = self.k.shape
+        return 2 * L * B * H * self.length * D * self.k.element_size()
 
 
 def causal_mask(T: int, start: int, device=None) -> torch.Tensor:
@@ -104,6 +141,22 @@ def split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
 def merge_heads(y: torch.Tensor) -> torch.Tensor:
     """(B, H, T, D) -> (B, T, H * D): the heads' outputs side by side again, for the output projection."""
     return rearrange(y, "b h t d -> b t (h d)")
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None, dropout: float = 0.0) -> torch.Tensor:
+    """Scaled dot-product attention softmax(q k^T / sqrt(D)) v (Vaswani et al. 2017, eq. 1) with grouped
+    key/value heads (Ainslie et al. 2023): query head h reads key/value head h // (H / H_kv).
+
+    q (B, H, T, D); k, v (B, H_kv, S, D); returns (B, H, T, D). ``mask``: None for causal (S == T),
+    True for none (every query sees every key), or a boolean tensor broadcastable to (B, H, T, S)."""
+    if k.shape[1] != q.shape[1]:
+        group = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (B, H, S, D)
+    if mask is True:  # on a GPU the unmasked kernel is the fast one
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
 
 
 class CausalSelfAttention(nn.Module):
@@ -131,21 +184,10 @@ class CausalSelfAttention(nn.Module):
         q = split_heads(q, self.n_head)  # (B, H, T, D)
         k, v = split_heads(k, self.n_kv_head), split_heads(v, self.n_kv_head)  # (B, H_kv, T, D)
         dropout = self.attn_dropout if self.training else 0.0
-        if cache is not None:
-            start = cache.length
-            cache.k[layer, :, :, start:start + T] = k
-            cache.v[layer, :, :, start:start + T] = v
-            k, v = cache.k[layer, :, :, :start + T], cache.v[layer, :, :, :start + T]  # (B, H_kv, start+T, D)
-        if self.n_kv_head != self.n_head:  # grouped: query head h reads key/value head h // group
-            group = self.n_head // self.n_kv_head
-            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (B, H, ., D)
-        if mask is True or (cache is not None and T == 1):  # every query sees every key: no mask needed
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-        elif cache is None and mask is None:  # causal by default
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
-        else:  # a given mask (next-scale models: block-causal), or query i at start+i sees keys 0..start+i
-            mask = causal_mask(T, start, x.device) if mask is None else mask
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        if cache is not None:  # the cache stores k, v and decides which keys the queries read
+            y = cache.attend(layer, q, k, v, mask, dropout)
+        else:
+            y = attention(q, k, v, mask, dropout)
         y = merge_heads(y)  # (B, H, T, D) -> (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -246,8 +288,8 @@ class GPT(nn.Module):
         start = 0 if cache is None else cache.length
         if start + T > self.config.block_size:
             raise ValueError(f"idx: {start + T} positions exceed the context of {self.config.block_size}")
-        if cache is not None and (cache.k.shape[1] != B or cache.k.shape[0] < n_layers):
-            raise ValueError(f"cache: built for batch {cache.k.shape[1]} and {cache.k.shape[0]} layers, "
+        if cache is not None and (cache.batch_size != B or cache.n_layers < n_layers):
+            raise ValueError(f"cache: built for batch {cache.batch_size} and {cache.n_layers} layers, "
                              f"got batch {B} and {n_layers} layers")
         if validate and T:
             ids_in_vocab(idx, "idx", self.config.vocab_size)
@@ -259,5 +301,5 @@ class GPT(nn.Module):
             x = self.h[layer](x, cache, layer, mask)
             hidden.append(x)
         if cache is not None:
-            cache.length += T
+            cache.advance(T)
         return hidden
