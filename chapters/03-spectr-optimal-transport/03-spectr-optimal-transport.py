@@ -160,6 +160,7 @@ for ax, matrix, title in [(axes[0], independent, "independent: q(x) p(y)"),
     ax.set_ylabel("draft x (law q)")
     ax.set_title(f"{title}\ndiagonal = P(accept) = {matrix.trace():.3f}")
 fig.colorbar(image, ax=axes, shrink=0.8, label="probability")
+arlib.export_figure(fig, "acceptance-couplings")  # into figures/ when `make execute` runs
 plt.show()
 
 # %% [markdown]
@@ -539,6 +540,7 @@ ax.set_ylabel(r"K-SEQ acceptance / $\alpha^*_k$")
 ax.set_ylim(0.55, 1.01)
 ax.legend(loc="lower right")
 ax.set_title("K-SEQ against the optimum on 400 random pairs")
+arlib.export_figure(fig, "kseq-vs-optimum")  # into figures/ when `make execute` runs
 plt.show()
 
 # %% [markdown]
@@ -615,6 +617,7 @@ for ax, (title, table) in zip(axes, tables.items()):
     ax.set_ylabel("mean acceptance")
     ax.set_title(title)
     ax.legend()
+arlib.export_figure(fig, "acceptance-vs-k")  # into figures/ when `make execute` runs
 plt.show()
 
 # %% [markdown]
@@ -859,9 +862,9 @@ for gamma in gammas:
 # - **On this CPU the extra rows are not free.** A target pass over 8 rows costs clearly more than a pass
 #   over one (printed above), and a draft step over 8 rows more than over one; the wall-clock
 #   speed-up falls with $k$ even
-#   though each call yields more tokens: every multi-draft setting is slower than speculative
-#   decoding (with this draft, the gain over plain decoding that is left comes from the draft, not
-#   from the extra rows). The column "model" predicts SpecTr's speed relative to
+#   though each call yields more tokens: no multi-draft setting beats speculative decoding by more
+#   than a few percent, and the most drafts are clearly slower (both asserted; with this draft, the
+#   gain over plain decoding that is left comes from the draft, not from the extra rows). The column "model" predicts SpecTr's speed relative to
 #   speculative decoding from the tokens-per-call ratio and the step costs measured in isolation. It
 #   follows the trend (within a factor of 1.5, asserted) but is not exact: as chapter 2 found, a pass costs more inside the loop, right
 #   after the other model's pass, than alone, and the tree walk and the copying of the accepted row
@@ -893,8 +896,10 @@ for gamma in gammas:
     for k in spectr_ks[1:]:  # deeper depths have fewer live drafts: the gain over k = 1 is smaller than section 4's
         measured_gain = summary["K-SEQ", k, gamma][5] - summary["K-SEQ", 1, gamma][5]
         assert measured_gain < real["K-SEQ"][k - 1] - real["single"][k - 1], (k, gamma)
-    check_timing(all(summary[key][3] < 1 for key in summary if key[2] == gamma and key[1] > 1),
-                 "every multi-draft setting should be slower than speculative decoding on this CPU")
+    check_timing(all(summary[key][3] < 1.05 for key in summary if key[2] == gamma and key[1] > 1),
+                 "no multi-draft setting should beat speculative decoding by more than a few percent on this CPU")
+    check_timing(summary["K-SEQ", max(spectr_ks), gamma][3] < 1,
+                 f"the most drafts (k = {max(spectr_ks)}) should be slower than speculative decoding on this CPU")
 check_timing(row_cost[8, 5][0] > 1.2, f"on a CPU a target pass over 8 rows should cost clearly more than one row's, "
              f"got {row_cost[8, 5][0]:.2f}x")
 for key, (_, _, _, ratio, model, _) in summary.items():
@@ -974,6 +979,7 @@ axes[1].set_xlabel("vocabulary size V")
 axes[1].set_ylabel("time to find rho* (s)")
 axes[1].legend()
 axes[1].set_title("K-SEQ: linear in V")
+arlib.export_figure(fig, "verification-cost")  # into figures/ when `make execute` runs
 plt.show()
 
 
@@ -1137,8 +1143,8 @@ arlib.checks.rrs_acceptance_exact(rrs_acceptance_exact)
 #   for $\rho^*$.
 # - On the Shakespeare pair four drafts lift the per-position acceptance from 0.83 to 0.96, and SpecTr
 #   decoding's tokens per call by 17 to 20 %. Deeper in the tree few drafts stay alive, and on a CPU the
-#   extra rows cost more than they save: every multi-draft setting here is slower than speculative
-#   decoding. On accelerators, where a few rows cost what one does, the
+#   extra rows cost more than they save: no multi-draft setting here beats speculative decoding by
+#   more than a few percent, and eight drafts are clearly slower. On accelerators, where a few rows cost what one does, the
 #   block-efficiency gain should become wall-clock speed, as in the paper.
 #
 # ## References
