@@ -101,6 +101,8 @@ def test_stored_and_waste_bytes_by_hand():
     assert cache.stored_bytes() == 2 * 2 * 1024  # 6 positions: 2 blocks per row
     assert cache.waste_bytes() == 2 * 2 * 256  # 2 empty slots of 256 bytes in each row's last block
     assert cache.pool_bytes() == 10 * 1024
+    cache.bytes_per_number = 2  # counted as a server keeps it, in 16-bit numbers
+    assert cache.stored_bytes() == 2 * 2 * 512 and cache.waste_bytes() == 2 * 2 * 128
 
 
 def test_fork_shares_then_copy_on_write_keeps_the_other_row():

@@ -174,10 +174,16 @@ class PagedKVCache(KVCache):
         return self.k_pool.shape[0]
 
     @property
+    def bytes_per_value(self) -> int:
+        """What one stored number counts for: ``bytes_per_number`` where the cache sets it (chapter 7 counts
+        16-bit numbers, see :class:`~arlib.text.gpt.KVCache`), else the pool's element size."""
+        return getattr(self, "bytes_per_number", None) or self.k_pool.element_size()
+
+    @property
     def bytes_per_block(self) -> int:
         """Keys and values of one block, all layers: 2 L H_kv B D x bytes per value."""
         L, _, H, B, D = self.k_pool.shape
-        return 2 * L * H * B * D * self.k_pool.element_size()
+        return 2 * L * H * B * D * self.bytes_per_value
 
     def stored_bytes(self) -> int:
         """Bytes of the physical blocks in use, each counted once however many rows share it."""
@@ -192,7 +198,7 @@ class PagedKVCache(KVCache):
 
     def pool_bytes(self) -> int:
         """Bytes of the whole preallocated pool, blocks in use or not."""
-        return 2 * self.k_pool.numel() * self.k_pool.element_size()
+        return 2 * self.k_pool.numel() * self.bytes_per_value
 
     def block_table(self, row: int) -> list[int]:
         """A copy of ``row``'s block table: the physical block of each logical block."""
