@@ -395,3 +395,17 @@ def test_gear_crop_inside_the_buffer_only(model):
     assert cache.length == 22
     with pytest.raises(ValueError, match="length: expected an int in \\[20, 22\\].*compressed"):
         cache.crop(19)
+
+
+def test_trained_target_keys_want_per_channel_quantization():
+    """KIVI's observation on the book's trained target (held-out Shakespeare): in every layer, 2-bit keys
+    quantized per channel (groups of 32 tokens) lose less than per token (groups of 32 channels, a head)."""
+    import arlib
+    from arlib.serving.evaluate import heldout_sequences
+
+    loaded = arlib.load("shakespeare-target")
+    k, _ = capture_kv(loaded.model, heldout_sequences(loaded.tokenizer, n=2, length=256))  # (L, B, H, T, D)
+    for layer_keys in k:
+        per_channel = relative_error(layer_keys, fake_quantize(layer_keys, 2, "channel", 32))
+        per_token = relative_error(layer_keys, fake_quantize(layer_keys, 2, "token", 32))
+        assert per_channel < per_token
