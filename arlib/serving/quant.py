@@ -286,7 +286,10 @@ class QuantizedCache(KVCache):
             self.n_quantized[which] = self._quantized_after(which, self.length)
 
     def crop(self, length: int) -> None:
-        """Forget every position from ``length`` on; only full-precision (residual) positions can go."""
+        """Forget every position from ``length`` on; only full-precision (residual) positions can go.
+
+        Positions quantized per token while the forgotten ones were there stay quantized: the state is then
+        not the one a cache that never saw them would hold (with both groupings ``"channel"`` it is)."""
         held = max(self.n_quantized.values())
         if not held <= length <= self.length:
             raise ValueError(f"length: expected an int in [{held}, {self.length}] (positions before {held} are "
