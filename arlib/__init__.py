@@ -1,9 +1,9 @@
 """arlib: the reference implementations behind the book *Autoregressive Models, Executable*.
 
 One sub-package per part of the book: :mod:`arlib.text` (chapters 0-1), :mod:`arlib.decoding`
-(chapters 2-3), :mod:`arlib.vision` (chapter 4), :mod:`arlib.speech` (chapter 5) and
-:mod:`arlib.interp` (chapter 6), over a shared core (:mod:`arlib.env`, :mod:`arlib.train`,
-:mod:`arlib.checkpoints`, :mod:`arlib.data`). :func:`load` opens any committed checkpoint.
+(chapters 2-3), :mod:`arlib.vision` (chapter 4), :mod:`arlib.speech` (chapter 5), :mod:`arlib.interp`
+(chapter 6) and :mod:`arlib.serving` (chapter 7), over a shared core (:mod:`arlib.env`,
+:mod:`arlib.train`, :mod:`arlib.checkpoints`, :mod:`arlib.data`). :func:`load` opens any committed checkpoint.
 """
 
 from arlib.env import export_figure, pick_device, seed_everything, setup

@@ -645,6 +645,36 @@ def _sae_latent(f, mask, score="f1"):
 
 
 # check -> (what the wrong answer gets wrong, the arguments of the check); every check of arlib.checks is here.
+
+def _sink_mask(T, n_sink, window, causal=True):
+    i, j = torch.arange(T)[:, None], torch.arange(T)[None, :]
+    keep = (j < n_sink) | ((i - j < window) & (i - j > -window))
+    return keep & (j <= i) if causal else keep
+
+
+def _quant_columns(k, bits, rounding=torch.round, levels=None):
+    levels = 2 ** bits - 1 if levels is None else levels
+    lo, hi = k.amin(0, keepdim=True), k.amax(0, keepdim=True)
+    s = (hi - lo) / levels
+    safe = torch.where(s > 0, s, torch.ones_like(s))
+    return rounding((k - lo) / safe).clamp(0, 2 ** bits - 1) * s + lo
+
+
+def _quant_rows(k, bits):
+    return _quant_columns(k.T, bits).T
+
+
+def _quant_symmetric(k, bits):
+    s = k.abs().amax(0, keepdim=True) / (2 ** (bits - 1) - 0.5)
+    safe = torch.where(s > 0, s, torch.ones_like(s))
+    return torch.round(k / safe) * s
+
+
+def _svd_rank(x, r, largest=True):
+    U, S, Vh = torch.linalg.svd(x, full_matrices=False)
+    keep = slice(0, max(r, 0)) if largest else slice(len(S) - r, len(S))
+    return (U[:, keep] * S[keep]) @ Vh[keep]
+
 WRONG = {
     "unigram_entropy": [("zeros", (lambda text: 0.0,)), ("nats instead of bits", (_entropy_nats,))],
     "class_means": [("ignores the labels", (_class_means_ignoring_labels,)),
@@ -759,6 +789,23 @@ WRONG = {
                     ("highest precision", (lambda f, m: _sae_latent(f, m, "precision"),)),
                     ("largest mean activation", (lambda f, m: _sae_latent(f, m, "mean"),)),
                     ("most true positives", (lambda f, m: _sae_latent(f, m, "jaccard_bug"),))],
+    "read_through_table": [("physical order", (lambda pool, table, n: pool[:len(table)]
+                                               .reshape(-1, *pool.shape[2:])[:n],)),
+                           ("whole blocks", (lambda pool, table, n: pool[table].reshape(-1, *pool.shape[2:]),)),
+                           ("blocks and slots swapped", (lambda pool, table, n: pool[table].transpose(0, 1)
+                                                         .reshape(-1, *pool.shape[2:])[:n],))],
+    "sink_window_mask": [("window only", (lambda T, s, w: _sink_mask(T, 0, w),)),
+                         ("window off by one", (lambda T, s, w: _sink_mask(T, s, w + 1),)),
+                         ("not causal", (lambda T, s, w: _sink_mask(T, s, w, causal=False),)),
+                         ("sinks only", (lambda T, s, w: _sink_mask(T, s, 0),))],
+    "quantize_per_channel": [("per token", (lambda k, b: _quant_rows(k, b),)),
+                             ("truncated, not rounded", (lambda k, b: _quant_columns(k, b, rounding=torch.floor),)),
+                             ("2^b levels of step", (lambda k, b: _quant_columns(k, b, levels=2 ** b),)),
+                             ("symmetric around 0", (lambda k, b: _quant_symmetric(k, b),))],
+    "low_rank_residual": [("approximates d", (lambda d, dh, r: _svd_rank(d, r),)),
+                          ("one rank short", (lambda d, dh, r: _svd_rank(d - dh, r - 1),)),
+                          ("the whole residual", (lambda d, dh, r: d - dh,)),
+                          ("smallest singular values", (lambda d, dh, r: _svd_rank(d - dh, r, largest=False),))],
 }
 CASES = [(name, what, args) for name, wrongs in WRONG.items() for what, args in wrongs]
 

@@ -246,3 +246,15 @@ def test_mlp_width_and_gelu_are_options_and_checked():
         MLP(config, hidden=0)
     with pytest.raises(ValueError, match="approximate"):
         MLP(config, approximate="erf")
+
+
+def test_stored_bytes_counts_full_precision_numbers_as_told():
+    """A cache counts its numbers at the tensors' size, or at bytes_per_number (chapter 7 counts 16 bits)."""
+    config = GPTConfig(vocab_size=11, block_size=16, n_layer=2, n_head=4, n_embd=16)
+    model = GPT(config).eval()
+    cache = model.new_cache(3)
+    with torch.no_grad():
+        model(torch.zeros(3, 5, dtype=torch.long), cache=cache)
+    assert cache.stored_bytes() == 2 * 2 * 3 * 4 * 5 * 4 * 4  # K and V, layers, rows, heads, positions, D, float32
+    cache.bytes_per_number = 2
+    assert cache.stored_bytes() == 2 * 2 * 3 * 4 * 5 * 4 * 2

@@ -26,6 +26,7 @@ from arlib.checks.ch03 import kseq_residual_law, kseq_rho_search, maximal_coupli
 from arlib.checks.ch04 import lantern_proximity, residual_quantize, sjd_verify, straight_through_quantize
 from arlib.checks.ch05 import cif_fire, ctc_forward_recursion, ctc_greedy_collapse, mel_filterbank_matrix
 from arlib.checks.ch06 import bias_adaptation, find_latent, mean_max_cosine, topk_latents
+from arlib.checks.ch07 import low_rank_residual, quantize_per_channel, read_through_table, sink_window_mask
 from arlib.checks.core import CheckFailed
 
 __all__ = [
@@ -36,4 +37,5 @@ __all__ = [
     "straight_through_quantize", "residual_quantize", "sjd_verify", "lantern_proximity",
     "mel_filterbank_matrix", "ctc_forward_recursion", "ctc_greedy_collapse", "cif_fire",
     "topk_latents", "mean_max_cosine", "bias_adaptation", "find_latent",
+    "read_through_table", "sink_window_mask", "quantize_per_channel", "low_rank_residual",
 ]

@@ -194,7 +194,8 @@ class EvictingCache(KVCache):
 
     def stored_bytes(self) -> int:
         """Bytes of the keys and values held, all layers and rows (the positions and any scores aside)."""
-        return sum((k.numel() + v.numel()) * k.element_size() for k, v in zip(self.keys, self.values))
+        return sum((k.numel() + v.numel()) * self.number_bytes(k.element_size())
+                   for k, v in zip(self.keys, self.values))
 
     def keep(self, layer: int) -> torch.Tensor:
         """The slots of layer ``layer`` to keep, when it holds more than ``budget``: 1-D (the same for

@@ -282,5 +282,6 @@ class GEARCache(KVCache):
         """Bytes of every compressed chunk (:func:`component_bytes`, keys and values of every layer) plus the
         full-precision buffer."""
         L, B, H, _, D = self.k.shape
-        return self.compressed_bytes + 2 * L * B * H * (self.length - self.n_compressed) * D * self.k.element_size()
+        buffered = self.length - self.n_compressed  # positions still in the full-precision buffer
+        return self.compressed_bytes + 2 * L * B * H * buffered * D * self.number_bytes(self.k.element_size())
 

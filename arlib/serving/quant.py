@@ -305,7 +305,7 @@ class QuantizedCache(KVCache):
             per_head = n * D  # quantized entries of one (layer, row, head)
             n_groups = per_head // self.group_size  # either grouping: group_size entries per group
             total += quantized_bits(per_head, self.bits, n_groups)
-            total += (self.length - n) * D * self.k.element_size() * 8
+            total += (self.length - n) * D * self.number_bytes(self.k.element_size()) * 8
         return L * B * H * total
 
     def stored_bytes(self) -> int:

@@ -120,11 +120,20 @@ class KVCache:
         """Called once per forward, after every layer attended: T more positions are seen."""
         self.length += T
 
+    #: Bytes each number kept at full precision counts for in :meth:`stored_bytes` (and in the compressed
+    #: caches of :mod:`arlib.serving`); None: the tensors' own element size. Chapter 7 sets 2 to count a
+    #: cache as a server keeps it, in 16-bit numbers, while the book computes in 32-bit floats.
+    bytes_per_number: int | None = None
+
+    def number_bytes(self, element_size: int) -> int:
+        """What one full-precision number counts for: :attr:`bytes_per_number`, or ``element_size``."""
+        return element_size if self.bytes_per_number is None else self.bytes_per_number
+
     def stored_bytes(self) -> int:
         """Bytes of keys and values held for the positions seen (all layers and rows of the batch); the
         preallocated but unused tail is not counted. Compressed caches count what they store instead."""
         L, B, H, _, D = self.k.shape
-        return 2 * L * B * H * self.length * D * self.k.element_size()
+        return 2 * L * B * H * self.length * D * self.number_bytes(self.k.element_size())
 
 
 def causal_mask(T: int, start: int, device=None) -> torch.Tensor:
