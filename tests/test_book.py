@@ -503,6 +503,7 @@ REFERENCE_OBJECTS = {  # the reference pages, in book order, with one object eac
     "vision": "arlib.vision.vq.VQVAE",
     "speech": "arlib.speech.paraformer.Paraformer",
     "interp": "arlib.interp.sae.SparseAutoencoder",
+    "serving": "arlib.serving.paged.PagedKVCache",
 }
 TORCH_DOCSTRINGS = ("Base class for all neural network modules", "Define the computation performed at every call")
 
