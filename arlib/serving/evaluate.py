@@ -71,7 +71,7 @@ class CacheQuality:
         return self.accept.mean().item()
 
     def per_sequence(self, metric: str) -> torch.Tensor:
-        """The mean of ``metric`` (one of :data:`METRICS`) over each sequence's positions: (B,)."""
+        """The mean of ``metric`` (one of ``METRICS``) over each sequence's positions: (B,)."""
         values = {"nll": self.nll, "nll_full": self.nll_full, "agreement": self.agree, "acceptance": self.accept}
         if metric == "nll_increase":
             return (self.nll - self.nll_full).mean(dim=1)
