@@ -1,13 +1,11 @@
-"""Tests of arlib.serving.paged: the block allocator, the paged KV cache against the contiguous one, and
-the model-free serving simulator against numbers worked out by hand."""
+"""Tests of arlib.serving.paged (the block allocator, the paged KV cache against the contiguous one) and of
+arlib.serving.scheduler (the model-free serving simulator against numbers worked out by hand)."""
 
 import pytest
 import torch
 
-from arlib.serving.paged import (
-    BlockAllocator,
-    OutOfBlocksError,
-    PagedKVCache,
+from arlib.serving.paged import BlockAllocator, OutOfBlocksError, PagedKVCache
+from arlib.serving.scheduler import (
     Request,
     make_workload,
     parallel_sampling_blocks,

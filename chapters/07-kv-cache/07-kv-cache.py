@@ -81,15 +81,9 @@ from arlib.serving.memory import (
     kv_bytes_per_token,
     requests_that_fit,
 )
-from arlib.serving.paged import (
-    PagedKVCache,
-    blocks_for,
-    make_workload,
-    parallel_sampling_blocks,
-    simulate_serving,
-    speech_lengths,
-)
+from arlib.serving.paged import PagedKVCache, blocks_for
 from arlib.serving.quant import QuantizedCache, capture_kv, dequantize, fake_quantize, quantize, relative_error
+from arlib.serving.scheduler import make_workload, parallel_sampling_blocks, simulate_serving, speech_lengths
 from arlib.data import shakespeare
 from arlib.text.gpt import GPTConfig
 from arlib.text.ladder import bootstrap_interval
@@ -312,7 +306,7 @@ assert model_free["trace"][-1] == paged.allocator.n_used  # the model-free count
 # ("Oracle", which no real server knows). The paged server takes a block of 16 positions whenever a
 # request fills one, and when it runs out it preempts the request admitted last and recomputes it later,
 # as vLLM does. The simulation is model-free: it counts tokens, not seconds
-# (`arlib.serving.paged.simulate_serving`).
+# (`arlib.serving.scheduler.simulate_serving`).
 
 # %%
 lengths = speech_lengths(shakespeare().val)
