@@ -360,10 +360,10 @@ def parallel_sampling_blocks(prompt_len: int, output_lens: list[int], block_size
 
     With ``share``, the prompt is prefilled once and every sample maps its blocks (a
     :class:`~arlib.serving.paged.BlockAllocator` counts the references); a sample that writes into a
-    block others still map copies it first. Without, every sample holds its own copy of the prompt. Step s writes position ``prompt_len + s`` of every
-    sample still generating; sample i ends holding ``prompt_len + output_lens[i]`` positions and is
-    released after its last step. Returns ``trace`` (blocks in use after the prefill and after each step),
-    its ``peak`` and its ``mean``."""
+    block others still map copies it first. Without, every sample holds its own copy of the prompt.
+    Step s writes position ``prompt_len + s`` of every sample still generating; sample i ends holding
+    ``prompt_len + output_lens[i]`` positions and is released after its last step. Returns ``trace``
+    (blocks in use after the prefill and after each step), its ``peak`` and its ``mean``."""
     positive_int(prompt_len, "prompt_len")
     if not isinstance(output_lens, (list, tuple)) or not output_lens \
             or not all(is_int(n) and n > 0 for n in output_lens):
