@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import torch
 
 from arlib.serving.quant import Quantized, dequantize, grouping_axis, quantize, relative_error
-from arlib.text.gpt import GPTConfig, KVCache, attention, causal_mask
+from arlib.text.gpt import GPTConfig, KVCache
 from arlib.validate import describe, int_at_least, int_in_range, number_in, positive_int
 
 __all__ = ["OUTLIER_BYTES", "FACTOR_BYTES", "GEARParts", "outlier_mask", "power_iteration", "gear_compress",
@@ -255,11 +255,7 @@ class GEARCache(KVCache):
         end = start + T
         if end > self.block_size:
             raise ValueError(f"q: {end} positions exceed the cache's block size {self.block_size}")
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        if mask is None:  # one new query sees every key: no mask needed
-            mask = True if T == 1 else causal_mask(T, start, q.device)
-        y = attention(q, self.k[layer, :, :, :end], self.v[layer, :, :, :end], mask, dropout)  # (B, H, T, D)
+        y = super().attend(layer, q, k, v, mask, dropout)  # store in full precision, attend: (B, H, T, D)
         for lo, hi in self._chunks(end):
             self.compressed_bytes += self._compress(self.k, layer, lo, hi, "channel")
             self.compressed_bytes += self._compress(self.v, layer, lo, hi, "token")

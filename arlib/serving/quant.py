@@ -53,7 +53,7 @@ from dataclasses import dataclass
 
 import torch
 
-from arlib.text.gpt import GPTConfig, KVCache, attention, causal_mask
+from arlib.text.gpt import GPTConfig, KVCache
 from arlib.validate import describe, int_at_least, int_in_range, positive_int
 
 __all__ = ["GROUPINGS", "STAT_BYTES", "Quantized", "quantize", "dequantize", "grouping_axis", "quantize_kv",
@@ -268,11 +268,7 @@ class QuantizedCache(KVCache):
         end = start + T
         if end > self.block_size:
             raise ValueError(f"q: {end} positions exceed the cache's block size {self.block_size}")
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        if mask is None:  # one new query sees every key: no mask needed
-            mask = True if T == 1 else causal_mask(T, start, q.device)
-        y = attention(q, self.k[layer, :, :, :end], self.v[layer, :, :, :end], mask, dropout)  # (B, H, T, D)
+        y = super().attend(layer, q, k, v, mask, dropout)  # store in full precision, attend: (B, H, T, D)
         for which, store in (("key", self.k), ("value", self.v)):
             lo, hi = self.n_quantized[which], self._quantized_after(which, end)
             if hi > lo:  # these positions leave the residual: quantize them in place
