@@ -19,26 +19,53 @@ import math
 
 import torch
 
-from arlib.validate import positive_int
+from arlib.speech._checks import index_tensor as _index_tensor
+from arlib.speech._checks import lengths as _lengths
+from arlib.validate import describe, int_at_least, int_in_range, is_int, number_in, positive_int
 
 NEG = -1e30  # "log 0" that keeps gradients finite (exp(NEG - NEG) is 1, not nan as with -inf)
 
 
+def _check_log_probs(log_probs, dim: int, what: str, input_lengths: torch.Tensor | None = None,
+                     normalized: bool = True) -> None:
+    """``log_probs`` must be a float tensor of ``dim`` dimensions without NaN or +inf and, if ``normalized``,
+    hold log-probabilities: every frame's row (those below ``input_lengths`` when given) log-sum-exps to 0
+    (within 1e-3, 1e-2 in half precision). One pass over the tensor per call."""
+    if not isinstance(log_probs, torch.Tensor) or log_probs.dim() != dim or not log_probs.is_floating_point():
+        raise ValueError(f"log_probs: expected a float tensor {what} of log-probabilities, got {describe(log_probs)}")
+    if not log_probs.numel():
+        return
+    lp = log_probs.detach()
+    if torch.isnan(lp).any() or (lp == math.inf).any():
+        raise ValueError("log_probs: expected log-probabilities, got NaN or +inf")
+    if not normalized:
+        return
+    lse = torch.logsumexp(lp, dim=-1)  # (..., T)
+    if input_lengths is not None:
+        lse = lse[torch.arange(lp.shape[-2], device=lp.device) < input_lengths[:, None]]
+    tol = 1e-3 if lp.dtype in (torch.float32, torch.float64) else 1e-2
+    worst = float(lse.abs().max()) if lse.numel() else 0.0
+    if not worst <= tol:
+        raise ValueError(f"log_probs: expected log-probabilities (each frame's row log-sum-exps to 0, as "
+                         f"log_softmax(-1) gives), got a row whose log-sum-exp is off by {worst:.3g}: raw logits?")
+
+
+def _check_blank(blank, C: int) -> int:
+    return int_in_range(blank, "blank", 0, C - 1, expected=f"an index in [0, {C}) (C = {C} classes)")
+
+
 def _check(log_probs, input_lengths, targets, target_lengths, blank):
     if not isinstance(log_probs, torch.Tensor) or log_probs.dim() != 3 or not log_probs.is_floating_point():
-        raise ValueError("log_probs: expected a float tensor (B, T, C) of log-probabilities")
+        raise ValueError(f"log_probs: expected a float tensor (B, T, C) of log-probabilities, "
+                         f"got {describe(log_probs)}")
     B, T, C = log_probs.shape
-    if not 0 <= blank < C:
-        raise ValueError(f"blank: expected an index in [0, {C}), got {blank}")
-    input_lengths = torch.as_tensor(input_lengths, device=log_probs.device).long()
-    target_lengths = torch.as_tensor(target_lengths, device=log_probs.device).long()
-    if input_lengths.shape != (B,) or (input_lengths < 1).any() or (input_lengths > T).any():
-        raise ValueError(f"input_lengths: expected {B} lengths in [1, {T}], got {input_lengths.tolist()}")
-    if targets.dim() != 2 or targets.shape[0] != B:
-        raise ValueError(f"targets: expected (B={B}, U) padded label indices, got shape {tuple(targets.shape)}")
-    if target_lengths.shape != (B,) or (target_lengths < 0).any() or (target_lengths > targets.shape[1]).any():
-        raise ValueError(f"target_lengths: expected {B} lengths in [0, {targets.shape[1]}], "
-                         f"got {target_lengths.tolist()}")
+    _check_blank(blank, C)
+    input_lengths = _lengths(input_lengths, "input_lengths", B, 1, T, log_probs.device)
+    _check_log_probs(log_probs, 3, "(B, T, C)", input_lengths)
+    if not _index_tensor(targets) or targets.dim() != 2 or targets.shape[0] != B:
+        raise ValueError(f"targets: expected an integer tensor (B={B}, U) of padded label indices, "
+                         f"got {describe(targets)}")
+    target_lengths = _lengths(target_lengths, "target_lengths", B, 0, targets.shape[1], log_probs.device)
     targets = targets.long().to(log_probs.device)
     valid = torch.arange(targets.shape[1], device=targets.device) < target_lengths[:, None]  # (B, U)
     if ((targets == blank) & valid).any() or ((targets < 0) | (targets >= C))[valid].any():
@@ -48,6 +75,9 @@ def _check(log_probs, input_lengths, targets, target_lengths, blank):
 
 def interleave_blanks(targets: torch.Tensor, blank: int = 0) -> torch.Tensor:
     """l -> l' = (_, l_1, _, ..., l_U, _): (B, U) -> (B, 2U + 1)."""
+    if not _index_tensor(targets) or targets.dim() != 2:
+        raise ValueError(f"targets: expected an integer tensor (B, U) of label indices, got {describe(targets)}")
+    int_at_least(blank, "blank", 0)
     B, U = targets.shape
     ext = torch.full((B, 2 * U + 1), blank, dtype=torch.long, device=targets.device)
     ext[:, 1::2] = targets
@@ -90,6 +120,8 @@ def ctc_loss(log_probs: torch.Tensor, input_lengths, targets: torch.Tensor, targ
     ``"mean"`` divides each loss by its target length (at least 1) and averages; ``"sum"``; ``"none"``."""
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction: expected 'mean', 'sum' or 'none', got {reduction!r}")
+    if not isinstance(zero_infinity, bool):
+        raise ValueError(f"zero_infinity: expected a bool, got {zero_infinity!r}")
     nll = -ctc_forward(log_probs, input_lengths, targets, target_lengths, blank)  # (B,)
     impossible = nll > -NEG / 10
     if zero_infinity:
@@ -100,16 +132,19 @@ def ctc_loss(log_probs: torch.Tensor, input_lengths, targets: torch.Tensor, targ
         return nll
     if reduction == "sum":
         return nll.sum()
-    lengths = torch.as_tensor(target_lengths, device=nll.device).clamp_min(1)
+    lengths = _lengths(target_lengths, "target_lengths", len(nll), 0, targets.shape[1], nll.device).clamp_min(1)
     return (nll / lengths).mean()
 
 
 def greedy_decode(log_probs: torch.Tensor, input_lengths=None, blank: int = 0) -> list[list[int]]:
-    """Best path: the argmax label per frame, repeats collapsed, blanks removed. (B, T, C) -> B label lists."""
-    if not isinstance(log_probs, torch.Tensor) or log_probs.dim() != 3:
-        raise ValueError("log_probs: expected a tensor (B, T, C)")
-    B, T, _ = log_probs.shape
-    lengths = [T] * B if input_lengths is None else torch.as_tensor(input_lengths).tolist()
+    """Best path: the argmax label per frame, repeats collapsed, blanks removed. (B, T, C) -> B label lists.
+
+    Only the argmax is read, so scores need not be normalized (logits do); NaN is refused."""
+    _check_log_probs(log_probs, 3, "(B, T, C)", normalized=False)
+    B, T, C = log_probs.shape
+    _check_blank(blank, C)
+    lengths = [T] * B if input_lengths is None else \
+        _lengths(input_lengths, "input_lengths", B, 0, T, log_probs.device).tolist()
     best = log_probs.argmax(dim=-1)  # (B, T)
     new = torch.ones_like(best, dtype=torch.bool)
     new[:, 1:] = best[:, 1:] != best[:, :-1]  # first frame of each run
@@ -127,9 +162,10 @@ def prefix_beam_search(log_probs: torch.Tensor, beam: int = 8, blank: int = 0, p
     a repeated label extends the prefix only after a blank ("a_a" -> "aa") and merges into it otherwise
     ("aa" -> "a"). Labels with log y_t below ``prune`` are not tried at frame t (a speed-up only).
     """
-    if not isinstance(log_probs, torch.Tensor) or log_probs.dim() != 2:
-        raise ValueError("log_probs: expected a tensor (T, C) for one utterance")
+    _check_log_probs(log_probs, 2, "(T, C) for one utterance")
     positive_int(beam, "beam")
+    _check_blank(blank, log_probs.shape[1])
+    number_in(prune, "prune", -math.inf, math.inf, expected="a number (a log-probability threshold)")
     lp = log_probs.detach().double().cpu().numpy()
     T, C = lp.shape
     beams = {(): (0.0, -math.inf)}  # prefix -> (log p ending in blank, log p ending in a label)
@@ -176,8 +212,15 @@ def viterbi_align(log_probs: torch.Tensor, target: torch.Tensor, blank: int = 0)
     (even: a blank, odd 2u+1: label u). Max-product version of the forward recursion with back-pointers;
     CASS-NAT (Fan et al. 2021) cuts the encoder output into token segments with it."""
     if not isinstance(log_probs, torch.Tensor) or log_probs.dim() != 2:
-        raise ValueError("log_probs: expected a tensor (T, C) for one utterance")
-    target = torch.as_tensor(target).long()
+        raise ValueError(f"log_probs: expected a float tensor (T, C) for one utterance, got {describe(log_probs)}")
+    if not isinstance(target, torch.Tensor):
+        try:
+            target = torch.tensor(list(target), dtype=torch.long) if all(is_int(t) for t in target) else None
+        except TypeError:
+            target = None
+    if not _index_tensor(target) or target.dim() != 1:
+        raise ValueError(f"target: expected a 1-D integer tensor (or list of ints) of labels, got {describe(target)}")
+    target = target.long()
     _check(log_probs[None], [log_probs.shape[0]], target[None], [len(target)], blank)
     T = log_probs.shape[0]
     ext = interleave_blanks(target[None].to(log_probs.device), blank)[0]  # (S,)
@@ -212,6 +255,9 @@ def viterbi_align(log_probs: torch.Tensor, target: torch.Tensor, blank: int = 0)
 def token_segments(path: torch.Tensor, num_tokens: int) -> list[tuple[int, int]]:
     """From a Viterbi path over l' to each token's frames: [start, end) per token (a token's segment is
     the frames labelled with it; CASS-NAT widens them to the blank frames that follow)."""
+    if not _index_tensor(path) or path.dim() != 1:
+        raise ValueError(f"path: expected a 1-D integer tensor (viterbi_align's output), got {describe(path)}")
+    int_at_least(num_tokens, "num_tokens", 0)
     segments = []
     for u in range(num_tokens):
         frames = (path == 2 * u + 1).nonzero().flatten()

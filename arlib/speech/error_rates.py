@@ -8,7 +8,7 @@ __all__ = ["edit_distance", "word_error_rate", "char_error_rate"]
 def edit_distance(reference, hypothesis) -> int:
     """Levenshtein distance between two sequences: the fewest substitutions, insertions and deletions
     that turn ``reference`` into ``hypothesis`` (dynamic programming, one row at a time)."""
-    ref, hyp = list(reference), list(hypothesis)
+    ref, hyp = _sequence(reference, "reference"), _sequence(hypothesis, "hypothesis")
     row = list(range(len(hyp) + 1))  # distances from ref[:0] to each prefix of hyp
     for i, r in enumerate(ref, 1):
         diagonal, row[0] = row[0], i
@@ -17,10 +17,21 @@ def edit_distance(reference, hypothesis) -> int:
     return row[-1]
 
 
+def _sequence(x, name: str) -> list:
+    try:
+        return list(x)
+    except TypeError:
+        raise TypeError(f"{name}: expected a sequence (a string or a list of tokens), got {type(x).__name__}") from None
+
+
 def _error_rate(references, hypotheses, split) -> float:
     if isinstance(references, str) or isinstance(hypotheses, str):
         raise TypeError("references, hypotheses: expected lists of strings, got a string")
-    references, hypotheses = list(references), list(hypotheses)
+    references, hypotheses = _sequence(references, "references"), _sequence(hypotheses, "hypotheses")
+    for name, texts in (("references", references), ("hypotheses", hypotheses)):
+        bad = [t for t in texts if not isinstance(t, str)]
+        if bad:
+            raise TypeError(f"{name}: expected a list of strings, got an item of type {type(bad[0]).__name__}")
     if len(references) != len(hypotheses) or not references:
         raise ValueError(f"references, hypotheses: expected equally long non-empty lists, got "
                          f"{len(references)} and {len(hypotheses)}")
