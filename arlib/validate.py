@@ -120,3 +120,24 @@ def ids_in_vocab(ids: torch.Tensor, name: str, vocab_size: int) -> torch.Tensor:
     if ids.numel() and (ids.min() < 0 or ids.max() >= vocab_size):
         raise ValueError(f"{name}: token ids must lie in [0, {vocab_size})")
     return ids
+
+
+# --- tensors of real numbers ----------------------------------------------------------------------
+
+
+def float_tensor(t, name: str, *, dim: int | tuple[int, ...] | None = None, finite: bool = True,
+                 expected: str | None = None) -> torch.Tensor:
+    """``t`` if it is a floating-point torch tensor with ``dim`` dimensions (one count, or a tuple of the
+    allowed ones; any by default) and, with ``finite`` (the default), no NaN or inf; else
+    ``ValueError("{name}: expected {expected}, got {shape} {dtype}")`` (the type's name for a non-tensor) or
+    ``ValueError("{name}: contains NaN or inf")``. The finiteness scan reads every entry once (on an
+    accelerator it makes the host wait): call it once per public call, not inside inner loops."""
+    dims = None if dim is None else (dim,) if isinstance(dim, int) else tuple(dim)
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point() or (dims is not None and t.dim() not in dims):
+        if expected is None:
+            shape = "" if dims is None else " or ".join(f"{d}-D" for d in dims) + " "
+            expected = f"a {shape}floating-point torch tensor"
+        raise ValueError(f"{name}: expected {expected}, got {describe(t)}")
+    if finite and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name}: contains NaN or inf")
+    return t
