@@ -141,3 +141,12 @@ def float_tensor(t, name: str, *, dim: int | tuple[int, ...] | None = None, fini
     if finite and not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name}: contains NaN or inf")
     return t
+
+
+def generator(value, name: str = "generator", *, optional: bool = True):
+    """``value`` if it is a ``torch.Generator`` (or None, with ``optional``), else
+    ``ValueError("{name}: expected a torch.Generator, got ...")``."""
+    if not (isinstance(value, torch.Generator) or (optional and value is None)):
+        raise ValueError(f"{name}: expected a torch.Generator{' or None' if optional else ''}, "
+                         f"got {type(value).__name__}")
+    return value
