@@ -9,6 +9,7 @@ kernels run once per chapter and version (module-scoped fixtures), a few seconds
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import re
@@ -201,11 +202,20 @@ def test_the_student_notebook_holds_no_solution(ch):
         assert not leaked, f"student cell {i} holds solution lines: {leaked}"
 
 
+def _without_nbgrader(cell):
+    """A student notebook's cell less nbgrader's metadata and Jupyter's read-only flags (tests/test_nbgrader.py)."""
+    cell = copy.deepcopy(cell)
+    for key in ("nbgrader", "editable", "deletable"):
+        cell.metadata.pop(key, None)
+    return cell
+
+
 @pytest.mark.parametrize("ch", CHAPTERS, ids=IDS)
 def test_the_student_notebook_changes_only_solutions_and_check_outputs(ch):
     original = read(ch)
     student = classroom.student_version(original)
-    for i, (a, b) in enumerate(zip(original.cells, student.cells, strict=True)):
+    for i, (a, c) in enumerate(zip(original.cells, student.cells, strict=True)):
+        b = _without_nbgrader(c)
         if classroom.is_solution_cell(a):
             assert b.source == classroom.strip_solution(a.source)
             assert "raise NotImplementedError()" in b.source
@@ -214,6 +224,8 @@ def test_the_student_notebook_changes_only_solutions_and_check_outputs(ch):
         elif classroom.is_check_cell(a):
             assert b.source == a.source
             assert b.outputs == [] and b.execution_count is None, f"cell {i}: check outputs must be cleared"
+        elif classroom.REMOVE_TAG in a.metadata.get("tags", []):
+            assert b.cell_type == "markdown" and b.source == classroom.REMOVED_NOTE, f"cell {i} was not removed"
         else:
             assert b == a, f"cell {i} ({a.cell_type}) differs in the student notebook"
     assert student.metadata == original.metadata

@@ -1,6 +1,7 @@
 """Classroom mode: student notebooks, an instructor's solutions export, and the table of exercises.
 
-    python tools/classroom.py student   [--chapter NN] [--out _build/student]
+    python tools/classroom.py student    [--chapter NN] [--out _build/student] [--notebook chapter|exercises]
+    python tools/classroom.py instructor [--chapter NN] [--out _build/instructor] [--notebook exercises|chapter]
     python tools/classroom.py solutions [--chapter NN] [--out _build/solutions]
     python tools/classroom.py table              # print the table of exercises (markdown)
     python tools/classroom.py table --write      # refresh it in chapters/instructors.md, between its markers
@@ -15,7 +16,11 @@ The first exercise may share its cell with the chapter's ``## Exercises`` headin
 heading and use only what the chapter's first code cell (imports and setup) defines, so they run on their own.
 
 A student notebook replaces every solution block by ``raise NotImplementedError()`` (at the block's
-indentation) and clears the outputs of solution and check cells; every other cell is left as it is.
+indentation), clears the outputs of solution and check cells and replaces each cell tagged ``remove-in-student``
+(one that shows an exercise's solution elsewhere in the chapter) by a short note; every other cell keeps its text
+and outputs. Student and instructor notebooks carry nbgrader's cell metadata (schema 3): solution cells are
+autograded answers, check cells autograded tests, every other cell is read-only. An instructor notebook is the
+source that ``nbgrader generate_assignment`` takes (solutions and markers kept), one folder per chapter.
 """
 
 from __future__ import annotations
@@ -44,6 +49,10 @@ HEADING_RE = re.compile(r"^## Exercises\s*$", re.MULTILINE)
 CHECK_RE = re.compile(r"\barlib\.checks\.(\w+)\(")
 INSTRUCTORS = "chapters/instructors.md"
 TABLE_START, TABLE_END = "<!-- exercise-table:start -->", "<!-- exercise-table:end -->"
+POINTS = {"easy": 1, "medium": 2, "hard": 3}  # nbgrader points of an exercise's check
+REMOVE_TAG = "remove-in-student"  # a cell elsewhere in the chapter that shows an exercise's solution
+REMOVED_NOTE = ("*A cell that showed the solution of an exercise was removed from the student version of "
+                "this notebook.*")
 
 
 @dataclass
@@ -239,15 +248,82 @@ def _clear(cell) -> None:
     cell.execution_count = None
 
 
-def student_version(nb):
-    """A copy of ``nb`` with solutions replaced by stubs and solution/check outputs cleared."""
-    nb = copy.deepcopy(nb)
-    for cell in nb.cells:
+def _grade_id(ex: Exercise, role: str) -> str:
+    return f"ex-{ex.number.replace('.', '-')}-{role}"
+
+
+def _nbgrader_roles(nb, exercises: list[Exercise]) -> dict[int, dict]:
+    """nbgrader's metadata for each cell of ``nb`` (schema 3), by cell index.
+
+    An exercise's solution cells are autograded answers (``solution``, unlocked), its check cell an autograded test
+    (``grade``, locked, worth :data:`POINTS` of its difficulty); every other cell, the statements included, is
+    read-only (``locked``). The grade_ids are ``ex-N-M-statement``, ``ex-N-M-solution`` (``-solution-2``, ... for
+    more solution cells), ``ex-N-M-check``, ``setup`` for the first code cell and ``cell-<cell id>`` for the rest.
+    Raises ValueError for a solution cell outside an exercise, which nbgrader would refuse.
+    """
+    roles: dict[int, dict] = {}
+    for ex in exercises:
+        roles[ex.statement_cell] = {"grade_id": _grade_id(ex, "statement"), "locked": True}
+        answers = [j for j in range(ex.statement_cell + 1, ex.check_cell) if is_solution_cell(nb.cells[j])]
+        for k, j in enumerate(answers):
+            roles[j] = {"grade_id": _grade_id(ex, "solution" + (f"-{k + 1}" if k else "")), "solution": True}
+        roles[ex.check_cell] = {"grade_id": _grade_id(ex, "check"), "grade": True, "locked": True,
+                                "points": POINTS[ex.difficulty]}
+    setup = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code"), None)
+    for i, cell in enumerate(nb.cells):
+        if i in roles:
+            continue
         if is_solution_cell(cell):
+            raise ValueError(f"cell {i} holds {BEGIN} but belongs to no exercise")
+        roles[i] = {"grade_id": "setup" if i == setup else f"cell-{cell.get('id', i)}", "locked": True}
+    return {i: {"grade": False, "locked": False, "solution": False, "task": False, **role, "schema_version": 3}
+            for i, role in roles.items()}
+
+
+def _removed(cell):
+    """The note that stands in a student notebook for a cell tagged ``remove-in-student``."""
+    note = nbformat.v4.new_markdown_cell(REMOVED_NOTE, metadata=copy.deepcopy(cell.metadata))
+    if "id" in cell:
+        note.id = cell.id
+    return note
+
+
+def _with_nbgrader(nb, student: bool):
+    """A copy of ``nb`` with nbgrader's metadata on every cell (see :func:`_nbgrader_roles`), the outputs of
+    solution and check cells cleared and each cell tagged ``remove-in-student`` replaced by :data:`REMOVED_NOTE`;
+    ``student=True`` also replaces each solution by a stub and makes the locked cells read-only in Jupyter."""
+    nb = copy.deepcopy(nb)
+    exercises = find_exercises(nb)
+    roles = _nbgrader_roles(nb, exercises)
+    graded = {i for i, role in roles.items() if role["solution"] or role["grade"]}
+    for i, cell in enumerate(nb.cells):
+        if REMOVE_TAG in cell.metadata.get("tags", []):
+            if i in graded:
+                raise ValueError(f"cell {i} is tagged {REMOVE_TAG} but belongs to an exercise")
+            nb.cells[i] = cell = _removed(cell)
+        if i in graded:
+            _clear(cell)
+        if student and roles[i]["solution"]:
             cell.source = strip_solution(cell.source)
-            _clear(cell)
-        elif is_check_cell(cell):
-            _clear(cell)
+        if student:
+            cell.metadata.update(deletable=False, **({} if roles[i]["solution"] else {"editable": False}))
+        cell.metadata["nbgrader"] = roles[i]
+    return nb
+
+
+def student_version(nb):
+    """A copy of ``nb`` for students: solutions replaced by stubs, solution and check outputs cleared, cells tagged
+    ``remove-in-student`` replaced by a note, and nbgrader's metadata on every cell (solutions unlocked, checks
+    autograded tests, every other cell read-only)."""
+    return _with_nbgrader(nb, student=True)
+
+
+def instructor_version(nb):
+    """The source notebook of nbgrader's ``generate_assignment``: ``nb`` with its solutions and their markers,
+    nbgrader's metadata on every cell, the outputs of solution and check cells cleared and each cell tagged
+    ``remove-in-student`` already replaced by a note (nbgrader would hand it out)."""
+    nb = _with_nbgrader(nb, student=False)
+    nb.metadata.pop("jupytext", None)  # in nbgrader's source folder, a jupytext pairing would write a twin
     return nb
 
 
@@ -301,11 +377,14 @@ def with_table(text: str, table: str) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["student", "solutions", "table", "grade"])
+    parser.add_argument("command", choices=["student", "instructor", "solutions", "table", "grade"])
     parser.add_argument("notebooks", nargs="*", type=Path, help="grade: the learners' notebooks")
     parser.add_argument("--chapter", help="two-digit chapter number, e.g. 01 (default: all)")
     parser.add_argument("--out", help="output folder")
     parser.add_argument("--root", default=str(ROOT), help="the book's root (holds book.toml)")
+    parser.add_argument("--notebook", choices=["chapter", "exercises"],
+                        help="student, instructor: the whole chapter, or its first code cell and its exercises "
+                             "(default: chapter for student, exercises for instructor)")
     what = parser.add_mutually_exclusive_group()
     what.add_argument("--write", action="store_true", help=f"table: refresh the table in {INSTRUCTORS}")
     what.add_argument("--check", action="store_true", help=f"table: exit 1 if {INSTRUCTORS} is out of date")
@@ -322,8 +401,14 @@ def main(argv=None) -> int:
             path = root / ch.notebook
             nb = nbformat.read(path, as_version=4)
             count = len(find_exercises(nb, path.stem))
+            part = args.notebook or ("exercises" if args.command == "instructor" else "chapter")
+            if part == "exercises" and args.command in ("student", "instructor"):
+                nb = exercises_only(nb)
             if args.command == "student":
                 result, name = student_version(nb), path.name
+            elif args.command == "instructor":  # nbgrader's source folder: one assignment per chapter
+                result, name = instructor_version(nb), f"{path.stem}/{path.name}"
+                (out / path.stem).mkdir(exist_ok=True)
             else:
                 result, name = solutions_version(nb, ch.title), f"{path.stem}-solutions.ipynb"
             nbformat.validate(result)
