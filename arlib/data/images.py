@@ -1,7 +1,8 @@
 """Fashion-MNIST (Xiao, Rasul and Vollgraf, 2017): 70,000 grey 28x28 images of clothing in 10 classes.
 
 Read from Debian's ``dataset-fashion-mnist`` package (``/usr/share/datasets/fashion-mnist/``) when it is
-installed, else downloaded once from Zalando's original location and checked against the same sha256.
+installed, else downloaded once over HTTPS from Zalando's own S3 bucket (its HTTPS endpoint; the
+project's published ``s3-website`` address serves plain HTTP only) and checked against the same sha256.
 The files are in LeCun's idx format: a big-endian header (magic number, dimensions) then raw bytes.
 """
 
@@ -9,12 +10,14 @@ from __future__ import annotations
 
 import functools
 import gzip
+import math
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from arlib.data.cache import Source, ensure, from_url
+from arlib.data.cache import Registry, Source, check_file, ensure, from_url
 
 CLASS_NAMES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -22,7 +25,7 @@ CLASS_NAMES = (
 )
 
 _SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
-_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com"
+_URL = "https://fashion-mnist.s3.eu-central-1.amazonaws.com"  # the bucket behind fashion-mnist.s3-website...
 _FILES = {  # (split, kind) -> (filename, sha256, size in bytes)
     ("train", "images"): ("train-images-idx3-ubyte.gz",
                           "b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7", 26421856),
@@ -44,31 +47,41 @@ def _source(split: str, kind: str) -> Source:
         size=size,
         origin=f"Zalando Research Fashion-MNIST ({_URL}/{filename}); Debian package dataset-fashion-mnist",
         license="MIT (Zalando SE)",
-        fetchers=(from_url(f"{_URL}/{filename}"),),
+        fetchers=(from_url(f"{_URL}/{filename}", max_bytes=size),),
         system_paths=(f"{_SYSTEM_DIR}/{filename}",),
         install_hint="install the Debian package (`apt-get install dataset-fashion-mnist`)",
     )
 
 
-FASHION_MNIST: dict[tuple[str, str], Source] = {key: _source(*key) for key in _FILES}
+FASHION_MNIST: dict[tuple[str, str], Source] = Registry("Fashion-MNIST file", "(split, kind)",
+                                                       {key: _source(*key) for key in _FILES})
 
 
 def read_idx(path: str | Path, ndim: int) -> np.ndarray:
-    """Parse a gzipped idx-ubyte file into a uint8 array with ``ndim`` dimensions.
+    """Parse a gzipped idx-ubyte file into a uint8 array with ``ndim`` dimensions (1 to 3).
 
     Header: two zero bytes, a type code (0x08 = unsigned byte), the number of dimensions, then each
-    dimension as a big-endian int32 (magic 2049 for labels, 2051 for images).
+    dimension as a big-endian int32 (magic 2049 for labels, 2051 for images). A missing, non-gzip,
+    truncated or malformed file raises ``ValueError`` naming ``path``.
     """
-    path = Path(path)
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
+    path = check_file(path, "path")
+    if isinstance(ndim, bool) or not isinstance(ndim, int) or not 1 <= ndim <= 3:
+        raise ValueError(f"ndim: expected 1 (labels), 2 or 3 (images), got {ndim!r}")
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as exc:  # not gzip, or a truncated or corrupt stream
+        raise ValueError(f"path: {path} is not a readable gzip file ({exc})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or raw[3] != ndim:
-        raise ValueError(f"{path}: not an idx-ubyte file with {ndim} dimensions (header {raw[:4].hex()!r}, "
+        raise ValueError(f"path: {path} is not an idx-ubyte file with {ndim} dimensions (header {raw[:4].hex()!r}, "
                          f"expected magic {0x0800 + ndim})")
     header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"path: {path} ends inside its idx header ({len(raw)} bytes; truncated)")
     dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">i4", count=ndim, offset=4))
-    if len(raw) != header + int(np.prod(dims)):
-        raise ValueError(f"{path}: idx header says shape {dims} ({header + int(np.prod(dims))} bytes), "
+    expected = header + math.prod(dims)
+    if min(dims) < 0 or len(raw) != expected:
+        raise ValueError(f"path: {path}: idx header says shape {dims} ({expected} bytes), "
                          f"file has {len(raw)} bytes (truncated or corrupt)")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 

@@ -33,6 +33,7 @@ import torch
 from scipy.signal import resample_poly
 
 from arlib.data.cache import DataUnavailableError, atomic_write, cache_dir, sha256_file
+from arlib.validate import describe
 
 SAMPLE_RATE = 16_000
 VOCABULARY = (
@@ -70,6 +71,19 @@ class Utterance:
     speed: int  # words per minute
     pitch: int  # 0..99
     sample_rate: int = SAMPLE_RATE
+
+    def __post_init__(self):
+        if not isinstance(self.waveform, torch.Tensor) or self.waveform.ndim != 1 \
+                or not self.waveform.is_floating_point():
+            raise TypeError(f"waveform: expected a 1-D floating torch.Tensor, got {describe(self.waveform)}")
+        for name in ("transcript", "voice"):
+            if not isinstance(getattr(self, name), str):
+                raise TypeError(f"{name}: expected a str, got {getattr(self, name)!r}")
+        if not isinstance(self.words, tuple) or not all(isinstance(w, str) for w in self.words):
+            raise TypeError(f"words: expected a tuple of str, got {self.words!r}")
+        _check_int("speed", self.speed, 1)
+        _check_int("pitch", self.pitch, 0, 99)
+        _check_int("sample_rate", self.sample_rate, 1)
 
     @property
     def duration(self) -> float:
@@ -133,18 +147,28 @@ def _parse_wav(raw: bytes) -> tuple[np.ndarray, int]:
 
 
 def synthesize(text: str, voice: str, speed: int = 175, pitch: int = 50) -> np.ndarray:
-    """Speak ``text`` with espeak-ng; return int16 samples at 16 kHz, shape (T,)."""
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"text: expected a non-empty string, got {text!r}")
-    if not isinstance(voice, str) or not voice or voice.startswith("-"):
+    """Speak ``text`` with espeak-ng; return int16 samples at 16 kHz, shape (T,).
+
+    ``speed`` is in words per minute, 80 to 450 (espeak-ng's range: it reads a slower speed as 80 and says
+    nothing at all far above 450); ``pitch`` is 0 to 99. ``text`` is passed after ``--``, so a text that
+    starts with ``-`` is spoken, never read as an option. An unknown ``voice`` raises ``ValueError``.
+    """
+    if not isinstance(text, str) or not text.strip() or "\0" in text:
+        raise ValueError(f"text: expected a non-empty string without NUL characters, got {text!r}")
+    if not isinstance(voice, str) or not re.fullmatch(r"[A-Za-z0-9][\w+-]*", voice):
         raise ValueError(f"voice: expected an espeak-ng voice name such as 'en-us+f2', got {voice!r}")
-    _check_int("speed", speed, 1)
-    _check_int("pitch", pitch, 0)
-    cmd = [_espeak(), "-v", voice, "-s", str(speed), "-p", str(pitch), "-a", str(AMPLITUDE), "--stdout", text]
+    _check_int("speed", speed, 80, 450)
+    _check_int("pitch", pitch, 0, 99)
+    cmd = [_espeak(), "-v", voice, "-s", str(speed), "-p", str(pitch), "-a", str(AMPLITUDE), "--stdout", "--", text]
     done = subprocess.run(cmd, capture_output=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"espeak-ng failed ({' '.join(cmd)}): {done.stderr.decode(errors='replace')[-300:]}")
+    error = done.stderr.decode(errors="replace")
+    if "voice does not exist" in error:
+        raise ValueError(f"voice: espeak-ng has no voice {voice!r} (`espeak-ng --voices` lists them)")
+    if done.returncode != 0 or not done.stdout:
+        raise RuntimeError(f"espeak-ng failed ({' '.join(cmd)}): {error[-300:]}")
     pcm, rate = _parse_wav(done.stdout)  # (T0,) int16 at `rate` (22,050 Hz)
+    if pcm.size == 0:
+        raise ValueError(f"text: espeak-ng said nothing for {text!r}")
     g = math.gcd(SAMPLE_RATE, rate)
     x = resample_poly(pcm.astype(np.float64), SAMPLE_RATE // g, rate // g)  # (T,) float64
     peak = np.abs(x).max()
@@ -189,7 +213,10 @@ def _config_tag() -> str:
 def cache_path(split: str, n: int, seed: int, min_words: int = 1, max_words: int = 8,
                version: str | None = None) -> Path:
     """Where the set for these arguments is cached (``version`` defaults to the installed espeak-ng)."""
+    _check_args(split, n, seed, min_words, max_words)
     version = espeak_version() if version is None else version
+    if not isinstance(version, str) or not re.fullmatch(r"[\w.*-]+", version):
+        raise ValueError(f"version: expected an espeak-ng version such as '1.51', got {version!r}")
     name = f"speech-{split}-n{n}-seed{seed}-w{min_words}-{max_words}-espeak{version}-{_config_tag()}.npz"
     return cache_dir() / name
 
@@ -218,9 +245,20 @@ def _write(path: Path, audio: np.ndarray, offsets: np.ndarray, plan: list[dict])
     atomic_write(path.with_name(path.name + ".sha256"), lambda tmp: tmp.write_text(digest + "\n"))
 
 
-def _check_int(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
+def _check_int(name: str, value, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low \
+            or (high is not None and value > high):
+        raise ValueError(f"{name}: expected an integer " + (f">= {low}" if high is None else f"in [{low}, {high}]")
+                         + f", got {value!r}")
+
+
+def _check_args(split, n, seed, min_words, max_words) -> None:
+    if split not in ("train", "test"):
+        raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
+    _check_int("n", n, 1)
+    _check_int("seed", seed, 0)
+    _check_int("min_words", min_words, 1)
+    _check_int("max_words", max_words, min_words)
 
 
 def spoken_utterances(split: str = "train", n: int | None = None, seed: int = 0, min_words: int = 1,
@@ -241,10 +279,7 @@ def spoken_utterances(split: str = "train", n: int | None = None, seed: int = 0,
     if split not in ("train", "test"):
         raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
     n = DEFAULT_N[split] if n is None else n
-    _check_int("n", n, 1)
-    _check_int("seed", seed, 0)
-    _check_int("min_words", min_words, 1)
-    _check_int("max_words", max_words, min_words)
+    _check_args(split, n, seed, min_words, max_words)
     workers = (os.cpu_count() or 1) if workers is None else workers
     _check_int("workers", workers, 1)
     n, seed, min_words, max_words = int(n), int(seed), int(min_words), int(max_words)
