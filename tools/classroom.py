@@ -6,7 +6,7 @@
     python tools/classroom.py table              # print the table of exercises (markdown)
     python tools/classroom.py table --write      # refresh it in chapters/instructors.md, between its markers
     python tools/classroom.py table --check      # exit 1 if chapters/instructors.md is out of date
-    python tools/classroom.py grade NB.ipynb ... # run learners' notebooks' exercises with the book's checks
+    python tools/classroom.py grade NB.ipynb ... [--student ID]  # grade learners' notebooks on held-out cases
 
 An exercise (the format the book's page "For instructors" describes) is a markdown cell whose first
 line, or the first line of one of its
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import re
 import sys
 from collections import Counter
@@ -212,14 +213,44 @@ def with_book_checks(submitted, root: Path = ROOT, name: str = "notebook"):
     return submitted, chapter
 
 
-def grade(path: Path, root: Path = ROOT) -> list[Result]:
-    """Run a learner's notebook's exercises with the book's own check cells and return their outcomes.
+def grade(path: Path, root: Path = ROOT, student: str | None = None):
+    """Grade a learner's notebook out of process, on held-out cases; return one verdict per exercise.
 
-    The check cells are reset to the book's, so an edited check cannot pass; the learner's code still runs
-    with the learner's rights, so grade untrusted notebooks in a sandbox.
+    Each exercise's solution cells (every code cell between its statement and its check) run after the book's
+    own first code cell in a fresh interpreter (``tools/grading/runner.py``) where the references the exercises
+    re-implement are traps; the learner's functions are called on cases drawn for ``student`` (default: the
+    notebook's file name) and their raw outputs come back as JSON and arrays. They are judged here, against the
+    references, so nothing the learner's code patches can reach the verdict. The learner's code still runs
+    with the grader's rights: grade untrusted notebooks in a sandbox.
     """
-    submitted, chapter = with_book_checks(nbformat.read(path, as_version=4), root, Path(path).name)
-    return results(run_exercises(submitted, (root / chapter.notebook).parent))
+    from tools import grading
+    from tools.grading.core import Verdict, judge, make_cases, run_learner
+
+    path = Path(path)
+    submitted, chapter = with_book_checks(nbformat.read(path, as_version=4), root, path.name)
+    book = nbformat.read(root / chapter.notebook, as_version=4)
+    setup = next(c.source for c in book.cells if c.cell_type == "code")
+    specs = grading.specs(chapter.number)
+    cells = {}
+    for ex in find_exercises(submitted, path.name, strict=False):
+        sources = [submitted.cells[i].source for i in range(ex.statement_cell + 1, ex.check_cell)
+                   if submitted.cells[i].cell_type == "code"]
+        cells[ex.number] = _without_magics("\n\n".join(sources))
+    if sorted(cells) != sorted(spec.number for spec in specs):
+        raise ValueError(f"{path.name}: exercises {sorted(cells)}, the grader has specs for "
+                         f"{sorted(spec.number for spec in specs)}")
+    student = student or hashlib.sha256(path.name.encode()).hexdigest()[:16]
+    cases = {spec.number: make_cases(spec, student) for spec in specs}
+    outputs, arrays, tail = run_learner(setup, cells, specs, cases, (root / chapter.notebook).parent, root)
+    if not outputs:
+        reason = (tail.strip().splitlines() or ["the exercises did not run"])[-1]
+        return [Verdict(spec.number, "fail", f"the grader's run failed: {reason}") for spec in specs]
+    return [judge(spec, cases[spec.number], outputs.get(spec.number), arrays) for spec in specs]
+
+
+def _without_magics(source: str) -> str:
+    """IPython magics and shell escapes (``%time``, ``!ls``) commented out: the grader runs plain Python."""
+    return "\n".join("# " + line if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
 
 
 def strip_solution(source: str) -> str:
@@ -382,6 +413,8 @@ def main(argv=None) -> int:
     parser.add_argument("--chapter", help="two-digit chapter number, e.g. 01 (default: all)")
     parser.add_argument("--out", help="output folder")
     parser.add_argument("--root", default=str(ROOT), help="the book's root (holds book.toml)")
+    parser.add_argument("--student", help="grade: the student's id, which seeds the held-out cases "
+                        "(default: a hash of the notebook's file name)")
     parser.add_argument("--notebook", choices=["chapter", "exercises"],
                         help="student, instructor: the whole chapter, or its first code cell and its exercises "
                              "(default: chapter for student, exercises for instructor)")
@@ -394,7 +427,7 @@ def main(argv=None) -> int:
         if args.command == "table":
             return _table(root, args.write, args.check)
         if args.command == "grade":
-            return _grade(args.notebooks, root)
+            return _grade(args.notebooks, root, args.student)
         out = Path(args.out) if args.out else root / "_build" / args.command
         out.mkdir(parents=True, exist_ok=True)
         for ch in chapters(args.chapter, root):
@@ -420,17 +453,22 @@ def main(argv=None) -> int:
     return 0
 
 
-def _grade(paths: list[Path], root: Path) -> int:
+def _grade(paths: list[Path], root: Path, student: str | None = None) -> int:
+    """Print each notebook's table of verdicts; 1 when any exercise does not pass."""
     if not paths:
         raise ValueError("grade: name the notebooks to grade")
+    if student is not None and len(paths) > 1:
+        raise ValueError("--student: give one notebook with it (each student has their own cases)")
+    failed = False
     for path in paths:
-        outcome = grade(path, root)
-        passed = sum(r.status == "pass" for r in outcome)
+        outcome = grade(path, root, student)
+        passed = sum(v.status == "pass" for v in outcome)
+        failed |= passed < len(outcome)
         print(f"{path}: {passed}/{len(outcome)} exercises pass")
-        for r in outcome:
-            first = r.message.splitlines()[0] if r.message and r.status == "fail" else ""
-            print(f"  {r.number}: {r.status}" + (f"  ({first})" if first else ""))
-    return 0
+        print("| exercise | result | reason |\n|---|---|---|")
+        for v in outcome:
+            print(f"| {v.number} | {v.status} | {v.reason.replace('|', '/')} |")
+    return 1 if failed else 0
 
 
 def _table(root: Path, write: bool, check: bool) -> int:
