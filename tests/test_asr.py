@@ -88,8 +88,8 @@ def test_impossible_alignment_is_infinite_or_zeroed():
     (dict(blank=5), "blank"),
 ])
 def test_ctc_loss_rejects_bad_input(kwargs, match):
-    args = dict(log_probs=torch.full((2, 4, 3), -math.log(3)), input_lengths=[4, 3], targets=torch.tensor([[1, 2], [1, 1]]),
-                target_lengths=[2, 1], blank=0)
+    args = dict(log_probs=torch.full((2, 4, 3), -math.log(3)), input_lengths=[4, 3],
+                targets=torch.tensor([[1, 2], [1, 1]]), target_lengths=[2, 1], blank=0)
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         ctc_loss(**args)

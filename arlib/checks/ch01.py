@@ -23,10 +23,10 @@ def perplexity(fn) -> None:
             (torch.tensor([-1.3]), math.exp(1.3), "a single token"),
         ]
         for log_probs, expected, what in cases:
-            got = c.call(fn, log_probs.clone())
-            c.expect(abs(float(got) - expected) < 1e-4 * expected, f"perplexity for {what}", expected, float(got), hint)
-        got = c.call(fn, torch.tensor([-0.1, -float("inf")]))
-        c.expect(math.isinf(float(got)), "perplexity when one token has probability 0", "inf", float(got),
+            got = c.number(c.call(fn, log_probs.clone()), f"the perplexity for {what}", hint)
+            c.expect(abs(got - expected) < 1e-4 * expected, f"perplexity for {what}", expected, got, hint)
+        got = c.number(c.call(fn, torch.tensor([-0.1, -float("inf")])), "the perplexity with an impossible token", hint)
+        c.expect(math.isinf(got), "perplexity when one token has probability 0", "inf", got,
                  "a single impossible token makes the mean NLL infinite; do not clamp or drop it")
 
 
@@ -95,8 +95,9 @@ def continuation_log_prob(fn) -> None:
                 got = c.call(fn, model, prompt.clone(), cont.clone())
             finally:
                 hook.remove()
-            c.expect(abs(float(got) - expected) < 1e-4, f"log p of {n_cont} tokens after a {n_prompt}-token prompt",
-                     round(expected, 5), float(got), hint)
+            got = c.number(got, f"log p of {n_cont} tokens after a {n_prompt}-token prompt", hint)
+            c.expect(abs(got - expected) < 1e-4, f"log p of {n_cont} tokens after a {n_prompt}-token prompt",
+                     round(expected, 5), got, hint)
             c.expect(len(calls) == 1, "the number of forward passes", 1, len(calls),
                      "teacher forcing scores every continuation token in a single call of the model")
 
@@ -113,10 +114,11 @@ def kl_divergence(fn) -> None:
             (torch.tensor([0.0, 0.25, 0.75]), torch.tensor([0.5, 0.25, 0.25]), 0.75 * math.log(3), "p has a zero"),
         ]
         for p, q, expected, what in cases:
-            got = c.call(fn, p.clone(), q.clone())
-            c.expect(abs(float(got) - expected) < 1e-6, f"KL for {what}", round(expected, 6), float(got), hint)
-        got = c.call(fn, torch.tensor([0.5, 0.5]), torch.tensor([1.0, 0.0]))
-        c.expect(math.isinf(float(got)), "KL when q is 0 where p is not", "inf", float(got),
+            got = c.number(c.call(fn, p.clone(), q.clone()), f"KL for {what}", hint)
+            c.expect(abs(got - expected) < 1e-6, f"KL for {what}", round(expected, 6), got, hint)
+        got = c.number(c.call(fn, torch.tensor([0.5, 0.5]), torch.tensor([1.0, 0.0])), "KL with q = 0 where p > 0",
+                       hint)
+        c.expect(math.isinf(got), "KL when q is 0 where p is not", "inf", got,
                  "a model that gives probability 0 to an observed outcome is infinitely surprised")
 
 

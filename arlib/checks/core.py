@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
+
+from arlib.validate import is_int, is_number
 
 
 class CheckFailed(AssertionError):
@@ -17,6 +20,9 @@ class Check:
     """Runs one exercise's cases: ``with Check("1.2", "top-p filtering") as c: c.call(fn, x)...``."""
 
     def __init__(self, exercise: str, title: str):
+        for name, value in (("exercise", exercise), ("title", title)):
+            if not isinstance(value, str) or not value:
+                raise TypeError(f"{name}: expected a non-empty str, got {value!r}")
         self.exercise, self.title, self.cases = exercise, title, 0
 
     def __enter__(self) -> Check:
@@ -25,12 +31,30 @@ class Check:
     def __exit__(self, kind, value, tb) -> bool:
         if kind is None:
             print(f"Exercise {self.exercise} ({self.title}): all {self.cases} cases pass.")
+        elif issubclass(kind, Exception) and not issubclass(kind, CheckFailed):
+            # The learner's function returned, but its result could not even be compared (a list where a
+            # tensor was due, a tuple of the wrong length, ...): say so instead of showing the check's insides.
+            raise CheckFailed(
+                f"Exercise {self.exercise} ({self.title}): the check could not use what your function returned "
+                f"(after {self.cases} passing cases)\n  expected: a result of the type and shape the exercise "
+                f"states\n  got:      something that raised {kind.__name__}: {_short(str(value))}\n"
+                "  hint: read the exercise's signature again: the type, shape and dtype of what to return") from value
         return False
 
     def call(self, fn: Callable, *args, **kwargs) -> Any:
         """Call the learner's function; a stub is reported as not yet implemented, other errors as such."""
         if not callable(fn):
-            raise CheckFailed(f"Exercise {self.exercise}: expected a function, got {type(fn).__name__}.")
+            raise CheckFailed(f"Exercise {self.exercise} ({self.title}): expected a function, got "
+                              f"{type(fn).__name__}.")
+        try:
+            inspect.signature(fn).bind(*args, **kwargs)
+        except TypeError as exc:
+            raise CheckFailed(
+                f"Exercise {self.exercise} ({self.title}): your function cannot be called with the exercise's "
+                f"{len(args) + len(kwargs)} arguments ({exc})\n  on the case: {_describe(args)}\n"
+                "  hint: define it with the parameters the exercise states") from None
+        except ValueError:
+            pass  # no signature to read (some builtins): the call itself will tell
         try:
             result = fn(*args, **kwargs)
         except NotImplementedError:
@@ -56,9 +80,20 @@ class Check:
                 f"Exercise {self.exercise} ({self.title}): {what}\n"
                 f"  expected: {_short(expected)}\n  got:      {_short(got)}\n  hint: {hint}")
 
+    def number(self, got, what: str, hint: str) -> float:
+        """``got`` as a float (:func:`as_number`); a failed case saying so when it is not a single number."""
+        value = as_number(got)
+        self.expect(value is not None, f"{what} (a single number)", "a float", got, hint)
+        return value
+
     def close(self, got, expected, what: str, hint: str, atol: float = 1e-5, rtol: float = 1e-4) -> None:
         """Expect ``got`` to be a tensor (or number) close to ``expected`` with the same shape."""
-        got_t = torch.as_tensor(got) if not isinstance(got, torch.Tensor) else got
+        try:
+            got_t = torch.as_tensor(got) if not isinstance(got, torch.Tensor) else got
+        except (TypeError, ValueError, RuntimeError):
+            got_t = None
+        if got_t is None or got_t.is_complex():
+            self.expect(False, f"{what} (its type)", "a real tensor (or number)", got, hint)
         exp_t = torch.as_tensor(expected) if not isinstance(expected, torch.Tensor) else expected
         if got_t.shape != exp_t.shape:
             self.expect(False, f"{what} (shape)", tuple(exp_t.shape), tuple(got_t.shape), hint)
@@ -67,23 +102,24 @@ class Check:
 
 
 def as_number(got) -> float | None:
-    """A Python float for a number or a one-element tensor or array; None for anything else (bools included)."""
-    if isinstance(got, bool):
+    """A Python float for a real number (any ``numbers.Real``, numpy's included) or a one-element real tensor
+    or array; None for anything else (bools included)."""
+    if isinstance(got, (bool, np.bool_)):
         return None
-    if isinstance(got, (int, float, np.integer, np.floating)):
+    if is_number(got) or isinstance(got, (np.integer, np.floating)):
         return float(got)
-    if isinstance(got, torch.Tensor) and got.numel() == 1:
+    if isinstance(got, torch.Tensor) and got.numel() == 1 and not got.is_complex() and got.dtype != torch.bool:
         return float(got.item())
-    if isinstance(got, np.ndarray) and got.size == 1:
+    if isinstance(got, np.ndarray) and got.size == 1 and got.dtype.kind in "iuf":
         return float(got.item())
     return None
 
 
 def as_integer(got) -> int | None:
     """A Python int for an int (or numpy / one-element integer tensor); None for anything else, floats included."""
-    if isinstance(got, bool):
+    if isinstance(got, (bool, np.bool_)):
         return None
-    if isinstance(got, (int, np.integer)):
+    if is_int(got) or isinstance(got, np.integer):
         return int(got)
     if isinstance(got, torch.Tensor) and got.numel() == 1 and not got.is_floating_point() and got.dtype != torch.bool:
         return int(got.item())

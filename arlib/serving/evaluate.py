@@ -27,7 +27,7 @@ from arlib.decoding.speculative import acceptance_rate
 from arlib.text.gpt import KVCache
 from arlib.text.ladder import bootstrap_interval
 from arlib.text.lm import heldout_halves
-from arlib.validate import describe, int_in_range, positive_int, token_ids
+from arlib.validate import describe, int_in_range, number_in, positive_int, token_ids
 
 __all__ = ["CacheQuality", "cache_quality", "full_logits", "heldout_sequences", "METRICS"]
 
@@ -48,6 +48,17 @@ class CacheQuality:
     accept: torch.Tensor  # sum_x min(p(x), q(x)) = 1 - TV(p, q)
     bytes_per_position: float  # cache.stored_bytes() / (B * positions seen), at the end
     prefill: int
+
+    def __post_init__(self):
+        shape = self.nll.shape if isinstance(self.nll, torch.Tensor) else None
+        for name in ("nll", "nll_full", "agree", "accept"):
+            value = getattr(self, name)
+            if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.dim() != 2 \
+                    or value.shape != shape:
+                raise ValueError(f"{name}: expected a float tensor (B, N) like nll's {tuple(shape or ())}, "
+                                 f"got {describe(value)}")
+        number_in(self.bytes_per_position, "bytes_per_position", 0)
+        positive_int(self.prefill, "prefill")
 
     @property
     def mean_nll(self) -> float:
@@ -97,7 +108,10 @@ def full_logits(model, tokens: torch.Tensor) -> torch.Tensor:
     """The full model's logits (B, T, V) of ``tokens`` (B, T): one uncached forward, the reference p
     of :func:`cache_quality`. Compute it once and pass it to every method compared on the same tokens."""
     _check_model(model)
-    token_ids(tokens, "tokens", dim=2, expected="a (batch, time) torch.long tensor of token ids")
+    token_ids(tokens, "tokens", dim=2, expected="a (batch, time) torch.long tensor of token ids",
+              vocab_size=model.config.vocab_size)
+    int_in_range(tokens.shape[1], "tokens", 1, model.config.block_size,
+                 expected=f"a length in [1, block_size={model.config.block_size}] (tokens.shape[1])")
     with torch.no_grad():
         return model(tokens)
 

@@ -111,6 +111,11 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, visible) -> torch.Tensor:
             or q.shape[1] % k.shape[1]:
         raise ValueError(f"k: expected a tensor (B, H_kv, S, D) with H_kv dividing H for q {describe(q)}, "
                          f"got {describe(k)}")
+    if visible is not True:
+        shape = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+        if not isinstance(visible, torch.Tensor) or visible.dtype != torch.bool or visible.dim() > 4 \
+                or not all(v in (1, n) for v, n in zip(visible.shape[::-1], shape[::-1])):
+            raise ValueError(f"visible: expected True or a bool mask broadcastable to {shape}, got {describe(visible)}")
     if k.shape[1] != q.shape[1]:
         k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)  # query head h reads key head h // group
     logits = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, S)

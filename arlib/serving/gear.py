@@ -70,6 +70,26 @@ class GEARParts:
     left: torch.Tensor
     right: torch.Tensor
 
+    def __post_init__(self):
+        if not isinstance(self.quantized, Quantized) or self.quantized.codes.dim() != 4:
+            raise ValueError(f"quantized: expected a Quantized of a (B, H, T, D) tensor, got "
+                             f"{type(self.quantized).__name__}")
+        B, H, T, D = self.quantized.codes.shape
+        n = B * H * T * D
+        index, value = self.outlier_index, self.outlier_value
+        if not isinstance(index, torch.Tensor) or index.dtype != torch.long or index.dim() != 1 \
+                or (index.numel() and (index.min() < 0 or index.max() >= n)):
+            raise ValueError(f"outlier_index: expected a 1-D torch.long tensor of flat positions in [0, {n}), "
+                             f"got {describe(index)}")
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.shape != index.shape:
+            raise ValueError(f"outlier_value: expected a float tensor {tuple(index.shape)} (one per outlier), "
+                             f"got {describe(value)}")
+        for name, rows in (("left", T), ("right", D)):
+            f = getattr(self, name)
+            if not isinstance(f, torch.Tensor) or not f.is_floating_point() or f.dim() != 4 \
+                    or tuple(f.shape[:3]) != (B, H, rows) or f.shape[3] != self.left.shape[-1]:
+                raise ValueError(f"{name}: expected a float tensor ({B}, {H}, {rows}, r), got {describe(f)}")
+
     @property
     def shape(self) -> torch.Size:
         return self.quantized.codes.shape
@@ -88,6 +108,8 @@ class GEARParts:
 def _check_kv(x, name: str = "x") -> torch.Tensor:
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() != 4:
         raise ValueError(f"{name}: expected a floating-point (batch, heads, time, head_dim) tensor, got {describe(x)}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name}: expected finite values, got NaN or inf")
     return x
 
 
@@ -120,6 +142,10 @@ def power_iteration(r: torch.Tensor, rank: int, iterations: int = 3, generator: 
     and is exact after one iteration when r has rank <= ``rank``. ``rank`` must be <= min(n, m)."""
     if not isinstance(r, torch.Tensor) or not r.is_floating_point() or r.dim() < 2:
         raise ValueError(f"r: expected a floating-point tensor of matrices (..., n, m), got {describe(r)}")
+    if not torch.isfinite(r).all():
+        raise ValueError("r: expected finite values, got NaN or inf")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
     int_in_range(rank, "rank", 0, min(r.shape[-2:]))
     positive_int(iterations, "iterations")
     work = r if r.dtype in (torch.float32, torch.float64) else r.float()  # no QR in half precision

@@ -77,6 +77,7 @@ measurement and the byte model are the book's own, from the papers' formulas.
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -85,7 +86,7 @@ from dataclasses import dataclass
 import torch
 
 from arlib.text.gpt import GPT, GPTConfig, KVCache, attention
-from arlib.validate import int_at_least, int_in_range, is_int, positive_int, token_ids
+from arlib.validate import int_at_least, int_in_range, is_int, number_in, positive_int, token_ids
 
 __all__ = ["kv_bytes_per_token", "gpt_params", "llama_params", "ModelShape", "LLAMA2_7B", "MISTRAL_7B",
            "LLAMA3_8B", "MISTRAL_7B_MQA", "SEVEN_B", "request_bytes", "requests_that_fit", "cache_weight_ratio",
@@ -127,6 +128,8 @@ def llama_params(n_layer: int, d_model: int, n_head: int, n_kv_head: int, d_ff: 
     for name, value in (("n_layer", n_layer), ("d_model", d_model), ("n_head", n_head), ("n_kv_head", n_kv_head),
                         ("d_ff", d_ff), ("vocab_size", vocab_size)):
         positive_int(value, name)
+    if not isinstance(tied, bool):
+        raise ValueError(f"tied: expected a bool, got {tied!r}")
     if d_model % n_head:
         raise ValueError(f"d_model: expected a multiple of n_head={n_head}, got {d_model}")
     if n_head % n_kv_head:
@@ -153,6 +156,9 @@ class ModelShape:
     source: str = ""
 
     def __post_init__(self):
+        for name in ("name", "source"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name}: expected a str, got {type(getattr(self, name)).__name__}")
         for name in ("n_layer", "n_head", "n_kv_head", "head_dim", "context", "n_params"):
             positive_int(getattr(self, name), name)
         if self.n_head % self.n_kv_head:
@@ -261,6 +267,13 @@ class DecodeTraffic:
     weight_flops: int     # 2 n_params per sequence
     attention_flops: int  # 4 L H D n per sequence: q.K and p.V
 
+    def __post_init__(self):
+        positive_int(self.context, "context")
+        positive_int(self.batch_size, "batch_size")
+        positive_int(self.cache_bytes, "cache_bytes")
+        for name in ("weight_bytes", "weight_flops", "attention_flops"):
+            int_at_least(getattr(self, name), name, 0)
+
     @property
     def cache_share(self) -> float:
         """The cache's share of the bytes read: a memory-bound step's share of time spent on the cache."""
@@ -268,8 +281,8 @@ class DecodeTraffic:
 
     @property
     def weight_intensity(self) -> float:
-        """FLOPs per byte of weights read: 2 B / b, it grows with the batch."""
-        return self.weight_flops / self.weight_bytes
+        """FLOPs per byte of weights read: 2 B / b, it grows with the batch (inf when no weight bytes are counted)."""
+        return self.weight_flops / self.weight_bytes if self.weight_bytes else math.inf
 
     @property
     def cache_intensity(self) -> float:
@@ -377,6 +390,16 @@ class StepTiming:
     attend_s: float
     one_key_s: float
 
+    def __post_init__(self):
+        positive_int(self.context, "context")
+        positive_int(self.batch_size, "batch_size")
+        number_in(self.step_s, "step_s", 0, bounds="()", expected="a finite number of seconds > 0")
+        number_in(self.attend_s, "attend_s", 0, expected="a finite number of seconds >= 0")
+        number_in(self.one_key_s, "one_key_s", 0, expected="a finite number of seconds >= 0")
+        for name in ("step_s", "attend_s", "one_key_s"):
+            if getattr(self, name) == math.inf:
+                raise ValueError(f"{name}: expected a finite number of seconds, got inf")
+
     @property
     def rest_s(self) -> float:
         """The step outside attention: embeddings, projections, MLPs, norms, the head, the framework."""
@@ -464,6 +487,8 @@ def decode_step_profile(model: GPT, context_lengths: Sequence[int], batch_size: 
     if prompt.shape[1] < max(contexts):
         raise ValueError(f"prompt: expected at least {max(contexts)} tokens per row (the longest context), "
                          f"got {prompt.shape[1]}")
+    if new_cache is not None and not callable(new_cache):
+        raise ValueError(f"new_cache: expected None or a callable (model, batch_size) -> KVCache, got {new_cache!r}")
     new_cache = new_cache or (lambda m, b: m.new_cache(b))
 
     def build() -> KVCache:

@@ -43,13 +43,15 @@ from __future__ import annotations
 import torch
 
 from arlib.text.gpt import GPTConfig, KVCache, attention, causal_mask
-from arlib.validate import int_in_range, positive_int
+from arlib.validate import int_at_least, int_in_range, positive_int
 
 __all__ = ["OutOfBlocksError", "BlockAllocator", "PagedKVCache", "blocks_for"]
 
 
 def blocks_for(n_positions: int, block_size: int) -> int:
     """Blocks of ``block_size`` positions needed to hold ``n_positions``: ceil(n / B)."""
+    int_at_least(n_positions, "n_positions", 0)
+    positive_int(block_size, "block_size")
     return -(-n_positions // block_size)
 
 
@@ -252,6 +254,7 @@ class PagedKVCache(KVCache):
         return attention(q, keys, values, mask, dropout)
 
     def advance(self, T: int) -> None:
+        int_in_range(T, "T", 0, self.block_size - self.length)
         self.length += T
         self._ready_for = None
 

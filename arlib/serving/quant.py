@@ -53,8 +53,8 @@ from dataclasses import dataclass
 
 import torch
 
-from arlib.text.gpt import GPTConfig, KVCache
-from arlib.validate import describe, int_at_least, int_in_range, positive_int
+from arlib.text.gpt import GPT, GPTConfig, KVCache
+from arlib.validate import describe, int_at_least, int_in_range, positive_int, token_ids
 
 __all__ = ["GROUPINGS", "STAT_BYTES", "Quantized", "quantize", "dequantize", "grouping_axis", "quantize_kv",
            "fake_quantize", "quantized_bits", "relative_error", "capture_kv", "QuantizedCache"]
@@ -80,6 +80,23 @@ class Quantized:
     axis: int  # non-negative
     group_size: int
 
+    def __post_init__(self):
+        if not isinstance(self.codes, torch.Tensor) or self.codes.dtype != torch.uint8 or self.codes.dim() == 0:
+            raise ValueError(f"codes: expected a uint8 tensor with at least one dimension, got {describe(self.codes)}")
+        int_in_range(self.bits, "bits", 1, 8, expected="an int in [1, 8] (codes are stored as uint8)")
+        int_in_range(self.axis, "axis", 0, self.codes.dim() - 1)
+        positive_int(self.group_size, "group_size")
+        if self.codes.shape[self.axis] % self.group_size:
+            raise ValueError(f"group_size: expected a divisor of the length {self.codes.shape[self.axis]} of axis "
+                             f"{self.axis}, got {self.group_size}")
+        stats = list(self.codes.shape)
+        stats[self.axis] //= self.group_size
+        for name in ("scale", "zero"):
+            value = getattr(self, name)
+            if not isinstance(value, torch.Tensor) or not value.is_floating_point() or list(value.shape) != stats:
+                raise ValueError(f"{name}: expected a float tensor of shape {tuple(stats)} (one per group), "
+                                 f"got {describe(value)}")
+
     @property
     def n_groups(self) -> int:
         return self.scale.numel()
@@ -96,12 +113,17 @@ class Quantized:
 def quantized_bits(n: int, bits: int, n_groups: int) -> int:
     """Bits that ``n`` entries quantized at ``bits`` bits in ``n_groups`` groups take packed:
     ``n * bits`` for the codes plus ``n_groups * 2 * 16`` for a float16 scale and minimum per group."""
+    int_at_least(n, "n", 0)
+    int_in_range(bits, "bits", 1, 8, expected="an int in [1, 8] (codes are stored as uint8)")
+    int_in_range(n_groups, "n_groups", 0, n)
     return n * bits + n_groups * 2 * 8 * STAT_BYTES
 
 
 def _check_tensor(x, name: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() == 0:
         raise ValueError(f"{name}: expected a floating-point tensor with at least one dimension, got {describe(x)}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name}: expected finite values, got NaN or inf")
     return x
 
 
@@ -197,8 +219,10 @@ def fake_quantize(x: torch.Tensor, bits: int, grouping: str, group_size: int) ->
 def relative_error(x: torch.Tensor, approx: torch.Tensor) -> float:
     """Relative Frobenius error ``||x - approx||_F / ||x||_F`` (0 for x == approx == 0)."""
     _check_tensor(x, "x")
-    if not isinstance(approx, torch.Tensor) or approx.shape != x.shape:
-        raise ValueError(f"approx: expected a tensor of shape {tuple(x.shape)}, got {describe(approx)}")
+    if not isinstance(approx, torch.Tensor) or approx.shape != x.shape or approx.is_complex():
+        raise ValueError(f"approx: expected a real tensor of shape {tuple(x.shape)}, got {describe(approx)}")
+    if not torch.isfinite(approx).all():
+        raise ValueError("approx: expected finite values, got NaN or inf")
     norm = torch.linalg.vector_norm(x.double())
     diff = torch.linalg.vector_norm(x.double() - approx.double())
     return 0.0 if norm == 0 and diff == 0 else float(diff / norm)
@@ -208,10 +232,12 @@ def relative_error(x: torch.Tensor, approx: torch.Tensor) -> float:
 def capture_kv(model, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The keys and values (L, B, H_kv, T, D) that ``model`` (an :class:`arlib.text.gpt.GPT`) computes for
     token ids ``idx`` (B, T), read from a plain :class:`arlib.text.gpt.KVCache` after one forward."""
-    if not hasattr(model, "new_cache"):
+    if not isinstance(model, GPT):
         raise ValueError(f"model: expected an arlib.text.gpt.GPT, got {type(model).__name__}")
-    if not isinstance(idx, torch.Tensor) or idx.dim() != 2:
-        raise ValueError(f"idx: expected a (batch, time) tensor of token ids, got {describe(idx)}")
+    token_ids(idx, "idx", dim=2, vocab_size=model.config.vocab_size,
+              expected="a (batch, time) torch.long tensor of token ids")
+    int_in_range(idx.shape[1], "idx", 1, model.config.block_size,
+                 expected=f"a length in [1, block_size={model.config.block_size}] (idx.shape[1])")
     cache = model.new_cache(idx.shape[0])
     model(idx, cache=cache)
     T = idx.shape[1]

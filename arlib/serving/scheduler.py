@@ -126,6 +126,9 @@ def reservation(request: Request, reserve: str, max_len: int) -> int:
     """Slots a contiguous system reserves for ``request`` (Kwon et al. sec. 6.1 baselines): ``"max"`` the
     whole context, ``"pow2"`` the next power of two of its true length (capped by the context),
     ``"oracle"`` its true length."""
+    if not isinstance(request, Request):
+        raise ValueError(f"request: expected a Request, got {type(request).__name__}")
+    positive_int(max_len, "max_len")
     if reserve == "max":
         return max_len
     if reserve == "pow2":
@@ -369,6 +372,8 @@ def parallel_sampling_blocks(prompt_len: int, output_lens: list[int], block_size
             or not all(is_int(n) and n > 0 for n in output_lens):
         raise ValueError(f"output_lens: expected a non-empty list of positive ints, got {output_lens!r}")
     positive_int(block_size, "block_size")
+    if not isinstance(share, bool):
+        raise ValueError(f"share: expected a bool, got {share!r}")
     n = len(output_lens)
     alloc = BlockAllocator(n * blocks_for(prompt_len + max(output_lens), block_size))  # enough unshared
     prompt = [alloc.allocate() for _ in range(blocks_for(prompt_len, block_size))]

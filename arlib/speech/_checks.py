@@ -29,3 +29,11 @@ def lengths(values, name: str, B: int, low: int, high: int, device=None) -> torc
             describe(values) if isinstance(values, torch.Tensor) else repr(values)[:80]
         raise ValueError(f"{name}: expected {B} integer lengths in [{low}, {high}], got {shown}")
     return out.to(device if device is not None else out.device).long()
+
+
+def memory(memory, memory_lengths, d: int) -> torch.Tensor:
+    """The encoder's output (B, S, d) and its lengths (B,) in [1, S]; returns the lengths as a long tensor."""
+    if not isinstance(memory, torch.Tensor) or not memory.is_floating_point() or memory.dim() != 3 \
+            or memory.shape[2] != d:
+        raise ValueError(f"memory: expected the encoder's output, a float tensor (B, S, {d}), got {describe(memory)}")
+    return lengths(memory_lengths, "memory_lengths", memory.shape[0], 1, memory.shape[1], memory.device)

@@ -25,9 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from arlib.data.speech import SAMPLE_RATE, VOCABULARY
+from arlib.speech._checks import index_tensor
+from arlib.speech._checks import lengths as check_lengths
+from arlib.speech._checks import memory as check_memory
 from arlib.speech.audio import log_mel
 from arlib.text.gpt import Block, CausalSelfAttention, GPTConfig, KVCache, causal_mask, merge_heads, split_heads
-from arlib.validate import describe
+from arlib.validate import describe, int_at_least, int_in_range, number_in, positive_int
 
 BLANK, EOS = 0, 1  # EOS also starts a transcript (as <s>)
 
@@ -39,6 +42,9 @@ class TranscriptVocab:
     def __init__(self, words: tuple[str, ...] = VOCABULARY, unit: str = "char"):
         if unit not in ("char", "word"):
             raise ValueError(f"unit: expected 'char' or 'word', got {unit!r}")
+        if isinstance(words, str) or not isinstance(words, (list, tuple)) or not words \
+                or not all(isinstance(w, str) and w and " " not in w for w in words):
+            raise ValueError(f"words: expected a non-empty list of non-empty words without spaces, got {words!r:.80}")
         self.words, self.unit = tuple(words), unit
         self.chars = " " + "".join(sorted(set("".join(self.words))))
         self.units = tuple(self.chars) if unit == "char" else self.words
@@ -63,10 +69,19 @@ class TranscriptVocab:
 
     def decode(self, ids) -> str:
         """Ids -> text; blanks and EOS are skipped."""
+        if isinstance(ids, torch.Tensor):
+            if not index_tensor(ids) or ids.dim() != 1:
+                raise ValueError(f"ids: expected a 1-D integer tensor or a list of ints, got {describe(ids)}")
+            ids = ids.tolist()
+        if isinstance(ids, str) or not isinstance(ids, (list, tuple)) \
+                or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < self.size for i in ids):
+            raise ValueError(f"ids: expected a list of ints in [0, {self.size}), got {ids!r:.80}")
         return ("" if self.unit == "char" else " ").join(self.units[i - 2] for i in ids if i >= 2)
 
     def batch(self, transcripts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Padded ids (B, U) (0 = padding) and lengths (B,)."""
+        if isinstance(transcripts, str) or not isinstance(transcripts, (list, tuple)):
+            raise TypeError(f"transcripts: expected a list of strings, got {type(transcripts).__name__}")
         ids = [self.encode(t) for t in transcripts]
         out = torch.zeros(len(ids), max(map(len, ids), default=0), dtype=torch.long)
         for b, row in enumerate(ids):
@@ -80,13 +95,18 @@ def speech_features(waves: list[torch.Tensor], sample_rate: int = SAMPLE_RATE, n
     over the utterance (which removes loudness and much of a voice's colour): (B, T, n_mels), lengths (B,)."""
     if sample_rate != SAMPLE_RATE:
         raise ValueError(f"sample_rate: the models expect {SAMPLE_RATE} Hz audio, got {sample_rate}; resample first")
+    positive_int(n_mels, "n_mels")
     if isinstance(waves, torch.Tensor) and waves.dim() == 1:
         waves = [waves]
+    if isinstance(waves, torch.Tensor) or not isinstance(waves, (list, tuple)) or not waves:
+        raise ValueError(f"waves: expected a non-empty list of 1-D waveforms, got {describe(waves)}")
     feats = []
     for i, w in enumerate(waves):
         if not isinstance(w, torch.Tensor) or w.dim() != 1 or w.numel() < 400:
             raise ValueError(f"waves[{i}]: expected a 1-D waveform of at least 400 samples (25 ms), "
                              f"got {tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__}")
+        if w.is_complex() or not torch.isfinite(w).all():
+            raise ValueError(f"waves[{i}]: expected finite real samples")
         m = log_mel(w.float(), sample_rate, n_mels=n_mels).T  # (T, M)
         feats.append((m - m.mean(0)) / (m.std(0) + 1e-5))
     lengths = torch.tensor([len(f) for f in feats])
@@ -94,12 +114,25 @@ def speech_features(waves: list[torch.Tensor], sample_rate: int = SAMPLE_RATE, n
 
 
 def padding_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
-    """True on real frames: (B, T)."""
+    """True on real frames: (B, T), for ``lengths`` (B,) in [0, T]."""
+    int_at_least(T, "T", 0)
+    if not index_tensor(lengths) or lengths.dim() != 1:
+        raise ValueError(f"lengths: expected a 1-D integer tensor, got {describe(lengths)}")
+    check_lengths(lengths, "lengths", len(lengths), 0, T)
+    return _mask(lengths, T)
+
+
+def _mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
+    """:func:`padding_mask` without the checks (the models' inner loops)."""
     return torch.arange(T, device=lengths.device) < lengths[:, None]
 
 
 def sinusoids(T: int, d: int, device=None) -> torch.Tensor:
-    """Vaswani et al.'s fixed positional encodings: (T, d)."""
+    """Vaswani et al.'s fixed positional encodings: (T, d), ``d`` even."""
+    int_at_least(T, "T", 0)
+    positive_int(d, "d")
+    if d % 2:
+        raise ValueError(f"d: expected an even width (sines and cosines in pairs), got {d}")
     pos = torch.arange(T, device=device, dtype=torch.float32)[:, None]
     freq = torch.exp(-math.log(10000.0) * torch.arange(0, d, 2, device=device, dtype=torch.float32) / d)
     pe = torch.zeros(T, d, device=device)
@@ -110,18 +143,29 @@ def sinusoids(T: int, d: int, device=None) -> torch.Tensor:
 def layer_config(d: int, heads: int, layers: int, dropout: float, max_len: int = 1) -> GPTConfig:
     """The sizes of a stack of speech transformer layers as the GPT's config, which builds them; a layer
     reads no vocabulary, and ``max_len`` is the decoder's KV cache length."""
-    if not isinstance(d, int) or not isinstance(heads, int) or heads < 1 or d % heads:
-        raise ValueError(f"d: expected a multiple of heads={heads!r}, got {d!r}")
+    positive_int(heads, "heads")
+    if not isinstance(d, int) or isinstance(d, bool) or d < 1 or d % heads:
+        raise ValueError(f"d: expected a multiple of heads={heads!r} (a positive int), got {d!r}")
+    positive_int(layers, "layers")
+    number_in(dropout, "dropout", 0, 1, bounds="[)")
+    positive_int(max_len, "max_len")
     return GPTConfig(vocab_size=1, block_size=max_len, n_layer=layers, n_head=heads, n_embd=d, dropout=dropout)
 
 
 def speech_layer(block: Block) -> Block:
     """``block`` with dropout on its residual branches only: chapter 5's recipes train without dropout
     on the attention probabilities (the GPT's ``attn_dropout``)."""
+    if not isinstance(block, Block):
+        raise ValueError(f"block: expected an arlib.text.gpt.Block, got {type(block).__name__}")
     for attn in (block.attn, getattr(block, "cross", None)):
         if attn is not None:
             attn.attn_dropout = 0.0
     return block
+
+
+def _check_config(config) -> None:
+    if not isinstance(config, GPTConfig):
+        raise ValueError(f"config: expected a GPTConfig (from layer_config), got {type(config).__name__}")
 
 
 class CrossAttention(CausalSelfAttention):
@@ -131,6 +175,7 @@ class CrossAttention(CausalSelfAttention):
     query rows to x, the key and value rows to the memory), and ``c_proj`` mixes the heads."""
 
     def __init__(self, config: GPTConfig):
+        _check_config(config)
         if config.kv_heads != config.n_head:
             raise ValueError(f"config: cross-attention takes multi-head attention (n_kv_head=None), "
                              f"got n_kv_head={config.n_kv_head}")
@@ -157,6 +202,11 @@ class DecoderBlock(Block):
     x += attn(ln_1 x); x += cross(ln_cross x, memory); x += mlp(ln_2 x)."""
 
     def __init__(self, config: GPTConfig, hidden: int | None = None, approximate: str = "tanh"):
+        _check_config(config)
+        if hidden is not None:
+            positive_int(hidden, "hidden")
+        if approximate not in ("tanh", "none"):
+            raise ValueError(f"approximate: expected 'tanh' or 'none' (GELU's), got {approximate!r}")
         super().__init__(config, hidden, approximate)
         self.ln_cross = nn.LayerNorm(config.n_embd)
         self.cross = CrossAttention(config)
@@ -176,6 +226,8 @@ class SpeechEncoder(nn.Module):
     def __init__(self, n_mels: int = 80, d: int = 64, layers: int = 6, heads: int = 4, ff: int = 256,
                  dropout: float = 0.1):
         super().__init__()
+        positive_int(n_mels, "n_mels")
+        positive_int(ff, "ff")
         self.config = dict(n_mels=n_mels, d=d, layers=layers, heads=heads, ff=ff, dropout=dropout)
         self.conv = nn.Sequential(nn.Conv1d(n_mels, d, 3, padding=1), nn.GELU(),
                                   nn.Conv1d(d, d, 3, stride=2, padding=1), nn.GELU())
@@ -188,15 +240,16 @@ class SpeechEncoder(nn.Module):
         return (lengths - 1) // 2 + 1
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if feats.dim() != 3 or feats.shape[-1] != self.config["n_mels"]:
-            raise ValueError(f"feats: expected (B, T, {self.config['n_mels']}), got {tuple(feats.shape)}")
-        lengths = lengths.to(feats.device)
+        if not isinstance(feats, torch.Tensor) or not feats.is_floating_point() or feats.dim() != 3 \
+                or feats.shape[-1] != self.config["n_mels"]:
+            raise ValueError(f"feats: expected a float tensor (B, T, {self.config['n_mels']}), got {describe(feats)}")
+        lengths = check_lengths(lengths, "lengths", feats.shape[0], 1, feats.shape[1], feats.device)
         x = self.conv[1](self.conv[0](feats.transpose(1, 2)))  # (B, d, T)
-        x = x * padding_mask(lengths, x.shape[2])[:, None, :]  # padding must not leak into the strided conv
+        x = x * _mask(lengths, x.shape[2])[:, None, :]  # padding must not leak into the strided conv
         x = self.conv[3](self.conv[2](x)).transpose(1, 2)  # (B, T', d)
         lengths = self.output_lengths(lengths)
         x = x + sinusoids(x.shape[1], x.shape[2], x.device)
-        mask = padding_mask(lengths, x.shape[1])[:, None, None, :]  # (B, 1, 1, T'): keys to attend to
+        mask = _mask(lengths, x.shape[1])[:, None, None, :]  # (B, 1, 1, T'): keys to attend to
         for block in self.blocks:
             x = block(x, mask=mask)  # bidirectional: every real frame sees every real frame
         return self.ln(x), lengths
@@ -207,6 +260,7 @@ class CTCModel(nn.Module):
 
     def __init__(self, vocab_size: int, **encoder):
         super().__init__()
+        positive_int(vocab_size, "vocab_size")
         self.encoder = SpeechEncoder(**encoder)
         self.head = nn.Linear(self.encoder.config["d"], vocab_size)
         self.config = {"vocab_size": vocab_size, **self.encoder.config}
@@ -222,6 +276,8 @@ class DecoderCache(KVCache):
     of the memory, computed once (``memory_kv``, a list of (k, v) pairs (B, H, S, D))."""
 
     def __init__(self, decoder: AttentionDecoder, memory: torch.Tensor):
+        if not isinstance(decoder, AttentionDecoder):
+            raise ValueError(f"decoder: expected an AttentionDecoder, got {type(decoder).__name__}")
         if not isinstance(memory, torch.Tensor) or memory.dim() != 3 or memory.shape[2] != decoder.config["d"]:
             raise ValueError(f"memory: expected the encoder's output (B, S, {decoder.config['d']}), "
                              f"got {describe(memory)}")
@@ -241,6 +297,8 @@ class AttentionDecoder(nn.Module):
     def __init__(self, vocab_size: int, d: int = 64, layers: int = 2, heads: int = 4, ff: int = 256,
                  max_len: int = 96, dropout: float = 0.1):
         super().__init__()
+        int_at_least(vocab_size, "vocab_size", 2, expected="an int >= 2 (the blank/padding and EOS come first)")
+        positive_int(ff, "ff")
         self.config = dict(vocab_size=vocab_size, d=d, layers=layers, heads=heads, ff=ff, max_len=max_len,
                            dropout=dropout)
         self.embed, self.pos = nn.Embedding(vocab_size, d), nn.Embedding(max_len, d)
@@ -252,9 +310,19 @@ class AttentionDecoder(nn.Module):
         """An empty cache for decoding the utterances of ``memory`` (B, S, d) step by step."""
         return DecoderCache(self, memory)
 
-    def forward(self, tokens, memory, memory_lengths, cache: DecoderCache | None = None):
+    def forward(self, tokens, memory, memory_lengths, cache: DecoderCache | None = None, validate: bool = True):
         """Logits (B, U, V) for ``tokens`` (B, U): teacher forcing from position 0, or with ``cache`` (from
-        :meth:`new_cache`) the next U positions of incremental decoding (the cache grows by U)."""
+        :meth:`new_cache`) the next U positions of incremental decoding (the cache grows by U).
+        ``validate=False`` skips the checks of the ids' range and of ``memory_lengths`` (decoding loops)."""
+        if validate:
+            memory_lengths = self._check_memory(memory, memory_lengths)
+            if not index_tensor(tokens) or tokens.dim() != 2 or tokens.shape[0] != memory.shape[0]:
+                raise ValueError(f"tokens: expected an integer tensor ({memory.shape[0]}, U) of ids, "
+                                 f"got {describe(tokens)}")
+            if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.config["vocab_size"]):
+                raise ValueError(f"tokens: ids must lie in [0, {self.config['vocab_size']})")
+            if cache is not None and not isinstance(cache, DecoderCache):
+                raise ValueError(f"cache: expected a DecoderCache (from new_cache), got {type(cache).__name__}")
         B, U = tokens.shape
         start = 0 if cache is None else cache.length
         if start + U > self.config["max_len"]:
@@ -263,7 +331,7 @@ class AttentionDecoder(nn.Module):
             raise ValueError(f"cache: built for a batch of {cache.k.shape[1]}, got tokens of batch {B}")
         x = self.embed(tokens) + self.pos(torch.arange(start, start + U, device=tokens.device))
         mask = causal_mask(U, start, x.device) if cache is not None and U > 1 else None  # else causal or one step
-        mmask = padding_mask(memory_lengths, memory.shape[1])[:, None, None, :]  # (B, 1, 1, S)
+        mmask = _mask(memory_lengths, memory.shape[1])[:, None, None, :]  # (B, 1, 1, S)
         for layer, block in enumerate(self.blocks):
             kv = block.cross.keys_values(memory) if cache is None else cache.memory_kv[layer]
             x = block(x, kv, mmask, cache, layer, mask)
@@ -271,8 +339,21 @@ class AttentionDecoder(nn.Module):
             cache.length += U
         return self.ln(x) @ self.embed.weight.T
 
+    def _check_memory(self, memory, memory_lengths) -> torch.Tensor:
+        return check_memory(memory, memory_lengths, self.config["d"])
+
+    def _check_max_len(self, max_len) -> int:
+        top = self.config["max_len"] - 1
+        return top if max_len is None else int_in_range(max_len, "max_len", 1, top)
+
     def loss(self, memory, memory_lengths, targets, target_lengths) -> torch.Tensor:
         """Teacher-forced cross-entropy of (EOS, y) -> (y, EOS), padding ignored."""
+        memory_lengths = self._check_memory(memory, memory_lengths)
+        if not index_tensor(targets) or targets.dim() != 2 or targets.shape[0] != memory.shape[0]:
+            raise ValueError(f"targets: expected an integer tensor ({memory.shape[0]}, U) of ids, "
+                             f"got {describe(targets)}")
+        target_lengths = check_lengths(target_lengths, "target_lengths", targets.shape[0], 0, targets.shape[1],
+                                       targets.device)
         B, U = targets.shape
         inp = torch.cat([torch.full((B, 1), EOS, device=targets.device), targets], dim=1)  # (B, U+1)
         out = torch.cat([targets, torch.zeros(B, 1, dtype=torch.long, device=targets.device)], dim=1)
@@ -284,13 +365,14 @@ class AttentionDecoder(nn.Module):
     @torch.no_grad()
     def greedy(self, memory, memory_lengths, max_len: int | None = None) -> tuple[list[list[int]], int]:
         """Batched greedy decoding with a KV cache: (token lists, decoder steps run)."""
+        memory_lengths = self._check_memory(memory, memory_lengths)
         B = memory.shape[0]
-        max_len = self.config["max_len"] - 1 if max_len is None else max_len
+        max_len = self._check_max_len(max_len)
         cache = self.new_cache(memory)
         token = torch.full((B, 1), EOS, device=memory.device)
         out, done = [], torch.zeros(B, dtype=torch.bool, device=memory.device)
         for _ in range(max_len):
-            token = self(token, memory, memory_lengths, cache)[:, -1].argmax(-1, keepdim=True)
+            token = self(token, memory, memory_lengths, cache, validate=False)[:, -1].argmax(-1, keepdim=True)
             out.append(token)
             done |= token[:, 0] == EOS
             if done.all():
@@ -303,9 +385,11 @@ class AttentionDecoder(nn.Module):
                     ) -> list[tuple[list[int], float]]:
         """Beam search for one utterance (memory (1, T, d)); the beams are a batch. Returns finished
         hypotheses (tokens, log p) best first, scored by total log-probability."""
+        memory_lengths = self._check_memory(memory, memory_lengths)
         if memory.shape[0] != 1:
             raise ValueError(f"memory: beam search takes one utterance (1, T, d), got {tuple(memory.shape)}")
-        max_len = self.config["max_len"] - 1 if max_len is None else max_len
+        positive_int(beam, "beam")
+        max_len = self._check_max_len(max_len)
         memory, memory_lengths = memory.expand(beam, -1, -1), memory_lengths.expand(beam)
         cache = self.new_cache(memory)
         seqs = torch.full((beam, 1), EOS, device=memory.device)
@@ -313,7 +397,7 @@ class AttentionDecoder(nn.Module):
         scores[0] = 0.0  # all beams start identical: keep one alive
         finished: list[tuple[list[int], float]] = []
         for _ in range(max_len):
-            logp = self(seqs[:, -1:], memory, memory_lengths, cache)[:, -1].log_softmax(-1)
+            logp = self(seqs[:, -1:], memory, memory_lengths, cache, validate=False)[:, -1].log_softmax(-1)
             total = (scores[:, None] + logp).flatten()  # (beam * V,)
             top, idx = total.topk(2 * beam)
             origin, token = idx // logp.shape[1], idx % logp.shape[1]

@@ -23,7 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from arlib.speech._checks import index_tensor
+from arlib.speech._checks import lengths as check_lengths
+from arlib.speech._checks import memory as check_memory
 from arlib.speech.models import DecoderBlock, layer_config, padding_mask, sinusoids, speech_layer
+from arlib.validate import describe, number_in, positive_int
 
 
 def cif(hidden: torch.Tensor, alpha: torch.Tensor, num_tokens: torch.Tensor) -> torch.Tensor:
@@ -32,17 +36,18 @@ def cif(hidden: torch.Tensor, alpha: torch.Tensor, num_tokens: torch.Tensor) -> 
     Token j's embedding is sum_t w_tj h_t with ``w_tj = |[c_{t-1}, c_t) ∩ [j, j+1)|``; tokens past a row's
     count are zero. Frames after the last whole token contribute only to tokens below ``num_tokens``.
     """
-    if hidden.dim() != 3 or alpha.shape != hidden.shape[:2]:
+    if not isinstance(hidden, torch.Tensor) or not hidden.is_floating_point() or hidden.dim() != 3:
+        raise ValueError(f"hidden: expected a float tensor (B, T, d) of frames, got {describe(hidden)}")
+    if not isinstance(alpha, torch.Tensor) or alpha.shape != hidden.shape[:2]:
         raise ValueError(f"alpha: expected weights of shape {tuple(hidden.shape[:2])} matching hidden (B, T, d), "
-                         f"got {tuple(alpha.shape)}")
-    if (alpha < 0).any():
-        raise ValueError("alpha: expected non-negative weights")
-    num_tokens = torch.as_tensor(num_tokens, device=hidden.device).long()
+                         f"got {describe(alpha)}")
+    num_tokens = _check_cif(alpha, num_tokens)
     return cif_weights(alpha, num_tokens).transpose(1, 2) @ hidden  # (B, N, T) @ (B, T, d)
 
 
 def cif_weights(alpha: torch.Tensor, num_tokens: torch.Tensor) -> torch.Tensor:
     """w (B, T, max N): the share of frame t's weight that goes to token j (see :func:`cif`)."""
+    num_tokens = _check_cif(alpha, num_tokens)
     N = int(num_tokens.max()) if num_tokens.numel() else 0
     c = alpha.cumsum(dim=1)  # (B, T)
     start, end = (c - alpha)[..., None], c[..., None]  # (B, T, 1)
@@ -51,15 +56,32 @@ def cif_weights(alpha: torch.Tensor, num_tokens: torch.Tensor) -> torch.Tensor:
     return w * (j < num_tokens[:, None, None])
 
 
+def _check_cif(alpha, num_tokens) -> torch.Tensor:
+    """alpha (B, T) finite and non-negative; num_tokens (B,) non-negative integers; returns them as a tensor."""
+    if not isinstance(alpha, torch.Tensor) or not alpha.is_floating_point() or alpha.dim() != 2:
+        raise ValueError(f"alpha: expected a float tensor (B, T) of weights, got {describe(alpha)}")
+    if not torch.isfinite(alpha).all() or (alpha < 0).any():
+        raise ValueError("alpha: expected finite non-negative weights")
+    return check_lengths(num_tokens, "num_tokens", alpha.shape[0], 0, 2 ** 31, alpha.device)
+
+
 class CIFPredictor(nn.Module):
     """alpha_t = sigmoid(Linear(ReLU(Conv1d(h))_t)), zero on padding frames (Paraformer's predictor)."""
 
     def __init__(self, d: int, kernel: int = 3):
         super().__init__()
+        positive_int(d, "d")
+        if positive_int(kernel, "kernel") % 2 == 0:
+            raise ValueError(f"kernel: expected an odd width (the output keeps the input's length), got {kernel}")
         self.conv = nn.Conv1d(d, d, kernel, padding=kernel // 2)
         self.out = nn.Linear(d, 1)
 
     def forward(self, hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        d = self.conv.in_channels
+        if not isinstance(hidden, torch.Tensor) or not hidden.is_floating_point() or hidden.dim() != 3 \
+                or hidden.shape[2] != d:
+            raise ValueError(f"hidden: expected a float tensor (B, T, {d}), got {describe(hidden)}")
+        lengths = check_lengths(lengths, "lengths", hidden.shape[0], 0, hidden.shape[1], hidden.device)
         h = F.relu(self.conv(hidden.transpose(1, 2))).transpose(1, 2)  # (B, T, d)
         return torch.sigmoid(self.out(h)).squeeze(-1) * padding_mask(lengths, hidden.shape[1])  # (B, T)
 
@@ -70,6 +92,9 @@ class Paraformer(nn.Module):
     def __init__(self, vocab_size: int, d: int = 64, layers: int = 2, heads: int = 4, ff: int = 256,
                  dropout: float = 0.1, tail: float = 0.45):
         super().__init__()
+        positive_int(vocab_size, "vocab_size")
+        positive_int(ff, "ff")
+        number_in(tail, "tail", 0, 1, bounds="[)")
         self.config = dict(vocab_size=vocab_size, d=d, layers=layers, heads=heads, ff=ff, dropout=dropout, tail=tail)
         self.predictor = CIFPredictor(d)
         self.embed = nn.Embedding(vocab_size, d)  # target embeddings for the glancing sampler
@@ -90,6 +115,9 @@ class Paraformer(nn.Module):
             x = block(x, block.cross.keys_values(memory), mmask, mask=self_mask)
         return self.head(self.ln(x))
 
+    def _check_memory(self, memory, memory_lengths) -> torch.Tensor:
+        return check_memory(memory, memory_lengths, self.config["d"])
+
     def token_count(self, alpha: torch.Tensor) -> torch.Tensor:
         """Tokens fired at inference: floor(sum alpha + tail), (B,)."""
         return torch.floor(alpha.sum(dim=1) + self.config["tail"]).long()
@@ -100,6 +128,16 @@ class Paraformer(nn.Module):
 
         With ``glance`` = lambda > 0 the glancing sampler replaces ceil(lambda * wrong) acoustic embeddings
         by target embeddings before the trained pass."""
+        memory_lengths = self._check_memory(memory, memory_lengths)
+        number_in(glance, "glance", 0, 1)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator: expected a torch.Generator or None, got {type(generator).__name__}")
+        if not index_tensor(targets) or targets.dim() != 2 or targets.shape[0] != len(memory):
+            raise ValueError(f"targets: expected an integer tensor (B, U) of ids, got {describe(targets)}")
+        if targets.numel() and (targets.min() < 0 or targets.max() >= self.config["vocab_size"]):
+            raise ValueError(f"targets: ids must lie in [0, {self.config['vocab_size']})")
+        target_lengths = check_lengths(target_lengths, "target_lengths", targets.shape[0], 0, targets.shape[1],
+                                       targets.device)
         alpha = self.predictor(memory, memory_lengths)  # (B, T)
         total = alpha.sum(dim=1)
         quantity = (target_lengths.to(total) - total).abs().mean()
@@ -126,10 +164,11 @@ class Paraformer(nn.Module):
     @torch.no_grad()
     def decode(self, memory, memory_lengths, num_tokens: torch.Tensor | None = None) -> list[list[int]]:
         """Token lists for a batch: fire ``token_count`` tokens (or the given counts), decode them at once."""
+        memory_lengths = self._check_memory(memory, memory_lengths)
         alpha = self.predictor(memory, memory_lengths)
         if num_tokens is None:
             num_tokens = self.token_count(alpha)
-        num_tokens = torch.as_tensor(num_tokens, device=memory.device)
+        num_tokens = check_lengths(num_tokens, "num_tokens", memory.shape[0], 0, 2 ** 31, memory.device)
         if int(num_tokens.max()) == 0:
             return [[] for _ in range(memory.shape[0])]
         acoustic = cif(memory, alpha, num_tokens)

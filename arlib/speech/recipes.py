@@ -29,6 +29,7 @@ from arlib.speech.error_rates import word_error_rate
 from arlib.speech.models import AttentionDecoder, CTCModel, TranscriptVocab, speech_features
 from arlib.speech.paraformer import Paraformer
 from arlib.train import Recipe, TrainConfig, mean_last_loss, train
+from arlib.validate import int_at_least, number_in, positive_int
 
 N_TRAIN, N_TEST = 6000, 400
 
@@ -43,6 +44,26 @@ class SpeechRecipe:
     glance: float = 0.0  # the glancing sampler's lambda (Paraformer)
     augment: int = 0  # decoders: extra copies of the training memory from SpecAugmented frames
     unit: str = "char"  # the tokens: characters, or whole words (CIF fires once per token)
+
+    def __post_init__(self):
+        _check_kind(self.kind)
+        if not isinstance(self.train, TrainConfig):
+            raise ValueError(f"train: expected a TrainConfig, got {type(self.train).__name__}")
+        positive_int(self.batch_size, "batch_size")
+        if not isinstance(self.description, str):
+            raise ValueError(f"description: expected a str, got {type(self.description).__name__}")
+        if not isinstance(self.model, dict):
+            raise ValueError(f"model: expected a dict of constructor arguments, got {type(self.model).__name__}")
+        number_in(self.glance, "glance", 0, 1)
+        int_at_least(self.augment, "augment", 0)
+        if self.unit not in ("char", "word"):
+            raise ValueError(f"unit: expected 'char' or 'word', got {self.unit!r}")
+
+
+def _check_kind(kind) -> str:
+    if kind not in ("ctc", "aed", "paraformer"):
+        raise ValueError(f"kind: expected one of 'ctc', 'aed', 'paraformer', got {kind!r}")
+    return kind
 
 
 SPEECH_RECIPES: dict[str, SpeechRecipe] = {
@@ -68,6 +89,10 @@ ENCODER = "speech-ctc"
 
 
 def build_speech(kind: str, config: dict):
+    """An untrained model of ``kind`` (``"ctc"``, ``"aed"`` or ``"paraformer"``) built from ``config``."""
+    _check_kind(kind)
+    if not isinstance(config, dict):
+        raise ValueError(f"config: expected a dict of constructor arguments, got {type(config).__name__}")
     if kind == "ctc":
         return CTCModel(**config)
     if kind == "aed":
@@ -78,16 +103,26 @@ def build_speech(kind: str, config: dict):
 def load_speech(name: str, device=None, directory=None):
     """One of chapter 5's checkpoints as float32 in eval mode: ``(model, meta)`` (readers use
     :func:`arlib.load`, which also gives the transcript vocabulary)."""
+    _check_name(name)
     model, meta, _ = load_model(name, build_from_meta, device, directory)
     return model, meta
 
 
 def build_from_meta(meta: dict):
     """An empty speech model of the sidecar's kind and config, and its transcript vocabulary."""
+    if not isinstance(meta, dict) or not {"kind", "config", "unit"} <= set(meta):
+        raise ValueError(f"meta: expected a speech checkpoint's sidecar with 'kind', 'config' and 'unit', "
+                         f"got {sorted(meta) if isinstance(meta, dict) else type(meta).__name__}")
     return build_speech(meta["kind"], meta["config"]), {"vocab": TranscriptVocab(unit=meta["unit"])}
 
 
 KINDS = {kind: build_from_meta for kind in ("ctc", "aed", "paraformer")}
+
+
+def _check_name(name) -> str:
+    if name not in SPEECH_RECIPES:
+        raise ValueError(f"name: expected one of {', '.join(SPEECH_RECIPES)}, got {name!r}")
+    return name
 
 
 def _pad(rows: list[torch.Tensor]) -> torch.Tensor:
@@ -97,6 +132,14 @@ def _pad(rows: list[torch.Tensor]) -> torch.Tensor:
 @torch.no_grad()
 def encode_all(model: CTCModel, feats: list[torch.Tensor], device, batch: int = 64):
     """The encoder's output for each utterance, unpadded: list of (T', d) on ``device``."""
+    if not isinstance(model, CTCModel):
+        raise ValueError(f"model: expected a CTCModel (its encoder is used), got {type(model).__name__}")
+    n_mels = model.encoder.config["n_mels"]
+    if not isinstance(feats, (list, tuple)) or not all(isinstance(f, torch.Tensor) and f.is_floating_point()
+                                                       and f.dim() == 2 and len(f) and f.shape[1] == n_mels
+                                                       for f in feats):
+        raise ValueError(f"feats: expected a list of float tensors (T, {n_mels}), T >= 1, got {type(feats).__name__}")
+    positive_int(batch, "batch")
     out = []
     order = sorted(range(len(feats)), key=lambda i: len(feats[i]))  # similar lengths together: less padding
     for s in range(0, len(order), batch):
@@ -114,7 +157,14 @@ def _features(utterances) -> list[torch.Tensor]:
 
 def run_speech_recipe(name: str, steps: int | None = None, out: str | None = None, progress: bool = True,
                       n_train: int = N_TRAIN, n_test: int = N_TEST, **_ignored) -> dict:
-    recipe = SPEECH_RECIPES[name]
+    """Train the speech recipe ``name`` (one of :data:`SPEECH_RECIPES`), save its checkpoint, return its sidecar."""
+    recipe = SPEECH_RECIPES[_check_name(name)]
+    if steps is not None:
+        positive_int(steps, "steps")
+    positive_int(n_train, "n_train")
+    positive_int(n_test, "n_test")
+    if not isinstance(progress, bool):
+        raise ValueError(f"progress: expected a bool, got {progress!r}")
     device = pick_device()
     seed_everything(0)
     config = recipe.train if steps is None else TrainConfig(**{**asdict(recipe.train), "steps": steps,
