@@ -7,9 +7,10 @@ ClearSolutions accepts the instructor notebooks. Cells tagged ``remove-in-studen
 
 One test runs nbgrader itself on chapter 0's exercises (the fastest): ``nbgrader generate_assignment`` on the
 instructor notebook written by ``tools/classroom.py instructor``, then ``nbgrader autograde`` on three submissions:
-the reference solutions (full marks), the stubs (zero), and a first answer with every check edited to pass (nbgrader
-restores the checks, so only the first exercise's points). The course, its sqlite gradebook and every folder nbgrader
-or Jupyter could write to (HOME, the Jupyter and IPython folders) live in the test's temporary folder.
+the reference solutions (full marks), the stubs (zero), and the student notebook of ``tools/classroom.py student
+--notebook exercises`` with a first answer and every check edited to pass (nbgrader restores the checks, so only the
+first exercise's points). The course, its sqlite gradebook and every folder nbgrader or Jupyter could write to (HOME,
+the Jupyter and IPython folders) live in the test's temporary folder.
 """
 
 from __future__ import annotations
@@ -216,8 +217,10 @@ def test_nbgrader_generates_and_autogrades_chapter_0(tmp_path):
     checks = [meta(c)["grade_id"] for c in release.cells if meta(c)["grade"]]
     points = {meta(c)["grade_id"]: meta(c)["points"] for c in source.cells if meta(c)["grade"]}
     first = min(answers)
-    submissions = {"reference": copy.deepcopy(release), "stubs": copy.deepcopy(release),
-                   "edited-checks": copy.deepcopy(release)}
+    # The third hands in tools/classroom.py's own student notebook (not nbgrader's release) with one answer and
+    # every check edited to pass: nbgrader must accept its metadata and restore the checks.
+    handout = classroom.student_version(classroom.exercises_only(read(ch)))
+    submissions = {"reference": copy.deepcopy(release), "stubs": copy.deepcopy(release), "edited-checks": handout}
     for who, nb in submissions.items():
         for cell in nb.cells:
             grade_id = meta(cell)["grade_id"]
