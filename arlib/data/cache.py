@@ -216,7 +216,8 @@ def _check_source(source) -> Source:
 
 def locate(source: Source) -> Path | None:
     """Path of a verified copy of ``source`` (cache first, then system paths), or None."""
-    cached = cache_dir() / _check_source(source).filename
+    _check_source(source)  # before cache_dir() creates the folder
+    cached = cache_dir() / source.filename
     if _is_valid(cached, source):
         return cached
     for candidate in source.system_paths:
