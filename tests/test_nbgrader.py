@@ -161,6 +161,20 @@ def test_a_second_solution_cell_of_an_exercise_is_an_answer_too():
     assert meta(nb.cells[3])["solution"] and not meta(nb.cells[3])["locked"]
 
 
+@pytest.mark.parametrize("command, part", [("student", "exercises"), ("instructor", "chapter")])
+def test_the_commands_write_the_part_asked_for(command, part, tmp_path):
+    ch = CHAPTERS[0]
+    path = Path(ch.notebook)
+    args = [command, "--chapter", ch.number, "--notebook", part, "--out", str(tmp_path), "--root", str(ROOT)]
+    assert classroom.main(args) == 0
+    written = tmp_path / (path.name if command == "student" else f"{path.stem}/{path.name}")
+    assert sorted(p for p in tmp_path.rglob("*") if p.is_file()) == [written]
+    nb, original = nbformat.read(written, as_version=4), read(ch)
+    base = classroom.exercises_only(original) if part == "exercises" else original
+    check_metadata(nb, base, command)
+    assert ("jupytext" in nb.metadata) == (command == "student" and "jupytext" in original.metadata)
+
+
 # ----------------------------------------------------------------------------------------- nbgrader itself
 
 
