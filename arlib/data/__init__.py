@@ -3,7 +3,9 @@
 Loaders: :func:`shakespeare`, :func:`fashion_mnist`, :func:`spoken_utterances`. Each reads a verified
 file from the cache (``$ARLIB_DATA``, default ``data/cache``) or a system package, and fetches it once
 if missing (``python -m arlib.data fetch`` does all of them; ``ARLIB_OFFLINE=1`` forbids fetching).
-Speech is synthesized locally with espeak-ng and cached the same way.
+Speech is synthesized locally with espeak-ng and cached the same way. Downloads are HTTPS only and
+nothing downloaded runs: a fetched file's size and sha256 are checked before any loader opens it
+(:mod:`arlib.data.cache`).
 """
 
 from arlib.data.cache import (
