@@ -210,8 +210,6 @@ def test_nbgrader_generates_and_autogrades_chapter_0(tmp_path):
                JUPYTER_DATA_DIR=str(home / "jupyter-data"), JUPYTER_RUNTIME_DIR=str(home / "jupyter-runtime"),
                IPYTHONDIR=str(home / "ipython"), ARLIB_THREADS="1", MPLBACKEND="Agg",
                PYDEVD_DISABLE_FILE_VALIDATION="1")
-    if "ARLIB_DATA" not in os.environ:  # a checkout's data cache, as the chapters use it
-        env["ARLIB_DATA"] = str(ROOT / "data" / "cache")
 
     _nbgrader("generate_assignment", name, "--create", course=course, env=env)
     source = nbformat.read(course / "source" / name / f"{name}.ipynb", as_version=4)
