@@ -153,11 +153,13 @@ def heldout_sequences(tokenizer, n: int = 16, length: int = 256) -> torch.Tensor
     (:func:`arlib.text.lm.heldout_halves`: the half the book reports on, never tunes on). Deterministic."""
     from arlib.data import shakespeare
 
-    if not callable(getattr(tokenizer, "encode", None)):
+    if isinstance(tokenizer, (str, bytes)) or not callable(getattr(tokenizer, "encode", None)):
         raise ValueError(f"tokenizer: expected the model's CharTokenizer, got {type(tokenizer).__name__}")
     positive_int(n, "n")
     positive_int(length, "length")
-    report = heldout_halves(tokenizer.encode(shakespeare().val))[1]
+    ids = tokenizer.encode(shakespeare().val)
+    token_ids(ids, "tokenizer", expected="a tokenizer whose encode returns a 1-D torch.long tensor of ids")
+    report = heldout_halves(ids)[1]
     if n * length > len(report):
         raise ValueError(f"n: {n} sequences of {length} do not fit in the {len(report)} held-out tokens")
     starts = torch.arange(n) * ((len(report) - length) // max(n - 1, 1))

@@ -169,6 +169,7 @@ def gear_compress(x: torch.Tensor, bits: int, rank: int, outlier_fraction: float
     _check_kv(x)
     int_at_least(rank, "rank", 0)
     int_at_least(seed, "seed", 0)
+    number_in(outlier_fraction, "outlier_fraction", 0, 1, bounds="[)", expected="a number in [0, 1)")
     axis = grouping_axis(grouping)
     group_size = x.shape[axis] if group_size is None else group_size
     mask = outlier_mask(x, outlier_fraction, grouping)

@@ -30,7 +30,7 @@ from arlib.speech._checks import lengths as check_lengths
 from arlib.speech._checks import memory as check_memory
 from arlib.speech.audio import log_mel
 from arlib.text.gpt import Block, CausalSelfAttention, GPTConfig, KVCache, causal_mask, merge_heads, split_heads
-from arlib.validate import describe, int_at_least, int_in_range, number_in, positive_int
+from arlib.validate import describe, int_at_least, int_in_range, is_int, number_in, positive_int
 
 BLANK, EOS = 0, 1  # EOS also starts a transcript (as <s>)
 
@@ -74,7 +74,7 @@ class TranscriptVocab:
                 raise ValueError(f"ids: expected a 1-D integer tensor or a list of ints, got {describe(ids)}")
             ids = ids.tolist()
         if isinstance(ids, str) or not isinstance(ids, (list, tuple)) \
-                or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < self.size for i in ids):
+                or not all(is_int(i) and 0 <= i < self.size for i in ids):
             raise ValueError(f"ids: expected a list of ints in [0, {self.size}), got {ids!r:.80}")
         return ("" if self.unit == "char" else " ").join(self.units[i - 2] for i in ids if i >= 2)
 
@@ -144,7 +144,7 @@ def layer_config(d: int, heads: int, layers: int, dropout: float, max_len: int =
     """The sizes of a stack of speech transformer layers as the GPT's config, which builds them; a layer
     reads no vocabulary, and ``max_len`` is the decoder's KV cache length."""
     positive_int(heads, "heads")
-    if not isinstance(d, int) or isinstance(d, bool) or d < 1 or d % heads:
+    if not is_int(d) or d < 1 or d % heads:
         raise ValueError(f"d: expected a multiple of heads={heads!r} (a positive int), got {d!r}")
     positive_int(layers, "layers")
     number_in(dropout, "dropout", 0, 1, bounds="[)")
