@@ -153,6 +153,23 @@ def _cif_weights_check(out):
     return isinstance(out, torch.Tensor) and torch.isfinite(out).all()
 
 
+def _qkv():
+    """q, k, v of one new position for a cache of CONFIG (2 heads of 8 channels) and batch 1."""
+    return _kv(1, 2, 1, 8), _kv(1, 2, 1, 8, seed=1), _kv(1, 2, 1, 8, seed=2)
+
+
+CACHES = {
+    "PagedKVCache": _paged,
+    "SlidingWindowCache": lambda: eviction.SlidingWindowCache(CONFIG, 1, 4),
+    "SinkCache": lambda: eviction.SinkCache(CONFIG, 1, 4, n_sink=1),
+    "HeavyHitterCache": lambda: eviction.HeavyHitterCache(CONFIG, 1, 4),
+    "QuantizedCache": lambda: quant.QuantizedCache(CONFIG, 1, 4, group_size=4, residual=8),
+    "GEARCache": lambda: gear.GEARCache(CONFIG, 1),
+    "OneKeyCache": lambda: memory.OneKeyCache(CONFIG, 1),
+    "TimedCache": lambda: memory.TimedCache(memory.OneKeyCache(CONFIG, 1)),
+}
+
+
 # Each probe: (id, callable that asserts). The callables use hostile's rejects / valid_or_rejects.
 PROBES = [
     # --- speech.audio ---
@@ -312,6 +329,8 @@ PROBES = [
     ("AttentionDecoder-loss-target-lengths", lambda: rejects(
         _decoder().loss, torch.zeros(1, 3, 16), torch.tensor([3]), torch.tensor([[2, 3]]), torch.tensor([5]),
         arg="target_lengths")),
+    ("DecoderCache-reorder", lambda: rejects(_decoder().new_cache(torch.zeros(2, 3, 16)).reorder, torch.tensor([0, 5]),
+                                             arg="order")),
     # --- speech.paraformer ---
     ("cif-alpha-nan", lambda: rejects(paraformer.cif, torch.zeros(1, 3, 4), torch.full((1, 3), math.nan), [1],
                                       arg="alpha")),
@@ -333,6 +352,8 @@ PROBES = [
     ("CIFPredictor-forward-lengths", lambda: rejects(paraformer.CIFPredictor(4), torch.zeros(1, 3, 4),
                                                      torch.tensor([7]), arg="lengths")),
     ("Paraformer-tail", lambda: rejects(paraformer.Paraformer, 9, tail=math.nan, arg="tail")),
+    ("Paraformer-token-count-nan", lambda: rejects(_paraformer().token_count, torch.full((1, 3), math.nan),
+                                                   arg="alpha")),
     ("Paraformer-vocab", lambda: rejects(paraformer.Paraformer, 0, arg="vocab_size")),
     ("Paraformer-decode-negative-count", lambda: rejects(_paraformer().decode, torch.zeros(1, 3, 16),
                                                          torch.tensor([3]), [-2], arg="num_tokens")),
@@ -422,6 +443,14 @@ PROBES = [
     ("PagedKVCache-block-table", lambda: rejects(_paged().block_table, 1, arg="row")),
     ("PagedKVCache-remove-only-row", lambda: rejects(_paged().remove_row, 0, arg="row")),
     ("PagedKVCache-advance-negative", lambda: rejects(_paged().advance, -3, arg="T")),
+    # --- every cache's attend: the layer and the shapes of q, k, v ---
+    *[(f"{name}-attend-layer", lambda make=make: rejects(make().attend, 7, *_qkv(), arg="layer"))
+      for name, make in CACHES.items()],
+    *[(f"{name}-attend-k-shape", lambda make=make: rejects(make().attend, 0, _qkv()[0], _kv(1, 1, 1, 3), _qkv()[2],
+                                                           arg="k"))
+      for name, make in CACHES.items()],
+    *[(f"{name}-attend-q-batch", lambda make=make: rejects(make().attend, 0, _kv(3, 2, 1, 8), *_qkv()[1:], arg="q"))
+      for name, make in CACHES.items()],
     # --- serving.quant ---
     ("quantize-bits-9", lambda: rejects(quant.quantize, _kv(4, 8), 9, -1, 4, arg="bits")),
     ("quantize-bits-0", lambda: rejects(quant.quantize, _kv(4, 8), 0, -1, 4, arg="bits")),

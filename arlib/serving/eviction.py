@@ -56,6 +56,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from arlib.serving._checks import attend_args
 from arlib.text.gpt import GPTConfig, KVCache, attention, causal_mask
 from arlib.validate import describe, int_at_least, int_in_range, positive_int
 
@@ -183,6 +184,8 @@ class EvictingCache(KVCache):
                dropout: float = 0.0) -> torch.Tensor:
         """Append the T new keys and values, attend over everything held (kept + new), then evict down to
         ``budget``. q (B, H, T, D); k, v (B, H_kv, T, D); returns (B, H, T, D)."""
+        attend_args(layer, self.n_layers, q, k, v, self._batch, self.config.kv_heads,
+                    self.config.n_embd // self.config.n_head, self.block_size - self.length)
         B, H_kv, T, _ = k.shape
         new = torch.arange(self.length, self.length + T, device=k.device).expand(B, H_kv, T)  # (B, H_kv, T)
         self.keys[layer] = torch.cat([self.keys[layer], k], dim=2)  # (B, H_kv, n + T, D)

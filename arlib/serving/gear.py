@@ -47,6 +47,7 @@ from dataclasses import dataclass
 
 import torch
 
+from arlib.serving._checks import attend_args
 from arlib.serving.quant import Quantized, dequantize, grouping_axis, quantize, relative_error
 from arlib.text.gpt import GPTConfig, KVCache
 from arlib.validate import describe, int_at_least, int_in_range, number_in, positive_int
@@ -278,10 +279,10 @@ class GEARCache(KVCache):
                dropout: float = 0.0) -> torch.Tensor:
         """Store the T new keys and values in the buffer, attend over the decompressed chunks and the
         buffer, then compress the prefill (first call) or every full buffer."""
+        _, B, H_kv, _, D = self.k.shape
+        attend_args(layer, self.n_layers, q, k, v, B, H_kv, D, self.block_size - self.length)
         start, T = self.length, q.shape[2]
         end = start + T
-        if end > self.block_size:
-            raise ValueError(f"q: {end} positions exceed the cache's block size {self.block_size}")
         y = super().attend(layer, q, k, v, mask, dropout)  # store in full precision, attend: (B, H, T, D)
         for lo, hi in self._chunks(end):
             self.compressed_bytes += self._compress(self.k, layer, lo, hi, "channel")

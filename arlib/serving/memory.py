@@ -85,6 +85,7 @@ from dataclasses import dataclass
 
 import torch
 
+from arlib.serving._checks import attend_args
 from arlib.text.gpt import GPT, GPTConfig, KVCache, attention
 from arlib.validate import int_at_least, int_in_range, is_int, number_in, positive_int, token_ids
 
@@ -370,6 +371,8 @@ class OneKeyCache(KVCache):
 
     def attend(self, layer, q, k, v, mask=None, dropout=0.0):
         """Store k, v (B, H_kv, T, D); for T = 1 attend over them alone, else as the plain cache."""
+        _, B, H_kv, _, D = self.k.shape
+        attend_args(layer, self.n_layers, q, k, v, B, H_kv, D, self.block_size - self.length)
         if q.shape[2] != 1:
             return super().attend(layer, q, k, v, mask, dropout)
         start = self.length

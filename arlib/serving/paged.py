@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import torch
 
+from arlib.serving._checks import attend_args
 from arlib.text.gpt import GPTConfig, KVCache, attention, causal_mask
 from arlib.validate import int_at_least, int_in_range, positive_int
 
@@ -240,9 +241,9 @@ class PagedKVCache(KVCache):
 
         q (B, H, T, D); k, v (B, H_kv, T, D); returns (B, H, T, D), as
         :meth:`arlib.text.gpt.KVCache.attend`."""
+        L, _, H_kv, _, D = self.k_pool.shape
+        attend_args(layer, L, q, k, v, self.batch_size, H_kv, D, self.block_size - self.length)
         start, T = self.length, q.shape[2]
-        if q.shape[0] != self.batch_size:
-            raise ValueError(f"q: expected a batch of {self.batch_size} rows, got {q.shape[0]}")
         if self._ready_for != (start, T):  # first layer of this forward: blocks for all layers at once
             self._make_writable(start, T)
             self._table = torch.tensor(self.tables, dtype=torch.long, device=self.k_pool.device)

@@ -53,6 +53,7 @@ from dataclasses import dataclass
 
 import torch
 
+from arlib.serving._checks import attend_args
 from arlib.text.gpt import GPT, GPTConfig, KVCache
 from arlib.validate import describe, int_at_least, int_in_range, positive_int, token_ids
 
@@ -290,10 +291,10 @@ class QuantizedCache(KVCache):
                dropout: float = 0.0) -> torch.Tensor:
         """Store the T new keys and values in full precision, attend over the stored (quantized, then
         full-precision) positions and the new ones, then quantize what leaves the residual."""
+        _, B, H_kv, _, D = self.k.shape
+        attend_args(layer, self.n_layers, q, k, v, B, H_kv, D, self.block_size - self.length)
         start, T = self.length, q.shape[2]
         end = start + T
-        if end > self.block_size:
-            raise ValueError(f"q: {end} positions exceed the cache's block size {self.block_size}")
         y = super().attend(layer, q, k, v, mask, dropout)  # store in full precision, attend: (B, H, T, D)
         for which, store in (("key", self.k), ("value", self.v)):
             lo, hi = self.n_quantized[which], self._quantized_after(which, end)

@@ -286,6 +286,9 @@ class DecoderCache(KVCache):
 
     def reorder(self, order: torch.Tensor) -> None:
         """Keep rows ``order`` (B,) of the batch: beam search's hypotheses take their parents' caches."""
+        B = self.k.shape[1]
+        if not index_tensor(order) or order.shape != (B,) or (order < 0).any() or (order >= B).any():
+            raise ValueError(f"order: expected an integer tensor ({B},) of rows in [0, {B}), got {describe(order)}")
         self.k, self.v = self.k[:, order], self.v[:, order]  # (L, B, H, T_max, D)
         self.memory_kv = [(k[order], v[order]) for k, v in self.memory_kv]
 

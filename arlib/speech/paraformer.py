@@ -120,6 +120,7 @@ class Paraformer(nn.Module):
 
     def token_count(self, alpha: torch.Tensor) -> torch.Tensor:
         """Tokens fired at inference: floor(sum alpha + tail), (B,)."""
+        _check_cif(alpha, torch.zeros(len(alpha), dtype=torch.long) if isinstance(alpha, torch.Tensor) else None)
         return torch.floor(alpha.sum(dim=1) + self.config["tail"]).long()
 
     def loss(self, memory, memory_lengths, targets, target_lengths, glance: float = 0.0,
