@@ -253,7 +253,7 @@ def judge(spec: Spec, cases: list[Case], result: dict | None, arrays: dict) -> V
             if got.get("kind") == "not yet implemented":
                 return Verdict(spec.number, "not yet implemented", "the function raises NotImplementedError")
             return Verdict(spec.number, "fail", f"case {k + 1} ({case.what}): raised {got['error']}: "
-                           f"{str(got.get('message', ''))[:200]}")
+                           f"{str(got.get('message', ''))[:300]}")
         try:
             value = decode(got.get("value"), arrays)
         except (KeyError, TypeError, ValueError) as exc:

@@ -127,16 +127,25 @@ def _resolve(dotted: str):
 
 
 def _trap_code(name: str, exercise: str, freevars: tuple[str, ...]) -> types.CodeType:
-    """A code object that raises ReferenceTrap, with the given free variables (a closure's cells must match)."""
+    """A code object that raises ReferenceTrap, with the given free variables (a closure's cells must match).
+
+    The trapped function keeps its own globals, so the code finds the exception in ``builtins`` (a learner who
+    deletes it gets a NameError instead: the call fails either way).
+    """
+    import builtins
+
+    builtins.__arlib_reference_trap__ = ReferenceTrap
     message = TRAP_MESSAGE.format(name=name, exercise=exercise)
-    body = f"        raise __trap__({message!r})\n"
+    body = f"        raise __arlib_reference_trap__({message!r})\n"
     if freevars:
         body = "        " + ", ".join(freevars) + "\n" + body
-    source = ("def __outer__(__trap__):\n" + "".join(f"    {v} = None\n" for v in freevars)
+    source = ("def __outer__():\n" + "".join(f"    {v} = None\n" for v in freevars)
               + "    def __trapped__(*args, **kwargs):\n" + body + "    return __trapped__\n")
     namespace: dict = {}
     exec(compile(source, f"<trap for {name}>", "exec"), namespace)
-    code = namespace["__outer__"](ReferenceTrap).__code__
+    code = namespace["__outer__"]().__code__
+    if len(code.co_freevars) != len(freevars):
+        raise RuntimeError(f"cannot build a trap for {name} with free variables {freevars}")
     return code.replace(co_freevars=freevars) if code.co_freevars != freevars else code
 
 
@@ -180,7 +189,7 @@ def install_traps(traps: dict[str, str]) -> list[str]:
             for fn in functions:
                 fn.__code__ = _trap_code(dotted, exercise, fn.__code__.co_freevars)
         else:
-            trap = types.FunctionType(_trap_code(dotted, exercise, ()), {"__trap__": ReferenceTrap}, dotted)
+            trap = types.FunctionType(_trap_code(dotted, exercise, ()), {}, dotted)
             for mod in list(sys.modules.values()):
                 for attr, held in list(getattr(mod, "__dict__", {}).items()):
                     if held is obj:
