@@ -22,15 +22,14 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+sys.path[:0] = [] if str(REPO) in sys.path else [str(REPO)]  # the tools package, when run from elsewhere
 
-from tools import book, classroom, grading  # noqa: E402
+from tools import classroom, grading  # noqa: E402
 from tools.grading.runner import encode  # noqa: E402
 
 ROOT = Path(os.environ.get("BOOK_TEST_ROOT", REPO)).resolve()
-CHAPTERS = [ch for ch in book.load_manifest(ROOT).chapters if (ROOT / ch.notebook).is_file()]
-IDS = [Path(ch.notebook).stem for ch in CHAPTERS]
+CHAPTERS = [ch for ch in classroom.chapters(root=ROOT) if (ROOT / ch.notebook).is_file()]
+IDS = [ch.notebook.rsplit("/", 1)[-1].removesuffix(".ipynb") for ch in CHAPTERS]
 
 
 @pytest.fixture(autouse=True)
