@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from arlib.decoding.drafters import Draft, Drafter, ModelDrafter, NGramDrafter, SamplingOptions
 from arlib.text.sampling import sample_probs
-from arlib.validate import describe, ids_in_vocab, int_at_least, token_ids
+from arlib.validate import describe, ids_in_vocab, int_at_least, number_in, positive_int, token_ids
+from arlib.validate import generator as check_generator
 
 __all__ = ["verify", "verify_greedy", "residual", "Verification", "acceptance_rate", "expected_tokens",
            "speedup", "optimal_gamma", "speculative_generate", "SpecStats", "draft_cost", "step_costs", "Draft",
@@ -64,6 +65,7 @@ def _check_probs(t, name: str, atol: float) -> None:
 
 
 def _check_verify(p, q, draft_tokens, atol: float) -> None:
+    number_in(atol, "atol", 0, np.inf, bounds="[)", expected="a finite tolerance >= 0")
     B, G = _check_tokens(draft_tokens, "draft_tokens")
     if not isinstance(p, torch.Tensor) or p.dim() != 3 or p.shape[:2] != (B, G + 1):
         raise ValueError(f"p: expected target probabilities of shape (batch, gamma + 1, V) = ({B}, {G + 1}, V) "
@@ -86,12 +88,26 @@ def _check_verify(p, q, draft_tokens, atol: float) -> None:
                              f"q = 0: it cannot have been drawn from q")
 
 
+def _check_pair(p, q, atol: float = 1e-4) -> None:
+    """p, q (..., V): distributions of one shape (one vocabulary)."""
+    _check_probs(p, "p", atol)
+    _check_probs(q, "q", atol)
+    if p.dim() < 1 or p.shape != q.shape:
+        raise ValueError(f"q: expected the shape of p {describe(p)} (one vocabulary), got {describe(q)}")
+
+
 def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """The residual distribution ``norm(max(0, p - q))`` (Leviathan et al. 2023, Algorithm 1), (..., V).
 
     Where it has no mass (p <= q everywhere, i.e. p == q: a rejection cannot happen there) it falls
-    back to p.
+    back to p. p and q must be distributions of one shape (finite, >= 0, summing to 1 within 1e-4).
     """
+    _check_pair(p, q)
+    return _residual(p, q)
+
+
+def _residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """:func:`residual` without the checks (the verification loop's inputs are checked once)."""
     r = (p - q).clamp_min(0)  # (..., V)
     mass = r.sum(dim=-1, keepdim=True)
     return torch.where(mass > 0, r / mass.clamp_min(torch.finfo(r.dtype).tiny), p)
@@ -109,12 +125,14 @@ def verify(p: torch.Tensor, q: torch.Tensor | None, draft_tokens: torch.Tensor,
     p (B, gamma + 1, V): the target's probabilities at the gamma + 1 scored positions; q (B, gamma, V):
     the draft's, or None for one-hot drafts (n-gram / prompt lookup), which is the same as q = one_hot(x):
     accept x with probability p(x), else draw from p with x removed; draft_tokens (B, gamma).
+    p and q must be finite, non-negative and sum to 1 within ``atol`` at every position.
     Row b accepts x_i with probability ``min(1, p_i(x_i) / q_i(x_i))`` for i = 1, 2, ... up to the first
     rejection, draws ``next_token`` from ``residual(p_i, q_i)`` there, or from p_(gamma+1) when all are
     accepted. Uniforms come from ``generator``. ``validate=False`` skips the input checks.
     """
     if validate:
         _check_verify(p, q, draft_tokens, atol)
+        check_generator(generator)
     B, G = draft_tokens.shape
     x = draft_tokens[..., None]  # (B, G, 1)
     if q is None:  # one-hot drafts
@@ -126,7 +144,7 @@ def verify(p: torch.Tensor, q: torch.Tensor | None, draft_tokens: torch.Tensor,
     n = accepted.long().cumprod(dim=-1).sum(dim=-1)  # (B,): length of the leading run of acceptances
     rows = torch.arange(B, device=p.device)
     q_next = F.pad(q, (0, 0, 0, 1))[rows, n]  # (B, V): q_n, or zeros at the bonus position
-    next_dist = residual(p[rows, n], q_next)  # (B, V): norm(max(0, p_n - q_n)), = p_(gamma+1) for the bonus
+    next_dist = _residual(p[rows, n], q_next)  # (B, V): norm(max(0, p_n - q_n)), = p_(gamma+1) for the bonus
     return Verification(n, sample_probs(next_dist, generator))
 
 
@@ -139,6 +157,8 @@ def verify_greedy(target_tokens: torch.Tensor, draft_tokens: torch.Tensor) -> Ve
             or target_tokens.shape != (B, G + 1):
         raise ValueError(f"target_tokens: expected a torch.long tensor of shape (batch, gamma + 1) = ({B}, {G + 1}), "
                          f"got {describe(target_tokens)}")
+    if bool((target_tokens < 0).any()):
+        raise ValueError("target_tokens: token ids must be >= 0")
     n = (target_tokens[:, :G] == draft_tokens).long().cumprod(dim=-1).sum(dim=-1)  # (B,)
     return Verification(n, target_tokens.gather(1, n[:, None]).squeeze(1))
 
@@ -176,14 +196,25 @@ def _verify_one(p: torch.Tensor, q: torch.Tensor | None, x: torch.Tensor, genera
 
 def acceptance_rate(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """beta = sum_x min(p(x), q(x)) = 1 - TV(p, q): the probability that a draft x ~ q is accepted
-    (Leviathan et al. 2023, Definition 3.1 and Lemma 3.3). p, q (..., V) -> (...)."""
-    if not isinstance(p, torch.Tensor) or not isinstance(q, torch.Tensor) or p.shape != q.shape or p.dim() < 1:
-        raise ValueError(f"q: expected the shape of p {describe(p)}, got {describe(q)}")
+    (Leviathan et al. 2023, Definition 3.1 and Lemma 3.3). p, q (..., V) -> (...): distributions of one
+    shape (finite, >= 0, summing to 1 within 1e-4)."""
+    _check_pair(p, q)
     return torch.minimum(p, q).sum(dim=-1)
 
 
+def _real_array(value, name: str, expected: str) -> np.ndarray:
+    """``value`` as a float array if it holds real numbers (ints or floats, not bools), else ValueError."""
+    try:
+        a = np.asarray(value)
+    except (TypeError, ValueError, RuntimeError):
+        a = np.asarray(None)
+    if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+    return a.astype(float)
+
+
 def _check_alpha(alpha) -> np.ndarray:
-    a = np.asarray(alpha, dtype=float)
+    a = _real_array(alpha, "alpha", "acceptance rates in [0, 1]")
     if not np.all((a >= 0) & (a <= 1)):
         raise ValueError(f"alpha: expected acceptance rates in [0, 1], got {alpha!r}")
     return a
@@ -218,12 +249,12 @@ def speedup(alpha, gamma, c, verify_cost=None):
     cost of one target pass over gamma + 1 positions relative to one target step (on a CPU it exceeds 1):
     a number, an array broadcasting with gamma, or a function of gamma.
     """
-    c_arr = np.asarray(c, dtype=float)
+    c_arr = _real_array(c, "c", "a finite cost ratio >= 0")
     if not np.all((c_arr >= 0) & np.isfinite(c_arr)):
         raise ValueError(f"c: expected a finite cost ratio >= 0, got {c!r}")
     g = _check_gamma(gamma)
     v = 1.0 if verify_cost is None else verify_cost(g) if callable(verify_cost) else verify_cost
-    v = np.asarray(v, dtype=float)
+    v = _real_array(v, "verify_cost", "positive finite costs")
     if not np.all((v > 0) & np.isfinite(v)):
         raise ValueError(f"verify_cost: expected positive finite costs, got {verify_cost!r}")
     return _scalar(expected_tokens(alpha, g) / (g * c_arr + v))
@@ -264,6 +295,15 @@ class SpecStats:
     draft_time: float = 0.0
     target_time: float = 0.0
 
+    def __post_init__(self):
+        for name in ("accepted", "drafted", "betas", "candidates"):
+            if not isinstance(getattr(self, name), list):
+                raise ValueError(f"{name}: expected a list, got {type(getattr(self, name)).__name__}")
+        for name in ("target_calls", "draft_calls", "new_tokens"):
+            int_at_least(getattr(self, name), name, 0)
+        for name in ("wall_time", "draft_time", "target_time"):
+            number_in(getattr(self, name), name, 0, expected="a number of seconds >= 0")
+
     @property
     def steps(self) -> int:
         return len(self.accepted)
@@ -284,6 +324,24 @@ class SpecStats:
         return sum(self.accepted) / max(1, examined)
 
 
+def _check_target(target) -> None:
+    """The target must look like an :class:`arlib.text.gpt.GPT`: a config, a KV cache, parameters."""
+    if not all(hasattr(target, a) for a in ("config", "new_cache", "parameters")):
+        raise TypeError(f"target: expected an arlib.text.gpt.GPT, got {type(target).__name__}")
+
+
+def _check_draft(draft, vocab_size: int) -> None:
+    """A drafter's first proposal: (1, g) token ids in the target's vocabulary, and q (1, g, V) of that vocabulary."""
+    tokens, probs = draft.tokens, draft.probs
+    if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.long or tokens.dim() != 2 \
+            or (tokens.numel() and (tokens.min() < 0 or tokens.max() >= vocab_size)):
+        raise ValueError(f"drafter: proposed {describe(tokens)} tokens, not (1, g) ids in the target's vocabulary "
+                         f"[0, {vocab_size})")
+    if probs is not None and (not isinstance(probs, torch.Tensor) or probs.shape != (*tokens.shape, vocab_size)):
+        raise ValueError(f"drafter: its distributions q have shape {describe(probs)}, not (1, g, V) over the "
+                         f"target's vocabulary of V = {vocab_size} tokens")
+
+
 @torch.no_grad()
 def speculative_generate(target, drafter: Drafter, prompt: torch.Tensor, max_new_tokens: int, gamma: int, *,
                          generator: torch.Generator | None = None, temperature: float = 1.0,
@@ -300,8 +358,10 @@ def speculative_generate(target, drafter: Drafter, prompt: torch.Tensor, max_new
     with no drafts (a drafter may propose none) is a plain target step. Drafts are capped so that the
     output has exactly ``max_new_tokens`` new tokens; ``T + max_new_tokens`` must fit the target's context.
     """
+    _check_target(target)
     if not isinstance(drafter, Drafter):
         raise TypeError(f"drafter: expected an arlib.decoding.drafters.Drafter, got {type(drafter).__name__}")
+    check_generator(generator)
     if not isinstance(prompt, torch.Tensor) or prompt.dtype != torch.long or prompt.dim() not in (1, 2) \
             or (prompt.dim() == 2 and prompt.shape[0] != 1) or prompt.shape[-1] == 0:
         raise ValueError(f"prompt: expected a non-empty (time,) or (1, time) torch.long tensor (batch size 1), "
@@ -314,6 +374,10 @@ def speculative_generate(target, drafter: Drafter, prompt: torch.Tensor, max_new
         raise ValueError(f"max_new_tokens: prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds the target's "
                          f"context of {block_size} tokens")
     ids_in_vocab(prompt, "prompt", target.config.vocab_size)  # once: later tokens are checked or drawn in range
+    draft_config = getattr(getattr(drafter, "model", None), "config", None)  # a ModelDrafter's model
+    if draft_config is not None and draft_config.vocab_size != target.config.vocab_size:
+        raise ValueError(f"drafter: its model has a vocabulary of {draft_config.vocab_size} tokens, the target "
+                         f"{target.config.vocab_size}")
     record, betas = SpecStats(), []  # betas: tensors read back once, after the loop (no host sync per step)
     start = time.perf_counter()
     device = next(target.parameters()).device
@@ -321,7 +385,7 @@ def speculative_generate(target, drafter: Drafter, prompt: torch.Tensor, max_new
     out[0, :T] = prompt.reshape(-1)
     n, end = T, T + max_new_tokens  # out[:, :n] is decided
     validated = False  # check the first verification's inputs (draft vocabulary, ...), then trust them
-    ids_checked = False  # the same for the ids of the first drafts the target reads (greedy or not)
+    ids_checked = False  # the same for the first drafts the target reads (greedy or not): ids and vocabulary
     was_training = target.training
     target.eval()
     drafter.reset()
@@ -342,6 +406,8 @@ def speculative_generate(target, drafter: Drafter, prompt: torch.Tensor, max_new
             x, g = draft.tokens, draft.tokens.shape[-1]  # (1, g)
             if g > asked:
                 raise ValueError(f"drafter: proposed {g} tokens, more than the {asked} asked for")
+            if g and not ids_checked:  # the first drafts: the drafter's vocabulary must be the target's
+                _check_draft(draft, target.config.vocab_size)
             out[:, n:n + g] = x  # tentatively: what the target scores (n + g < end, so it fits)
             logits = target(out[:, n - 1:n + g], cache=cache, return_hidden=hidden,
                             validate=not ids_checked)  # (1, g + 1, V)
@@ -363,7 +429,7 @@ def speculative_generate(target, drafter: Drafter, prompt: torch.Tensor, max_new
                 if stats:  # beta at the accepted drafts and the first rejected one
                     examined = min(int(k) + 1, g)
                     q = draft.probs if draft.probs is not None else F.one_hot(x, p.shape[-1]).to(p.dtype)
-                    betas.append(acceptance_rate(p[0, :examined], q[0, :examined]))
+                    betas.append(torch.minimum(p[0, :examined], q[0, :examined]).sum(-1))  # acceptance_rate
             k = int(k)
             cache.crop(n + k)  # keep x_1 .. x_k; the next token y is fed at the next step
             out[:, n + k] = y  # x_1 .. x_k are in place already
@@ -395,7 +461,14 @@ def draft_cost(drafter: Drafter, target, prefix: torch.Tensor, gamma: int, repea
     first shown it. Divide by gamma and the target's step time for the cost ratio c of the theory."""
     if not isinstance(drafter, Drafter):
         raise TypeError(f"drafter: expected an arlib.decoding.drafters.Drafter, got {type(drafter).__name__}")
-    token_ids(prefix, "prefix", dim=2, rows=1, expected="a (1, length) torch.long tensor")
+    _check_target(target)
+    token_ids(prefix, "prefix", dim=2, rows=1, expected="a (1, length >= 1) torch.long tensor",
+              vocab_size=target.config.vocab_size)
+    if prefix.shape[1] < 1:
+        raise ValueError("prefix: expected at least one token")
+    int_at_least(gamma, "gamma", 0)
+    positive_int(repeats, "repeats")
+    positive_int(rounds, "rounds")
     drafter.reset()
     if getattr(drafter, "uses_hidden", False):
         drafter.observe(target(prefix[:, :-1], return_hidden=True)[1][-1][:, -1])
@@ -426,10 +499,14 @@ def step_costs(target, drafter: Drafter, prefix: torch.Tensor, gamma: int, repea
     Medians of ``repeats`` steps, the smallest of ``rounds`` rounds: ``{"draft", "score", "verify"}``."""
     if not isinstance(drafter, Drafter):
         raise TypeError(f"drafter: expected an arlib.decoding.drafters.Drafter, got {type(drafter).__name__}")
+    _check_target(target)
     if not isinstance(prefix, torch.Tensor) or prefix.dtype != torch.long or prefix.dim() != 2 \
             or prefix.shape[0] != 1 or prefix.shape[1] < 2:
         raise ValueError(f"prefix: expected a (1, length >= 2) torch.long tensor, got {describe(prefix)}")
+    ids_in_vocab(prefix, "prefix", target.config.vocab_size)
     int_at_least(gamma, "gamma", 1)
+    positive_int(repeats, "repeats")
+    positive_int(rounds, "rounds")
     L, options = prefix.shape[1], SamplingOptions()
     if L + gamma > target.config.block_size:
         raise ValueError(f"gamma: prefix ({L}) + gamma ({gamma}) exceeds the target's context")
