@@ -24,6 +24,7 @@ class Check:
             if not isinstance(value, str) or not value:
                 raise TypeError(f"{name}: expected a non-empty str, got {value!r}")
         self.exercise, self.title, self.cases = exercise, title, 0
+        self.returned = False  # has the learner's function returned once (so that its result is being checked)?
 
     def __enter__(self) -> Check:
         return self
@@ -31,7 +32,7 @@ class Check:
     def __exit__(self, kind, value, tb) -> bool:
         if kind is None:
             print(f"Exercise {self.exercise} ({self.title}): all {self.cases} cases pass.")
-        elif issubclass(kind, Exception) and not issubclass(kind, CheckFailed):
+        elif self.returned and issubclass(kind, Exception) and not issubclass(kind, CheckFailed):
             # The learner's function returned, but its result could not even be compared (a list where a
             # tensor was due, a tuple of the wrong length, ...): say so instead of showing the check's insides.
             raise CheckFailed(
@@ -67,6 +68,7 @@ class Check:
             raise CheckFailed(
                 f"Exercise {self.exercise} ({self.title}): your function raised {type(exc).__name__}: {exc}\n"
                 f"  on the case: {_describe(args)}") from exc
+        self.returned = True
         if result is None:
             raise CheckFailed(f"Exercise {self.exercise} ({self.title}): your function returned None. "
                               "Did you forget a `return` statement?")

@@ -89,7 +89,8 @@ def heavy_hitter_keep(scores: torch.Tensor, budget: int, recent: int) -> torch.T
     """H2O's rule (Zhang et al. 2023, Algorithm 1 as its reference code runs it): of the S held slots,
     sorted by position, keep the last ``recent`` and the ``budget - recent`` earlier ones with the largest
     accumulated ``scores`` (..., S). Returns the kept slots (..., budget), ascending, or all S slots while
-    S <= budget."""
+    S <= budget. NaN scores are not looked for (the caches call this at every step); ``topk`` ranks them
+    first."""
     if not isinstance(scores, torch.Tensor) or scores.dim() < 1 or not scores.is_floating_point():
         raise ValueError(f"scores: expected a float tensor (..., S), got {describe(scores)}")
     positive_int(budget, "budget")

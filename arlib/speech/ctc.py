@@ -11,6 +11,12 @@ recursion over the blank-interleaved label l' = (_, l_1, _, l_2, ..., l_U, _) of
 
 All functions work in log space and batch over utterances; frames past an utterance's length are
 ignored. Label 0 is the blank unless ``blank`` says otherwise.
+
+The loss, the forward recursion, the Viterbi alignment and the prefix beam search require
+log-probabilities: each frame's row must log-sum-exp to 0 within 1e-3 (1e-2 in half precision), checked
+once per call, so raw logits are refused rather than scored (apply ``log_softmax(-1)`` first). Frames past
+an utterance's length are not checked (padding may hold anything). :func:`greedy_decode` reads only the
+argmax and takes unnormalized scores.
 """
 
 from __future__ import annotations
