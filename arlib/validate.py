@@ -7,14 +7,17 @@ catches one error type for every bad argument. ``expected`` replaces the default
 function says more (``"a positive number of steps"``); the message keeps the form
 ``"{name}: expected {expected}, got {value!r}"``.
 
-Integers are Python ``int`` and never ``bool`` (``True`` is an ``int`` to Python, but never a count
-here); numbers are ``int`` or ``float``, again not ``bool``. This module is part of the shared core: it
-imports only the standard library and torch, never another part of arlib.
+Integers are every ``numbers.Integral`` (Python ``int``, numpy's integer scalars) and never ``bool``
+(``True`` is an ``int`` to Python, but never a count here); numbers are every ``numbers.Real`` (``int``,
+``float``, numpy's integer and floating scalars), again not ``bool`` (nor numpy's ``bool_``). The integer
+helpers return a Python ``int``. This module is part of the shared core: it imports only the standard
+library and torch, never another part of arlib.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -29,13 +32,14 @@ def describe(x) -> str:
 
 
 def is_int(value) -> bool:
-    """Is ``value`` a Python int (and not a bool)?"""
-    return isinstance(value, int) and not isinstance(value, bool)
+    """Is ``value`` an integer (a ``numbers.Integral``: ``int``, ``numpy.int64``, ...) and not a bool?"""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def is_number(value) -> bool:
-    """Is ``value`` a Python int or float (and not a bool)?"""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """Is ``value`` a real number (a ``numbers.Real``: ``int``, ``float``, ``numpy.float32``, ...) and not a
+    bool? NaN and the infinities are numbers here; range checks (:func:`number_in`) reject them."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _fail(name: str, expected: str, value) -> ValueError:
@@ -49,14 +53,14 @@ def positive_int(value, name: str, *, expected: str = "a positive int") -> int:
     """``value`` if it is an int >= 1, else ``ValueError("{name}: expected a positive int, got ...")``."""
     if not is_int(value) or value < 1:
         raise _fail(name, expected, value)
-    return value
+    return int(value)
 
 
 def int_at_least(value, name: str, low: int, *, expected: str | None = None) -> int:
     """``value`` if it is an int >= ``low``, else ``ValueError("{name}: expected an int >= {low}, got ...")``."""
     if not is_int(value) or value < low:
         raise _fail(name, expected or f"an int >= {low}", value)
-    return value
+    return int(value)
 
 
 def int_in_range(value, name: str, low: int, high: int, *, expected: str | None = None) -> int:
@@ -64,7 +68,7 @@ def int_in_range(value, name: str, low: int, high: int, *, expected: str | None 
     ``ValueError("{name}: expected an int in [{low}, {high}], got ...")``."""
     if not is_int(value) or not low <= value <= high:
         raise _fail(name, expected or f"an int in [{low}, {high}]", value)
-    return value
+    return int(value)
 
 
 # --- real numbers ---------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ def test_validate_imports_only_the_standard_library_torch_and_numpy():
     roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     roots |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert "arlib" not in roots
-    assert roots <= {"__future__", "math", "torch", "numpy"}
+    assert roots <= {"__future__", "math", "numbers", "torch", "numpy"}
 
 
 def test_describe_shows_a_tensor_by_shape_and_dtype_and_anything_else_by_type():
@@ -47,8 +47,17 @@ def test_describe_shows_a_tensor_by_shape_and_dtype_and_anything_else_by_type():
 
 
 def test_is_int_and_is_number_refuse_bools():
-    assert is_int(3) and not is_int(True) and not is_int(3.0) and not is_int(np.int64(3))
+    assert is_int(3) and not is_int(True) and not is_int(3.0) and not is_int(np.bool_(True))
     assert is_number(3) and is_number(2.5) and not is_number(False) and not is_number("1")
+    assert not is_number(np.bool_(False)) and not is_number(torch.tensor(1.0))
+
+
+def test_numpy_scalars_are_ints_and_numbers():
+    assert is_int(np.int64(3)) and is_int(np.uint8(3)) and not is_int(np.float64(3.0))
+    assert is_number(np.float32(0.5)) and is_number(np.float64(2.0)) and is_number(np.int32(2))
+    assert type(positive_int(np.int64(3), "n")) is int and positive_int(np.int64(3), "n") == 3
+    assert type(int_at_least(np.int16(0), "n", 0)) is int
+    assert number_in(np.float32(0.5), "temperature", 0, bounds="(]") == 0.5
 
 
 # --- integers -------------------------------------------------------------------------------------
@@ -56,7 +65,7 @@ def test_is_int_and_is_number_refuse_bools():
 
 def test_positive_int():
     assert positive_int(1, "n") == 1 and positive_int(10**12, "n") == 10**12
-    for bad in (0, -3, 2.0, True, "3", None, np.int64(3)):
+    for bad in (0, -3, 2.0, True, "3", None, np.int64(0), np.float64(3.0)):
         with raises(f"n: expected a positive int, got {bad!r}"):
             positive_int(bad, "n")
     with raises("period: expected a positive number of steps, got 0"):
