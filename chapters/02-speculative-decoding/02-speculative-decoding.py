@@ -1038,9 +1038,8 @@ arlib.checks.expected_tokens_sum(expected_tokens_by_sum)
 # $\beta = \sum_x \min(p(x), q(x))$, the mass of $\max(0, p - q)$ is $1 - \beta$, so accepting $x$ with
 # probability $\min(1, p(x)/q(x))$ and otherwise resampling from $r$ emits $x$ with probability
 # $\min(p(x), q(x)) + (1 - \beta)\, r(x) = p(x)$: exactly the target. The check tests that identity.
-# When $p = q$ there is nothing to normalize (and a rejection cannot happen); follow the convention of
-# `arlib.decoding.speculative.residual` and return `p` itself then. What is $r$ when the draft is one-hot on a
-# token, as prompt lookup's drafts are?
+# When $p = q$ there is nothing to normalize (and a rejection cannot happen); by convention, return `p`
+# itself then. What is $r$ when the draft is one-hot on a token, as prompt lookup's drafts are?
 
 # %%
 def residual_distribution(p, q):
@@ -1091,8 +1090,9 @@ arlib.checks.optimal_gamma_search(best_gamma)
 # take the largest, and return a list of exactly `gamma` token ids continuing from position $i + n$.
 # A match that starts $d$ tokens before the suffix is followed by only $d$ tokens before the end, so
 # continue the copy past the end with period $d$ (`draft[j] = draft[j - d]`), as if the repetition
-# went on. Return `[]` when nothing matches. The check compares your drafts with those of
-# `arlib.decoding.drafters.NGramDrafter(max_n=n, min_n=n)`. Why the most recent match rather than the first?
+# went on. Return `[]` when nothing matches. The check tries the edge cases above (no match, a single
+# token, `gamma = 0`, a loop continued past the end) and random sequences. Why the most recent match rather
+# than the first?
 
 # %%
 def lookup_draft(tokens, n, gamma):

@@ -823,8 +823,8 @@ print(f"HMAR-style model: test NLL {markov_nll:.3f} vs VAR {var_nll:.3f} nats pe
 # identity: write it as `z + (codebook[indices] - z).detach()`. The check compares the ids with a
 # brute-force search, including codebooks whose codes have very different lengths, and sends a
 # random gradient back through `z_q` to see that `z` receives exactly that gradient. The codebook
-# gets no gradient at all through `z_q`: how does `arlib.vision.vq.VectorQuantizer` move its codes, and which
-# term of its loss pulls the encoder towards them?
+# gets no gradient at all through `z_q`: how does the chapter's tokenizer (section 2) move its codes, and
+# which term of its loss pulls the encoder towards them?
 
 # %%
 def vq_straight_through(z, codebook):
@@ -930,8 +930,8 @@ arlib.checks.sjd_verify(verify_window)
 # budget. Return the longest prefix of `neighbors[x]` whose probability, not counting $x$'s own, is at
 # most `delta` (inclusive), as a 1-D `torch.long` tensor that starts with $x$. Neighbours of
 # probability zero cost nothing, so with `delta = 0` the set is $x$ and the zero-probability
-# neighbours before the first positive one; with `delta = 1` it is the whole row. The check compares
-# with `arlib.vision.jacobi.proximity_set` on random and hand-made rows, including a budget met exactly. The
+# neighbours before the first positive one; with `delta = 1` it is the whole row. The check tries random
+# and hand-made rows, including a budget met exactly. The
 # relaxed test moves the mass of the set onto $x$: why is the resulting distribution $\tilde p$ within
 # total variation `delta` of $p$, and why does that not bound the law of the token LANTERN decides?
 

@@ -752,7 +752,7 @@ assert non_words > 0.5 * ctc_errors  # most of CTC's errors are misspellings
 # $$H_i(f) = \max\Big(0, \min\Big(\frac{f - e_i}{e_{i+1} - e_i}, \frac{e_{i+2} - f}{e_{i+2} - e_{i+1}}\Big)\Big),$$
 #
 # which is 1 at its centre $e_{i+1}$ and 0 outside $[e_i, e_{i+2}]$. The check compares your matrix with
-# `arlib.speech.audio.mel_filterbank` for several sizes and rates, down to a single filter. With 128 filters
+# this definition for several sizes and rates, down to a single filter. With 128 filters
 # and `n_fft = 1024` at 44.1 kHz the first row is all zeros and the next ones each touch a single bin:
 # why, and what would you change?
 
@@ -788,7 +788,7 @@ arlib.checks.mel_filterbank_matrix(mel_triangles)
 #
 # where the third term is present only when $l'_s$ is a label different from $l'_{s-2}$. The answer is
 # $\operatorname{logsumexp}(a_T(S), a_T(S-1))$ (just $a_T(1)$ for an empty target), and $-\infty$ when the
-# $T$ frames cannot hold the target. The check compares with `arlib.speech.ctc.ctc_forward` on repeated labels,
+# $T$ frames cannot hold the target. The check tries repeated labels,
 # an empty target, targets that exactly fill the frames or do not fit, another blank index, and 400
 # frames. How many frames does the target `[1, 1, 2, 2]` need at least, and why is it more than 4?
 
@@ -848,15 +848,15 @@ arlib.checks.ctc_greedy_collapse(ctc_collapse)
 
 # %% [markdown]
 # **Exercise 5.4** (continuous integrate-and-fire; medium). Write
-# `integrate_and_fire(hidden, alpha, threshold=1.0)` with the loop of CIF rather than
-# `arlib.speech.paraformer.cif`'s overlaps: `hidden` holds the encoder frames $h_t$, shape $(T, d)$, and `alpha`
+# `integrate_and_fire(hidden, alpha, threshold=1.0)` with the loop of CIF rather than the overlaps of
+# the batched form (4): `hidden` holds the encoder frames $h_t$, shape $(T, d)$, and `alpha`
 # their weights $\alpha_t$, shape $(T,)$, each below the threshold $\beta$. Keep a running weight $w$
 # and embedding $e$, both starting at 0. At frame $t$, if $w + \alpha_t < \beta$, integrate:
 # $w \leftarrow w + \alpha_t$, $e \leftarrow e + \alpha_t h_t$. Otherwise the frame completes the token:
 # split $\alpha_t$ into $\alpha_1 = \beta - w$ and $\alpha_2 = \alpha_t - \alpha_1$, fire the token
 # $e + \alpha_1 h_t$, and start the next one with $w = \alpha_2$, $e = \alpha_2 h_t$. A token whose
 # weight is still below $\beta$ at the end does not fire. Return the fired embeddings, shape $(N, d)$,
-# and an empty $(0, d)$ tensor when nothing fires. The check compares with `arlib.speech.paraformer.cif` on
+# and an empty $(0, d)$ tensor when nothing fires. The check tries
 # random weights, frames that land exactly on the threshold, too little weight to fire, $d = 1$ and
 # thresholds 0.5 and 2. Why does Paraformer scale $\alpha$ during training so that it sums to the target
 # length?

@@ -668,8 +668,8 @@ assert after_newline == 20 and all(ch.isupper() for ch in letters) and len(lette
 # the same shape that keeps, in each row, the $k$ largest entries passed through a ReLU, and zeros
 # everywhere else: this is the activation of a TopK SAE, $\sigma(z) = \mathrm{ReLU}(\mathrm{TopK}(z))$.
 # `torch.topk` gives the values and their indices, and `Tensor.scatter` writes values back at indices.
-# The check compares with `arlib.interp.sae.topk_activation` on random rows, on rows with fewer than $k$ positive
-# entries, and on rows whose entry of largest magnitude is negative. Why does a TopK SAE not need the L1
+# The check tries random rows, rows with fewer than $k$ positive
+# entries, and rows whose entry of largest magnitude is negative. Why does a TopK SAE not need the L1
 # penalty of (7), and what does it lose by fixing the number of active latents per input instead of letting
 # it vary with the input?
 
@@ -689,9 +689,9 @@ arlib.checks.topk_latents(topk_latents)
 # **Exercise 6.2** (mean max cosine similarity; easy). Write `mean_max_cosine(true_features, learned)` for
 # ground-truth directions `true_features` $(F, d)$ and learned directions `learned` $(M, d)$, one per row,
 # of any lengths. Return, as a float, the MMCS of (5): for each true feature the largest cosine similarity
-# with any learned direction, averaged over the $F$ true features. The check compares with
-# `arlib.interp.sae.mmcs` on learned rows of very different lengths, on more and on fewer learned directions
-# than true ones, and on learned directions that point opposite to true ones. Why is the maximum taken over
+# with any learned direction, averaged over the $F$ true features. The check tries
+# learned rows of very different lengths, more and fewer learned directions
+# than true ones, and learned directions that point opposite to true ones. Why is the maximum taken over
 # the learned directions for each true feature, and not the other way round, when the dictionary is
 # larger than the number of features? What would a high MMCS still fail to tell you about the dictionary?
 
@@ -715,8 +715,8 @@ arlib.checks.mean_max_cosine(mean_max_cosine)
 # $b_j^\star$ is minus the midpoint between the $k_j$-th and the $(k_j + 1)$-th largest entries of column
 # $j$ of `drive`, so that exactly $k_j$ inputs have $z + b_j^\star > 0$. Return the new biases
 # $b + \eta (b^\star - b)$, a tensor of shape $(M,)$. Sort each column in decreasing order (`sort(dim=0,
-# descending=True)`) and pick the entries with `gather`. The check compares with
-# `arlib.interp.sae_train.bias_adaptation_step`. Why the midpoint rather than the $k_j$-th value itself? And
+# descending=True)`) and pick the entries with `gather`. The check tries random drives and targets whose
+# $p_j N$ is a whole number. Why the midpoint rather than the $k_j$-th value itself? And
 # since the rule only looks at frequencies, what keeps a neuron of a high-frequency group from learning
 # a mixture of several rare features rather than one frequent one?
 
@@ -745,7 +745,7 @@ arlib.checks.bias_adaptation(adapt_bias)
 # (|\text{fires}_j| + |\text{mask}|)$, the first one if several tie. This is the search behind section 5's
 # gallery. The check plants a detector among random latents, adds decoys that fire everywhere, that fire
 # on two positions of the pattern only, that never fire, and that take huge values on part of the
-# pattern, and compares with `arlib.interp.sae.matching_latent`. Why do recall alone and precision alone both
+# pattern. Why do recall alone and precision alone both
 # pick the wrong latent, and which latents of an SAE on real text would you expect to win the search for
 # "a space" even if no latent detects spaces?
 
