@@ -26,10 +26,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from arlib.decoding.drafters import Draft, Drafter, SamplingOptions, check_seq
+from arlib.decoding.drafters import Draft, Drafter, SamplingOptions, check_options, check_seq
 from arlib.text.gpt import GPT, GPTConfig, KVCache
 from arlib.text.sampling import gumbel_noise
-from arlib.validate import int_at_least, int_in_range
+from arlib.validate import describe, float_tensor, ids_in_vocab, int_at_least, int_in_range, positive_int, token_ids
 
 _PLAIN = SamplingOptions()  # sampling at temperature 1, no truncation
 
@@ -40,16 +40,29 @@ def _check_target(target) -> GPT:
     return target
 
 
+def _check_states(h, name: str, width: int) -> torch.Tensor:
+    """h (..., width): a floating tensor of hidden states of the target's width."""
+    if not isinstance(h, torch.Tensor) or not h.is_floating_point() or h.dim() < 1 or h.shape[-1] != width:
+        raise ValueError(f"{name}: expected floating hidden states (..., {width}), got {describe(h)}")
+    return h
+
+
 class Unembed(nn.Module):
     """LayerNorm then a linear map to the vocabulary: a head's way out, initialized from the target's
     ``ln_f`` and tied embedding so that training starts from the target's own reading of a state."""
 
     def __init__(self, n_embd: int, vocab_size: int):
         super().__init__()
+        positive_int(n_embd, "n_embd")
+        positive_int(vocab_size, "vocab_size")
         self.ln = nn.LayerNorm(n_embd)
         self.proj = nn.Linear(n_embd, vocab_size, bias=False)
 
     def copy_from(self, target: GPT) -> None:
+        c = _check_target(target).config
+        if (c.n_embd, c.vocab_size) != (self.proj.in_features, self.proj.out_features):
+            raise ValueError(f"target: width {c.n_embd} and vocabulary {c.vocab_size}, the head has "
+                             f"{self.proj.in_features} and {self.proj.out_features}")
         with torch.no_grad():
             self.ln.load_state_dict(target.ln_f.state_dict())
             self.proj.weight.copy_(target.wte.weight)
@@ -64,6 +77,8 @@ class ResidualSiLU(nn.Module):
 
     def __init__(self, n_in: int, n_embd: int):
         super().__init__()
+        positive_int(n_in, "n_in")
+        positive_int(n_embd, "n_embd")
         self.inp = nn.Linear(n_in, n_embd)
         self.out = nn.Linear(n_embd, n_embd)
         nn.init.zeros_(self.out.weight)
@@ -88,6 +103,7 @@ class ExitHeads(nn.Module):
     def forward(self, exit_layer: int, x: torch.Tensor) -> torch.Tensor:
         """Logits (..., V) from the residual stream x (..., d) after ``exit_layer`` blocks."""
         int_in_range(exit_layer, "exit_layer", 1, len(self.heads))
+        _check_states(x, "x", self.heads[0].proj.in_features)
         return self.heads[exit_layer - 1](x)
 
 
@@ -137,7 +153,8 @@ class MedusaHeads(nn.Module):
 
     def forward(self, h: torch.Tensor, n: int | None = None) -> torch.Tensor:
         """Logits (..., n, V) of the first n heads (all by default) from h (..., d)."""
-        n = self.n_heads if n is None else n
+        n = self.n_heads if n is None else int_in_range(n, "n", 1, self.n_heads)
+        _check_states(h, "h", self.blocks[0].inp.in_features)
         return torch.stack([self.unembed[k](self.blocks[k](h, h)) for k in range(n)], dim=-2)
 
 
@@ -165,11 +182,21 @@ class HydraHeads(nn.Module):
     def head(self, k: int, h: torch.Tensor, embedded: list[torch.Tensor]) -> torch.Tensor:
         """Logits (..., V) of head k (0-based: it guesses x_(t+2+k)) from h (..., d) and the embeddings
         of x_(t+1) .. x_(t+1+k): a list of k + 1 tensors (..., d)."""
+        int_in_range(k, "k", 0, self.n_heads - 1)
+        if not isinstance(embedded, (list, tuple)) or len(embedded) != k + 1:
+            raise ValueError(f"embedded: expected a list of k + 1 = {k + 1} embeddings, got {type(embedded).__name__}")
         return self.unembed[k](self.blocks[k](h, torch.cat([h, *embedded], dim=-1)))
 
     def forward(self, h: torch.Tensor, following: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits (B, T, n, V) of the first n heads, n = following.shape[-1]: h (B, T, d);
         following (B, T, n) holds x_(t+1) .. x_(t+n) at every position t."""
+        token_ids(following, "following", dim=3, vocab_size=self.embed.num_embeddings,
+                  expected="a (batch, time, n) torch.long tensor of token ids")
+        int_in_range(following.shape[-1], "following", 1, self.n_heads,
+                     expected=f"between 1 and {self.n_heads} following tokens (one per head)")
+        _check_states(h, "h", self.embed.embedding_dim)
+        if h.shape[:-1] != following.shape[:-1]:
+            raise ValueError(f"following: expected {tuple(h.shape[:-1])} positions like h, got {describe(following)}")
         e = self.embed(following)  # (B, T, n, d)
         return torch.stack([self.head(k, h, list(e.unbind(-2))[:k + 1]) for k in range(following.shape[-1])], -2)
 
@@ -214,20 +241,32 @@ class HeadDrafter(Drafter):
 
     def reset(self) -> None:
         self.h = None  # (1, d)
+        self._checked = False  # the first proposal's ids are checked; later ones come from the verified sequence
         # Hydra's first layers rearranged for drafting; refreshed here, once per sequence, if a weight changed
         self._tables = self.heads.drafting_tables() if isinstance(self.heads, HydraHeads) else None
 
     def observe(self, hidden: torch.Tensor) -> None:
+        """Receive h (1, d), the target's hidden state (see :class:`arlib.decoding.drafters.Drafter`)."""
+        d = self.heads.unembed[0].proj.in_features
+        if not isinstance(hidden, torch.Tensor) or not hidden.is_floating_point() or hidden.shape != (1, d):
+            raise ValueError(f"hidden: expected a (1, {d}) floating tensor, got {describe(hidden)}")
         self.h = hidden
 
     @torch.no_grad()
     def propose(self, seq, gamma, options: SamplingOptions = _PLAIN, generator=None) -> Draft:
+        """Draft up to ``gamma`` tokens after ``seq`` (1, L). Limitation: the ids of ``seq`` are checked at the
+        first proposal after :meth:`reset` only (Hydra reads the last one); later proposals follow a sequence
+        that the verification decided, in range by construction, and skip the check (a host sync)."""
         check_seq(seq)
         int_at_least(gamma, "gamma", 0)
+        check_options(options)
+        V = self.heads.unembed[0].proj.out_features
+        if not self._checked:
+            ids_in_vocab(seq, "seq", V)
+            self._checked = True
         g = min(gamma, self.heads.n_heads)
         if self.h is None or g == 0:
             return Draft(seq.new_empty(1, 0), None, 0)
-        V = self.heads.unembed[0].proj.out_features
         noise = None if options.greedy else gumbel_noise((g, V), generator, seq.device)  # (g, V)
 
         def draw(logits, i):  # logits (1, V) -> processed logits, token (1, 1)
@@ -261,8 +300,32 @@ class HeadDrafter(Drafter):
 
 
 def soft_cross_entropy(logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
-    """Mean over positions of ``-sum_x p(x) log q(x)``: KL(p || q) up to p's entropy (distillation)."""
+    """Mean over positions of ``-sum_x p(x) log q(x)``: KL(p || q) up to p's entropy (distillation).
+    logits (..., V) and teacher_probs (..., V) of one shape, at least one position; teacher_probs finite."""
+    float_tensor(logits, "logits", finite=False)
+    float_tensor(teacher_probs, "teacher_probs")
+    if teacher_probs.shape != logits.shape:
+        raise ValueError(f"teacher_probs: expected the shape of logits {tuple(logits.shape)}, got "
+                         f"{tuple(teacher_probs.shape)}")
+    if logits.dim() < 1 or logits.numel() == 0:
+        raise ValueError(f"logits: expected at least one position (..., V), got {tuple(logits.shape)}")
     return -(teacher_probs * logits.log_softmax(dim=-1)).sum(dim=-1).mean()
+
+
+def _check_families(target, exits, medusa, hydra, x) -> int:
+    """The heads of every family for ``target`` and windows x (B, T) of its token ids; returns n = T - K - 1,
+    the positions whose K following tokens are in the window (K the number of Medusa/Hydra heads)."""
+    c = _check_target(target).config
+    for name, heads, kind in (("exits", exits, ExitHeads), ("medusa", medusa, MedusaHeads),
+                              ("hydra", hydra, HydraHeads)):
+        if not isinstance(heads, kind):
+            raise TypeError(f"{name}: expected {kind.__name__}, got {type(heads).__name__}")
+    token_ids(x, "x", dim=2, vocab_size=c.vocab_size, expected="a (batch, time) torch.long tensor of token ids")
+    K = max(medusa.n_heads, hydra.n_heads)
+    n = x.shape[1] - K - 1
+    if n < 1:
+        raise ValueError(f"x: windows of {x.shape[1]} tokens are too short for {K} heads")
+    return n
 
 
 def distillation_losses(target: GPT, exits: ExitHeads, medusa: MedusaHeads, hydra: HydraHeads,
@@ -270,11 +333,7 @@ def distillation_losses(target: GPT, exits: ExitHeads, medusa: MedusaHeads, hydr
     """Each family's loss on a batch of windows x (B, T): every head learns the target's own
     distribution of the token it guesses, with the true text as context (teacher forcing).
     Positions t < T - K - 1 are used, K the number of Medusa/Hydra heads."""
-    K = max(medusa.n_heads, hydra.n_heads)
-    B, T = x.shape
-    n = T - K - 1  # positions with every future token in the window
-    if n < 1:
-        raise ValueError(f"x: windows of {T} tokens are too short for {K} heads")
+    n = _check_families(target, exits, medusa, hydra, x)  # positions with every future token in the window
     with torch.no_grad():
         logits, hidden = target(x, return_hidden=True)
         p = logits.float().softmax(dim=-1)  # (B, T, V): the teacher at every position
@@ -300,8 +359,7 @@ def head_acceptance(target: GPT, exits: ExitHeads, medusa: MedusaHeads, hydra: H
     acceptance this is the probability that the head's draft is accepted given that the drafts before
     it were (for Medusa and Hydra heads k >= 2 the drafts before are the true tokens here, so this is an
     upper estimate of in-loop acceptance)."""
-    K = max(medusa.n_heads, hydra.n_heads)
-    n = x.shape[1] - K - 1
+    n = _check_families(target, exits, medusa, hydra, x)
     logits, hidden = target(x, return_hidden=True)
     p = logits.softmax(dim=-1)
     beta = lambda logits_q, p_: torch.minimum(logits_q.softmax(-1), p_).sum(-1).mean().item()  # noqa: E731

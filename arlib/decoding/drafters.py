@@ -20,10 +20,11 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from arlib.text.sampling import gumbel_noise, process_logits
-from arlib.validate import int_at_least, token_ids
+from arlib.validate import ids_in_vocab, int_at_least, token_ids
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class SamplingOptions:
     greedy: bool = False
 
     def __post_init__(self):
+        if not isinstance(self.greedy, (bool, np.bool_)):
+            raise ValueError(f"greedy: expected a bool, got {self.greedy!r}")
         if not self.greedy:  # the processors check their own arguments and name them
             process_logits(torch.zeros(1, 1), self.temperature, self.top_k, self.top_p, self.min_p)
 
@@ -54,14 +57,21 @@ class SamplingOptions:
         return flat.reshape(logits.shape)
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
-        """Probabilities (..., V) from logits (..., V), float32."""
+        """Probabilities (..., V) from logits (..., V), float32.
+
+        Limitation: the logits are not scanned for NaN (this runs at every decoding step); a row of NaN or
+        all ``-inf`` logits gives a row of NaN. The decoding loops check the probabilities they verify once."""
         return self.process(logits).softmax(dim=-1)
 
 
 class Draft(NamedTuple):
     """A proposal: ``tokens`` (1, g) with ``0 <= g <= gamma``; ``probs`` (1, g, V) the distributions
     they were drawn from, or None for one-hot drafts (deterministic proposals); ``calls`` the
-    forward passes the drafter spent."""
+    forward passes the drafter spent.
+
+    Limitation: a plain record (a named tuple), not checked when built, since drafters build one per
+    step; :func:`arlib.decoding.speculative.speculative_generate` checks a drafter's first proposal
+    (shapes, ids in the target's vocabulary, q over that vocabulary)."""
 
     tokens: torch.Tensor
     probs: torch.Tensor | None
@@ -99,6 +109,13 @@ class Drafter(ABC):
         return None
 
 
+def check_options(options) -> SamplingOptions:
+    """``options`` if it is a :class:`SamplingOptions`, else ``TypeError`` naming ``options``."""
+    if not isinstance(options, SamplingOptions):
+        raise TypeError(f"options: expected arlib.decoding.drafters.SamplingOptions, got {type(options).__name__}")
+    return options
+
+
 def check_seq(seq) -> int:
     """The length L of ``seq`` if it is what ``Drafter.propose`` takes, a (1, L) ``torch.long`` tensor
     with L >= 1; else ``ValueError`` naming ``seq``."""
@@ -120,6 +137,9 @@ class ModelDrafter(Drafter):
     """
 
     def __init__(self, model, **overrides):
+        if not all(hasattr(model, a) for a in ("config", "new_cache", "eval")):
+            raise TypeError(f"model: expected an autoregressive model with a KV cache (an arlib.text.gpt.GPT), "
+                            f"got {type(model).__name__}")
         unknown = set(overrides) - {"temperature", "top_k", "top_p", "min_p"}
         if unknown:
             raise ValueError(f"overrides: unknown sampling options {sorted(unknown)}")
@@ -161,14 +181,14 @@ class ModelDrafter(Drafter):
         CDF costs many. The q_i are computed in one softmax after the loop."""
         L = check_seq(seq)
         int_at_least(gamma, "gamma", 0)
-        options = self._options(options)
+        options = self._options(check_options(options))
         config = self.model.config
         g = min(gamma, config.block_size - L + 1)  # the cache must hold L + g - 1 positions
         self._base = L
         if g <= 0:
             return Draft(seq.new_empty(1, 0), None, 0)
         start = self._sync(seq)
-        x = seq[:, start:]  # (1, L - start): the tokens the cache lacks, at least one
+        x = ids_in_vocab(seq[:, start:], "seq", config.vocab_size)  # (1, L - start): the tokens the cache lacks
         self._ids[:, start:L] = x
         if not options.greedy:
             gumbel = gumbel_noise((g, config.vocab_size), generator, seq.device)  # (g, V)
@@ -179,9 +199,9 @@ class ModelDrafter(Drafter):
         try:
             xs = []
             for i in range(g):
-                # only the first call feeds tokens of seq; the later ones feed argmaxes, in range by construction,
-                # so their range check (a host sync on an accelerator) is skipped
-                logits = self.model(x, cache=self.cache, validate=i == 0)[:, -1]  # (1, V)
+                # the tokens of seq were checked above; the later calls feed argmaxes, in range by construction,
+                # so no call repeats the range check (a host sync on an accelerator)
+                logits = self.model(x, cache=self.cache, validate=False)[:, -1]  # (1, V)
                 if options.greedy:
                     x = logits.argmax(dim=-1, keepdim=True)  # (1, 1)
                 else:
@@ -198,6 +218,7 @@ class ModelDrafter(Drafter):
 
     def accept(self, n_accepted: int) -> None:
         """Keep the keys of the accepted drafts: the cache held seq and x_1 .. x_(g-1)."""
+        int_at_least(n_accepted, "n_accepted", 0)
         if self.cache is not None:
             self.cache.crop(min(self.cache.length, self._base + n_accepted))
 
@@ -222,6 +243,7 @@ class NGramDrafter(Drafter):
     def propose(self, seq, gamma, options=SamplingOptions(), generator=None) -> Draft:
         L = check_seq(seq)
         int_at_least(gamma, "gamma", 0)
+        check_options(options)
         s = seq[0]  # (L,)
         for n in range(min(self.max_n, L - 1), self.min_n - 1, -1):
             windows = s[:-1].unfold(0, n, 1)  # (L - n, n): every n-gram followed by a token, except the suffix

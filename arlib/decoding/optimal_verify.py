@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from arlib.decoding.spectr import optimal_acceptance
+from arlib.validate import generator as check_generator
 from arlib.validate import ids_in_vocab, int_at_least, token_ids
 
 __all__ = ["OptimalVerifier", "optimal_verifier"]
@@ -48,7 +49,10 @@ class OptimalVerifier:
 
     ``multisets`` (M, k) sorted token ids, ``prob`` (M,) their probabilities under k i.i.d. draws,
     ``weights`` (M, k) the selection weights of each multiset's entries (a repeated token's weight sits
-    on its first copy), ``r`` (V,) the selected token's law, ``acceptance`` sum_z min(p(z), r(z))."""
+    on its first copy), ``r`` (V,) the selected token's law, ``acceptance`` sum_z min(p(z), r(z)).
+
+    Limitation: built by :func:`optimal_verifier`, which solves for every field; a verifier assembled by
+    hand is not checked for consistency (that would mean solving the LP again)."""
 
     p: torch.Tensor
     q: torch.Tensor
@@ -63,6 +67,7 @@ class OptimalVerifier:
     def select(self, drafts, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Verify rows of k drafts. drafts (B, k) token ids drawn i.i.d. from q -> (y (B,), accepted (B,)):
         y follows p exactly; accepted says whether y came from the drafts (step 2 kept Z)."""
+        check_generator(generator)
         drafts = token_ids(drafts, "drafts", dim=2)
         drafts = ids_in_vocab(drafts, "drafts", self.p.shape[-1])
         if drafts.shape[1] != self.k:
@@ -124,10 +129,11 @@ def optimal_verifier(p, q, k: int) -> OptimalVerifier:
     from scipy.sparse import coo_matrix
 
     k = int_at_least(k, "k", 1, expected="an int >= 1 (the number of drafts)")
+    optimum = optimal_acceptance(p, q, k)  # first: it checks that p and q are distributions of one shape
     p, q = torch.as_tensor(p), torch.as_tensor(q)
     if p.dim() != 1:
         raise ValueError(f"p: expected one distribution (V,), got shape {tuple(p.shape)}")
-    optimum = float(optimal_acceptance(p, q, k))  # also checks that p and q are distributions of one shape
+    optimum = float(optimum)
     V = p.shape[0]
     p_np, q_np = p.double().cpu().numpy(), q.double().cpu().numpy()
     support = np.flatnonzero(q_np > 0)
@@ -149,6 +155,12 @@ def optimal_verifier(p, q, k: int) -> OptimalVerifier:
         raise RuntimeError(f"the LP solver failed: {result.message}")
     flow = np.zeros_like(multisets, dtype=np.float64)
     flow[m_idx, j_idx] = np.clip(result.x, 0, None)
+    # HiGHS satisfies the constraints to ~1e-7: shrink the flow until it is exactly feasible, so that the
+    # selection weights sum to one and r is a distribution
+    flow *= np.minimum(1.0, prob / np.maximum(flow.sum(1), 1e-300))[:, None]
+    into = np.zeros(V)
+    np.add.at(into, multisets.ravel(), flow.ravel())
+    flow *= np.minimum(1.0, p_np / np.maximum(into, 1e-300))[multisets]
     flow[:, 0] += np.clip(prob - flow.sum(1), 0, None)  # unaccepted mass: select the first member
     weights = flow / prob[:, None]
     r = np.zeros(V)

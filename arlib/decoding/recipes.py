@@ -15,11 +15,16 @@ from arlib.text.gpt import GPTConfig
 from arlib.text.lm import random_windows
 from arlib.text.recipes import load_gpt
 from arlib.train import Recipe, TrainConfig, mean_last_loss, train
+from arlib.validate import positive_int
 
 
 def build_draft_heads(meta: dict) -> tuple[DraftHeads, dict]:
-    """Empty heads for the target config the sidecar records."""
-    config = meta["config"]
+    """Empty heads for the target config the sidecar records (``meta["config"]`` holds ``target``, the
+    target's GPT config, and ``n_heads``)."""
+    config = meta.get("config") if isinstance(meta, dict) else None
+    if not isinstance(config, dict) or not isinstance(config.get("target"), dict) or "n_heads" not in config:
+        raise ValueError("meta: expected a draft-heads sidecar whose 'config' holds 'target' (a GPT config) and "
+                         "'n_heads'")
     return DraftHeads(GPTConfig(**config["target"]), config["n_heads"]), {"tokenizer": None}
 
 
@@ -38,6 +43,10 @@ HEAD_RECIPES: dict[str, dict] = {
 def run_heads_recipe(name: str, steps: int | None = None, out: str | None = None, progress: bool = True,
                      eval_chars: int | None = None) -> dict:
     """Distill draft heads of every family (:mod:`arlib.decoding.draft_heads`) from the frozen target and save them."""
+    if name not in HEAD_RECIPES:
+        raise ValueError(f"name: expected one of {sorted(HEAD_RECIPES)}, got {name!r}")
+    if steps is not None:
+        positive_int(steps, "steps")
     recipe = HEAD_RECIPES[name]
     shorter = {"steps": steps, "warmup": min(recipe["train"].warmup, steps)} if steps else {}
     train_config = replace(recipe["train"], progress=progress, **shorter)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from arlib.text.sampling import gumbel_noise, inverse_cdf_index, sample_probs
+from arlib.validate import generator as check_generator
 from arlib.validate import ids_in_vocab, int_at_least, token_ids
 
 __all__ = ["optimal_acceptance_lp", "optimal_acceptance", "acceptance_upper_bound", "kseq_beta", "kseq_rho",
@@ -44,17 +45,23 @@ def _check_k(k) -> int:
 
 def _check_pair(p, q, atol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
     """p, q (..., V): torch tensors of probabilities of the same shape (numpy arrays are converted)."""
-    p = torch.as_tensor(p)
-    q = torch.as_tensor(q)
+    tensors = []
     for name, t in (("p", p), ("q", q)):
-        if not t.is_floating_point() or t.dim() < 1:
-            raise ValueError(f"{name}: expected a floating tensor of probabilities (..., V), got {tuple(t.shape)} "
+        try:
+            t = torch.as_tensor(t)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"{name}: expected a floating tensor of probabilities (..., V), got "
+                             f"{type(t).__name__}") from None
+        if not t.is_floating_point() or t.dim() < 1 or t.shape[-1] == 0:
+            raise ValueError(f"{name}: expected a floating tensor of probabilities (..., V >= 1), got {tuple(t.shape)} "
                              f"{t.dtype}")
         if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
             raise ValueError(f"{name}: probabilities must be finite and >= 0")
-        err = (t.double().sum(-1) - 1).abs().max().item()
+        err = (t.double().sum(-1) - 1).abs().max().item() if t.numel() else 0.0
+        tensors.append(t)
         if err > atol:
             raise ValueError(f"{name}: each distribution must sum to 1 (atol {atol:g}); found a sum off by {err:.3g}")
+    p, q = tensors
     if p.shape != q.shape:
         raise ValueError(f"q: expected the shape of p {tuple(p.shape)} (same vocabulary), got {tuple(q.shape)}")
     dtype = torch.promote_types(p.dtype, q.dtype)
@@ -147,11 +154,26 @@ def optimal_acceptance(p, q, k: int) -> torch.Tensor:
 # --- K-SEQ (SpecTr, Algorithm 2) ------------------------------------------------------------------
 
 
+def _check_rho(rho, p: torch.Tensor) -> torch.Tensor:
+    """rho: a finite number > 0, or such numbers of shape p.shape[:-1] (one per distribution)."""
+    try:
+        t = torch.as_tensor(rho, device=p.device)
+    except (TypeError, ValueError, RuntimeError):
+        t = None
+    if t is None or t.dtype == torch.bool or t.is_complex() \
+            or t.shape not in ((), p.shape[:-1]):
+        raise ValueError(f"rho: expected a number > 0 or a tensor of shape {tuple(p.shape[:-1])}, got {rho!r}")
+    t = t.to(p.dtype)
+    if not bool((torch.isfinite(t) & (t > 0)).all()):
+        raise ValueError(f"rho: expected finite numbers > 0, got {rho!r}")
+    return t
+
+
 def kseq_beta(p, q, rho) -> torch.Tensor:
     """beta(rho) = sum_x min(q(x), p(x) / rho): the chance that one draft passes K-SEQ's test
-    (SpecTr: sum_x min(p(x), q(x) / rho) in their letters). p, q (..., V); rho a number or (...,)."""
+    (SpecTr: sum_x min(p(x), q(x) / rho) in their letters). p, q (..., V); rho a number > 0 or (...,)."""
     p, q = _check_pair(p, q)
-    rho = torch.as_tensor(rho, dtype=p.dtype, device=p.device)
+    rho = _check_rho(rho, p)
     return torch.minimum(q, p / rho[..., None]).sum(-1)
 
 
@@ -160,6 +182,7 @@ def kseq_rho(p, q, k: int, iterations: int = 60) -> torch.Tensor:
     (batched over the leading dimensions of p, q (..., V)): the condition that keeps K-SEQ's residual
     non-negative, and at equality the acceptance is largest. Returns (...)."""
     k = _check_k(k)
+    int_at_least(iterations, "iterations", 0)
     p, q = _check_pair(p, q)
     lo = torch.ones(p.shape[:-1], dtype=p.dtype, device=p.device)
     hi = torch.full(p.shape[:-1], float(k), dtype=p.dtype, device=p.device)
@@ -191,7 +214,7 @@ def kseq_residual(p, q, k: int, rho=None) -> torch.Tensor:
     can be rejected (beta = 1) it returns p."""
     k = _check_k(k)
     p, q = _check_pair(p, q)
-    rho = kseq_rho(p, q, k) if rho is None else torch.as_tensor(rho, dtype=p.dtype, device=p.device)
+    rho = kseq_rho(p, q, k) if rho is None else _check_rho(rho, p)
     accept = torch.minimum(q, p / rho[..., None])  # (..., V)
     beta = accept.sum(-1, keepdim=True)
     passed = (1 - (1 - beta) ** k) / beta.clamp_min(torch.finfo(p.dtype).tiny)  # (..., 1)
@@ -201,7 +224,10 @@ def kseq_residual(p, q, k: int, rho=None) -> torch.Tensor:
 
 
 def _check_drafts(drafts, batch: int, V: int) -> torch.Tensor:
-    return token_ids(drafts, "drafts", dim=2, rows=batch, vocab_size=V, expected=f"a ({batch}, k) torch.long tensor")
+    token_ids(drafts, "drafts", dim=2, rows=batch, vocab_size=V, expected=f"a ({batch}, k >= 1) torch.long tensor")
+    if drafts.shape[1] < 1:
+        raise ValueError("drafts: expected at least one draft per row")
+    return drafts
 
 
 def kseq_select(p, q, drafts: torch.Tensor, generator: torch.Generator | None = None):
@@ -216,6 +242,7 @@ def kseq_select(p, q, drafts: torch.Tensor, generator: torch.Generator | None = 
         raise ValueError(f"p: expected (batch, V), got {tuple(p.shape)}")
     B, V = p.shape
     drafts = _check_drafts(drafts, B, V)
+    check_generator(generator)
     k = drafts.shape[1]
     rho = kseq_rho(p, q, k)  # (B,)
     px, qx = p.gather(1, drafts), q.gather(1, drafts)  # (B, k)
@@ -244,6 +271,9 @@ def recursive_rejection_select(p, q, drafts: torch.Tensor, generator: torch.Gene
         raise ValueError(f"p: expected (batch, V), got {tuple(p.shape)}")
     B, V = p.shape
     drafts = _check_drafts(drafts, B, V)
+    check_generator(generator)
+    if not isinstance(replacement, (bool, np.bool_)):
+        raise ValueError(f"replacement: expected a bool, got {replacement!r}")
     tiny = torch.finfo(p.dtype).tiny
     p, q = p.clone(), q.clone()
     first = torch.full((B,), -1, device=p.device)
@@ -415,6 +445,9 @@ def spectr_generate(target, drafter, prompt: torch.Tensor, max_new_tokens: int, 
 
     k = _check_k(k)
     int_at_least(gamma, "gamma", 1)
+    check_generator(generator)
+    if not all(hasattr(target, a) for a in ("config", "new_cache", "parameters")):
+        raise TypeError(f"target: expected an arlib.text.gpt.GPT, got {type(target).__name__}")
     if select not in _PICKS:
         raise ValueError(f"select: expected 'kseq' or 'rrs', got {select!r}")
     if not isinstance(prompt, torch.Tensor) or prompt.dtype != torch.long or prompt.dim() != 1 or len(prompt) < 2:

@@ -37,7 +37,8 @@ __all__ = ["verify", "verify_greedy", "residual", "Verification", "acceptance_ra
 
 class Verification(NamedTuple):
     """Result of one verification: ``n_accepted`` (B,) in [0, gamma] and ``next_token`` (B,), the
-    token drawn after the accepted drafts (from the residual, or the bonus token from p_(gamma+1))."""
+    token drawn after the accepted drafts (from the residual, or the bonus token from p_(gamma+1)).
+    Limitation: a plain result record (a named tuple), not checked when built."""
 
     n_accepted: torch.Tensor
     next_token: torch.Tensor
