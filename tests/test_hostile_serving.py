@@ -356,6 +356,8 @@ PROBES = [
     ("Paraformer-vocab", lambda: rejects(paraformer.Paraformer, 0, arg="vocab_size")),
     ("Paraformer-decode-negative-count", lambda: rejects(_paraformer().decode, torch.zeros(1, 3, 16),
                                                          torch.tensor([3]), [-2], arg="num_tokens")),
+    ("Paraformer-decode-empty-batch", lambda: rejects(_paraformer().decode, torch.zeros(0, 3, 16),
+                                                      torch.zeros(0, dtype=torch.long), arg="memory")),
     ("Paraformer-decode-memory", lambda: rejects(_paraformer().decode, torch.zeros(3, 16), torch.tensor([3]),
                                                  arg="memory")),
     ("Paraformer-loss-glance", lambda: rejects(_paraformer().loss, torch.zeros(1, 3, 16), torch.tensor([3]),
@@ -450,6 +452,16 @@ PROBES = [
       for name, make in CACHES.items()],
     *[(f"{name}-attend-q-batch", lambda make=make: rejects(make().attend, 0, _kv(3, 2, 1, 8), *_qkv()[1:], arg="q"))
       for name, make in CACHES.items()],
+    *[(f"{name}-device", lambda cls=cls: rejects(cls, CONFIG, 1, 4, device="nowhere", arg="device"))
+      for name, cls in (("PagedKVCache", paged.PagedKVCache), ("SinkCache", eviction.SinkCache),
+                        ("QuantizedCache", quant.QuantizedCache))],
+    *[(f"{name}-dtype", lambda make=make: rejects(make, arg="dtype"))
+      for name, make in (("SlidingWindowCache", lambda: eviction.SlidingWindowCache(CONFIG, 1, 4, dtype=torch.long)),
+                         ("GEARCache", lambda: gear.GEARCache(CONFIG, 1, dtype="float")),
+                         ("OneKeyCache", lambda: memory.OneKeyCache(CONFIG, 1, dtype=3)),
+                         ("HeavyHitterCache", lambda: eviction.HeavyHitterCache(CONFIG, 1, 4, dtype=None)))],
+    ("OneKeyCache-config", lambda: rejects(memory.OneKeyCache, {"n_layer": 2}, 1, arg="config")),
+    ("quantize-empty", lambda: rejects(quant.quantize, torch.zeros(0, 4), 4, -1, 2, arg="x")),
     # --- serving.quant ---
     ("quantize-bits-9", lambda: rejects(quant.quantize, _kv(4, 8), 9, -1, 4, arg="bits")),
     ("quantize-bits-0", lambda: rejects(quant.quantize, _kv(4, 8), 0, -1, 4, arg="bits")),
@@ -567,6 +579,7 @@ PROBES = [
     ("speech_lengths-bytes", lambda: rejects(scheduler.speech_lengths, b"ROMEO.\nhi", arg="text")),
     ("make_workload-lengths", lambda: rejects(scheduler.make_workload, [10, -1], 5, 1.0, arg="lengths")),
     ("make_workload-rate", lambda: rejects(scheduler.make_workload, [10, 20, 30], 5, math.nan, arg="rate")),
+    ("make_workload-seed", lambda: rejects(scheduler.make_workload, [10, 20, 30], 3, 1.0, seed=[1], arg="seed")),
     ("make_workload-nothing-fits", lambda: rejects(scheduler.make_workload, [300, 300], 5, 1.0, arg="lengths")),
     ("reservation-request", lambda: rejects(scheduler.reservation, (0, 10, 5), "pow2", 256, arg="request")),
     ("reservation-reserve", lambda: rejects(scheduler.reservation, _requests()[0], "min", 256, arg="reserve")),

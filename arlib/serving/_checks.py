@@ -23,3 +23,15 @@ def attend_args(layer, n_layers: int, q, k, v, batch_size: int, kv_heads: int, h
                              f"dimension), got {describe(x)}")
     if q.shape[2] > room:
         raise ValueError(f"q: {q.shape[2]} new positions exceed the {room} left in the cache")
+
+
+def device_dtype(device, dtype) -> None:
+    """A cache's ``device`` (None, a ``torch.device`` or a name such as ``"cuda:0"``) and floating ``dtype``."""
+    if device is not None:
+        try:
+            torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise ValueError(f"device: expected None, a torch.device or a device name such as 'cpu', "
+                             f"got {device!r}") from None
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype: expected a floating torch.dtype such as torch.float32, got {dtype!r}")

@@ -56,7 +56,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from arlib.serving._checks import attend_args
+from arlib.serving._checks import attend_args, device_dtype
 from arlib.text.gpt import GPTConfig, KVCache, attention, causal_mask
 from arlib.validate import describe, int_at_least, int_in_range, positive_int
 
@@ -150,6 +150,7 @@ class EvictingCache(KVCache):
         if not isinstance(config, GPTConfig):
             raise ValueError(f"config: expected a GPTConfig, got {type(config).__name__}")
         positive_int(batch_size, "batch_size")
+        device_dtype(device, dtype)
         self.budget = positive_int(budget, "budget", expected="a positive int (positions kept per layer)")
         self.config = config
         self.block_size = config.block_size

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import torch
 
-from arlib.serving._checks import attend_args
+from arlib.serving._checks import attend_args, device_dtype
 from arlib.serving.quant import Quantized, dequantize, grouping_axis, quantize, relative_error
 from arlib.text.gpt import GPTConfig, KVCache
 from arlib.validate import describe, int_at_least, int_in_range, number_in, positive_int
@@ -237,6 +237,7 @@ class GEARCache(KVCache):
                  dtype=torch.float32):
         if not isinstance(config, GPTConfig):
             raise ValueError(f"config: expected a GPTConfig, got {type(config).__name__}")
+        device_dtype(device, dtype)
         super().__init__(config, batch_size, device=device, dtype=dtype)
         self.bits = int_in_range(bits, "bits", 1, 8, expected="an int in [1, 8] (codes are stored as uint8)")
         self.rank = int_at_least(rank, "rank", 0)

@@ -85,6 +85,7 @@ from dataclasses import dataclass
 
 import torch
 
+from arlib.serving._checks import device_dtype
 from arlib.text.gpt import GPT, GPTConfig, KVCache, attention
 from arlib.validate import int_at_least, int_in_range, is_int, number_in, positive_int, token_ids
 
@@ -371,6 +372,12 @@ class OneKeyCache(KVCache):
     Its ``attend`` checks none of its arguments (a bad ``layer`` or shape fails inside torch): it is the
     timing baseline of the plain :class:`~arlib.text.gpt.KVCache`, which checks none either, and a check
     here would bias ``growth_s`` by its own cost."""
+
+    def __init__(self, config: GPTConfig, batch_size: int, device=None, dtype=torch.float32):
+        if not isinstance(config, GPTConfig):
+            raise ValueError(f"config: expected a GPTConfig, got {type(config).__name__}")
+        device_dtype(device, dtype)
+        super().__init__(config, batch_size, device, dtype)
 
     def attend(self, layer, q, k, v, mask=None, dropout=0.0):
         """Store k, v (B, H_kv, T, D); for T = 1 attend over them alone, else as the plain cache."""

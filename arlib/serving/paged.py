@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import torch
 
-from arlib.serving._checks import attend_args
+from arlib.serving._checks import attend_args, device_dtype
 from arlib.text.gpt import GPTConfig, KVCache, attention, causal_mask
 from arlib.validate import int_at_least, int_in_range, positive_int
 
@@ -135,6 +135,7 @@ class PagedKVCache(KVCache):
             raise TypeError(f"config: expected GPTConfig, got {type(config).__name__}")
         positive_int(batch_size, "batch_size")
         positive_int(block_size, "block_size")
+        device_dtype(device, dtype)
         head_dim = config.n_embd // config.n_head
         shape = (config.n_layer, n_blocks, config.kv_heads, block_size, head_dim)
         self.allocator = BlockAllocator(n_blocks)  # checks n_blocks

@@ -53,7 +53,7 @@ from dataclasses import dataclass
 
 import torch
 
-from arlib.serving._checks import attend_args
+from arlib.serving._checks import attend_args, device_dtype
 from arlib.text.gpt import GPT, GPTConfig, KVCache
 from arlib.validate import describe, int_at_least, int_in_range, positive_int, token_ids
 
@@ -123,6 +123,8 @@ def quantized_bits(n: int, bits: int, n_groups: int) -> int:
 def _check_tensor(x, name: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() == 0:
         raise ValueError(f"{name}: expected a floating-point tensor with at least one dimension, got {describe(x)}")
+    if not x.numel():
+        raise ValueError(f"{name}: expected a non-empty tensor, got {describe(x)}")
     if not torch.isfinite(x).all():
         raise ValueError(f"{name}: expected finite values, got NaN or inf")
     return x
@@ -263,6 +265,7 @@ class QuantizedCache(KVCache):
                  dtype=torch.float32):
         if not isinstance(config, GPTConfig):
             raise ValueError(f"config: expected a GPTConfig, got {type(config).__name__}")
+        device_dtype(device, dtype)
         super().__init__(config, batch_size, device=device, dtype=dtype)
         self.bits = int_in_range(bits, "bits", 1, 8, expected="an int in [1, 8] (codes are stored as uint8)")
         self.group_size = positive_int(group_size, "group_size")

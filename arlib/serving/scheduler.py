@@ -90,6 +90,8 @@ def make_workload(lengths: list[int], n_requests: int, rate: float, max_len: int
     positive_int(n_requests, "n_requests")
     number_in(rate, "rate", 0, bounds="(]")
     int_at_least(max_len, "max_len", 2)
+    if not is_int(seed):
+        raise ValueError(f"seed: expected an int, got {seed!r}")
     pairs = [(p, n) for p, n in zip(lengths, lengths[1:]) if p + n <= max_len]
     if not pairs:
         raise ValueError(f"lengths: no two consecutive speeches fit in max_len={max_len}")

@@ -34,6 +34,7 @@ def lengths(values, name: str, B: int, low: int, high: int, device=None) -> torc
 def memory(memory, memory_lengths, d: int) -> torch.Tensor:
     """The encoder's output (B, S, d) and its lengths (B,) in [1, S]; returns the lengths as a long tensor."""
     if not isinstance(memory, torch.Tensor) or not memory.is_floating_point() or memory.dim() != 3 \
-            or memory.shape[2] != d:
-        raise ValueError(f"memory: expected the encoder's output, a float tensor (B, S, {d}), got {describe(memory)}")
+            or memory.shape[2] != d or not memory.shape[0]:
+        raise ValueError(f"memory: expected the encoder's output, a float tensor (B, S, {d}) with B >= 1, "
+                         f"got {describe(memory)}")
     return lengths(memory_lengths, "memory_lengths", memory.shape[0], 1, memory.shape[1], memory.device)
