@@ -687,6 +687,15 @@ def _svd_rank(x, r, largest=True):
     keep = slice(0, max(r, 0)) if largest else slice(len(S) - r, len(S))
     return (U[:, keep] * S[keep]) @ Vh[keep]
 
+def _two_draft_prefixes(p, q, descending=False, square_p=False):
+    """Exercise 3.5's minimum over sorted prefixes, with two typical mistakes."""
+    ratio = torch.where(q > 0, p / q.clamp_min(1e-300), torch.inf)
+    order = ratio.argsort(descending=descending)
+    p_prefix, q_prefix = p[order].cumsum(0), q[order].cumsum(0).clamp(max=1.0)
+    values = (p_prefix ** 2 if square_p else p_prefix) + 1 - q_prefix ** 2
+    return float(torch.cat([values.new_ones(1), values]).min())
+
+
 WRONG = {
     "unigram_entropy": [("zeros", (lambda text: 0.0,)), ("nats instead of bits", (_entropy_nats,))],
     "class_means": [("ignores the labels", (_class_means_ignoring_labels,)),
@@ -744,6 +753,12 @@ WRONG = {
                               (lambda p, q, k: 1 - (1 - torch.minimum(p, q).sum().item()) ** k,)),
                              ("not renormalized", (lambda p, q, k: _rrs(p, q, k, renormalize=False),)),
                              ("nan when p == q", (lambda p, q, k: _rrs(p, q, k, guard=False),))],
+    "two_draft_optimum": [("one draft's 1 - TV", (lambda p, q: torch.minimum(p, q).sum().item(),)),
+                          ("the per-token bound", (lambda p, q: torch.minimum(p, 1 - (1 - q) ** 2).sum().item(),)),
+                          ("prefixes in decreasing p/q",
+                           (lambda p, q: _two_draft_prefixes(p.double(), q.double(), descending=True),)),
+                          ("the square on p(S) too",
+                           (lambda p, q: _two_draft_prefixes(p.double(), q.double(), square_p=True),))],
     "straight_through_quantize": [("argmax of the distance", (lambda z, e: _st_quantize(z, e, pick="far"),)),
                                   ("largest dot product", (lambda z, e: _st_quantize(z, e, pick="dot"),)),
                                   ("no straight-through", (lambda z, e: _st_quantize(z, e, through="none"),)),

@@ -22,7 +22,13 @@ from arlib.checks.ch02 import (
     prompt_lookup,
     residual_distribution,
 )
-from arlib.checks.ch03 import kseq_residual_law, kseq_rho_search, maximal_coupling, rrs_acceptance_exact
+from arlib.checks.ch03 import (
+    kseq_residual_law,
+    kseq_rho_search,
+    maximal_coupling,
+    rrs_acceptance_exact,
+    two_draft_optimum,
+)
 from arlib.checks.ch04 import lantern_proximity, residual_quantize, sjd_verify, straight_through_quantize
 from arlib.checks.ch05 import cif_fire, ctc_forward_recursion, ctc_greedy_collapse, mel_filterbank_matrix
 from arlib.checks.ch06 import bias_adaptation, find_latent, mean_max_cosine, topk_latents
@@ -33,7 +39,7 @@ __all__ = [
     "CheckFailed", "unigram_entropy", "class_means", "frame_signal", "mel_scale",
     "perplexity", "top_p_filter", "cached_attention", "continuation_log_prob", "kl_divergence", "kneser_ney_bigram",
     "expected_tokens_sum", "residual_distribution", "optimal_gamma_search", "prompt_lookup", "accept_prefix",
-    "maximal_coupling", "kseq_rho_search", "kseq_residual_law", "rrs_acceptance_exact",
+    "maximal_coupling", "kseq_rho_search", "kseq_residual_law", "rrs_acceptance_exact", "two_draft_optimum",
     "straight_through_quantize", "residual_quantize", "sjd_verify", "lantern_proximity",
     "mel_filterbank_matrix", "ctc_forward_recursion", "ctc_greedy_collapse", "cif_fire",
     "topk_latents", "mean_max_cosine", "bias_adaptation", "find_latent",

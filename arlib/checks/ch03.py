@@ -305,3 +305,41 @@ def rrs_acceptance_exact(fn) -> None:
                 c.expect(abs(value - mean) < 5 * stderr + 1e-12, f"agreement with 100000 simulated verifications "
                          f"(arlib.decoding.spectr.recursive_rejection_select) for {what}: their acceptance is "
                          f"{mean:.4f} +- {stderr:.4f}", round(mean, 4), value, specific or hint)
+
+
+def two_draft_optimum(fn) -> None:
+    """Exercise 3.5: ``fn(p, q) -> float``, alpha*_2 = min over S of p(S) + 1 - q(S)^2, in O(V log V)."""
+    with Check("3.5", "the two-draft optimum") as c:
+        hint = ("the minimizing S is a prefix of the tokens sorted by p(x)/q(x) (smallest first; q(x) = 0 means an "
+                "infinite ratio, last); evaluate p(S) + 1 - q(S)^2 on every prefix, the empty one included, and "
+                "take the smallest")
+        cases = [(*_dirichlet(70 + i, V, a), f"random p and q over {V} tokens (concentration {a})", V <= 7)
+                 for i, (V, a) in enumerate([(3, 1.0), (5, 0.3), (6, 3.0), (7, 1.0), (84, 0.2), (500, 1.0)])]
+        cases += [(p, q, what, True) for p, q, what in _edge_pairs()]
+        p32, q32 = _dirichlet(79, 9)
+        cases.append((p32.float(), q32.float(), "float32 tensors", True))
+        for p, q, what, small in cases:
+            got = c.call(fn, p.clone(), q.clone())
+            value = as_number(got)
+            c.expect(value is not None, f"a single number for {what}", "a float", repr(got),
+                     "return the probability as a Python float")
+            pd, qd = p.double(), q.double()
+            expected = optimal_acceptance_lp(pd, qd, 2) if small else _two_draft_by_prefixes(pd, qd)
+            tol = 1e-5 if p.dtype == torch.float32 else 1e-7
+            specific = None
+            one_tv = torch.minimum(pd, qd).sum().item()
+            if abs(value - one_tv) < 1e-9 and abs(one_tv - expected) > 1e-6:
+                specific = "that is 1 - TV(p, q), the one-draft optimum: the second draft adds a chance"
+            elif abs(value - _two_draft_by_prefixes(pd, qd, descending=True)) < 1e-9 and abs(value - expected) > 1e-6:
+                specific = "the prefixes go in increasing order of p/q: the tokens the draft proposes too often first"
+            c.expect(abs(value - expected) <= tol, f"alpha*_2 for {what} (the LP over all couplings agrees)",
+                     expected, value, specific or hint)
+
+
+def _two_draft_by_prefixes(p: torch.Tensor, q: torch.Tensor, descending: bool = False) -> float:
+    """min over prefixes of the tokens sorted by p/q of p(S) + 1 - q(S)^2 (``descending``: a typical mistake)."""
+    ratio = torch.where(q > 0, p / q.clamp_min(1e-300), torch.inf)
+    order = ratio.argsort(descending=descending)
+    p_prefix = torch.cat([p.new_zeros(1), p[order].cumsum(0)])
+    q_prefix = torch.cat([q.new_zeros(1), q[order].cumsum(0)]).clamp(max=1.0)
+    return float((p_prefix + 1 - q_prefix ** 2).min().clamp(0.0, 1.0))
