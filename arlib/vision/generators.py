@@ -22,6 +22,9 @@ from torch import nn
 
 from arlib.text.gpt import GPT, Block, GPTConfig, KVCache
 from arlib.text.sampling import draw, process_logits
+from arlib.validate import describe, int_at_least, int_in_range, is_int, number_in, positive_int, probability, token_ids
+from arlib.validate import generator as check_generator
+from arlib.vision.vq import MultiScaleQuantizer
 
 __all__ = ["raster_model", "raster_tokens", "raster_loss", "cfg_logits", "check_labels", "sample_raster",
            "NextScaleModel", "next_scale_loss", "sample_next_scale", "block_causal_mask"]
@@ -32,6 +35,7 @@ GRID = 7  # token grid side of the book's tokenizers (28x28 images, 4x downsampl
 def check_labels(labels, num_classes: int) -> torch.Tensor:
     """``labels`` if it is a (B,) ``torch.long`` tensor of class ids in ``[0, num_classes]`` (``num_classes``
     is the null class of classifier-free guidance); else ``ValueError`` naming ``labels``."""
+    int_at_least(num_classes, "num_classes", 1)
     if not isinstance(labels, torch.Tensor) or labels.dtype != torch.long or labels.dim() != 1:
         raise ValueError("labels: expected a (B,) torch.long tensor of class ids")
     if labels.numel() and (labels.min() < 0 or labels.max() > num_classes):
@@ -40,10 +44,30 @@ def check_labels(labels, num_classes: int) -> torch.Tensor:
 
 
 def cfg_logits(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
-    """Classifier-free guidance on logits: ``uncond + scale (cond - uncond)``; scale 1 is plain conditional."""
+    """Classifier-free guidance on logits: ``uncond + scale (cond - uncond)``; scale 1 is plain conditional.
+    ``scale`` a finite number; cond and uncond floating tensors of one shape."""
+    _check_scale(scale, "scale")
+    for name, t in (("cond", cond), ("uncond", uncond)):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise ValueError(f"{name}: expected a floating tensor of logits, got {describe(t)}")
     if cond.shape != uncond.shape:
         raise ValueError(f"uncond: expected the shape of cond {tuple(cond.shape)}, got {tuple(uncond.shape)}")
     return uncond + scale * (cond - uncond)
+
+
+def _check_scale(scale, name: str) -> None:
+    number_in(scale, name, -math.inf, math.inf, bounds="()", expected="a finite guidance scale")
+
+
+def _check_raster_model(model, num_codes: int, num_classes: int) -> None:
+    """A raster GPT whose vocabulary is the codes, the classes and the null class."""
+    positive_int(num_codes, "num_codes")
+    int_at_least(num_classes, "num_classes", 1)
+    if not isinstance(model, GPT):
+        raise TypeError(f"model: expected an arlib.text.gpt.GPT (raster_model), got {type(model).__name__}")
+    if model.config.vocab_size != num_codes + num_classes + 1:
+        raise ValueError(f"num_codes: the model's vocabulary of {model.config.vocab_size} tokens is not num_codes "
+                         f"({num_codes}) + num_classes ({num_classes}) + 1 (the null class)")
 
 
 def _drop_labels(labels: torch.Tensor, num_classes: int, drop: float, generator) -> torch.Tensor:
@@ -58,6 +82,8 @@ def _drop_labels(labels: torch.Tensor, num_classes: int, drop: float, generator)
 
 def raster_model(num_codes: int, num_classes: int = 10, n_layer: int = 4, n_head: int = 4, n_embd: int = 128) -> GPT:
     """A GPT over [class token] + 49 grid tokens: vocabulary = codes, then classes, then the null class."""
+    positive_int(num_codes, "num_codes")
+    int_at_least(num_classes, "num_classes", 1)
     return GPT(GPTConfig(vocab_size=num_codes + num_classes + 1, block_size=GRID * GRID + 1, n_layer=n_layer,
                          n_head=n_head, n_embd=n_embd))
 
@@ -66,15 +92,34 @@ def raster_tokens(grids: torch.Tensor, labels: torch.Tensor, num_codes: int, num
                   drop: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """Training sequences (B, 50): the class token (num_codes + label, or the null class with probability
     ``drop``), then the grid (B, 7, 7) in raster order."""
-    if grids.dim() != 3 or grids.shape[1:] != (GRID, GRID) or grids.dtype != torch.long:
-        raise ValueError(f"grids: expected (B, {GRID}, {GRID}) torch.long code ids, got {tuple(grids.shape)}")
-    labels = _drop_labels(check_labels(labels, num_classes), num_classes, drop, generator)
+    positive_int(num_codes, "num_codes")
+    token_ids(grids, "grids", dim=3, vocab_size=num_codes, expected=f"(B, {GRID}, {GRID}) torch.long code ids")
+    if grids.shape[1:] != (GRID, GRID):
+        raise ValueError(f"grids: expected (B, {GRID}, {GRID}) torch.long code ids, got {describe(grids)}")
+    labels = check_labels(labels, num_classes)
+    if len(labels) != len(grids):
+        raise ValueError(f"labels: expected one label per grid ({len(grids)}), got {len(labels)}")
+    probability(drop, "drop")
+    labels = _drop_labels(labels, num_classes, drop, generator)
     return torch.cat([(num_codes + labels)[:, None], grids.flatten(1)], dim=1)
 
 
 def raster_loss(model: GPT, tokens: torch.Tensor, num_codes: int) -> torch.Tensor:
     """Mean cross-entropy (nats per token) of the 49 grid tokens given the class and the tokens before;
-    the logits are restricted to the codes (a class token never follows)."""
+    the logits are restricted to the codes (a class token never follows). tokens (B, 50) from
+    :func:`raster_tokens`: a class token, then 49 codes in [0, num_codes). ``model`` may be wrapped for
+    distributed training (its ``module`` is then the GPT)."""
+    inner = getattr(model, "module", model)
+    if not isinstance(inner, GPT):
+        raise TypeError(f"model: expected an arlib.text.gpt.GPT (raster_model), got {type(model).__name__}")
+    V = inner.config.vocab_size
+    int_in_range(num_codes, "num_codes", 1, V - 2, expected=f"an int in [1, {V - 2}] (the model's codes)")
+    token_ids(tokens, "tokens", dim=2, vocab_size=V, expected=f"a (B, {GRID * GRID + 1}) torch.long tensor")
+    if tokens.shape[1] != GRID * GRID + 1:
+        raise ValueError(f"tokens: expected (B, {GRID * GRID + 1}) sequences from raster_tokens, "
+                         f"got {describe(tokens)}")
+    if tokens.numel() and int(tokens[:, 1:].max()) >= num_codes:
+        raise ValueError(f"tokens: the grid positions must hold codes in [0, {num_codes})")
     logits = model(tokens[:, :-1])[..., :num_codes]  # (B, 49, K)
     return F.cross_entropy(logits.reshape(-1, num_codes), tokens[:, 1:].reshape(-1))
 
@@ -85,6 +130,9 @@ def sample_raster(model: GPT, labels: torch.Tensor, num_codes: int, num_classes:
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """Token grids (B, 7, 7), one token per forward pass with the KV cache. With ``cfg_scale != 1`` the
     batch is doubled (conditional rows, then null-class rows) and the logits are guided."""
+    _check_raster_model(model, num_codes, num_classes)
+    _check_scale(cfg_scale, "cfg_scale")
+    check_generator(generator)
     labels = check_labels(labels, num_classes)
     B, guided = len(labels), cfg_scale != 1.0
     first = num_codes + labels
@@ -109,6 +157,8 @@ def block_causal_mask(scales, device=None, markov: bool = False) -> torch.Tensor
     """(L, L) boolean mask, L = sum s^2: a position of scale k sees every position of scales 1..k; with
     ``markov=True`` only those of scales k-1 and k, and the class token (HMAR's Markovian variant, Kumbong
     et al. 2025: the previous scale's input already carries the reconstruction of all coarser scales)."""
+    if not isinstance(scales, (tuple, list)) or not scales or not all(is_int(s) and s >= 1 for s in scales):
+        raise ValueError(f"scales: expected a non-empty sequence of positive ints, got {scales!r}")
     level = torch.cat([torch.full((s * s,), k, device=device) for k, s in enumerate(scales)])
     mask = level[:, None] >= level[None, :]
     return mask & ((level[:, None] - level[None, :] <= 1) | (level[None, :] == 0)) if markov else mask
@@ -129,6 +179,10 @@ class NextScaleModel(nn.Module):
     def __init__(self, num_codes: int, code_dim: int, scales=(1, 2, 3, 5, 7), num_classes: int = 10,
                  n_layer: int = 4, n_head: int = 4, n_embd: int = 128, markov: bool = False):
         super().__init__()
+        positive_int(num_codes, "num_codes")
+        positive_int(code_dim, "code_dim")
+        int_at_least(num_classes, "num_classes", 1)
+        block_causal_mask(scales)  # checks the scales
         self.scales, self.num_codes, self.num_classes = tuple(scales), num_codes, num_classes
         self.markov = markov
         self.length = sum(s * s for s in self.scales)
@@ -166,8 +220,14 @@ class NextScaleModel(nn.Module):
     def forward(self, labels: torch.Tensor, inputs: list[torch.Tensor]) -> torch.Tensor:
         """Teacher-forced logits (B, L, num_codes); inputs: the K-1 feature blocks (B, s_(k+1)^2, D)."""
         labels = check_labels(labels, self.num_classes)
-        if len(inputs) != len(self.scales) - 1:
-            raise ValueError(f"inputs: expected {len(self.scales) - 1} feature blocks, got {len(inputs)}")
+        if not isinstance(inputs, (list, tuple)) or len(inputs) != len(self.scales) - 1:
+            raise ValueError(f"inputs: expected a list of {len(self.scales) - 1} feature blocks, got "
+                             f"{len(inputs) if isinstance(inputs, (list, tuple)) else type(inputs).__name__}")
+        D = self.input_proj.in_features
+        for s, x in zip(self.scales[1:], inputs):
+            if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.shape != (len(labels), s * s, D):
+                raise ValueError(f"inputs: expected blocks (B, s^2, {D}) for scales {self.scales[1:]}, got "
+                                 f"{[describe(t) for t in inputs]}")
         x = self._embed(labels, inputs, 0)  # (B, L, d)
         for layer, block in enumerate(self.blocks):
             x = block(x, None, layer, self.mask)
@@ -189,10 +249,20 @@ class NextScaleModel(nn.Module):
 
 def next_scale_loss(model: NextScaleModel, labels: torch.Tensor, maps: list[torch.Tensor],
                     inputs: list[torch.Tensor]) -> torch.Tensor:
-    """Mean cross-entropy over all L tokens of the maps (coarse to fine) under teacher forcing."""
+    """Mean cross-entropy over all L tokens of the maps (coarse to fine) under teacher forcing; maps: one
+    (B, s, s) map of code ids in [0, num_codes) per scale. ``model`` may be wrapped for distributed training."""
+    inner = getattr(model, "module", model)
+    if not isinstance(inner, NextScaleModel):
+        raise TypeError(f"model: expected a NextScaleModel, got {type(model).__name__}")
+    if not isinstance(maps, (list, tuple)) or len(maps) != len(inner.scales):
+        raise ValueError(f"maps: expected {len(inner.scales)} token maps of scales {inner.scales}")
+    for s, m in zip(inner.scales, maps):
+        token_ids(m, "maps", dim=3, vocab_size=inner.num_codes, expected="(B, s, s) torch.long maps of code ids")
+        if m.shape[1:] != (s, s):
+            raise ValueError(f"maps: expected maps of scales {inner.scales}, got {[describe(t) for t in maps]}")
     target = torch.cat([m.flatten(1) for m in maps], dim=1)  # (B, L)
     logits = model(labels, inputs)
-    return F.cross_entropy(logits.reshape(-1, model.num_codes), target.reshape(-1))
+    return F.cross_entropy(logits.reshape(-1, inner.num_codes), target.reshape(-1))
 
 
 @torch.no_grad()
@@ -207,6 +277,13 @@ def sample_next_scale(model: NextScaleModel, quantizer, labels: torch.Tensor, cf
     ``return_latent=True`` it returns (maps, f_hat), so that images come from
     :meth:`arlib.vision.vq.MultiScaleVQVAE.decode_latent` without rebuilding f_hat from the maps."""
     labels = check_labels(labels, model.num_classes)
+    _check_scale(cfg_scale, "cfg_scale")
+    check_generator(generator)
+    if not isinstance(quantizer, MultiScaleQuantizer):
+        raise TypeError(f"quantizer: expected an arlib.vision.vq.MultiScaleQuantizer, got {type(quantizer).__name__}")
+    if (quantizer.vq.num_codes, quantizer.vq.dim) != (model.num_codes, model.input_proj.in_features):
+        raise ValueError(f"quantizer: {quantizer.vq.num_codes} codes of dimension {quantizer.vq.dim}, the model "
+                         f"expects {model.num_codes} of dimension {model.input_proj.in_features}")
     if tuple(quantizer.scales) != model.scales:
         raise ValueError(f"quantizer: expected scales {model.scales}, got {tuple(quantizer.scales)}")
     B, guided = len(labels), cfg_scale != 1.0

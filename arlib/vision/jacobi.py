@@ -30,8 +30,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from arlib.text.gpt import GPT
 from arlib.text.sampling import inverse_cdf_index, process_logits
-from arlib.validate import int_at_least, int_in_range
+from arlib.validate import (
+    describe,
+    float_tensor,
+    ids_in_vocab,
+    int_at_least,
+    int_in_range,
+    number_in,
+    probability,
+    token_ids,
+)
+from arlib.validate import generator as check_generator
 from arlib.vision.generators import GRID, cfg_logits, check_labels
 
 __all__ = ["lantern_neighbors", "proximity_set", "relaxed_target", "jacobi_generate", "sample_raster_sjd"]
@@ -39,28 +50,52 @@ __all__ = ["lantern_neighbors", "proximity_set", "relaxed_target", "jacobi_gener
 
 def lantern_neighbors(codebook: torch.Tensor, k: int) -> torch.Tensor:
     """(K, k) ids of each code's k nearest codes in Euclidean distance, the code itself first."""
-    if not isinstance(codebook, torch.Tensor) or codebook.dim() != 2:
-        raise ValueError("codebook: expected a (K, D) tensor of code vectors")
+    float_tensor(codebook, "codebook", dim=2, expected="a (K, D) floating tensor of code vectors")
     int_in_range(k, "k", 1, codebook.shape[0])
     distance = torch.cdist(codebook.double(), codebook.double())  # (K, K)
     distance.fill_diagonal_(-1.0)  # the code itself first, even among duplicates
     return distance.argsort(dim=1)[:, :k]
 
 
+def _check_code(x, V: int) -> int:
+    """A code id x in [0, V): an int (or a one-element integer tensor)."""
+    if isinstance(x, torch.Tensor) and x.numel() == 1 and not x.is_floating_point() and x.dtype != torch.bool:
+        x = int(x)
+    return int_in_range(x, "x", 0, V - 1)
+
+
+def _check_distribution(p, V: int | None = None) -> torch.Tensor:
+    """p (V,): a finite, non-negative distribution summing to 1 (within 1e-4)."""
+    float_tensor(p, "p", dim=1, expected="a (V,) floating distribution")
+    if V is not None and len(p) != V:
+        raise ValueError(f"p: expected {V} probabilities, got {len(p)}")
+    if bool((p < 0).any()) or abs(float(p.double().sum()) - 1) > 1e-4:
+        raise ValueError("p: expected probabilities >= 0 summing to 1")
+    return p
+
+
 def proximity_set(p: torch.Tensor, x: int, neighbors: torch.Tensor, delta: float) -> torch.Tensor:
     """LANTERN's A_(k, delta)(x): the longest nearest-first prefix of ``neighbors[x]`` (x first) whose mass
-    other than x's, ``sum p(x')`` over x' != x, is at most ``delta``. Returns the ids (m,), x first."""
-    if not 0 <= delta <= 1:
-        raise ValueError(f"delta: expected a total-variation budget in [0, 1], got {delta!r}")
+    other than x's, ``sum p(x')`` over x' != x, is at most ``delta``. Returns the ids (m,), x first.
+    p (V,) a distribution, neighbors (V, k) the table of :func:`lantern_neighbors`, delta in [0, 1]."""
+    probability(delta, "delta", expected="a total-variation budget in [0, 1]")
+    p = _check_distribution(p)
+    token_ids(neighbors, "neighbors", dim=2, rows=len(p), vocab_size=len(p),
+              expected=f"a ({len(p)}, k) torch.long table of code ids (lantern_neighbors)")
+    x = _check_code(x, len(p))
     row = neighbors[x]  # (k,)
     extra = torch.cumsum(torch.where(row == x, torch.zeros_like(p[row]), p[row]), 0)  # mass beyond x, growing
     return row[: int((extra <= delta + 1e-12).sum())]
 
 
 def relaxed_target(p: torch.Tensor, x: int, members: torch.Tensor) -> torch.Tensor:
-    """p~: p with the mass of ``members`` (a proximity set of x) moved onto x; TV(p, p~) = that mass."""
+    """p~: p with the mass of ``members`` (a proximity set of x) moved onto x; TV(p, p~) = that mass.
+    p (V,) a distribution; members (m,) code ids (a repeated id counts once)."""
+    p = _check_distribution(p)
+    x = _check_code(x, len(p))
+    token_ids(members, "members", dim=1, vocab_size=len(p), expected="a (m,) torch.long tensor of code ids")
     tilde = p.clone()
-    others = members[members != x]
+    others = members[members != x].unique()
     tilde[x] = p[x] + p[others].sum()
     tilde[others] = 0
     return tilde
@@ -90,13 +125,27 @@ def jacobi_generate(model, prefix: torch.Tensor, length: int, vocab: int, window
     (length,), stats dict: forward passes, accepted drafts per pass). The verification of a window works
     on numpy copies of its distributions: dozens of tiny tensor operations per pass would cost more than
     the model's pass itself."""
+    if not isinstance(model, GPT):
+        raise TypeError(f"model: expected an arlib.text.gpt.GPT, got {type(model).__name__}")
+    int_at_least(length, "length", 0)
+    int_in_range(vocab, "vocab", 1, model.config.vocab_size)
     int_at_least(window, "window", 1)
-    if delta > 0 and neighbors is None:
-        raise ValueError("neighbors: LANTERN (delta > 0) needs the (vocab, k) neighbour table")
-    if not 0 <= delta <= 1:
-        raise ValueError(f"delta: expected a total-variation budget in [0, 1], got {delta!r}")
-    if prefix.dim() != 2 or prefix.shape[0] not in (1, 2) or (prefix.shape[0] == 2) != (cfg_scale != 1.0):
-        raise ValueError("prefix: expected (1, T), or (2, T) rows (conditional, null class) when cfg_scale != 1")
+    probability(delta, "delta", expected="a total-variation budget in [0, 1]")
+    number_in(cfg_scale, "cfg_scale", -np.inf, np.inf, bounds="()", expected="a finite guidance scale")
+    check_generator(generator)
+    if delta > 0:
+        if neighbors is None:
+            raise ValueError("neighbors: LANTERN (delta > 0) needs the (vocab, k) neighbour table")
+        token_ids(neighbors, "neighbors", dim=2, rows=vocab, vocab_size=vocab,
+                  expected=f"a ({vocab}, k) torch.long table of code ids (lantern_neighbors)")
+    token_ids(prefix, "prefix", dim=2, expected="a (rows, T >= 1) torch.long tensor")
+    if prefix.shape[1] < 1 or prefix.shape[0] not in (1, 2) or (prefix.shape[0] == 2) != (cfg_scale != 1.0):
+        raise ValueError(f"prefix: expected (1, T >= 1), or (2, T) rows (conditional, null class) when "
+                         f"cfg_scale != 1, got {describe(prefix)}")
+    ids_in_vocab(prefix, "prefix", model.config.vocab_size)
+    if prefix.shape[1] + length > model.config.block_size:
+        raise ValueError(f"length: the prefix ({prefix.shape[1]}) and {length} tokens exceed the model's context "
+                         f"of {model.config.block_size}")
     device = prefix.device
     gen_device = generator.device if generator is not None else "cpu"
     table = neighbors.cpu().numpy() if delta > 0 else None
@@ -159,6 +208,12 @@ def sample_raster_sjd(model, label: int, num_codes: int, num_classes: int = 10, 
                       generator: torch.Generator | None = None):
     """One image's token grid (7, 7) from a raster model (:func:`arlib.vision.generators.raster_model`) with
     speculative Jacobi decoding (and LANTERN when ``delta`` > 0); returns (grid, stats)."""
+    if not isinstance(model, GPT):
+        raise TypeError(f"model: expected an arlib.text.gpt.GPT (raster_model), got {type(model).__name__}")
+    int_in_range(label, "label", 0, num_classes, expected=f"a class id in [0, {num_classes}] ({num_classes}: null)")
+    if model.config.vocab_size != num_codes + num_classes + 1:
+        raise ValueError(f"num_codes: the model's vocabulary of {model.config.vocab_size} tokens is not num_codes "
+                         f"({num_codes}) + num_classes ({num_classes}) + 1 (the null class)")
     device = next(model.parameters()).device
     labels = check_labels(torch.tensor([label], device=device), num_classes)
     prefix = (num_codes + labels)[:, None]  # (1, 1)

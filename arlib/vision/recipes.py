@@ -23,9 +23,12 @@ from arlib.checkpoints import checkpoint_paths, load_model, provenance, save_che
 from arlib.data import SOURCES, fashion_mnist
 from arlib.env import pick_device, seed_everything
 from arlib.train import Recipe, TrainConfig, distributed_context, mean_last_loss, train
+from arlib.validate import describe, positive_int
 from arlib.vision.generators import NextScaleModel, next_scale_loss, raster_loss, raster_model, raster_tokens
 from arlib.vision.image_metrics import FashionClassifier
 from arlib.vision.vq import VQVAE, MultiScaleVQVAE, VQConfig
+
+_KIND_NAMES = ("vq", "msvq", "raster", "var", "classifier")
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,15 @@ class VisualRecipe:
     batch_size: int
     description: str
     model: dict  # constructor arguments (sizes)
+
+    def __post_init__(self):
+        if self.kind not in _KIND_NAMES:
+            raise ValueError(f"kind: expected one of {list(_KIND_NAMES)}, got {self.kind!r}")
+        if not isinstance(self.train, TrainConfig):
+            raise TypeError(f"train: expected a TrainConfig, got {type(self.train).__name__}")
+        positive_int(self.batch_size, "batch_size")
+        if not isinstance(self.model, dict):
+            raise TypeError(f"model: expected a dict of constructor arguments, got {type(self.model).__name__}")
 
 
 VISUAL_RECIPES: dict[str, VisualRecipe] = {
@@ -59,6 +71,9 @@ TOKENIZER_OF = {"raster": "fashion-vq", "var": "fashion-msvq"}
 
 def images_as_float(images: torch.Tensor) -> torch.Tensor:
     """uint8 (N, 28, 28) -> float (N, 1, 28, 28) in [0, 1]."""
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 3:
+        raise ValueError(f"images: expected uint8 images (N, 28, 28) as Fashion-MNIST stores them, "
+                         f"got {describe(images)}")
     return images[:, None].float() / 255.0
 
 
@@ -101,6 +116,11 @@ def _encode_all(tokenizer, images: torch.Tensor, batch: int = 1000):
 
 def run_visual_recipe(name: str, steps: int | None = None, out: str | None = None, progress: bool = True,
                       **_ignored) -> dict | None:
+    """Train chapter 4's checkpoint ``name`` (one of ``VISUAL_RECIPES``) and save it; returns the sidecar."""
+    if name not in VISUAL_RECIPES:
+        raise ValueError(f"name: expected one of {sorted(VISUAL_RECIPES)}, got {name!r}")
+    if steps is not None:
+        positive_int(steps, "steps")
     recipe = VISUAL_RECIPES[name]
     rank, _ = distributed_context()
     device = pick_device()
@@ -201,6 +221,6 @@ def run_visual_recipe(name: str, steps: int | None = None, out: str | None = Non
     return meta
 
 
-KINDS = {kind: _build_from_meta for kind in ("vq", "msvq", "raster", "var", "classifier")}
+KINDS = {kind: _build_from_meta for kind in _KIND_NAMES}
 RECIPES = {name: Recipe(name, r.kind, r.model, r.train, run_visual_recipe, r.description)
            for name, r in VISUAL_RECIPES.items()}

@@ -15,6 +15,7 @@ Shapes: images (B, 1, H, W) in [0, 1]; latents (B, D, h, w); token maps (B, h, w
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -22,19 +23,30 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from arlib.validate import describe, positive_int
+from arlib.validate import describe, float_tensor, int_in_range, is_int, number_in, positive_int
+
+_GRID = 7  # the latent grid side: 28x28 images, downsampled 4 times
+
+
+def _check_scales(scales) -> tuple[int, ...]:
+    """A non-empty, strictly increasing sequence of positive ints, as a tuple."""
+    if not isinstance(scales, (tuple, list)) or not scales or not all(is_int(s) and s >= 1 for s in scales) \
+            or list(scales) != sorted(set(scales)):
+        raise ValueError(f"scales: expected increasing positive ints, got {scales!r}")
+    return tuple(int(s) for s in scales)
 
 __all__ = ["nearest_code", "VectorQuantizer", "VQConfig", "VQVAE", "MultiScaleQuantizer", "MultiScaleVQVAE"]
 
 
 def nearest_code(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """Index (N,) of the nearest codebook row (K, D) to each vector of z (N, D), in Euclidean distance:
-    argmin_k ||z - e_k||^2 = argmin_k (||e_k||^2 - 2 z . e_k), one matrix product."""
-    if not isinstance(z, torch.Tensor) or z.dim() != 2:
-        raise ValueError(f"z: expected a (N, D) tensor, got {tuple(z.shape) if isinstance(z, torch.Tensor) else z!r}")
-    if not isinstance(codebook, torch.Tensor) or codebook.dim() != 2 or codebook.shape[1] != z.shape[1]:
-        got = tuple(codebook.shape) if isinstance(codebook, torch.Tensor) else type(codebook).__name__
-        raise ValueError(f"codebook: expected a (K, {z.shape[1]}) tensor, got {got}")
+    argmin_k ||z - e_k||^2 = argmin_k (||e_k||^2 - 2 z . e_k), one matrix product. Both finite and floating
+    (NaN would make the argmin arbitrary); the codebook is cast to z's dtype, and holds at least one code."""
+    float_tensor(z, "z", dim=2, expected="a (N, D) floating tensor")
+    float_tensor(codebook, "codebook", dim=2, expected=f"a (K >= 1, {z.shape[1]}) floating tensor")
+    if codebook.shape[1] != z.shape[1] or codebook.shape[0] == 0:
+        raise ValueError(f"codebook: expected a (K >= 1, {z.shape[1]}) tensor, got {describe(codebook)}")
+    codebook = codebook.to(z.dtype)
     distance = codebook.pow(2).sum(1)[None, :] - 2 * z @ codebook.T  # (N, K), up to ||z||^2
     return distance.argmin(dim=1)
 
@@ -56,8 +68,9 @@ class VectorQuantizer(nn.Module):
         super().__init__()
         positive_int(num_codes, "num_codes")
         positive_int(dim, "dim")
-        if not 0 < decay < 1:
-            raise ValueError(f"decay: expected a number in (0, 1), got {decay!r}")
+        number_in(decay, "decay", 0, 1, bounds="()")
+        number_in(beta, "beta", 0, math.inf, bounds="[)", expected="a finite number >= 0")
+        number_in(restart_below, "restart_below", 0, math.inf, bounds="[)", expected="a finite number >= 0")
         self.num_codes, self.dim, self.beta, self.decay, self.restart_below = num_codes, dim, beta, decay, restart_below
         self.register_buffer("codebook", torch.randn(num_codes, dim) * 0.1)  # (K, D)
         self.register_buffer("ema_count", torch.ones(num_codes))  # (K,)
@@ -74,7 +87,8 @@ class VectorQuantizer(nn.Module):
         return rearrange(self.codebook[indices], "b h w d -> b d h w")  # code vectors as D channels
 
     def forward(self, z: torch.Tensor):
-        if z.dim() != 4 or z.shape[1] != self.dim:
+        float_tensor(z, "z", dim=4, expected=f"a (B, {self.dim}, h, w) floating tensor")
+        if z.shape[1] != self.dim:
             raise ValueError(f"z: expected (B, {self.dim}, h, w), got {tuple(z.shape)}")
         B, D, h, w = z.shape
         flat = rearrange(z, "b d h w -> (b h w) d")  # (N, D): one vector per position, N = B h w
@@ -113,7 +127,10 @@ class VectorQuantizer(nn.Module):
             self.restarts += int(len(dead))
 
     def usage(self, indices: torch.Tensor) -> tuple[float, int]:
-        """(perplexity of the code histogram, number of codes used) over indices of any shape."""
+        """(perplexity of the code histogram, number of codes used) over code ids of any shape (at least one)."""
+        if not isinstance(indices, torch.Tensor) or indices.dtype != torch.long or indices.numel() == 0 \
+                or indices.min() < 0 or indices.max() >= self.num_codes:
+            raise ValueError(f"indices: expected a non-empty torch.long tensor of code ids in [0, {self.num_codes})")
         counts = torch.bincount(indices.flatten(), minlength=self.num_codes).double()
         probs = counts / counts.sum()
         entropy = -(probs[probs > 0] * probs[probs > 0].log()).sum()
@@ -138,6 +155,16 @@ class VQConfig:
     beta: float = 0.25
     scales: tuple[int, ...] = (1, 2, 3, 5, 7)  # used by the multi-scale tokenizer only
 
+    def __post_init__(self):
+        positive_int(self.num_codes, "num_codes")
+        positive_int(self.code_dim, "code_dim")
+        if not is_int(self.width) or self.width < 2 or self.width % 2:
+            raise ValueError(f"width: expected an even int >= 2 (the first layer has width / 2), got {self.width!r}")
+        number_in(self.beta, "beta", 0, math.inf, bounds="[)", expected="a finite number >= 0")
+        self.scales = _check_scales(self.scales)
+        if self.scales[-1] != _GRID:
+            raise ValueError(f"scales: the last scale must be the latent grid, {_GRID}, got {self.scales!r}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -158,6 +185,14 @@ def _decoder(config: VQConfig) -> nn.Sequential:
         nn.ConvTranspose2d(w // 2, 1, 4, stride=2, padding=1))
 
 
+def _check_config(config) -> VQConfig:
+    if config is None:
+        return VQConfig()
+    if not isinstance(config, VQConfig):
+        raise TypeError(f"config: expected a VQConfig or None, got {type(config).__name__}")
+    return config
+
+
 def _check_images(x) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1:] != (1, 28, 28) or not x.is_floating_point():
         raise ValueError(f"x: expected float images (B, 1, 28, 28) in [0, 1], got {describe(x)}")
@@ -171,7 +206,7 @@ class VQVAE(nn.Module):
 
     def __init__(self, config: VQConfig | None = None):
         super().__init__()
-        config = VQConfig() if config is None else config
+        config = _check_config(config)
         self.config = config
         self.encoder, self.decoder = _encoder(config), _decoder(config)
         self.quantizer = VectorQuantizer(config.num_codes, config.code_dim, config.beta)
@@ -190,6 +225,8 @@ class VQVAE(nn.Module):
     @torch.no_grad()
     def decode(self, indices: torch.Tensor) -> torch.Tensor:
         """Images (B, 1, 28, 28) in [0, 1] from token grids (B, 7, 7)."""
+        if not isinstance(indices, torch.Tensor) or indices.dim() != 3 or indices.shape[1:] != (_GRID, _GRID):
+            raise ValueError(f"indices: expected (B, {_GRID}, {_GRID}) grids of code ids, got {describe(indices)}")
         return torch.sigmoid(self.decoder(self.quantizer.lookup(indices)))
 
 
@@ -205,10 +242,7 @@ class MultiScaleQuantizer(nn.Module):
 
     def __init__(self, num_codes: int, dim: int, scales=(1, 2, 3, 5, 7), beta: float = 0.25):
         super().__init__()
-        scales = tuple(scales)
-        if not scales or any(not isinstance(s, int) or s < 1 for s in scales) or list(scales) != sorted(set(scales)):
-            raise ValueError(f"scales: expected increasing positive ints, got {scales!r}")
-        self.scales = scales
+        self.scales = scales = _check_scales(scales)
         self.vq = VectorQuantizer(num_codes, dim, beta)
         self.phi = nn.ModuleList(nn.Conv2d(dim, dim, 3, padding=1) for _ in scales)
 
@@ -217,6 +251,7 @@ class MultiScaleQuantizer(nn.Module):
         return 0.5 * up + 0.5 * self.phi[k](up)
 
     def forward(self, f: torch.Tensor):
+        float_tensor(f, "f", dim=4, finite=False, expected=f"(B, D, {self.scales[-1]}, {self.scales[-1]}) latents")
         if f.dim() != 4 or f.shape[-1] != self.scales[-1] or f.shape[-2] != self.scales[-1]:
             raise ValueError(f"f: expected (B, D, {self.scales[-1]}, {self.scales[-1]}), got {tuple(f.shape)}")
         size = f.shape[-1]
@@ -232,9 +267,11 @@ class MultiScaleQuantizer(nn.Module):
 
     def reconstruct(self, maps: list[torch.Tensor], upto: int | None = None) -> torch.Tensor:
         """f_hat (B, D, h, h) from the first ``upto`` token maps (all by default)."""
-        upto = len(self.scales) if upto is None else upto
-        if not 0 <= upto <= len(self.scales) or len(maps) < upto:
-            raise ValueError(f"maps: expected at least {upto} token maps of scales {self.scales[:upto]}")
+        upto = len(self.scales) if upto is None else int_in_range(upto, "upto", 0, len(self.scales))
+        if not isinstance(maps, (list, tuple)) or len(maps) < upto:
+            raise ValueError(f"maps: expected a list of at least {upto} token maps of scales {self.scales[:upto]}")
+        if len({m.shape[0] if isinstance(m, torch.Tensor) and m.dim() else -1 for m in maps[:upto]}) > 1:
+            raise ValueError(f"maps: expected maps of one batch size, got {[describe(m) for m in maps[:upto]]}")
         size = self.scales[-1]
         B = maps[0].shape[0] if maps else 1
         f_hat = self.vq.codebook.new_zeros(B, self.vq.dim, size, size)
@@ -248,6 +285,15 @@ class MultiScaleQuantizer(nn.Module):
     def add_scale(self, f_hat: torch.Tensor, k: int, indices: torch.Tensor, validate: bool = True) -> torch.Tensor:
         """The reconstruction f_hat (B, D, h, h) plus map k (B, s_k, s_k), upsampled and refined by phi_k
         (``validate`` as in :meth:`VectorQuantizer.lookup`)."""
+        int_in_range(k, "k", 0, len(self.scales) - 1)
+        size, s = self.scales[-1], self.scales[k]
+        if not isinstance(indices, torch.Tensor) or indices.dim() != 3 or indices.shape[1:] != (s, s):
+            raise ValueError(f"indices: expected a (B, {s}, {s}) map of code ids for scale {k}, "
+                             f"got {describe(indices)}")
+        if not isinstance(f_hat, torch.Tensor) or not f_hat.is_floating_point() \
+                or f_hat.shape != (indices.shape[0], self.vq.dim, size, size):
+            raise ValueError(f"f_hat: expected a ({indices.shape[0]}, {self.vq.dim}, {size}, {size}) reconstruction, "
+                             f"got {describe(f_hat)}")
         return f_hat + self._refine(k, self.vq.lookup(indices, validate), self.scales[-1])
 
     def next_scale_step(self, f_hat: torch.Tensor, k: int, indices: torch.Tensor,
@@ -255,8 +301,7 @@ class MultiScaleQuantizer(nn.Module):
         """Add map k (B, s_k, s_k) to the reconstruction f_hat (B, D, h, h); return (the new f_hat, the next
         scale's input: f_hat area-downsampled to scale k+1 as (B, s_(k+1)^2, D) token features). The one step
         that both teacher forcing and sampling of a next-scale model take (VAR, section 3.2)."""
-        if not 0 <= k < len(self.scales) - 1:
-            raise ValueError(f"k: expected a scale index in [0, {len(self.scales) - 1}), got {k!r}")
+        int_in_range(k, "k", 0, len(self.scales) - 2, expected=f"a scale index in [0, {len(self.scales) - 1})")
         f_hat = self.add_scale(f_hat, k, indices, validate)
         s = self.scales[k + 1]
         x = f_hat if s == self.scales[-1] else F.interpolate(f_hat, size=(s, s), mode="area")
@@ -264,7 +309,12 @@ class MultiScaleQuantizer(nn.Module):
 
     def next_scale_inputs(self, maps: list[torch.Tensor]) -> list[torch.Tensor]:
         """Teacher-forcing inputs of a next-scale model: for k = 1..K-1, the reconstruction from maps
-        1..k area-downsampled to scale k+1, as (B, s_(k+1)^2, D) token features."""
+        1..k area-downsampled to scale k+1, as (B, s_(k+1)^2, D) token features; maps: the token maps of
+        (at least) the first K - 1 scales."""
+        if not isinstance(maps, (list, tuple)) or len(maps) < len(self.scales) - 1 or not maps:
+            raise ValueError(f"maps: expected a list of the token maps of scales {self.scales}")
+        if not isinstance(maps[0], torch.Tensor) or maps[0].dim() != 3:
+            raise ValueError(f"maps: expected (B, s, s) token maps, got {describe(maps[0])}")
         size = self.scales[-1]
         f_hat = self.vq.codebook.new_zeros(maps[0].shape[0], self.vq.dim, size, size)
         inputs = []
@@ -280,7 +330,7 @@ class MultiScaleVQVAE(nn.Module):
 
     def __init__(self, config: VQConfig | None = None):
         super().__init__()
-        config = VQConfig() if config is None else config
+        config = _check_config(config)
         self.config = config
         self.encoder, self.decoder = _encoder(config), _decoder(config)
         self.quantizer = MultiScaleQuantizer(config.num_codes, config.code_dim, config.scales, config.beta)
