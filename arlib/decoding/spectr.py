@@ -420,7 +420,7 @@ def _copy_row(cache, row: int, start: int) -> None:
 def spectr_generate(target, drafter, prompt: torch.Tensor, max_new_tokens: int, k: int, gamma: int, *,
                     generator: torch.Generator | None = None, select: str = "kseq", temperature: float = 1.0,
                     top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
-                    stats: bool = True):
+                    stats: bool = True, tree: bool = False):
     """SpecTr decoding (Sun et al. 2023, section 4): k draft sequences, verified token by token as a tree.
 
     ``drafter`` is an :class:`arlib.decoding.drafters.ModelDrafter` (its sampling overrides apply to the drafts)
@@ -437,17 +437,25 @@ def spectr_generate(target, drafter, prompt: torch.Tensor, max_new_tokens: int, 
     :class:`arlib.decoding.speculative.SpecStats`) or the tokens alone with ``stats=False``; the stats' ``betas``
     hold the rule's acceptance probability at every depth it examined (for the alive drafts there), so
     their mean predicts the accepted fraction ``acceptance_rate``.
+
+    ``tree=False`` scores the k sequences as k batch rows of gamma + 1 positions (every row repeats the
+    prefix the drafts share); ``tree=True`` merges them into one token tree (:mod:`arlib.decoding.tree`)
+    and scores its nodes in one batch-1 pass with tree attention (SpecInfer, Miao et al. 2024). The
+    decisions are the same for the same random numbers (up to float rounding in the target's outputs).
     """
     import time as _time
 
     from arlib.decoding.drafters import ModelDrafter, SamplingOptions
     from arlib.decoding.speculative import SpecStats
+    from arlib.decoding.tree import build_tree, keep_path, tree_mask
 
     k = _check_k(k)
     int_at_least(gamma, "gamma", 1)
     check_generator(generator)
     if not all(hasattr(target, a) for a in ("config", "new_cache", "parameters")):
         raise TypeError(f"target: expected an arlib.text.gpt.GPT, got {type(target).__name__}")
+    if not isinstance(tree, bool):
+        raise ValueError(f"tree: expected True or False, got {tree!r}")
     if select not in _PICKS:
         raise ValueError(f"select: expected 'kseq' or 'rrs', got {select!r}")
     if not isinstance(prompt, torch.Tensor) or prompt.dtype != torch.long or prompt.dim() != 1 or len(prompt) < 2:
@@ -475,9 +483,10 @@ def spectr_generate(target, drafter, prompt: torch.Tensor, max_new_tokens: int, 
     out[:T] = prompt
     decided = prompt.tolist() + [0] * max_new_tokens  # a python copy of out: no tensor writes per token
     n, end = T, T + max_new_tokens
-    t_cache, d_cache = target.new_cache(k), draft.new_cache(k)
+    t_rows = 1 if tree else k  # a tree keeps one copy of the target's cache
+    t_cache, d_cache = target.new_cache(t_rows), draft.new_cache(k)
     tick = _time.perf_counter()
-    target(out[None, :T - 1].expand(k, -1), cache=t_cache)  # both caches: every token but the last
+    target(out[None, :T - 1].expand(t_rows, -1), cache=t_cache)  # both caches: every token but the last
     record.target_time += _time.perf_counter() - tick
     draft(out[None, :T - 1].expand(k, -1), cache=d_cache)
     while n < end:
@@ -486,7 +495,7 @@ def spectr_generate(target, drafter, prompt: torch.Tensor, max_new_tokens: int, 
                        device=generator.device if generator is not None else "cpu").cpu().numpy()  # (g, k + 1)
         if g == 0:  # the last token: a plain target step
             tick = _time.perf_counter()
-            logits = target(out[None, n - 1:n].expand(k, -1), cache=t_cache, validate=False)[0, -1]
+            logits = target(out[None, n - 1:n].expand(t_rows, -1), cache=t_cache, validate=False)[0, -1]
             record.target_time += _time.perf_counter() - tick
             decided[n] = inverse_cdf_index(options.probs(logits).double().cpu().numpy(), u[0, 0])
             out[n] = decided[n]
@@ -510,10 +519,20 @@ def spectr_generate(target, drafter, prompt: torch.Tensor, max_new_tokens: int, 
         qs = torch.stack(z, 1).softmax(-1).double().cpu().numpy()  # (k, g, V): the host verifies (numpy)
         record.draft_time += _time.perf_counter() - tick
         tick = _time.perf_counter()
-        logits = target(torch.cat([out[None, n - 1:n].expand(k, -1), drafts], 1), cache=t_cache,
-                        validate=False)  # (k, g + 1, V)
+        if tree:  # one pass over the distinct prefixes; p of row r at depth i is p at node paths[r, i]
+            token_tree = build_tree(decided[n - 1], drafts)
+            positions = t_cache.length + token_tree.depths
+            logits = target(token_tree.tokens[None], cache=t_cache, validate=False,
+                            tree=(positions, tree_mask(token_tree, t_cache.length)))[0]  # (N, V)
+            paths = token_tree.paths.cpu().numpy()  # (k, g + 1)
+            p = options.probs(logits).double().cpu().numpy()[paths]  # (k, g + 1, V)
+            record.scored.append(len(token_tree))
+        else:
+            logits = target(torch.cat([out[None, n - 1:n].expand(k, -1), drafts], 1), cache=t_cache,
+                            validate=False)  # (k, g + 1, V)
+            p = options.probs(logits).double().cpu().numpy()  # (k, g + 1, V)
+            record.scored.append(k * (g + 1))
         record.target_time += _time.perf_counter() - tick
-        p = options.probs(logits).double().cpu().numpy()  # (k, g + 1, V)
         tokens = drafts.cpu().numpy()
         record.target_calls += 1
         record.draft_calls += g
@@ -532,7 +551,9 @@ def spectr_generate(target, drafter, prompt: torch.Tensor, max_new_tokens: int, 
         else:
             decided[n + g] = inverse_cdf_index(p[alive[0], g], u[g - 1, k])  # the bonus token (u[g-1, k] is unused)
         row = int(alive[0])
-        for cache in (t_cache, d_cache):  # keep the accepted path in every row, drop the rest
+        if tree:  # the target keeps the accepted path's nodes, moved next to the prefix
+            keep_path(t_cache, n - 1, paths[row, :accepted + 1].tolist())
+        for cache in (d_cache,) if tree else (t_cache, d_cache):  # the accepted path in every row, drop the rest
             cache.crop(min(cache.length, n + accepted))
             if k > 1:
                 _copy_row(cache, row, shared[id(cache)])

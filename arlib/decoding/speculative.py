@@ -283,12 +283,14 @@ class SpecStats:
     shows what a cost model leaves out (on a CPU, a pass right after another model's is slower).
     Multi-draft generation (:func:`arlib.decoding.spectr.spectr_generate`) also records in ``candidates`` how many
     drafts were alive at each position it examined, and stores in ``betas`` the multi-draft rule's
-    acceptance probability there instead of a single draft's beta."""
+    acceptance probability there instead of a single draft's beta; ``scored`` holds, per step, the number
+    of positions the target scored (k (gamma + 1) rows, or the token tree's size with ``tree=True``)."""
 
     accepted: list[int] = field(default_factory=list)
     drafted: list[int] = field(default_factory=list)
     betas: list[float] = field(default_factory=list)
     candidates: list[int] = field(default_factory=list)
+    scored: list[int] = field(default_factory=list)
     target_calls: int = 0
     draft_calls: int = 0
     new_tokens: int = 0
@@ -297,7 +299,7 @@ class SpecStats:
     target_time: float = 0.0
 
     def __post_init__(self):
-        for name in ("accepted", "drafted", "betas", "candidates"):
+        for name in ("accepted", "drafted", "betas", "candidates", "scored"):
             if not isinstance(getattr(self, name), list):
                 raise ValueError(f"{name}: expected a list, got {type(getattr(self, name)).__name__}")
         for name in ("target_calls", "draft_calls", "new_tokens"):

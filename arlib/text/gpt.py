@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from arlib.validate import ids_in_vocab, int_in_range, positive_int, token_ids
+from arlib.validate import describe, ids_in_vocab, int_in_range, positive_int, token_ids
 
 
 @dataclass
@@ -235,6 +235,23 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def _check_tree(tree, T: int, start: int, cache, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``tree`` = (positions (T,) long, mask (T, start + T) bool), checked; a tree needs a cache."""
+    if cache is None:
+        raise ValueError("tree: scoring a token tree needs a cache (the prefix the tree continues)")
+    if not isinstance(tree, tuple) or len(tree) != 2:
+        raise ValueError("tree: expected a tuple (positions (T,), mask (T, start + T))")
+    positions, mask = tree
+    if not isinstance(positions, torch.Tensor) or positions.dtype != torch.long or tuple(positions.shape) != (T,):
+        raise ValueError(f"tree: positions must be a ({T},) torch.long tensor, got {describe(positions)}")
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != (T, start + T):
+        raise ValueError(f"tree: mask must be a ({T}, {start + T}) bool tensor, got {describe(mask)}")
+    if T and (int(positions.min()) < start or int(positions.max()) >= block_size):
+        raise ValueError(f"tree: positions must lie in [{start}, {block_size}): after the cached prefix, in the "
+                         "context")
+    return positions, mask
+
+
 class GPT(nn.Module):
     """Decoder-only transformer: ``forward(idx)`` gives next-token logits of shape (B, T, V)."""
 
@@ -271,21 +288,24 @@ class GPT(nn.Module):
         return KVCache(self.config, batch_size, device=p.device, dtype=p.dtype)
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None, return_hidden: bool = False,
-                validate: bool = True):
+                validate: bool = True, tree: tuple[torch.Tensor, torch.Tensor] | None = None):
         """Logits (B, T, V) for token ids ``idx`` (B, T).
 
-        With ``cache``, ``idx`` continues the cached positions and the cache grows by T.
+        With ``cache``, ``idx`` continues the cached positions and the cache grows by T. ``tree`` =
+        (positions (T,), mask (T, start + T) bool) scores a token tree in one pass instead of a sequence
+        (SpecInfer's tree attention, Miao et al. 2024): token i takes position ``positions[i]`` and sees
+        the keys its mask row allows (the cached prefix and its ancestors; :mod:`arlib.decoding.tree`).
         With ``return_hidden=True`` also returns the residual stream (B, T, d) after the embeddings
         and after each block: a list of ``n_layer + 1`` tensors. ``validate=False`` skips the range
         check of the ids (it makes the host wait for an accelerator): for samplers whose ids are in range
         by construction.
         """
-        hidden = self.trunk(idx, cache, validate=validate)
+        hidden = self.trunk(idx, cache, validate=validate, tree=tree)
         logits = F.linear(self.ln_f(hidden[-1]), self.wte.weight)  # tied head: (B, T, V)
         return (logits, hidden) if return_hidden else logits
 
     def trunk(self, idx: torch.Tensor, cache: KVCache | None = None, n_layers: int | None = None,
-              validate: bool = True) -> list:
+              validate: bool = True, tree: tuple[torch.Tensor, torch.Tensor] | None = None) -> list:
         """The residual stream (B, T, d) after the embeddings and after each of the first ``n_layers``
         blocks (all by default): a list of ``n_layers + 1`` tensors. A cache, if given, must hold at
         least ``n_layers`` layers (the first ones are used) and grows by T. Early-exit drafters
@@ -303,9 +323,11 @@ class GPT(nn.Module):
         if validate and T:
             ids_in_vocab(idx, "idx", self.config.vocab_size)
         pos = torch.arange(start, start + T, device=idx.device)
+        mask = causal_mask(T, start, idx.device) if cache is not None and T > 1 else None  # once, for all layers
+        if tree is not None:
+            pos, mask = _check_tree(tree, T, start, cache, self.config.block_size)
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, d)
         hidden = [x]
-        mask = causal_mask(T, start, idx.device) if cache is not None and T > 1 else None  # once, for all layers
         for layer in range(n_layers):
             x = self.h[layer](x, cache, layer, mask)
             hidden.append(x)
