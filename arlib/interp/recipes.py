@@ -23,6 +23,7 @@ from arlib.interp.sae import SAEConfig, SparseAutoencoder, evaluate, residual_st
 from arlib.interp.sae_train import TopKObjective, collect_activations, train_sae
 from arlib.text.recipes import load_gpt
 from arlib.train import Recipe, TrainConfig, mean_last_loss
+from arlib.validate import float_tensor, positive_int, token_ids
 
 SAE_RECIPES: dict[str, dict] = {
     "shakespeare-sae": dict(
@@ -39,6 +40,8 @@ EVAL_WINDOWS = 64  # held-out windows of 256 characters for the sidecar's metric
 
 def build_sae(meta: dict) -> tuple[SparseAutoencoder, dict]:
     """An empty SAE of the sidecar's config (``meta["layer"]`` says which residual stream it reads)."""
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise ValueError("meta: expected an SAE sidecar whose 'config' holds the SAEConfig's fields")
     return SparseAutoencoder(SAEConfig(**meta["config"])), {}
 
 
@@ -56,6 +59,19 @@ def gpt_losses(gpt, sae, layer: int, windows: torch.Tensor, mean: torch.Tensor) 
     """Next-token loss (nats) of ``gpt`` on ``windows`` (B, T + 1): clean, with the SAE's reconstruction spliced in
     at ``layer``, and with the activations there replaced by ``mean`` (d,); plus the fraction of the mean-ablation
     loss gap that the SAE recovers."""
+    if not all(hasattr(gpt, a) for a in ("trunk", "config")):
+        raise TypeError(f"gpt: expected an arlib.text.gpt.GPT, got {type(gpt).__name__}")
+    d = gpt.config.n_embd
+    if not isinstance(sae, SparseAutoencoder) or sae.config.d_in != d:
+        raise ValueError(f"sae: expected a SparseAutoencoder of d_in = {d} (the GPT's width), got "
+                         f"{sae.config.d_in if isinstance(sae, SparseAutoencoder) else type(sae).__name__}")
+    token_ids(windows, "windows", dim=2, vocab_size=gpt.config.vocab_size,
+              expected="a (B, T + 1 >= 2) torch.long tensor of token ids")
+    if windows.shape[1] < 2:
+        raise ValueError(f"windows: expected at least 2 tokens per window (inputs and targets), got {windows.shape[1]}")
+    float_tensor(mean, "mean", dim=1, expected=f"a ({d},) floating mean activation")
+    if mean.shape != (d,):
+        raise ValueError(f"mean: expected a ({d},) mean activation, got {tuple(mean.shape)}")
     x, y = windows[:, :-1], windows[:, 1:]
 
     def nll(logits):
@@ -73,6 +89,8 @@ def run_sae_recipe(name: str, steps: int | None = None, out: str | None = None, 
     """Train SAE recipe ``name`` on the frozen target GPT and save it; returns the sidecar metadata."""
     if name not in SAE_RECIPES:
         raise ValueError(f"name: expected one of {sorted(SAE_RECIPES)}, got {name!r}")
+    if steps is not None:
+        positive_int(steps, "steps")
     recipe = SAE_RECIPES[name]
     config = recipe["train"]
     if steps:

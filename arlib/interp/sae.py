@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from arlib.validate import int_in_range, positive_int
+from arlib.validate import describe, float_tensor, int_in_range, number_in, positive_int
 
 ACTIVATIONS = ("relu", "topk", "jump")
 
@@ -47,6 +47,8 @@ class SAEConfig:
     def __post_init__(self):
         for name in ("d_in", "n_latents"):
             positive_int(getattr(self, name), name)
+        if not isinstance(self.unit_decoder, bool):
+            raise ValueError(f"unit_decoder: expected a bool, got {self.unit_decoder!r}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {self.activation!r}")
         if self.activation == "topk":
@@ -63,7 +65,8 @@ def topk_activation(pre: torch.Tensor, k: int) -> torch.Tensor:
 
     Gao et al. (2025): z = ReLU(TopK(W_enc (x - b_pre))), with b_pre our b_dec. At most k entries of a row are non-zero.
     """
-    if not isinstance(pre, torch.Tensor) or pre.dim() < 1:
+    float_tensor(pre, "pre", finite=False, expected="a floating tensor of pre-activations (..., M)")
+    if pre.dim() < 1:
         raise ValueError("pre: expected a tensor of pre-activations (..., M)")
     int_in_range(k, "k", 1, pre.shape[-1])
     values, indices = pre.topk(k, dim=-1)  # (..., k)
@@ -73,6 +76,8 @@ def topk_activation(pre: torch.Tensor, k: int) -> torch.Tensor:
 def jump_activation(z: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """``f_i = z_i`` where ``z_i + b_i > 0`` and ``z_i > 0``, else 0 (JumpReLU with threshold ``max(-b_i, 0)``):
     z (..., M) the bias-free pre-activations, bias (M,). Gradients reach z (and the encoder), not the bias."""
+    float_tensor(z, "z", finite=False, expected="a floating tensor of pre-activations (..., M)")
+    float_tensor(bias, "bias", dim=1, finite=False, expected="a (M,) floating tensor")
     if z.shape[-1:] != bias.shape:
         raise ValueError(f"bias: expected shape ({z.shape[-1]},), got {tuple(bias.shape)}")
     return F.relu(z) * ((z + bias) > 0)
@@ -103,9 +108,11 @@ class SparseAutoencoder(nn.Module):
         return self.W_dec
 
     def _check(self, x: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor) or x.dim() < 1 or x.shape[-1] != self.config.d_in:
-            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"x: expected activations (..., {self.config.d_in}), got {got}")
+        """x (..., d_in): finite floating activations (one scan per call; NaN would spread silently)."""
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() < 1 \
+                or x.shape[-1] != self.config.d_in:
+            raise ValueError(f"x: expected floating activations (..., {self.config.d_in}), got {describe(x)}")
+        float_tensor(x, "x")
 
     def pre_activations(self, x: torch.Tensor, bias: bool = True) -> torch.Tensor:
         """(x - b_dec) W_enc (+ b_enc): (..., d) -> (..., M)."""
@@ -122,6 +129,9 @@ class SparseAutoencoder(nn.Module):
 
     def decode(self, f: torch.Tensor) -> torch.Tensor:
         """Reconstruction x_hat (..., d) of latents f (..., M)."""
+        if not isinstance(f, torch.Tensor) or not f.is_floating_point() or f.dim() < 1 \
+                or f.shape[-1] != self.config.n_latents:
+            raise ValueError(f"f: expected floating latents (..., {self.config.n_latents}), got {describe(f)}")
         return f @ self.decoder + self.b_dec
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,6 +143,8 @@ class SparseAutoencoder(nn.Module):
     def init_decoder_bias(self, x: torch.Tensor) -> None:
         """Start b_dec at the mean of a sample of activations x (N, d), so the encoder sees centred inputs."""
         self._check(x)
+        if x.numel() == 0:
+            raise ValueError("x: expected at least one activation vector")
         self.b_dec.copy_(x.reshape(-1, self.config.d_in).mean(0))
 
 
@@ -141,6 +153,8 @@ class SparseAutoencoder(nn.Module):
 
 def reconstruction_loss(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     """Squared error ``||x - x_hat||^2`` summed over the features, averaged over the inputs."""
+    float_tensor(x, "x", finite=False)
+    float_tensor(x_hat, "x_hat", finite=False)
     if x.shape != x_hat.shape:
         raise ValueError(f"x_hat: expected the shape of x {tuple(x.shape)}, got {tuple(x_hat.shape)}")
     return (x - x_hat).pow(2).sum(-1).mean()
@@ -152,7 +166,9 @@ def l1_penalty(f: torch.Tensor, decoder: torch.Tensor) -> torch.Tensor:
     Scaling latent i's encoder by c and its decoder row by 1/c leaves x_hat unchanged; with the norms the
     penalty is unchanged too, without them it could be driven to zero by shrinking f and growing W_dec.
     """
-    if f.shape[-1] != decoder.shape[0]:
+    float_tensor(f, "f", finite=False, expected="floating latents (..., M)")
+    float_tensor(decoder, "decoder", dim=2, finite=False, expected="a (M, d) floating dictionary")
+    if f.dim() < 1 or f.shape[-1] != decoder.shape[0]:
         raise ValueError(f"decoder: expected {f.shape[-1]} rows, one per latent, got {decoder.shape[0]}")
     return (f * decoder.norm(dim=1)).sum(-1).mean()
 
@@ -165,36 +181,49 @@ def normalized_mse(x: torch.Tensor, x_hat: torch.Tensor) -> float:
     if x.shape != x_hat.shape or x.dim() != 2 or len(x) < 2:
         raise ValueError(f"x, x_hat: expected two (N >= 2, d) tensors of one shape, got {tuple(x.shape)} and "
                          f"{tuple(x_hat.shape)}")
+    float_tensor(x, "x")
+    float_tensor(x_hat, "x_hat")
     x, x_hat = x.double(), x_hat.double()
     return float((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(1e-30))
 
 
+def _check_latents(f) -> torch.Tensor:
+    if not isinstance(f, torch.Tensor) or f.dim() != 2 or f.shape[0] == 0:
+        raise ValueError(f"f: expected latents (N >= 1, M), got {describe(f)}")
+    return f
+
+
 def l0(f: torch.Tensor) -> float:
-    """Mean number of non-zero latents per input (f (N, M))."""
-    if f.dim() != 2:
-        raise ValueError(f"f: expected latents (N, M), got shape {tuple(f.shape)}")
+    """Mean number of non-zero latents per input (f (N >= 1, M))."""
+    _check_latents(f)
     return float((f != 0).sum(1).double().mean())
 
 
 def firing_frequencies(f: torch.Tensor) -> torch.Tensor:
-    """The fraction of inputs on which each latent is non-zero: (N, M) -> (M,)."""
-    if f.dim() != 2:
-        raise ValueError(f"f: expected latents (N, M), got shape {tuple(f.shape)}")
+    """The fraction of inputs on which each latent is non-zero: (N >= 1, M) -> (M,)."""
+    _check_latents(f)
     return (f != 0).double().mean(0)
 
 
 def dead_and_dense(frequencies: torch.Tensor, dense_above: float = 0.1) -> tuple[int, int]:
     """(latents that never fired, latents that fired on more than ``dense_above`` of the inputs)."""
-    if not 0 < dense_above < 1:
-        raise ValueError(f"dense_above: expected a fraction in (0, 1), got {dense_above!r}")
+    number_in(dense_above, "dense_above", 0, 1, bounds="()", expected="a fraction in (0, 1)")
+    float_tensor(frequencies, "frequencies", dim=1, expected="a (M,) tensor of firing frequencies")
+    if bool(((frequencies < 0) | (frequencies > 1)).any()):
+        raise ValueError("frequencies: expected firing frequencies in [0, 1]")
     return int((frequencies == 0).sum()), int((frequencies > dense_above).sum())
 
 
 def max_cosines(true_features: torch.Tensor, learned: torch.Tensor) -> torch.Tensor:
-    """For each ground-truth direction (F, d), its largest cosine with any learned direction (M, d): (F,)."""
-    if true_features.dim() != 2 or learned.dim() != 2 or true_features.shape[1] != learned.shape[1]:
-        raise ValueError(f"true_features, learned: expected (F, d) and (M, d), got {tuple(true_features.shape)} "
-                         f"and {tuple(learned.shape)}")
+    """For each ground-truth direction (F, d), its largest cosine with any learned direction (M, d): (F,).
+    Both finite, with at least one row each."""
+    float_tensor(true_features, "true_features", dim=2, expected="a (F >= 1, d) floating tensor of directions")
+    float_tensor(learned, "learned", dim=2, expected="a (M >= 1, d) floating tensor of directions")
+    if true_features.shape[1] != learned.shape[1] or learned.shape[0] == 0:
+        raise ValueError(f"learned: expected (M >= 1, {true_features.shape[1]}) directions like true_features, "
+                         f"got {tuple(learned.shape)}")
+    if true_features.shape[0] == 0:
+        raise ValueError("true_features: expected at least one direction")
     a = F.normalize(true_features.double(), dim=1)
     b = F.normalize(learned.double(), dim=1)
     return (a @ b.T).max(dim=1).values
@@ -207,8 +236,7 @@ def mmcs(true_features: torch.Tensor, learned: torch.Tensor) -> float:
 
 def fraction_recovered(true_features: torch.Tensor, learned: torch.Tensor, threshold: float = 0.9) -> float:
     """The fraction of ground-truth directions matched by a learned one with cosine above ``threshold``."""
-    if not -1 <= threshold <= 1:
-        raise ValueError(f"threshold: expected a cosine in [-1, 1], got {threshold!r}")
+    number_in(threshold, "threshold", -1, 1, expected="a cosine in [-1, 1]")
     return float((max_cosines(true_features, learned) > threshold).double().mean())
 
 
@@ -218,9 +246,11 @@ def firing_f1(f: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     ``F1 = 2 |fires and mask| / (|fires| + |mask|)``: 1 for a latent that fires exactly where the pattern holds,
     low for one that fires everywhere (poor precision) or on a few of the positions only (poor recall).
     """
-    if f.dim() != 2 or not isinstance(mask, torch.Tensor) or mask.shape != f.shape[:1]:
-        raise ValueError(f"mask: expected a (N,) tensor for latents f of shape (N, M), got "
-                         f"{tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__}")
+    _check_latents(f)
+    if not isinstance(mask, torch.Tensor) or mask.shape != f.shape[:1]:
+        raise ValueError(f"mask: expected a (N,) tensor for latents f of shape (N, M), got {describe(mask)}")
+    if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError("mask: expected a boolean pattern (bools, or 0 and 1)")
     fires, mask = (f > 0).double(), mask.to(torch.float64).reshape(-1, 1)
     both = (fires * mask).sum(0)
     return 2 * both / (fires.sum(0) + mask.sum()).clamp_min(1)
@@ -229,6 +259,8 @@ def firing_f1(f: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def matching_latent(f: torch.Tensor, mask: torch.Tensor) -> tuple[int, float]:
     """(index, F1) of the latent whose firing best detects the boolean pattern ``mask`` (see :func:`firing_f1`);
     ties go to the lowest index."""
+    if isinstance(f, torch.Tensor) and f.dim() == 2 and f.shape[1] == 0:
+        raise ValueError("f: expected at least one latent (N, M >= 1)")
     scores = firing_f1(f, mask)
     best = int(scores.argmax())
     return best, float(scores[best])
@@ -238,6 +270,9 @@ def matching_latent(f: torch.Tensor, mask: torch.Tensor) -> tuple[int, float]:
 def evaluate(sae: SparseAutoencoder, x: torch.Tensor, true_features: torch.Tensor | None = None,
              dense_above: float = 0.1) -> dict:
     """Reconstruction, sparsity and (given the ground truth) recovery of ``sae`` on activations x (N, d)."""
+    if not isinstance(sae, SparseAutoencoder):
+        raise TypeError(f"sae: expected a SparseAutoencoder, got {type(sae).__name__}")
+    number_in(dense_above, "dense_above", 0, 1, bounds="()", expected="a fraction in (0, 1)")
     x_hat, f = sae(x)
     dead, dense = dead_and_dense(firing_frequencies(f), dense_above)
     out = {"nmse": normalized_mse(x, x_hat), "l0": l0(f), "dead": dead, "dense": dense}
@@ -254,10 +289,13 @@ def evaluate(sae: SparseAutoencoder, x: torch.Tensor, true_features: torch.Tenso
 def residual_stream(gpt, idx: torch.Tensor, layer: int) -> torch.Tensor:
     """The residual stream (B, T, d) of ``gpt`` (an :class:`arlib.text.gpt.GPT`) entering block ``layer``:
     ``layer = 0`` is the embeddings, ``layer = n_layer`` the output of the last block."""
-    return gpt.trunk(idx, n_layers=_layer(gpt, layer))[-1]
+    layer = _layer(gpt, layer)
+    return gpt.trunk(idx, n_layers=layer)[-1]
 
 
 def _layer(gpt, layer) -> int:
+    if not all(hasattr(gpt, a) for a in ("trunk", "config", "h", "ln_f", "wte")):
+        raise TypeError(f"gpt: expected an arlib.text.gpt.GPT, got {type(gpt).__name__}")
     n = gpt.config.n_layer
     return int_in_range(layer, "layer", 0, n)
 
@@ -266,7 +304,13 @@ def spliced_logits(gpt, idx: torch.Tensor, layer: int, replace) -> torch.Tensor:
     """Logits (B, T, V) of ``gpt`` when its residual stream entering block ``layer`` is replaced by
     ``replace(x)`` (for an SAE: its reconstruction); the rest of the network runs unchanged."""
     layer = _layer(gpt, layer)
-    x = replace(gpt.trunk(idx, n_layers=layer)[-1])  # (B, T, d)
+    if not callable(replace):
+        raise TypeError(f"replace: expected a function of the residual stream, got {type(replace).__name__}")
+    h = gpt.trunk(idx, n_layers=layer)[-1]  # (B, T, d)
+    x = replace(h)
+    if not isinstance(x, torch.Tensor) or x.shape != h.shape:
+        raise ValueError(f"replace: must return a tensor of the residual stream's shape {tuple(h.shape)}, "
+                         f"got {describe(x)}")
     for block in gpt.h[layer:]:
         x = block(x)
     return F.linear(gpt.ln_f(x), gpt.wte.weight)

@@ -31,7 +31,8 @@ import torch
 
 from arlib.interp.sae import SparseAutoencoder, l1_penalty, reconstruction_loss, residual_stream, topk_activation
 from arlib.train import TrainConfig, train
-from arlib.validate import int_in_range, positive_int
+from arlib.validate import describe, float_tensor, int_in_range, number_in, positive_int, token_ids
+from arlib.validate import generator as check_generator
 
 
 def _check_sae(sae) -> None:
@@ -43,8 +44,7 @@ class L1Objective:
     """Reconstruction plus ``l1_coeff`` times the decoder-norm-weighted L1 of the latents (ReLU SAEs)."""
 
     def __init__(self, l1_coeff: float):
-        if not l1_coeff >= 0:
-            raise ValueError(f"l1_coeff: expected a non-negative coefficient, got {l1_coeff!r}")
+        number_in(l1_coeff, "l1_coeff", 0, math.inf, bounds="[)", expected="a finite coefficient >= 0")
         self.l1_coeff = float(l1_coeff)
 
     def prepare(self, sae: SparseAutoencoder) -> None:
@@ -63,8 +63,7 @@ class TopKObjective:
 
     def __init__(self, k_aux: int = 64, aux_coeff: float = 1 / 32, dead_after: int = 200):
         positive_int(k_aux, "k_aux")
-        if not aux_coeff >= 0:
-            raise ValueError(f"aux_coeff: expected a non-negative coefficient, got {aux_coeff!r}")
+        number_in(aux_coeff, "aux_coeff", 0, math.inf, bounds="[)", expected="a finite coefficient >= 0")
         positive_int(dead_after, "dead_after", expected="a positive number of steps")
         self.k_aux, self.aux_coeff, self.dead_after = k_aux, float(aux_coeff), dead_after
         self.silent: torch.Tensor | None = None  # (M,) steps since each latent last fired
@@ -76,6 +75,8 @@ class TopKObjective:
         self.silent = torch.zeros(sae.config.n_latents, dtype=torch.long, device=sae.W_dec.device)
 
     def __call__(self, sae: SparseAutoencoder, x: torch.Tensor) -> torch.Tensor:
+        if self.silent is None or not isinstance(sae, SparseAutoencoder) or len(self.silent) != sae.config.n_latents:
+            self.prepare(sae)  # called without train_sae (or on another SAE): start the dead-latent counters
         pre = sae.pre_activations(x)  # (N, M)
         f = topk_activation(pre, sae.config.k)
         x_hat = sae.decode(f)
@@ -96,7 +97,10 @@ class TopKObjective:
 def group_targets(n_latents: int, n_groups: int, p_max: float, p_min: float) -> torch.Tensor:
     """Target activation frequencies (M,): ``n_groups`` contiguous groups of (nearly) equal size, the targets
     spaced geometrically from ``p_max`` (group 0) down to ``p_min`` (the last group). One group: all ``p_max``."""
+    positive_int(n_latents, "n_latents")
     int_in_range(n_groups, "n_groups", 1, n_latents, expected=f"an int in [1, n_latents={n_latents}]")
+    number_in(p_max, "p_max", 0, 1, bounds="()")
+    number_in(p_min, "p_min", 0, 1, bounds="()")
     if not 0 < p_min <= p_max < 1:
         raise ValueError(f"p_min, p_max: expected 0 < p_min <= p_max < 1, got {p_min!r}, {p_max!r}")
     if n_groups == 1:
@@ -109,9 +113,16 @@ def group_targets(n_latents: int, n_groups: int, p_max: float, p_min: float) -> 
 
 def calibrated_bias(drive: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Biases (M,) with which each latent fires on ``ceil(target * N)`` of the N inputs whose bias-free
-    pre-activations are ``drive`` (N, M): minus the midpoint between the k-th and (k+1)-th largest drive."""
-    if drive.dim() != 2 or targets.shape != drive.shape[1:]:
-        raise ValueError(f"targets: expected one frequency per column of drive {tuple(drive.shape)}")
+    pre-activations are ``drive`` (N, M): minus the midpoint between the k-th and (k+1)-th largest drive.
+    drive finite with N >= 1 rows; targets (M,) frequencies in (0, 1]."""
+    float_tensor(drive, "drive", dim=2, expected="a (N >= 1, M) floating tensor of pre-activations")
+    if drive.shape[0] == 0:
+        raise ValueError("drive: expected at least one input (N >= 1)")
+    if not isinstance(targets, torch.Tensor) or targets.shape != drive.shape[1:]:
+        raise ValueError(f"targets: expected one frequency per column of drive {tuple(drive.shape)}, "
+                         f"got {describe(targets)}")
+    if not bool(((targets > 0) & (targets <= 1)).all()):
+        raise ValueError("targets: expected frequencies in (0, 1]")
     N = drive.shape[0]
     k = (targets * N).ceil().long().clamp(1, max(N - 1, 1))  # (M,)
     top = drive.topk(min(int(k.max()) + 1, N), dim=0).values  # (K + 1, M), largest first
@@ -127,9 +138,10 @@ def bias_adaptation_step(bias: torch.Tensor, drive: torch.Tensor, targets: torch
     The firing frequency is monotone in the bias, so the new bias, between b and b_star, gives a frequency
     between the old one and the target on those inputs: each step moves every latent toward its target.
     """
-    if not 0 < rate <= 1:
-        raise ValueError(f"rate: expected a fraction in (0, 1], got {rate!r}")
-    if drive.dim() != 2 or bias.shape != drive.shape[1:]:
+    number_in(rate, "rate", 0, 1, bounds="(]", expected="a fraction in (0, 1]")
+    float_tensor(drive, "drive", dim=2, expected="a (N >= 1, M) floating tensor of pre-activations")
+    float_tensor(bias, "bias", dim=1, expected="a (M,) floating tensor of biases")
+    if bias.shape != drive.shape[1:]:
         raise ValueError(f"bias: expected one bias per column of drive {tuple(drive.shape)}, got {tuple(bias.shape)}")
     return bias + rate * (calibrated_bias(drive, targets).to(bias.dtype) - bias)
 
@@ -141,12 +153,14 @@ class BiasAdaptation:
     first batch sets them with :func:`calibrated_bias` (ours) so that training starts at the targets."""
 
     def __init__(self, targets: torch.Tensor, period: int = 10, rate: float = 0.5):
-        targets = torch.as_tensor(targets, dtype=torch.float64)
+        try:
+            targets = torch.as_tensor(targets, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"targets: expected a 1-D tensor of frequencies, got {type(targets).__name__}") from None
         if targets.dim() != 1 or not bool(((targets > 0) & (targets < 1)).all()):
             raise ValueError("targets: expected a 1-D tensor of frequencies in (0, 1), one per latent")
         positive_int(period, "period", expected="a positive number of steps")
-        if not 0 < rate <= 1:
-            raise ValueError(f"rate: expected a fraction in (0, 1], got {rate!r}")
+        number_in(rate, "rate", 0, 1, bounds="(]", expected="a fraction in (0, 1]")
         self.targets, self.period, self.rate = targets, period, float(rate)
         self.drives: list[torch.Tensor] = []  # bias-free pre-activations since the last update
         self.updates = 0
@@ -182,6 +196,11 @@ def train_sae(sae: SparseAutoencoder, objective, get_batch, config: TrainConfig,
     _check_sae(sae)
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config: expected TrainConfig, got {type(config).__name__}")
+    if not callable(objective) or not callable(getattr(objective, "prepare", None)):
+        raise TypeError(f"objective: expected an objective (L1Objective, TopKObjective, BiasAdaptation), "
+                        f"got {type(objective).__name__}")
+    if not callable(get_batch):
+        raise TypeError(f"get_batch: expected a function (step, generator) -> x, got {type(get_batch).__name__}")
     objective.prepare(sae)
     return train(sae, objective, get_batch, replace(config, weight_decay=0.0), evaluate)
 
@@ -191,8 +210,13 @@ def collect_activations(gpt, ids: torch.Tensor, layer: int, n_windows: int, gene
                         window: int | None = None, batch_size: int = 16) -> torch.Tensor:
     """Residual-stream activations (n_windows * window, d) entering block ``layer`` of ``gpt``, over
     ``n_windows`` random windows of the token ids ``ids`` (every position of each window)."""
-    if not isinstance(ids, torch.Tensor) or ids.dim() != 1:
-        raise ValueError("ids: expected a 1-D tensor of token ids")
+    if not all(hasattr(gpt, a) for a in ("trunk", "config", "parameters")):
+        raise TypeError(f"gpt: expected an arlib.text.gpt.GPT, got {type(gpt).__name__}")
+    token_ids(ids, "ids", dim=1, vocab_size=gpt.config.vocab_size, expected="a 1-D torch.long tensor of token ids")
+    int_in_range(layer, "layer", 0, gpt.config.n_layer)
+    positive_int(n_windows, "n_windows")
+    positive_int(batch_size, "batch_size")
+    check_generator(generator, optional=False)
     window = window or gpt.config.block_size
     int_in_range(window, "window", 1, gpt.config.block_size)
     if len(ids) <= window:

@@ -21,12 +21,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from arlib.validate import positive_int
+from arlib.validate import float_tensor, is_int, number_in, positive_int
+from arlib.validate import generator as check_generator
 
 
 def _probabilities(name: str, p, size: int | None = None) -> torch.Tensor:
     """A float64 tensor of probabilities in (0, 1] (a number or a 1-D tensor of ``size`` entries)."""
-    t = torch.as_tensor(p, dtype=torch.float64).reshape(-1)
+    try:
+        t = torch.as_tensor(p, dtype=torch.float64).reshape(-1)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{name}: expected probabilities in (0, 1], got {p!r}") from None
     if size is not None and t.numel() == 1:
         t = t.expand(size)
     if (size is not None and t.numel() != size) or not bool(((t > 0) & (t <= 1)).all()):
@@ -44,6 +48,7 @@ def toy_batch(batch_size: int, n_features: int, p, generator: torch.Generator, n
     positive_int(batch_size, "batch_size")
     positive_int(n_features, "n_features")
     positive_int(n_instances, "n_instances")
+    check_generator(generator, optional=False)
     p = _probabilities("p", p, n_instances).float()  # (I,)
     shape = (batch_size, n_instances, n_features)
     present = torch.rand(shape, generator=generator) < p[None, :, None]
@@ -70,6 +75,7 @@ class ToyModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, I, n) -> reconstruction (B, I, n)."""
+        float_tensor(x, "x", finite=False, expected=f"a (batch, {self.W.shape[0]}, {self.W.shape[2]}) floating tensor")
         if x.dim() != 3 or x.shape[1:] != (self.W.shape[0], self.W.shape[2]):
             raise ValueError(f"x: expected (batch, {self.W.shape[0]}, {self.W.shape[2]}), got {tuple(x.shape)}")
         h = torch.einsum("imn,bin->bim", self.W, x)  # (B, I, m): the compressed representation
@@ -77,11 +83,18 @@ class ToyModel(nn.Module):
 
 
 def toy_loss(model: ToyModel, x: torch.Tensor, importance: torch.Tensor) -> torch.Tensor:
-    """Importance-weighted squared error, summed over features and instances, averaged over the batch."""
-    importance = torch.as_tensor(importance, dtype=x.dtype, device=x.device)
-    if importance.dim() != 1 or importance.numel() != x.shape[-1] or bool((importance < 0).any()):
-        raise ValueError(f"importance: expected {x.shape[-1]} non-negative weights, "
-                         f"got shape {tuple(importance.shape)}")
+    """Importance-weighted squared error, summed over features and instances, averaged over the batch;
+    importance: one finite weight >= 0 per feature."""
+    if not isinstance(model, ToyModel):
+        raise TypeError(f"model: expected a ToyModel, got {type(model).__name__}")
+    float_tensor(x, "x", dim=3, finite=False, expected="a (batch, instances, features) floating tensor")
+    try:
+        importance = torch.as_tensor(importance, dtype=x.dtype, device=x.device)
+    except (TypeError, ValueError, RuntimeError):
+        importance = None
+    if importance is None or importance.dim() != 1 or importance.numel() != x.shape[-1] \
+            or not bool((torch.isfinite(importance) & (importance >= 0)).all()):
+        raise ValueError(f"importance: expected {x.shape[-1]} finite non-negative weights, one per feature")
     return (importance * (x - model(x)) ** 2).sum(dim=(1, 2)).mean()
 
 
@@ -89,6 +102,10 @@ def train_toy_model(n_features: int, n_hidden: int, p, importance, steps: int = 
                     lr: float = 1e-3, seed: int = 0, device=None) -> ToyModel:
     """Train one toy model per entry of ``p`` (in parallel, one instance each) with Adam, as the paper does."""
     p = _probabilities("p", p)
+    number_in(lr, "lr", 0, math.inf, bounds="()", expected="a finite learning rate > 0")
+    if not is_int(seed):
+        raise ValueError(f"seed: expected an int, got {seed!r}")
+    positive_int(steps, "steps")
     generator = torch.Generator().manual_seed(seed)
     model = ToyModel(n_features, n_hidden, len(p), generator).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -108,6 +125,7 @@ def feature_dimensionality(W: torch.Tensor) -> torch.Tensor:
     A feature with its own dimension has D = 1, an antipodal pair shares one (D = 1/2 each), a feature the
     model ignores has D = 0. Summed over features, D is at most m (Elhage et al. 2022, "The Geometry of Superposition").
     """
+    float_tensor(W, "W", expected="a finite floating tensor (..., m, n)")
     if W.dim() < 2:
         raise ValueError(f"W: expected (..., m, n), got shape {tuple(W.shape)}")
     norms2 = (W * W).sum(-2)  # (..., n)
@@ -120,6 +138,7 @@ def random_directions(n: int, d: int, generator: torch.Generator, device=None) -
     """``n`` random unit vectors in ``R^d``, one per row: (n, d)."""
     positive_int(n, "n")
     positive_int(d, "d")
+    check_generator(generator, optional=False)
     v = torch.randn(n, d, generator=generator)
     return (v / v.norm(dim=1, keepdim=True)).to(device)
 
@@ -140,12 +159,15 @@ class SparseMixture:
     noise: float = 0.0
 
     def __post_init__(self):
-        if not isinstance(self.features, torch.Tensor) or self.features.dim() != 2:
-            raise ValueError("features: expected a (n_features, d) tensor")
+        if not isinstance(self.features, torch.Tensor) or self.features.dim() != 2 or self.features.shape[0] == 0:
+            raise ValueError("features: expected a (n_features >= 1, d) tensor")
         norms = self.features.norm(dim=1)
         if not torch.allclose(norms, torch.ones_like(norms), atol=1e-4):
             raise ValueError("features: expected unit-norm rows (use random_directions)")
         self.frequencies = _probabilities("frequencies", self.frequencies, len(self.features)).float()
+        number_in(self.low, "low", 0, math.inf, bounds="[)", expected="a finite number >= 0")
+        number_in(self.high, "high", 0, math.inf, bounds="[)", expected="a finite number >= 0")
+        number_in(self.noise, "noise", 0, math.inf, bounds="[)", expected="a finite standard deviation >= 0")
         if not 0 <= self.low <= self.high:
             raise ValueError(f"low, high: expected 0 <= low <= high, got {self.low}, {self.high}")
         if not self.noise >= 0:
@@ -169,6 +191,7 @@ class SparseMixture:
     def sample(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` samples: activations x (n, d) and the true coefficients h (n, F)."""
         positive_int(n, "n")
+        check_generator(generator, optional=False)
         present = torch.rand(n, self.n_features, generator=generator) < self.frequencies.cpu()  # (n, F)
         h = present * (self.low + (self.high - self.low) * torch.rand(n, self.n_features, generator=generator))
         h = h.to(self.features.device)
