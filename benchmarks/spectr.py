@@ -13,9 +13,10 @@ from the formula printed. Part 2 times the exact LP against vocabulary size and 
 V^k, while K-SEQ's work is O(k V). Part 3 decodes held-out prompts with the Shakespeare pair three ways,
 interleaved prompt by prompt: the target alone (``generate``, KV cache), single-draft speculative decoding
 (``speculative_generate`` with the draft model) and SpecTr (``spectr_generate``, K-SEQ) for each k, at
-each gamma. It prints tokens per target call (block efficiency) and the median per-prompt speed-up over
-plain decoding, both also relative to speculative decoding at the same gamma. All ratios come from this
-one run; compare them across machines, not the absolute times.
+each gamma, its k drafts verified as k batched rows and (``tree k=``) as one token tree. It prints tokens
+per target call (block efficiency) and the median per-prompt speed-up over plain decoding, both also
+relative to speculative decoding at the same gamma. All ratios come from this one run; compare them across
+machines, not the absolute times.
 """
 
 from __future__ import annotations
@@ -132,6 +133,10 @@ def decoding_table(n_prompts: int, new_tokens: int, gammas, ks) -> None:
             for k in ks:
                 t, (_, s) = timed(spectr_generate, target, draft, x, new_tokens, k, gamma, generator=generator)
                 rows.setdefault(f"SpecTr k={k}", []).append((plain / t, s.tokens_per_call))
+                if k > 1:  # the same k drafts verified as one token tree (tree attention, one cache row)
+                    t, (_, s) = timed(spectr_generate, target, draft, x, new_tokens, k, gamma, generator=generator,
+                                      tree=True)
+                    rows.setdefault(f"tree k={k}", []).append((plain / t, s.tokens_per_call))
         sd_tokens = statistics.fmean(b for _, b in rows["SD"])
         for method, values in rows.items():
             tokens = statistics.fmean(b for _, b in values)
