@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import torch
+
+from arlib.validate import describe
+
 __all__ = ["edit_distance", "word_error_rate", "char_error_rate"]
 
 
 def edit_distance(reference, hypothesis) -> int:
     """Levenshtein distance between two sequences: the fewest substitutions, insertions and deletions
-    that turn ``reference`` into ``hypothesis`` (dynamic programming, one row at a time)."""
+    that turn ``reference`` into ``hypothesis`` (dynamic programming, one row at a time). Tokens are
+    compared with ``!=``: strings, ints, 1-D tensors (read as lists of ints) and the like."""
     ref, hyp = _sequence(reference, "reference"), _sequence(hypothesis, "hypothesis")
     row = list(range(len(hyp) + 1))  # distances from ref[:0] to each prefix of hyp
     for i, r in enumerate(ref, 1):
@@ -18,6 +23,10 @@ def edit_distance(reference, hypothesis) -> int:
 
 
 def _sequence(x, name: str) -> list:
+    if isinstance(x, torch.Tensor):
+        if x.dim() != 1:
+            raise TypeError(f"{name}: expected a sequence of tokens (a 1-D tensor at most), got {describe(x)}")
+        return x.tolist()
     try:
         return list(x)
     except TypeError:

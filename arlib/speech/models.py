@@ -228,10 +228,10 @@ class SpeechEncoder(nn.Module):
         super().__init__()
         positive_int(n_mels, "n_mels")
         positive_int(ff, "ff")
+        layer = layer_config(d, heads, layers, dropout)  # checks the sizes before anything is built
         self.config = dict(n_mels=n_mels, d=d, layers=layers, heads=heads, ff=ff, dropout=dropout)
         self.conv = nn.Sequential(nn.Conv1d(n_mels, d, 3, padding=1), nn.GELU(),
                                   nn.Conv1d(d, d, 3, stride=2, padding=1), nn.GELU())
-        layer = layer_config(d, heads, layers, dropout)
         self.blocks = nn.ModuleList(speech_layer(Block(layer, ff, "none")) for _ in range(layers))
         self.ln = nn.LayerNorm(d)
 
@@ -304,8 +304,8 @@ class AttentionDecoder(nn.Module):
         positive_int(ff, "ff")
         self.config = dict(vocab_size=vocab_size, d=d, layers=layers, heads=heads, ff=ff, max_len=max_len,
                            dropout=dropout)
+        self.layers = layer_config(d, heads, layers, dropout, max_len)  # checks the sizes first
         self.embed, self.pos = nn.Embedding(vocab_size, d), nn.Embedding(max_len, d)
-        self.layers = layer_config(d, heads, layers, dropout, max_len)
         self.blocks = nn.ModuleList(speech_layer(DecoderBlock(self.layers, ff, "none")) for _ in range(layers))
         self.ln = nn.LayerNorm(d)
 

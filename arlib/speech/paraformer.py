@@ -95,10 +95,10 @@ class Paraformer(nn.Module):
         positive_int(vocab_size, "vocab_size")
         positive_int(ff, "ff")
         number_in(tail, "tail", 0, 1, bounds="[)")
+        layer = layer_config(d, heads, layers, dropout)  # checks the sizes before anything is built
         self.config = dict(vocab_size=vocab_size, d=d, layers=layers, heads=heads, ff=ff, dropout=dropout, tail=tail)
         self.predictor = CIFPredictor(d)
         self.embed = nn.Embedding(vocab_size, d)  # target embeddings for the glancing sampler
-        layer = layer_config(d, heads, layers, dropout)
         self.blocks = nn.ModuleList(speech_layer(DecoderBlock(layer, ff, "none")) for _ in range(layers))
         self.ln = nn.LayerNorm(d)
         self.head = nn.Linear(d, vocab_size)

@@ -120,7 +120,7 @@ KINDS = {kind: build_from_meta for kind in ("ctc", "aed", "paraformer")}
 
 
 def _check_name(name) -> str:
-    if name not in SPEECH_RECIPES:
+    if not isinstance(name, str) or name not in SPEECH_RECIPES:
         raise ValueError(f"name: expected one of {', '.join(SPEECH_RECIPES)}, got {name!r}")
     return name
 
