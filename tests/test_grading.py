@@ -82,12 +82,16 @@ def test_the_books_solutions_pass_on_held_out_cases(ch, tmp_path):
 
 
 @pytest.mark.slow
-def test_the_stubs_fail_and_the_command_says_so(tmp_path, capsys):
-    path = _submitted(tmp_path, "00", student=True)
+def test_the_stubs_fail_and_the_command_says_so(tmp_path, capsys, monkeypatch):
+    """Stubs are "not yet implemented"; an endless loop fails its own exercise only, after its time runs out."""
+    monkeypatch.setenv("ARLIB_GRADE_SECONDS", "3")
+    endless = "def class_means(images, labels, num_classes):\n    while True:\n        pass"
+    path = _submitted(tmp_path, "00", {"0.2": endless}, student=True)
     assert classroom.main(["grade", str(path), "--root", str(ROOT)]) == 1
     out = capsys.readouterr().out
     assert f"{path}: 0/4 exercises pass" in out
-    assert out.count("| not yet implemented |") == 4, out
+    assert out.count("| not yet implemented |") == 3, out
+    assert "| 0.2 | fail | case 1 " in out and "OutOfTime" in out, out
 
 
 # ----------------------------------------------------------------------------------------- attacks
@@ -266,7 +270,7 @@ def test_the_traps_cover_aliases_wrappers_reload_and_the_source(tmp_path):
 
 def _inputs(cases) -> str:
     arrays: dict = {}
-    text = json.dumps([encode(list(c.args), arrays) for c in cases], sort_keys=True)
+    text = json.dumps([encode(list(c.args), arrays, inputs=True) for c in cases], sort_keys=True)
     return text + "".join(f"{k}:{np.asarray(v).tobytes().hex()}" for k, v in sorted(arrays.items()))
 
 

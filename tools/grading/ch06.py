@@ -113,7 +113,9 @@ SPECS = [
     Spec("6.1", ("topk_latents",), ("arlib.interp.sae.topk_activation",), _topk_cases, _topk, _topk_compare),
     Spec("6.2", ("mean_max_cosine",), ("arlib.interp.sae.mmcs", "arlib.interp.sae.max_cosines"), _mmcs_cases, _mmcs,
          close(1e-5)),
-    Spec("6.3", ("adapt_bias",), ("arlib.interp.sae_train.bias_adaptation_step",), _bias_cases, _bias, _bias_compare),
+    Spec("6.3", ("adapt_bias",), ("arlib.interp.sae_train.bias_adaptation_step",
+                                  "arlib.interp.sae_train.calibrated_bias"),
+         _bias_cases, _bias, _bias_compare),
     Spec("6.4", ("find_latent",), ("arlib.interp.sae.matching_latent", "arlib.interp.sae.firing_f1"), _latent_cases,
          _latent, _latent_compare),
 ]

@@ -204,11 +204,14 @@ def run_learner(setup: str, cells: dict[str, str], specs: list[Spec], cases: dic
     for spec in specs:
         exercises.append({
             "number": spec.number, "source": cells.get(spec.number, ""), "functions": list(spec.functions),
-            "cases": [{"args": encode(list(c.args), arrays)["list"], "kwargs": {k: encode(v, arrays)
-                       for k, v in c.kwargs.items()}, "kind": c.kind, "fn": c.fn} for c in cases[spec.number]],
+            "cases": [{"args": encode(list(c.args), arrays, inputs=True)["list"],
+                       "kwargs": {k: encode(v, arrays, inputs=True) for k, v in c.kwargs.items()},
+                       "kind": c.kind, "fn": c.fn} for c in cases[spec.number]],
         })
     blocked, allowed = _blocked_dirs(root)
+    seconds = int(os.environ.get("ARLIB_GRADE_SECONDS", "120"))  # per exercise; the tests shorten it
     job = {"setup": setup, "exercises": exercises, "blocked_dirs": blocked, "allowed_dirs": allowed,
+           "seconds_per_exercise": seconds,
            "traps": {dotted: spec.number for spec in specs for dotted in spec.traps}}
     with tempfile.TemporaryDirectory(prefix="arlib-grade-") as tmp:
         tmp = Path(tmp)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import linecache
 import os
+import signal
 import sys
 import traceback
 import types
@@ -36,8 +37,11 @@ class ReferenceTrap(RuntimeError):
 # Shared with the grader (tools/grading/core.py imports these two functions): plain JSON plus named arrays.
 
 
-def encode(value, arrays: dict, limit: int = 10_000):
-    """A JSON-able description of ``value``; tensors and arrays go to ``arrays`` under a fresh key."""
+def encode(value, arrays: dict, limit: int = 10_000, inputs: bool = False):
+    """A JSON-able description of ``value``; tensors and arrays go to ``arrays`` under a fresh key.
+
+    With ``inputs`` (the grader encoding cases) a ``{"gpt": ...}`` model description passes as it is.
+    """
     import torch
 
     if isinstance(value, torch.Tensor):
@@ -64,8 +68,8 @@ def encode(value, arrays: dict, limit: int = 10_000):
     if isinstance(value, (list, tuple)):
         if len(value) > limit:
             return {"type": f"{type(value).__name__} of {len(value)} items"}
-        return {"list" if isinstance(value, list) else "tuple": [encode(v, arrays, limit) for v in value]}
-    if isinstance(value, dict) and "gpt" in value and len(value) == 1:
+        return {"list" if isinstance(value, list) else "tuple": [encode(v, arrays, limit, inputs) for v in value]}
+    if inputs and isinstance(value, dict) and "gpt" in value and len(value) == 1:
         return value  # a model description (inputs only), built by build_inputs
     return {"type": type(value).__name__}
 
@@ -291,6 +295,14 @@ def call_case(kind: str, fns: list, args: list, kwargs: dict):
     raise ValueError(f"unknown call kind {kind!r}")
 
 
+class OutOfTime(TimeoutError):
+    """An exercise's calls took longer than the grader allows one exercise."""
+
+
+def _out_of_time(signum, frame):
+    raise OutOfTime("the exercise ran out of time (an endless loop?)")
+
+
 def main(job_dir: str) -> int:
     job_dir = Path(job_dir).resolve()
     job = json.loads((job_dir / "job.json").read_text(encoding="utf-8"))
@@ -305,35 +317,40 @@ def main(job_dir: str) -> int:
     files += trap_whole_modules("arlib.checks")
     guard(files, job["blocked_dirs"], job["allowed_dirs"])
     sys.stdout.flush()
+    signal.signal(signal.SIGALRM, _out_of_time)
     results, out_arrays = {}, {}
     for ex in job["exercises"]:
         number = ex["number"]
+        signal.alarm(job.get("seconds_per_exercise", 120))  # an endless loop fails its exercise, not the rest
         try:
             exec(compile(ex["source"], f"<solution of exercise {number}>", "exec"), namespace)
         except BaseException as exc:  # noqa: BLE001  (the learner's cell: report, do not stop)
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            if isinstance(exc, KeyboardInterrupt):
                 raise
             results[number] = {"cell_error": _describe_error(exc)}
+            signal.alarm(0)
             continue
         fns = [namespace.get(name) for name in ex["functions"]]
         missing = [n for n, f in zip(ex["functions"], fns) if not callable(f)]
         if missing:
             results[number] = {"missing": missing}
+            signal.alarm(0)
             continue
         got = []
         for case in ex["cases"]:
-            args = decode(case["args"], arrays)
-            kwargs = {k: decode(v, arrays) for k, v in case.get("kwargs", {}).items()}
             fn_index = case.get("fn", 0)
             try:
+                args = decode(case["args"], arrays)
+                kwargs = {k: decode(v, arrays) for k, v in case.get("kwargs", {}).items()}
                 value = call_case(case.get("kind", "call"), fns[fn_index:] + fns[:fn_index], args, kwargs)
                 got.append({"value": encode(value, out_arrays)})
             except BaseException as exc:  # noqa: BLE001
-                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                if isinstance(exc, KeyboardInterrupt):
                     raise
                 got.append(_describe_error(exc))
-                if isinstance(exc, NotImplementedError):
-                    break  # a stub: no need to try its other cases
+                if isinstance(exc, (NotImplementedError, OutOfTime)):
+                    break  # a stub, or the exercise's time is spent: its other cases are not tried
+        signal.alarm(0)
         results[number] = {"cases": got}
     np.savez(outputs_npz, **out_arrays)
     outputs_json.write_text(json.dumps(results), encoding="utf-8")
