@@ -56,6 +56,8 @@ class TranscriptVocab:
         are refused (a recognizer's output may spell a non-word)."""
         if not isinstance(transcript, str):
             raise TypeError(f"transcript: expected a string, got {type(transcript).__name__}")
+        if not isinstance(strict, bool):
+            raise TypeError(f"strict: expected a bool, got {strict!r}")
         if not strict and self.unit == "char":
             bad = sorted(set(transcript) - set(self.chars))
             if bad:
