@@ -219,9 +219,9 @@ def grade(path: Path, root: Path = ROOT, student: str | None = None):
     Each exercise's solution cells (every code cell between its statement and its check) run after the book's
     own first code cell in a fresh interpreter (``tools/grading/runner.py``) where the references the exercises
     re-implement are traps; the learner's functions are called on cases drawn for ``student`` (default: the
-    notebook's file name) and their raw outputs come back as JSON and arrays. They are judged here, against the
-    references, so nothing the learner's code patches can reach the verdict. The learner's code still runs
-    with the grader's rights: grade untrusted notebooks in a sandbox.
+    notebook's folder and file name) and their raw outputs come back as JSON and arrays. They are judged here,
+    against the references, so nothing the learner's code patches can reach the verdict. The learner's code
+    still runs with the grader's rights: grade untrusted notebooks in a sandbox.
     """
     from tools import grading
     from tools.grading.core import Verdict, judge, make_cases, run_learner
@@ -239,7 +239,8 @@ def grade(path: Path, root: Path = ROOT, student: str | None = None):
     if sorted(cells) != sorted(spec.number for spec in specs):
         raise ValueError(f"{path.name}: exercises {sorted(cells)}, the grader has specs for "
                          f"{sorted(spec.number for spec in specs)}")
-    student = student or hashlib.sha256(path.name.encode()).hexdigest()[:16]
+    # Students hand in notebooks of the same name, one folder each: the folder tells them apart.
+    student = student or hashlib.sha256(f"{path.resolve().parent.name}/{path.name}".encode()).hexdigest()[:16]
     cases = {spec.number: make_cases(spec, student) for spec in specs}
     outputs, arrays, tail = run_learner(setup, cells, specs, cases, (root / chapter.notebook).parent, root)
     if not outputs:
@@ -414,7 +415,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", help="output folder")
     parser.add_argument("--root", default=str(ROOT), help="the book's root (holds book.toml)")
     parser.add_argument("--student", help="grade: the student's id, which seeds the held-out cases "
-                        "(default: a hash of the notebook's file name)")
+                        "(default: a hash of the notebook's folder and file name)")
     parser.add_argument("--notebook", choices=["chapter", "exercises"],
                         help="student, instructor: the whole chapter, or its first code cell and its exercises "
                              "(default: chapter for student, exercises for instructor)")
@@ -467,7 +468,8 @@ def _grade(paths: list[Path], root: Path, student: str | None = None) -> int:
         print(f"{path}: {passed}/{len(outcome)} exercises pass")
         print("| exercise | result | reason |\n|---|---|---|")
         for v in outcome:
-            print(f"| {v.number} | {v.status} | {v.reason.replace('|', '/')} |")
+            reason = " ".join(v.reason.replace("|", "/").split())
+            print(f"| {v.number} | {v.status} | {reason} |")
     return 1 if failed else 0
 
 

@@ -75,12 +75,13 @@ def make_cases(spec: Spec, student: str) -> list[Case]:
 
 def number_of(got) -> float | None:
     """A float for a number or a one-element tensor / array (not a bool); None for anything else."""
-    if isinstance(got, bool):
+    if isinstance(got, (bool, np.bool_)):
         return None
     if isinstance(got, (int, float, np.integer, np.floating)):
         return float(got)
-    if isinstance(got, (torch.Tensor, np.ndarray)) and got.size == 1 if isinstance(got, np.ndarray) else (
-            isinstance(got, torch.Tensor) and got.numel() == 1 and got.dtype != torch.bool):
+    if isinstance(got, torch.Tensor) and got.numel() == 1 and got.dtype != torch.bool and not got.is_complex():
+        return float(got.item())
+    if isinstance(got, np.ndarray) and got.size == 1 and got.dtype.kind in "iuf":
         return float(got.item())
     return None
 
