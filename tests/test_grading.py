@@ -193,7 +193,7 @@ def test_the_attacks_on_chapter_5_fail(tmp_path):
 
 
 TRAP_SCRIPT = """
-import functools, importlib, importlib.util, inspect, sys, types
+import functools, importlib, importlib.util, inspect, socket, subprocess, sys, types
 sys.path.insert(0, {tmp!r})
 sys.path.insert(0, {runner_dir!r})
 import refmod, user
@@ -222,6 +222,8 @@ out = {{
     "reload": calls(importlib.reload, refmod),
     "source": calls(lambda: open(refmod.__file__).read()),
     "getsource": calls(inspect.getsource, refmod),
+    "network": calls(socket.getaddrinfo, "localhost", 80),
+    "process": calls(subprocess.run, [sys.executable, "-c", "pass"]),
 }}
 print(out)
 """
@@ -262,7 +264,7 @@ def test_the_traps_cover_aliases_wrappers_reload_and_the_source(tmp_path):
     assert out == {"module": "trap", "alias": "trap", "copy": "trap", "wrapper": "trap", "wrapped": "trap",
                    "inner": "trap",
                    "closure": "trap", "method": "trap", "reload": "refused", "source": "refused",
-                   "getsource": "refused"}, out
+                   "getsource": "refused", "network": "refused", "process": "refused"}, out
 
 
 # ----------------------------------------------------------------------------------------- the cases

@@ -229,7 +229,7 @@ def guard(blocked_files: list[str], blocked_dirs: list[str], allowed_dirs: list[
     It refuses to open the trapped modules' sources and byte code (so ``importlib.reload``, a second import
     under another name, ``inspect.getsource`` and reading the file fail), anything under ``blocked_dirs``
     (the book: notebooks with their solutions, the grading specs, the checks) unless it lies under
-    ``allowed_dirs``, and starting other processes (a fresh interpreter would have no traps).
+    ``allowed_dirs``, starting other processes (a fresh interpreter would have no traps) and the network.
     """
     stems = set()
     for f in blocked_files:
@@ -240,7 +240,7 @@ def guard(blocked_files: list[str], blocked_dirs: list[str], allowed_dirs: list[
     blocked = tuple(os.path.realpath(d) + os.sep for d in blocked_dirs)
     allowed = tuple(os.path.realpath(d) + os.sep for d in allowed_dirs)
     refused = {"subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty",
-               "os.symlink", "os.link", "pty.spawn"}
+               "os.symlink", "os.link", "pty.spawn", "socket.connect", "socket.getaddrinfo"}
 
     def hook(event, args):
         if event in refused:
