@@ -108,7 +108,7 @@ def as_number(got) -> float | None:
     or array; None for anything else (bools included)."""
     if isinstance(got, (bool, np.bool_)):
         return None
-    if is_number(got) or isinstance(got, (np.integer, np.floating)):
+    if is_number(got):
         return float(got)
     if isinstance(got, torch.Tensor) and got.numel() == 1 and not got.is_complex() and got.dtype != torch.bool:
         return float(got.item())
@@ -121,7 +121,7 @@ def as_integer(got) -> int | None:
     """A Python int for an int (or numpy / one-element integer tensor); None for anything else, floats included."""
     if isinstance(got, (bool, np.bool_)):
         return None
-    if is_int(got) or isinstance(got, np.integer):
+    if is_int(got):
         return int(got)
     if isinstance(got, torch.Tensor) and got.numel() == 1 and not got.is_floating_point() and got.dtype != torch.bool:
         return int(got.item())
