@@ -22,7 +22,7 @@ import numbers
 import torch
 
 __all__ = ["describe", "is_int", "is_number", "positive_int", "int_at_least", "int_in_range", "number_in",
-           "probability", "token_ids", "ids_in_vocab"]
+           "probability", "token_ids", "ids_in_vocab", "float_tensor", "generator", "MissingFileError"]
 
 
 def describe(x) -> str:
@@ -154,3 +154,12 @@ def generator(value, name: str = "generator", *, optional: bool = True):
         raise ValueError(f"{name}: expected a torch.Generator{' or None' if optional else ''}, "
                          f"got {type(value).__name__}")
     return value
+
+
+# --- files ----------------------------------------------------------------------------------------
+
+
+class MissingFileError(FileNotFoundError, ValueError):
+    """A file or folder named by an argument does not exist. It is a ``FileNotFoundError`` (what Python
+    raises for a missing file) and a ``ValueError`` (what arlib raises for every bad argument), so either
+    ``except`` catches it; the message names the argument: ``"path: no ladder results at ..."``."""
