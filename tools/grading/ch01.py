@@ -139,9 +139,11 @@ def _kl(case):
 
 def _kn_cases(rng):
     cases = []
-    for _ in range(4):
+    for k in range(4):
         V, n, D = int(rng.integers(3, 25)), int(rng.integers(10, 800)), float(rng.uniform(0.1, 0.95))
-        ids = t(rng.integers(0, V, n), torch.long)
+        ids = t(rng.integers(0, V - 1 if k == 0 else V, n), torch.long)
+        if k == 0:
+            ids[-1] = V - 1  # a character seen only at the end: a context never seen
         ones = torch.ones(n - 1, dtype=torch.float64)
         counts = torch.zeros(V, V, dtype=torch.float64).index_put_((ids[:-1], ids[1:]), ones, accumulate=True)
         cases.append(Case((counts.float(), D), f"{V} characters, {n} tokens, D = {D:.3f}", extra=ids))
