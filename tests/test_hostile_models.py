@@ -172,6 +172,9 @@ case("verify draft ids empty gamma", spec.verify, P3[:, :1], Q2[:, :0], X2[:, :0
 case("verify atol NaN", spec.verify, P3, Q2, X2, atol=NAN, arg="atol")
 case("verify atol negative", spec.verify, P3, Q2, X2, atol=-1.0, arg="atol")
 case("verify generator junk", spec.verify, P3, Q2, X2, generator="seed", arg="generator")
+case("verify q on another device", spec.verify, P3, Q2.to("meta"), X2, arg="q")
+case("verify draft_tokens on another device", spec.verify, P3, Q2, X2.to("meta"), arg="draft_tokens")
+case("residual q on another device", spec.residual, P1, Q1.to("meta"), arg="q")
 case("verify_greedy target wrong shape", spec.verify_greedy, X2, X2, arg="target_tokens")
 case("verify_greedy drafts 1-D", spec.verify_greedy, X2, X2[0], arg="draft_tokens")
 case("verify_greedy target ids negative", spec.verify_greedy, torch.tensor([[-1, 2, 3]]), X2[:1],
@@ -318,6 +321,9 @@ case("kseq_select drafts wrong rows", sp.kseq_select, PB, QB, DRAFTS[:2], arg="d
 case("kseq_select drafts float", sp.kseq_select, PB, QB, DRAFTS.double(), arg="drafts")
 case("kseq_select no drafts", sp.kseq_select, PB, QB, DRAFTS[:, :0], arg="drafts")
 case("kseq_select p 1-D", sp.kseq_select, P1, Q1, DRAFTS, arg="p")
+case("kseq_select q on another device", sp.kseq_select, PB, QB.to("meta"), DRAFTS, arg="q")
+case("kseq_select drafts on another device", sp.kseq_select, PB, QB, DRAFTS.to("meta"), arg="drafts")
+case("optimal_acceptance q on another device", sp.optimal_acceptance, P1, Q1.to("meta"), 2, arg="q")
 case("kseq_select generator junk", sp.kseq_select, PB, QB, DRAFTS, "seed", arg="generator")
 case("recursive_rejection_select drafts negative", sp.recursive_rejection_select, PB, QB,
      with_value(DRAFTS, (1, 1), -1), arg="drafts")
@@ -565,6 +571,7 @@ case("sample_raster_sjd window 0", jac.sample_raster_sjd, SJD_MODEL, 1, 8, 3, 0,
 case("nearest_code z NaN", vq.nearest_code, with_value(CODEBOOK[:3], (0, 0), NAN), CODEBOOK, arg="z")
 case("nearest_code codebook inf", vq.nearest_code, CODEBOOK[:3], with_value(CODEBOOK, (2, 1), INF), arg="codebook")
 case("nearest_code empty codebook", vq.nearest_code, CODEBOOK[:3], CODEBOOK[:0], arg="codebook")
+case("nearest_code codebook on another device", vq.nearest_code, CODEBOOK[:3], CODEBOOK.to("meta"), arg="codebook")
 case("nearest_code width mismatch", vq.nearest_code, CODEBOOK[:3], CODEBOOK[:, :2], arg="codebook")
 case("nearest_code dtype mismatch", vq.nearest_code, CODEBOOK[:3].double(), CODEBOOK, arg="z",
      contract=lambda i: i.tolist() == [0, 1, 2])

@@ -55,13 +55,16 @@ def _check_pair(p, q, atol: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
         if not t.is_floating_point() or t.dim() < 1 or t.shape[-1] == 0:
             raise ValueError(f"{name}: expected a floating tensor of probabilities (..., V >= 1), got {tuple(t.shape)} "
                              f"{t.dtype}")
+        tensors.append(t)
+    p, q = tensors
+    if p.device != q.device:
+        raise ValueError(f"q: on {q.device}, p on {p.device}: expected one device")
+    for name, t in (("p", p), ("q", q)):
         if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
             raise ValueError(f"{name}: probabilities must be finite and >= 0")
         err = (t.double().sum(-1) - 1).abs().max().item() if t.numel() else 0.0
-        tensors.append(t)
         if err > atol:
             raise ValueError(f"{name}: each distribution must sum to 1 (atol {atol:g}); found a sum off by {err:.3g}")
-    p, q = tensors
     if p.shape != q.shape:
         raise ValueError(f"q: expected the shape of p {tuple(p.shape)} (same vocabulary), got {tuple(q.shape)}")
     dtype = torch.promote_types(p.dtype, q.dtype)
@@ -230,6 +233,11 @@ def _check_drafts(drafts, batch: int, V: int) -> torch.Tensor:
     return drafts
 
 
+def _check_device(drafts: torch.Tensor, p: torch.Tensor) -> None:
+    if drafts.device != p.device:
+        raise ValueError(f"drafts: on {drafts.device}, p on {p.device}: expected one device")
+
+
 def kseq_select(p, q, drafts: torch.Tensor, generator: torch.Generator | None = None):
     """One K-SEQ verification (SpecTr, Algorithm 2), batched: p, q (B, V), drafts (B, k) i.i.d. from q.
 
@@ -241,6 +249,8 @@ def kseq_select(p, q, drafts: torch.Tensor, generator: torch.Generator | None = 
     if p.dim() != 2:
         raise ValueError(f"p: expected (batch, V), got {tuple(p.shape)}")
     B, V = p.shape
+    if isinstance(drafts, torch.Tensor):
+        _check_device(drafts, p)
     drafts = _check_drafts(drafts, B, V)
     check_generator(generator)
     k = drafts.shape[1]
@@ -270,6 +280,8 @@ def recursive_rejection_select(p, q, drafts: torch.Tensor, generator: torch.Gene
     if p.dim() != 2:
         raise ValueError(f"p: expected (batch, V), got {tuple(p.shape)}")
     B, V = p.shape
+    if isinstance(drafts, torch.Tensor):
+        _check_device(drafts, p)
     drafts = _check_drafts(drafts, B, V)
     check_generator(generator)
     if not isinstance(replacement, (bool, np.bool_)):

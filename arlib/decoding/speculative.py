@@ -79,7 +79,11 @@ def _check_verify(p, q, draft_tokens, atol: float) -> None:
                              f"got {describe(q)}")
         if q.shape[-1] != V:
             raise ValueError(f"q: vocabulary mismatch: p has V = {V} tokens, q has V = {q.shape[-1]}")
+        if q.device != p.device:
+            raise ValueError(f"q: on {q.device}, p on {p.device}: expected one device")
         _check_probs(q, "q", atol)
+    if draft_tokens.device != p.device:
+        raise ValueError(f"draft_tokens: on {draft_tokens.device}, p on {p.device}: expected one device")
     ids_in_vocab(draft_tokens, "draft_tokens", V)
     if q is not None:
         impossible = (q.gather(-1, draft_tokens[..., None]).squeeze(-1) == 0).nonzero()  # (K, 2)
@@ -92,6 +96,8 @@ def _check_verify(p, q, draft_tokens, atol: float) -> None:
 def _check_pair(p, q, atol: float = 1e-4) -> None:
     """p, q (..., V): distributions of one shape (one vocabulary)."""
     _check_probs(p, "p", atol)
+    if isinstance(q, torch.Tensor) and q.device != p.device:
+        raise ValueError(f"q: on {q.device}, p on {p.device}: expected one device")
     _check_probs(q, "q", atol)
     if p.dim() < 1 or p.shape != q.shape:
         raise ValueError(f"q: expected the shape of p {describe(p)} (one vocabulary), got {describe(q)}")

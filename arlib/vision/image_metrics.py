@@ -73,6 +73,9 @@ def gaussian_frechet(mu_a: torch.Tensor, cov_a: torch.Tensor, mu_b: torch.Tensor
     if mu_b.shape != (d,):
         raise ValueError(f"mu_b: expected a ({d},) mean like mu_a, got {describe(mu_b)}")
     cov_a, cov_b = _check_covariance(cov_a, "cov_a", d), _check_covariance(cov_b, "cov_b", d)
+    for name, t in (("cov_a", cov_a), ("mu_b", mu_b), ("cov_b", cov_b)):
+        if t.device != mu_a.device:
+            raise ValueError(f"{name}: on {t.device}, mu_a on {mu_a.device}: expected one device")
     root_a = _psd_sqrt(cov_a, "cov_a")
     cross = _psd_sqrt(root_a @ cov_b @ root_a, "cov_b")
     value = (mu_a - mu_b).pow(2).sum() + torch.trace(cov_a) + torch.trace(cov_b) - 2 * torch.trace(cross)

@@ -43,9 +43,12 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     argmin_k ||z - e_k||^2 = argmin_k (||e_k||^2 - 2 z . e_k), one matrix product. Both finite and floating
     (NaN would make the argmin arbitrary); the codebook is cast to z's dtype, and holds at least one code."""
     float_tensor(z, "z", dim=2, expected="a (N, D) floating tensor")
-    float_tensor(codebook, "codebook", dim=2, expected=f"a (K >= 1, {z.shape[1]}) floating tensor")
+    float_tensor(codebook, "codebook", dim=2, finite=False, expected=f"a (K >= 1, {z.shape[1]}) floating tensor")
     if codebook.shape[1] != z.shape[1] or codebook.shape[0] == 0:
         raise ValueError(f"codebook: expected a (K >= 1, {z.shape[1]}) tensor, got {describe(codebook)}")
+    if codebook.device != z.device:
+        raise ValueError(f"codebook: on {codebook.device}, z on {z.device}: expected one device")
+    float_tensor(codebook, "codebook")  # finite (after the device check: the scan reads it)
     codebook = codebook.to(z.dtype)
     distance = codebook.pow(2).sum(1)[None, :] - 2 * z @ codebook.T  # (N, K), up to ||z||^2
     return distance.argmin(dim=1)
