@@ -8,7 +8,7 @@ import random
 import numpy as np
 import torch
 
-from arlib.validate import int_at_least, positive_int
+from arlib.validate import int_in_range, positive_int
 
 _STYLE = {
     "figure.figsize": (6.4, 3.6),
@@ -26,11 +26,24 @@ _STYLE = {
 
 
 def pick_device(prefer: str | None = None) -> torch.device:
-    """Return ``prefer`` if given, else the best available device: cuda > mps > cpu."""
+    """Return ``prefer`` if given (a name or a ``torch.device``; it must be available here, else
+    ``ValueError``), else the best available device: cuda > mps > cpu."""
     if prefer is not None:
+        if isinstance(prefer, torch.device):
+            prefer = str(prefer)
         if not isinstance(prefer, str) or prefer.split(":")[0] not in {"cpu", "cuda", "mps"}:
             raise ValueError(f"device: expected 'cpu', 'cuda[:N]' or 'mps', got {prefer!r}")
-        return torch.device(prefer)
+        try:
+            device = torch.device(prefer)
+        except RuntimeError:
+            raise ValueError(f"device: expected 'cpu', 'cuda[:N]' or 'mps', got {prefer!r}") from None
+        mps = getattr(torch.backends, "mps", None)
+        if device.type == "cuda" and not (torch.cuda.is_available()
+                                          and (device.index or 0) < torch.cuda.device_count()):
+            raise ValueError(f"device: {prefer!r} is not available here ({torch.cuda.device_count()} CUDA devices)")
+        if device.type == "mps" and not (mps is not None and mps.is_available()):
+            raise ValueError(f"device: {prefer!r} is not available here")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     mps = getattr(torch.backends, "mps", None)
@@ -40,8 +53,8 @@ def pick_device(prefer: str | None = None) -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices) with one integer."""
-    int_at_least(seed, "seed", 0, expected="a non-negative int")
+    """Seed Python, NumPy and torch (all devices) with one integer in [0, 2**64)."""
+    seed = int_in_range(seed, "seed", 0, 2**64 - 1, expected="a non-negative int below 2**64")
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -55,8 +68,12 @@ def setup(seed: int = 0, device: str | None = None, threads: int | None = None, 
     """
     seed_everything(seed)
     if threads is None:
-        threads = int(os.environ.get("ARLIB_THREADS", os.cpu_count() or 1))
-    positive_int(threads, "threads")
+        env = os.environ.get("ARLIB_THREADS")
+        try:
+            threads = int(env) if env else os.cpu_count() or 1
+        except ValueError:
+            raise ValueError(f"threads: $ARLIB_THREADS must be a positive int, got {env!r}") from None
+    threads = positive_int(threads, "threads")
     torch.set_num_threads(threads)
     if style:
         import matplotlib
@@ -76,7 +93,13 @@ def check_timing(ok: bool, message: str) -> None:
     tests, and speed is never asserted in tests (it is measured in ``benchmarks/``), so a failed claim
     prints a notice instead. The committed outputs must carry no such notice (tests/test_notebooks.py).
     """
-    if bool(ok):
+    if not isinstance(message, str):
+        raise TypeError(f"message: expected a string, got {type(message).__name__}")
+    try:
+        ok = bool(ok)
+    except (RuntimeError, ValueError, TypeError):  # a tensor or array of several entries
+        raise TypeError(f"ok: expected a truth value, got {type(ok).__name__} of several entries") from None
+    if ok:
         return
     if os.environ.get("ARLIB_TIMING_ASSERTS", "1") == "0":
         print(f"{TIMING_NOTICE}: {message}")
@@ -105,6 +128,8 @@ def export_figure(fig, name: str, directory: str | os.PathLike | None = None) ->
     if not isinstance(name, str) or not name or any(c in name for c in "/\\. ") or name.startswith("-"):
         raise ValueError(f"name: expected a file stem such as 'learning-curve' (no dots, slashes or spaces), "
                          f"got {name!r}")
+    if directory is not None and not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(f"directory: expected a path, got {type(directory).__name__}")
     target = directory if directory is not None else os.environ.get(FIGURES_ENV)
     if not target:
         return []

@@ -36,6 +36,13 @@ class Loaded:
     vocab: Any = None
     extras: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        if not isinstance(self.model, torch.nn.Module):
+            raise TypeError(f"model: expected a torch module, got {type(self.model).__name__}")
+        for name in ("meta", "extras"):
+            if not isinstance(getattr(self, name), dict):
+                raise TypeError(f"{name}: expected a dict, got {type(getattr(self, name)).__name__}")
+
 
 def load(name: str, device=None, directory: str | Path | None = None, kind: str | None = None) -> Loaded:
     """Load checkpoint ``name`` (see :func:`arlib.checkpoints.list_checkpoints`) as float32 in eval mode.
@@ -43,6 +50,8 @@ def load(name: str, device=None, directory: str | Path | None = None, kind: str 
     ``kind`` (optional) is the kind expected (``"gpt"``, ``"sae"``, ...). Errors name the file: an unknown
     name (with the known ones), a truncated or altered weights file, a git-lfs pointer, a wrong kind.
     """
+    if kind is not None and kind not in KIND_PARTS:
+        raise ValueError(f"kind: expected one of {sorted(KIND_PARTS)} or None, got {kind!r}")
     meta = load_meta(name, directory)
     if meta["kind"] not in KIND_PARTS:
         raise CheckpointError(f"{checkpoint_paths(name, directory)[1]}: unknown kind {meta['kind']!r}; "

@@ -33,8 +33,9 @@ def all_recipes() -> dict[str, Recipe]:
 
 
 def get_recipe(name: str) -> Recipe:
+    """The recipe called ``name``; an unknown name raises ``ValueError`` listing the known ones."""
     recipes = all_recipes()
-    if name not in recipes:
+    if not isinstance(name, str) or name not in recipes:
         raise ValueError(f"name: expected one of {sorted(recipes)}, got {name!r}")
     return recipes[name]
 
@@ -53,6 +54,12 @@ def _summary(meta: dict) -> str:
 
 
 def main(argv=None) -> int:
+    """The command line ``python -m arlib.recipes [NAME] [options]``; ``argv`` (a list of strings, default
+    ``sys.argv[1:]``). As a command, it answers bad arguments as argparse does: a usage message and exit
+    status 2 (``SystemExit``), not an exception."""
+    if argv is not None and (isinstance(argv, str) or not isinstance(argv, (list, tuple))
+                             or not all(isinstance(a, str) for a in argv)):
+        raise TypeError(f"argv: expected a list of strings, got {argv!r}")
     recipes = all_recipes()
     parser = argparse.ArgumentParser(prog="python -m arlib.recipes", description=__doc__.splitlines()[0])
     parser.add_argument("name", nargs="?", help="the recipe to run; none: list them")

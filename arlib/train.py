@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from arlib.validate import positive_int
+from arlib.validate import describe, int_at_least, int_in_range, is_number, number_in, positive_int
 
 
 @dataclass
@@ -36,17 +36,20 @@ class TrainConfig:
     amp: bool = False  # bf16 autocast of the forward pass on CUDA (ignored elsewhere)
 
     def __post_init__(self):
-        positive_int(self.steps, "steps")
-        if not self.lr > 0:
-            raise ValueError(f"lr: expected a positive learning rate, got {self.lr!r}")
-        if not 0 <= self.warmup <= self.steps:
-            raise ValueError(f"warmup: expected an int in [0, steps={self.steps}], got {self.warmup!r}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"min_lr_ratio: expected a number in [0, 1], got {self.min_lr_ratio!r}")
-        if not self.clip > 0:
-            raise ValueError(f"clip: expected a positive max gradient norm, got {self.clip!r}")
-        if not 0 <= self.weight_decay:
-            raise ValueError(f"weight_decay: expected a non-negative number, got {self.weight_decay!r}")
+        inf = math.inf
+        self.steps = positive_int(self.steps, "steps")
+        number_in(self.lr, "lr", 0, inf, bounds="()", expected="a positive learning rate")
+        self.warmup = int_in_range(self.warmup, "warmup", 0, self.steps,
+                                   expected=f"an int in [0, steps={self.steps}]")
+        number_in(self.min_lr_ratio, "min_lr_ratio", 0, 1)
+        number_in(self.clip, "clip", 0, inf, bounds="()", expected="a positive max gradient norm")
+        number_in(self.weight_decay, "weight_decay", 0, inf, bounds="[)", expected="a non-negative number")
+        betas = self.betas
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2
+                and all(is_number(b) and 0 <= b < 1 for b in betas)):
+            raise ValueError(f"betas: expected two numbers in [0, 1), got {betas!r}")
+        self.eval_every = int_at_least(self.eval_every, "eval_every", 0)
+        self.seed = int_at_least(self.seed, "seed", 0, expected="a non-negative int")
         if not isinstance(self.amp, bool):
             raise ValueError(f"amp: expected True or False (bf16 autocast on CUDA), got {self.amp!r}")
 
@@ -65,9 +68,22 @@ class Recipe:
     run: Callable[..., dict | None]
     description: str
 
+    def __post_init__(self):
+        for field in ("name", "kind", "description"):
+            if not isinstance(getattr(self, field), str) or not getattr(self, field):
+                raise TypeError(f"{field}: expected a non-empty string, got {getattr(self, field)!r}")
+        if not isinstance(self.train, TrainConfig):
+            raise TypeError(f"train: expected TrainConfig, got {type(self.train).__name__}")
+        if not callable(self.run):
+            raise TypeError(f"run: expected a function run(name, steps=None, out=None, progress=True, **options), "
+                            f"got {type(self.run).__name__}")
+
 
 def lr_at(step: int, config: TrainConfig) -> float:
     """Learning rate at ``step``: linear warm-up to ``lr``, then cosine decay to ``lr * min_lr_ratio``."""
+    int_at_least(step, "step", 0)
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config: expected TrainConfig, got {type(config).__name__}")
     if step < config.warmup:
         return config.lr * (step + 1) / config.warmup
     span = max(1, config.steps - config.warmup)
@@ -78,7 +94,11 @@ def lr_at(step: int, config: TrainConfig) -> float:
 
 def distributed_context() -> tuple[int, int]:
     """(rank, world_size); starts the process group when launched by ``torchrun``."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise ValueError(f"WORLD_SIZE: expected a positive int (set by torchrun), got {os.environ['WORLD_SIZE']!r}") \
+            from None
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
     rank = dist.get_rank() if world > 1 else 0
@@ -99,6 +119,11 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW
 _SYNC_EVERY = 50  # steps between reads of the loss: on an accelerator each read makes the host wait
 
 
+class LossNotFinite(FloatingPointError, ValueError):
+    """The loss became NaN or inf: a ``FloatingPointError`` (as it always was) and a ``ValueError``; the
+    message names ``loss_fn`` and the step (a learning rate too large, or bad data, are the usual causes)."""
+
+
 def _flush(pending: list, history: dict, bar) -> None:
     """Read the pending losses back in one transfer, append them, and stop on a non-finite one."""
     values = torch.stack(pending).float().cpu().tolist()
@@ -106,7 +131,7 @@ def _flush(pending: list, history: dict, bar) -> None:
     pending.clear()
     for offset, value in enumerate(values):
         if not math.isfinite(value):
-            raise FloatingPointError(f"loss became {value} at step {first_step + offset}")
+            raise LossNotFinite(f"loss_fn: the loss became {value} at step {first_step + offset}")
     history["loss"].extend(values)
     bar.set_postfix(loss=f"{values[-1]:.3f}", refresh=False)
 
@@ -127,6 +152,13 @@ def train(
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config: expected TrainConfig, got {type(config).__name__}")
+    if not isinstance(model, torch.nn.Module) or not any(p.requires_grad for p in model.parameters()):
+        raise TypeError(f"model: expected a torch module with trainable parameters, got {type(model).__name__}")
+    for name, fn in (("loss_fn", loss_fn), ("get_batch", get_batch)):
+        if not callable(fn):
+            raise TypeError(f"{name}: expected a function, got {type(fn).__name__}")
+    if evaluate is not None and not callable(evaluate):
+        raise TypeError(f"evaluate: expected a function or None, got {type(evaluate).__name__}")
     rank, world = distributed_context()
     net = model
     if world > 1:
@@ -147,6 +179,8 @@ def train(
         batch = get_batch(step, generator)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
             loss = loss_fn(net, batch)
+        if step == 0 and not (isinstance(loss, torch.Tensor) and loss.dim() == 0 and loss.requires_grad):
+            raise ValueError(f"loss_fn: expected a scalar tensor with a gradient, got {describe(loss)}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
@@ -163,6 +197,8 @@ def train(
             model.eval()
             with torch.no_grad():
                 metrics = evaluate(model)
+            if not isinstance(metrics, dict):
+                raise TypeError(f"evaluate: expected a dict of metrics, got {type(metrics).__name__}")
             model.train()
             history["eval"].append((step + 1, metrics))
             if config.progress:
@@ -175,6 +211,9 @@ def train(
 
 def mean_last_loss(history: dict, n: int = 50) -> float:
     """Mean training loss over the last ``n`` steps of a :func:`train` history, rounded for a sidecar."""
+    n = positive_int(n, "n")
+    if not isinstance(history, dict) or not isinstance(history.get("loss"), list):
+        raise ValueError("history: expected a train() history, a dict with a list 'loss'")
     tail = history["loss"][-n:]
     if not tail:
         raise ValueError("history: expected at least one recorded loss")

@@ -15,14 +15,26 @@ every score by the same number, and the penalty changes nothing.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from arlib.validate import int_in_range, number_in, positive_int, token_ids
+from arlib.validate import ids_in_vocab, int_in_range, is_number, number_in, positive_int, token_ids
 
 
 def length_penalty(length: torch.Tensor, alpha: float) -> torch.Tensor:
     """GNMT's length penalty ``((5 + |Y|) / (5 + 1)) ** alpha`` (Wu et al. 2016, eq. 14) of hypotheses of
-    ``length`` new tokens (a tensor of any shape)."""
+    ``length`` new tokens (a tensor of any shape, or a number), all >= 0; ``alpha`` a finite number."""
+    number_in(alpha, "alpha", -math.inf, math.inf, bounds="()", expected="a finite number")
+    if isinstance(length, torch.Tensor):
+        if length.numel() and not bool((length >= 0).all()):  # False for NaN too
+            raise ValueError("length: expected lengths >= 0")
+    elif not is_number(length) or not 0 <= length < math.inf:
+        raise ValueError(f"length: expected a tensor or a number >= 0, got {length!r}")
+    return _length_penalty(length, alpha)
+
+
+def _length_penalty(length, alpha: float):
     return ((5.0 + length) / 6.0) ** alpha
 
 
@@ -38,15 +50,17 @@ def beam_search(model, prompt: torch.Tensor, n_new: int, width: int, *, eos: int
     length, and its row is padded with ``eos`` up to ``T + n_new``. Fewer than ``width`` rows come back
     when fewer distinct hypotheses exist. Uses one KV cache of ``width`` rows, reordered after every step
     to follow the surviving prefixes."""
+    if not isinstance(model, torch.nn.Module) or not hasattr(getattr(model, "config", None), "block_size"):
+        raise TypeError(f"model: expected a GPT (arlib.text.gpt.GPT), got {type(model).__name__}")
     if isinstance(prompt, torch.Tensor) and prompt.dim() == 1:
         prompt = prompt[None]
     token_ids(prompt, "prompt", dim=2, expected="a (T,) or (1, T) tensor of torch.long token ids")
     if prompt.shape[0] != 1 or prompt.shape[1] == 0:
         raise ValueError(f"prompt: expected one non-empty sequence, got shape {tuple(prompt.shape)}")
-    positive_int(n_new, "n_new")
-    positive_int(width, "width")
+    ids_in_vocab(prompt, "prompt", model.config.vocab_size)
+    n_new, width = positive_int(n_new, "n_new"), positive_int(width, "width")
     if eos is not None:
-        int_in_range(eos, "eos", 0, model.config.vocab_size - 1)
+        eos = int_in_range(eos, "eos", 0, model.config.vocab_size - 1)
     number_in(alpha, "alpha", 0, float("inf"), bounds="[)", expected="a length-penalty exponent >= 0")
     if prompt.shape[1] + n_new > model.config.block_size:
         raise ValueError(f"n_new: prompt ({prompt.shape[1]}) + n_new ({n_new}) exceeds the context of "
@@ -71,7 +85,7 @@ def beam_search(model, prompt: torch.Tensor, n_new: int, width: int, *, eos: int
             logp = torch.where(finished[:, None], done_row, logp)
         total = (scores[:, None] + logp).flatten()  # (W' * V,): log P of every candidate
         length = (lengths + (~finished).double())[:, None].expand(-1, V).flatten()  # (W' * V,)
-        ranked = total / length_penalty(length, alpha) if alpha else total
+        ranked = total / _length_penalty(length, alpha) if alpha else total
         _, flat = ranked.topk(min(width, len(ranked)))  # (W,)
         flat = flat[total[flat] > -torch.inf]  # fewer than W candidates exist in the first steps
         beam, token = flat // V, flat % V  # which prefix each survivor extends, and by which token

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-from arlib.validate import describe, ids_in_vocab, int_in_range, positive_int, token_ids
+from arlib.validate import describe, ids_in_vocab, int_at_least, int_in_range, number_in, positive_int, token_ids
 
 
 @dataclass
@@ -33,13 +33,12 @@ class GPTConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            positive_int(getattr(self, name), name)
+            setattr(self, name, positive_int(getattr(self, name), name))  # numpy ints become ints
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd: expected a multiple of n_head={self.n_head}, got {self.n_embd}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout: expected a probability in [0, 1), got {self.dropout!r}")
+        number_in(self.dropout, "dropout", 0, 1, bounds="[)", expected="a probability in [0, 1)")
         if self.n_kv_head is not None:
-            positive_int(self.n_kv_head, "n_kv_head")
+            self.n_kv_head = positive_int(self.n_kv_head, "n_kv_head")
             if self.n_head % self.n_kv_head:
                 raise ValueError(f"n_kv_head: expected a divisor of n_head={self.n_head} (or None), "
                                  f"got {self.n_kv_head}")
@@ -80,7 +79,8 @@ class KVCache:
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, device=None, dtype=torch.float32):
-        positive_int(batch_size, "batch_size")
+        _check_config(config)
+        batch_size = positive_int(batch_size, "batch_size")
         head_dim = config.n_embd // config.n_head
         shape = (config.n_layer, batch_size, config.kv_heads, config.block_size, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, H, T_max, D)
@@ -98,9 +98,7 @@ class KVCache:
 
     def crop(self, length: int) -> None:
         """Forget every position from ``length`` on."""
-        if not 0 <= length <= self.length:
-            raise ValueError(f"length: expected an int in [0, {self.length}], got {length!r}")
-        self.length = length
+        self.length = int_in_range(length, "length", 0, self.length)
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None,
                dropout: float = 0.0) -> torch.Tensor:
@@ -114,7 +112,7 @@ class KVCache:
         k, v = self.k[layer, :, :, :start + T], self.v[layer, :, :, :start + T]  # (B, H_kv, start+T, D)
         if mask is None:  # one new query sees every key: no mask needed
             mask = True if T == 1 else causal_mask(T, start, q.device)
-        return attention(q, k, v, mask, dropout)
+        return _attention(q, k, v, mask, dropout)
 
     def advance(self, T: int) -> None:
         """Called once per forward, after every layer attended: T more positions are seen."""
@@ -136,19 +134,32 @@ class KVCache:
         return 2 * L * B * H * self.length * D * self.number_bytes(self.k.element_size())
 
 
+def _check_config(config) -> None:
+    if not isinstance(config, GPTConfig):
+        raise TypeError(f"config: expected GPTConfig, got {type(config).__name__}")
+
+
 def causal_mask(T: int, start: int, device=None) -> torch.Tensor:
     """The boolean mask (T, start + T) of T new queries after ``start`` cached positions: query i sits
     at position start + i and sees keys 0 .. start + i."""
+    T, start = int_at_least(T, "T", 0), int_at_least(start, "start", 0)
     return torch.ones(T, start + T, dtype=torch.bool, device=device).tril(diagonal=start)
 
 
 def split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
     """(B, T, H * D) -> (B, H, T, D): one slice of the channels per head (Vaswani et al. 2017, sec. 3.2.2)."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        raise ValueError(f"x: expected a (batch, time, channels) tensor, got {describe(x)}")
+    n_head = positive_int(n_head, "n_head")
+    if x.shape[-1] % n_head:
+        raise ValueError(f"n_head: expected a divisor of the {x.shape[-1]} channels, got {n_head}")
     return rearrange(x, "b t (h d) -> b h t d", h=n_head)
 
 
 def merge_heads(y: torch.Tensor) -> torch.Tensor:
     """(B, H, T, D) -> (B, T, H * D): the heads' outputs side by side again, for the output projection."""
+    if not isinstance(y, torch.Tensor) or y.dim() != 4:
+        raise ValueError(f"y: expected a (batch, heads, time, head_dim) tensor, got {describe(y)}")
     return rearrange(y, "b h t d -> b t (h d)")
 
 
@@ -157,7 +168,27 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None, drop
     key/value heads (Ainslie et al. 2023): query head h reads key/value head h // (H / H_kv).
 
     q (B, H, T, D); k, v (B, H_kv, S, D); returns (B, H, T, D). ``mask``: None for causal (S == T),
-    True for none (every query sees every key), or a boolean tensor broadcastable to (B, H, T, S)."""
+    True for none (every query sees every key), or a boolean tensor broadcastable to (B, H, T, S).
+    Shapes and options are checked (no value is read); the model's layers call an unchecked twin."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4 or not t.is_floating_point():
+            raise ValueError(f"{name}: expected a floating (batch, heads, time, head_dim) tensor, got {describe(t)}")
+    if k.shape[0] != q.shape[0] or k.shape[3] != q.shape[3] or k.shape[1] == 0 or q.shape[1] % k.shape[1]:
+        raise ValueError(f"k: expected (batch {q.shape[0]}, a divisor of {q.shape[1]} heads, time, head_dim "
+                         f"{q.shape[3]}), got {tuple(k.shape)}")
+    if v.shape != k.shape:
+        raise ValueError(f"v: expected the shape of k {tuple(k.shape)}, got {tuple(v.shape)}")
+    if not (mask is None or mask is True or (isinstance(mask, torch.Tensor) and mask.dtype == torch.bool)):
+        raise ValueError(f"mask: expected None (causal), True (no mask) or a boolean tensor, got {describe(mask)}")
+    if mask is None and k.shape[2] != q.shape[2]:
+        raise ValueError(f"mask: None means causal, which needs as many keys as queries; got {k.shape[2]} keys "
+                         f"for {q.shape[2]} queries")
+    number_in(dropout, "dropout", 0, 1, bounds="[)")
+    return _attention(q, k, v, mask, dropout)
+
+
+def _attention(q, k, v, mask=None, dropout: float = 0.0) -> torch.Tensor:
+    """:func:`attention` without its checks, for the layers' hot path."""
     if k.shape[1] != q.shape[1]:
         group = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (B, H, S, D)
@@ -174,6 +205,7 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
+        _check_config(config)
         self.n_head, self.n_embd, self.n_kv_head = config.n_head, config.n_embd, config.kv_heads
         self.kv_dim = config.kv_heads * (config.n_embd // config.n_head)  # n_embd unless grouped
         self.c_attn = nn.Linear(config.n_embd, config.n_embd + 2 * self.kv_dim)  # q, k, v in one matmul
@@ -188,7 +220,8 @@ class CausalSelfAttention(nn.Module):
         (T, T) replaces the causal one. ``mask=True`` lets every query see every key, cached or new (a
         block of a block-causal model that sees its past and all of itself): attention then runs without
         a mask, which on a GPU is the faster kernel."""
-        B, T, C = x.shape
+        if x.dim() != 3 or x.shape[-1] != self.n_embd:  # shape only: cheap enough for every layer
+            raise ValueError(f"x: expected a (batch, time, {self.n_embd}) tensor, got {describe(x)}")
         q, k, v = self.c_attn(x).split([self.n_embd, self.kv_dim, self.kv_dim], dim=2)
         q = split_heads(q, self.n_head)  # (B, H, T, D)
         k, v = split_heads(k, self.n_kv_head), split_heads(v, self.n_kv_head)  # (B, H_kv, T, D)
@@ -196,7 +229,7 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:  # the cache stores k, v and decides which keys the queries read
             y = cache.attend(layer, q, k, v, mask, dropout)
         else:
-            y = attention(q, k, v, mask, dropout)
+            y = _attention(q, k, v, mask, dropout)
         y = merge_heads(y)  # (B, H, T, D) -> (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -208,6 +241,7 @@ class MLP(nn.Module):
 
     def __init__(self, config: GPTConfig, hidden: int | None = None, approximate: str = "tanh"):
         super().__init__()
+        _check_config(config)
         hidden = 4 * config.n_embd if hidden is None else positive_int(hidden, "hidden")
         if approximate not in ("tanh", "none"):
             raise ValueError(f"approximate: expected 'tanh' or 'none', got {approximate!r}")
@@ -225,6 +259,7 @@ class Block(nn.Module):
 
     def __init__(self, config: GPTConfig, hidden: int | None = None, approximate: str = "tanh"):
         super().__init__()
+        _check_config(config)
         self.ln_1 = nn.LayerNorm(config.n_embd)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd)
@@ -257,8 +292,7 @@ class GPT(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        if not isinstance(config, GPTConfig):
-            raise TypeError(f"config: expected GPTConfig, got {type(config).__name__}")
+        _check_config(config)
         self.config = config
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.block_size, config.n_embd)
@@ -313,10 +347,14 @@ class GPT(nn.Module):
         token_ids(idx, "idx", dim=2, expected="a (batch, time) tensor of torch.long token ids")
         n_layers = self.config.n_layer if n_layers is None else n_layers
         int_in_range(n_layers, "n_layers", 0, self.config.n_layer)
+        if cache is not None and not isinstance(cache, KVCache):
+            raise TypeError(f"cache: expected a KVCache (model.new_cache(batch)), got {type(cache).__name__}")
         B, T = idx.shape
         start = 0 if cache is None else cache.length
         if start + T > self.config.block_size:
             raise ValueError(f"idx: {start + T} positions exceed the context of {self.config.block_size}")
+        if idx.device != self.wte.weight.device:
+            raise ValueError(f"idx: on {idx.device}, the model is on {self.wte.weight.device}")
         if cache is not None and (cache.batch_size != B or cache.n_layers < n_layers):
             raise ValueError(f"cache: built for batch {cache.batch_size} and {cache.n_layers} layers, "
                              f"got batch {B} and {n_layers} layers")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from arlib.text.gpt import GPT, GPTConfig
+from arlib.validate import MissingFileError, number_in
 
 _CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
@@ -99,6 +100,7 @@ def from_hf(hf_model, dropout: float = 0.0) -> GPT:
     if not isinstance(hf_model, (transformers.GPT2LMHeadModel, transformers.GPTBigCodeForCausalLM)):
         raise TypeError(f"hf_model: expected transformers.GPT2LMHeadModel or GPTBigCodeForCausalLM, "
                         f"got {type(hf_model).__name__}")
+    number_in(dropout, "dropout", 0, 1, bounds="[)", expected="a probability in [0, 1)")
     conv1d = isinstance(hf_model, transformers.GPT2LMHeadModel)
     c = hf_model.config
     if not conv1d and not c.multi_query:  # its c_attn interleaves q, k, v per head, unlike ours
@@ -128,13 +130,17 @@ def from_hf(hf_model, dropout: float = 0.0) -> GPT:
 def load_hf_folder(folder):
     """The model saved by ``save_pretrained`` in the local ``folder`` (eval mode): a ``GPT2LMHeadModel``, or
     the ``GPTBigCodeForCausalLM`` of a multi-query export. Only that folder is read (``local_files_only``):
-    a name of a hub model is refused, nothing is downloaded."""
+    a name of a hub model is refused, nothing is downloaded. A folder without a saved model raises
+    :class:`~arlib.validate.MissingFileError` (a ``FileNotFoundError`` and a ``ValueError``)."""
+    import os
     from pathlib import Path
 
+    if not isinstance(folder, (str, os.PathLike)):
+        raise TypeError(f"folder: expected a path to a folder, got {type(folder).__name__}")
     path = Path(folder)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"folder: {path} holds no saved model (config.json); save one with "
-                                f"to_hf(model).save_pretrained(folder)")
+        raise MissingFileError(f"folder: {path} holds no saved model (config.json); save one with "
+                               f"to_hf(model).save_pretrained(folder)")
     transformers = _transformers()
     model_type = transformers.AutoConfig.from_pretrained(path, local_files_only=True).model_type
     cls = transformers.GPTBigCodeForCausalLM if model_type == "gpt_bigcode" else transformers.GPT2LMHeadModel

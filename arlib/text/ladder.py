@@ -21,6 +21,7 @@ book's own teaching device; the rungs are standard architectures, credited in th
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, replace
 
 import torch
@@ -28,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from arlib.text.gpt import GPT, MLP, CausalSelfAttention, GPTConfig
-from arlib.validate import positive_int
+from arlib.validate import MissingFileError, int_at_least, number_in, positive_int, token_ids
 
 RUNGS = ("bigram", "window-mlp", "one-head", "heads+mlp", "residual+ln", "gpt")
 # Controls beside the ladder: rungs 3 and 4 with one layer instead of four, which shows that what fails
@@ -53,7 +54,11 @@ class LadderSettings:
 
     def __post_init__(self):
         for name in ("n_layer", "n_head", "n_embd", "block_size", "window", "mlp_hidden", "steps", "batch_size"):
-            positive_int(getattr(self, name), name)
+            object.__setattr__(self, name, positive_int(getattr(self, name), name))
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd: expected a multiple of n_head={self.n_head}, got {self.n_embd}")
+        number_in(self.lr, "lr", 0, math.inf, bounds="()", expected="a finite learning rate > 0")
+        object.__setattr__(self, "warmup", int_at_least(self.warmup, "warmup", 0))  # run_ladder clips it to steps
 
 
 LADDER_SETTINGS = LadderSettings()
@@ -63,7 +68,15 @@ class _Config:
     """The attributes :func:`arlib.text.lm.token_nll` reads from a model's ``config``."""
 
     def __init__(self, vocab_size: int, block_size: int):
-        self.vocab_size, self.block_size = vocab_size, block_size
+        self.vocab_size = positive_int(vocab_size, "vocab_size")
+        self.block_size = positive_int(block_size, "block_size")
+
+
+def _check_idx(idx, vocab_size: int, block_size: int | None = None) -> None:
+    """The rungs' input: (B, T) token ids in [0, vocab_size), T <= block_size where positions are learned."""
+    token_ids(idx, "idx", dim=2, expected="a (batch, time) tensor of torch.long token ids", vocab_size=vocab_size)
+    if block_size is not None and idx.shape[1] > block_size:
+        raise ValueError(f"idx: {idx.shape[1]} positions exceed the context of {block_size}")
 
 
 class NeuralBigram(nn.Module):
@@ -71,11 +84,11 @@ class NeuralBigram(nn.Module):
 
     def __init__(self, vocab_size: int, block_size: int):
         super().__init__()
-        positive_int(vocab_size, "vocab_size")
         self.config = _Config(vocab_size, block_size)
         self.table = nn.Parameter(torch.zeros(vocab_size, vocab_size))  # (V, V): row = current character
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        _check_idx(idx, self.config.vocab_size)
         return self.table[idx]  # (B, T, V)
 
 
@@ -95,6 +108,7 @@ class WindowMLP(nn.Module):
         self.out = nn.Linear(hidden, vocab_size)  # U, b
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        _check_idx(idx, self.config.vocab_size)  # id V is the padding character: never an input
         B, T = idx.shape
         pad = torch.full((B, self.window - 1), self.config.vocab_size, dtype=idx.dtype, device=idx.device)
         windows = torch.cat([pad, idx], dim=1).unfold(1, self.window, 1)  # (B, T, n): x_{t-n+1} .. x_t
@@ -125,6 +139,7 @@ class LadderTransformer(nn.Module):
         self.head = nn.Linear(config.n_embd, config.vocab_size)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        _check_idx(idx, self.config.vocab_size, self.config.block_size)
         T = idx.shape[1]
         x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))  # (B, T, d)
         for i, attn in enumerate(self.attn):
@@ -137,6 +152,10 @@ class LadderTransformer(nn.Module):
 def build_rung(rung: str, vocab_size: int, settings: LadderSettings = LADDER_SETTINGS) -> nn.Module:
     """The untrained model of ``rung`` (one of ``RUNGS`` or ``SIDE_RUNGS``) for a vocabulary of
     ``vocab_size``."""
+    if not isinstance(rung, str):
+        raise ValueError(f"rung: expected one of {', '.join(RUNGS + tuple(SIDE_RUNGS))}, got {rung!r}")
+    if not isinstance(settings, LadderSettings):
+        raise TypeError(f"settings: expected LadderSettings, got {type(settings).__name__}")
     if rung in SIDE_RUNGS:
         rung, layers = SIDE_RUNGS[rung]
         settings = replace(settings, n_layer=layers)
@@ -165,7 +184,7 @@ def attention_logit_spread(d_head: int, n_keys: int = 64, trials: int = 2000, se
     positive_int(d_head, "d_head")
     positive_int(n_keys, "n_keys")
     positive_int(trials, "trials")
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(int_at_least(seed, "seed", 0))
     q = torch.randn(trials, 1, d_head, generator=g, dtype=torch.float64)
     k = torch.randn(trials, n_keys, d_head, generator=g, dtype=torch.float64)
     raw = (q * k).sum(-1)  # (trials, n_keys)
@@ -181,7 +200,9 @@ def attention_logit_spread(d_head: int, n_keys: int = 64, trials: int = 2000, se
 def block_means(values: torch.Tensor, block: int = 1000) -> list[float]:
     """Means of consecutive blocks of ``block`` values (the last partial block dropped): the units a
     block bootstrap resamples, since neighbouring characters' losses are correlated."""
-    positive_int(block, "block")
+    block = positive_int(block, "block")
+    if not isinstance(values, torch.Tensor) or values.dim() != 1:
+        raise ValueError(f"values: expected a 1-D tensor of per-token values, got {type(values).__name__}")
     n = len(values) // block
     if n == 0:
         raise ValueError(f"values: expected at least block={block} values, got {len(values)}")
@@ -190,23 +211,33 @@ def block_means(values: torch.Tensor, block: int = 1000) -> list[float]:
 
 def bootstrap_interval(blocks_a, blocks_b=None, draws: int = 2000, level: float = 0.95, seed: int = 0):
     """Percentile bootstrap interval of the mean of ``blocks_a`` (or of the paired difference a - b when
-    ``blocks_b`` is given): block means resampled with replacement ``draws`` times."""
-    a = torch.as_tensor(blocks_a, dtype=torch.float64)
+    ``blocks_b`` is given): block means resampled with replacement ``draws`` times. Block means must be
+    finite numbers."""
+    a = _block_means(blocks_a, "blocks_a")
     if blocks_b is not None:
-        b = torch.as_tensor(blocks_b, dtype=torch.float64)
+        b = _block_means(blocks_b, "blocks_b")
         if b.shape != a.shape:
             raise ValueError(f"blocks_b: expected {tuple(a.shape)} block means like blocks_a, got {tuple(b.shape)}")
         a = a - b
     if a.dim() != 1 or len(a) < 2:
         raise ValueError("blocks_a: expected a 1-D sequence of at least 2 block means")
     positive_int(draws, "draws")
-    if not 0 < level < 1:
-        raise ValueError(f"level: expected a number in (0, 1), got {level!r}")
-    g = torch.Generator().manual_seed(seed)
+    number_in(level, "level", 0, 1, bounds="()")
+    g = torch.Generator().manual_seed(int_at_least(seed, "seed", 0))
     picks = torch.randint(0, len(a), (draws, len(a)), generator=g)
     means = a[picks].mean(1)
     lo, hi = torch.quantile(means, torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64))
     return a.mean().item(), lo.item(), hi.item()
+
+
+def _block_means(values, name: str) -> torch.Tensor:
+    try:
+        t = torch.as_tensor(values, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{name}: expected a 1-D sequence of block means (numbers)") from None
+    if t.numel() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name}: contains NaN or inf")
+    return t
 
 
 def run_ladder(out: str, seeds=(0,), steps: int | None = None, eval_chars: int | None = None,
@@ -229,7 +260,23 @@ def run_ladder(out: str, seeds=(0,), steps: int | None = None, eval_chars: int |
     from arlib.text.tokenizer import CharTokenizer
     from arlib.train import TrainConfig, train
 
+    if not isinstance(out, (str, os.PathLike)):
+        raise TypeError(f"out: expected a path to a JSON file, got {type(out).__name__}")
+    if not isinstance(settings, LadderSettings):
+        raise TypeError(f"settings: expected LadderSettings, got {type(settings).__name__}")
+    if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
+        raise TypeError(f"seeds: expected a sequence of ints >= 0, got {type(seeds).__name__}")
+    seeds = tuple(int_at_least(s, "seeds", 0, expected="ints >= 0") for s in seeds)
+    if not seeds:
+        raise ValueError("seeds: expected at least one seed")
+    if eval_chars is not None:
+        positive_int(eval_chars, "eval_chars")
+    rungs = RUNGS + tuple(SIDE_RUNGS) if rungs is None else tuple(rungs)
+    for rung in rungs:
+        if rung not in RUNGS and rung not in SIDE_RUNGS:
+            raise ValueError(f"rungs: unknown rung {rung!r}; expected some of {RUNGS + tuple(SIDE_RUNGS)}")
     if steps is not None:
+        steps = positive_int(steps, "steps")
         settings = replace(settings, steps=steps, warmup=min(settings.warmup, steps))
     corpus = shakespeare()
     tokenizer = CharTokenizer.from_text(corpus.text)
@@ -247,10 +294,6 @@ def run_ladder(out: str, seeds=(0,), steps: int | None = None, eval_chars: int |
         earlier = json.loads(path.read_text())
         if earlier.get("settings") == results["settings"] and earlier.get("seeds") == results["seeds"]:
             results["rungs"].update(earlier["rungs"])
-    rungs = RUNGS + tuple(SIDE_RUNGS) if rungs is None else tuple(rungs)
-    for rung in rungs:
-        if rung not in RUNGS and rung not in SIDE_RUNGS:
-            raise ValueError(f"rungs: unknown rung {rung!r}; expected some of {RUNGS + tuple(SIDE_RUNGS)}")
     t0 = time.time()
     for rung in rungs:
         runs = []
@@ -311,11 +354,16 @@ def load_ladder(path=None) -> dict:
     import json
     from pathlib import Path
 
+    if path is not None and not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path: expected a path to the results' JSON file, got {type(path).__name__}")
     path = Path(path) if path is not None else _readable_results_path()
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no ladder results (run `python -m arlib.text.ladder --out {path}`)")
-    results = json.loads(path.read_text())
-    missing = [r for r in RUNGS if r not in results.get("rungs", {})]
+        raise MissingFileError(f"path: no ladder results at {path} (run `python -m arlib.text.ladder --out {path}`)")
+    try:
+        results = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"path: {path} is not a JSON file of ladder results ({err})") from None
+    missing = [r for r in RUNGS if r not in results.get("rungs", {})] if isinstance(results, dict) else list(RUNGS)
     if missing:
         raise ValueError(f"{path}: results lack the rungs {missing}")
     return results

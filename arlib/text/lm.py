@@ -5,14 +5,22 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from arlib.validate import int_in_range
+from arlib.validate import generator as check_generator
+from arlib.validate import ids_in_vocab, int_in_range, positive_int, token_ids
+
+
+def _check_model(model) -> None:
+    if not isinstance(model, torch.nn.Module) or not hasattr(getattr(model, "config", None), "block_size"):
+        raise TypeError(f"model: expected a language model (a torch module with config.block_size), "
+                        f"got {type(model).__name__}")
 
 
 def random_windows(ids: torch.Tensor, batch_size: int, block_size: int, generator: torch.Generator,
                    device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch of ``batch_size`` random windows: inputs x (B, T) and next-token targets y (B, T)."""
-    if not isinstance(ids, torch.Tensor) or ids.dim() != 1:
-        raise ValueError("ids: expected a 1-D tensor of token ids")
+    token_ids(ids, "ids", dim=1, expected="a 1-D torch.long tensor of token ids")
+    batch_size, block_size = positive_int(batch_size, "batch_size"), positive_int(block_size, "block_size")
+    check_generator(generator)
     if len(ids) <= block_size:
         raise ValueError(f"ids: need more than block_size={block_size} tokens, got {len(ids)}")
     starts = torch.randint(0, len(ids) - block_size, (batch_size,), generator=generator)
@@ -24,15 +32,27 @@ def random_windows(ids: torch.Tensor, batch_size: int, block_size: int, generato
 def heldout_halves(val_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(select, report): the first and second half of held-out ids. The book chooses settings (dropout,
     early stopping, an n-gram's order and discount) on the first and only reports on the second."""
-    if not isinstance(val_ids, torch.Tensor) or val_ids.dim() != 1 or len(val_ids) < 2:
+    token_ids(val_ids, "val_ids", dim=1, expected="a 1-D torch.long tensor of at least 2 token ids")
+    if len(val_ids) < 2:
         raise ValueError("val_ids: expected a 1-D tensor of at least 2 token ids")
     half = len(val_ids) // 2
     return val_ids[:half], val_ids[half:]
 
 
 def next_token_loss(model, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Mean cross-entropy of teacher-forced next-token prediction, in nats per token."""
+    """Mean cross-entropy of teacher-forced next-token prediction, in nats per token: ``batch`` is
+    ``(x, y)``, inputs and targets (B, T) of token ids. The targets' range is checked only where the
+    model has a ``config.vocab_size`` (a host sync, as the model's own check of ``x``)."""
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise ValueError(f"batch: expected a pair (x, y) of (batch, time) token ids, got {type(batch).__name__}")
     x, y = batch
+    if not isinstance(y, torch.Tensor) or not isinstance(x, torch.Tensor) or y.shape != x.shape \
+            or y.dtype != torch.long:
+        raise ValueError(f"batch: expected targets y of x's shape and dtype torch.long, got x "
+                         f"{x.shape if isinstance(x, torch.Tensor) else type(x).__name__}, y {getattr(y, 'shape', y)}")
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    if vocab is not None:
+        ids_in_vocab(y, "batch", vocab)
     logits = model(x)  # (B, T, V)
     return F.cross_entropy(logits.flatten(0, 1), y.flatten())
 
@@ -45,11 +65,16 @@ def token_nll(model, ids: torch.Tensor, stride: int | None = None, batch_size: i
     only targets no earlier window scored, so every token after the first is scored exactly once and,
     past the first window, with at least ``context - stride`` tokens of context.
     """
-    if not isinstance(ids, torch.Tensor) or ids.dim() != 1 or len(ids) < 2:
+    _check_model(model)
+    token_ids(ids, "ids", dim=1, expected="a 1-D torch.long tensor of at least 2 token ids")
+    if len(ids) < 2:
         raise ValueError("ids: expected a 1-D tensor of at least 2 token ids")
+    vocab = getattr(model.config, "vocab_size", None)
+    if vocab is not None:
+        ids_in_vocab(ids, "ids", vocab)
     context = model.config.block_size
-    stride = stride or context // 2
-    int_in_range(stride, "stride", 1, context)
+    stride = context // 2 if stride is None else int_in_range(stride, "stride", 1, context)
+    batch_size = positive_int(batch_size, "batch_size")
     n_targets = len(ids) - 1
     width = min(context, n_targets)  # every window has this many inputs
     plan = []  # (start, first scored offset within the window)

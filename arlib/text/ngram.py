@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from arlib.text.sampling import sample_probs
+from arlib.validate import generator as check_generator
 from arlib.validate import ids_in_vocab, int_at_least, int_in_range, number_in, positive_int, token_ids
 
 
@@ -90,8 +91,15 @@ def modified_discounts(counts: np.ndarray) -> tuple[float, float, float]:
     """Chen & Goodman's (1999) closed-form discounts ``(D1, D2, D3+)`` from the counts of counts
     ``n_r`` (how many n-grams occur exactly r times): ``Y = n1 / (n1 + 2 n2)``,
     ``D_r = r - (r + 1) Y n_{r+1} / n_r``, each clipped to ``[0, r]`` (a level with too few n-grams
-    for an estimate gets the classic 0.5, 1, 1.5)."""
-    counts = np.asarray(counts)
+    for an estimate gets the classic 0.5, 1, 1.5). ``counts`` must be integers >= 0."""
+    try:
+        counts = np.asarray(counts)
+    except (TypeError, ValueError):
+        raise ValueError(f"counts: expected an array of integer counts, got {type(counts).__name__}") from None
+    if counts.size and (not (np.issubdtype(counts.dtype, np.integer) or (np.issubdtype(counts.dtype, np.floating)
+                                                                       and bool(np.all(counts == np.round(counts)))))
+                        or bool(np.any(counts < 0))):
+        raise ValueError(f"counts: expected integer counts >= 0, got {counts.dtype} values")
     n = [int((counts == r).sum()) for r in range(1, 5)]
     if min(n) == 0:
         return 0.5, 1.0, 1.5
@@ -100,6 +108,11 @@ def modified_discounts(counts: np.ndarray) -> tuple[float, float, float]:
 
 
 SMOOTHINGS = ("add_k", "kneser_ney", "modified_kneser_ney")
+
+
+class NotFittedError(RuntimeError, ValueError):
+    """An :class:`NGramModel` asked for probabilities before :meth:`NGramModel.fit`: a ``RuntimeError``, as
+    it always was, and a ``ValueError`` like every other misuse of arlib."""
 
 
 class NGramModel:
@@ -112,13 +125,12 @@ class NGramModel:
 
     def __init__(self, order: int, vocab_size: int, smoothing: str = "kneser_ney", k: float = 1.0,
                  discount: float = 0.75):
-        positive_int(order, "order")
-        positive_int(vocab_size, "vocab_size")
+        order, vocab_size = positive_int(order, "order"), positive_int(vocab_size, "vocab_size")  # Python ints
         if vocab_size ** order >= 2**62:
             raise ValueError(f"order: vocab_size ** order must fit in 62 bits, got {vocab_size}**{order}")
-        if smoothing not in SMOOTHINGS:
+        if not isinstance(smoothing, str) or smoothing not in SMOOTHINGS:
             raise ValueError(f"smoothing: expected one of {', '.join(map(repr, SMOOTHINGS))}, got {smoothing!r}")
-        number_in(k, "k", 0, bounds="(]")
+        number_in(k, "k", 0, float("inf"), bounds="()", expected="a finite number > 0")
         number_in(discount, "discount", 0, 1, bounds="(]")
         self.order, self.vocab_size, self.smoothing = order, vocab_size, smoothing
         self.k, self.discount = float(k), float(discount)
@@ -149,7 +161,7 @@ class NGramModel:
 
     def _check_fitted(self):
         if not self.raw:
-            raise RuntimeError("NGramModel: call fit(ids) before asking for probabilities")
+            raise NotFittedError("NGramModel: call fit(ids) before asking for probabilities")
 
     # --- probabilities ---------------------------------------------------------------------------
 
@@ -250,7 +262,8 @@ class NGramModel:
         Without a prompt the first token is drawn from the model's unigram distribution.
         """
         self._check_fitted()
-        int_at_least(n, "n", 0)
+        n = int_at_least(n, "n", 0)
+        check_generator(generator)
         if prompt is None:
             prompt = torch.zeros(0, dtype=torch.long)
         if not isinstance(prompt, torch.Tensor) or prompt.dim() not in (1, 2):

@@ -21,6 +21,7 @@ from arlib.text.gpt import GPT, GPTConfig
 from arlib.text.lm import heldout_halves, heldout_nll, next_token_loss, random_windows
 from arlib.text.tokenizer import CharTokenizer
 from arlib.train import Recipe, TrainConfig, distributed_context, mean_last_loss, train
+from arlib.validate import number_in, positive_int
 
 
 @dataclass(frozen=True)
@@ -37,10 +38,33 @@ class LMRecipe:
     batch_size: int
     description: str
 
+    def __post_init__(self):
+        if not isinstance(self.model, GPTConfig):
+            raise TypeError(f"model: expected GPTConfig, got {type(self.model).__name__}")
+        if not isinstance(self.train, TrainConfig):
+            raise TypeError(f"train: expected TrainConfig, got {type(self.train).__name__}")
+        object.__setattr__(self, "batch_size", positive_int(self.batch_size, "batch_size"))
+        if not isinstance(self.description, str):
+            raise TypeError(f"description: expected a string, got {type(self.description).__name__}")
+
 
 def build_gpt(meta: dict) -> tuple[GPT, dict]:
-    """An empty GPT of the sidecar's config, and the character tokenizer it reads."""
-    return GPT(GPTConfig(**meta["config"])), {"tokenizer": CharTokenizer(meta["tokenizer"]["vocab"])}
+    """An empty GPT of the sidecar's config, and the character tokenizer it reads. A sidecar that does not
+    describe a GPT (no ``config`` of GPTConfig's fields, no ``tokenizer.vocab``) raises ``ValueError``."""
+    if not isinstance(meta, dict):
+        raise TypeError(f"meta: expected a sidecar dict, got {type(meta).__name__}")
+    config, tokenizer = meta.get("config"), meta.get("tokenizer")
+    vocab = tokenizer.get("vocab") if isinstance(tokenizer, dict) else None
+    if not isinstance(config, dict):
+        raise ValueError("meta: expected a 'config' dict of GPTConfig's fields (is this a GPT checkpoint?)")
+    unknown = sorted(set(config) - set(GPTConfig.__dataclass_fields__))
+    if unknown or "vocab_size" not in config:
+        raise ValueError(f"meta: the config is not a GPT's (unknown fields {unknown}, expected some of "
+                         f"{sorted(GPTConfig.__dataclass_fields__)} with vocab_size); is this a GPT checkpoint?")
+    if not isinstance(vocab, str):
+        raise ValueError("meta: expected a character tokenizer ('tokenizer': {'vocab': ...}); is this a GPT "
+                         "checkpoint?")
+    return GPT(GPTConfig(**config)), {"tokenizer": CharTokenizer(vocab)}
 
 
 KINDS = {"gpt": build_gpt}
@@ -105,8 +129,16 @@ def run_lm_recipe(name: str, steps: int | None = None, out: str | None = None, p
     replaces ``steps`` by as many as fit in that time on this device. The weights kept are those of the
     evaluation with the lowest NLL on the "select" half of the held-out text (early stopping).
     """
-    if name not in LM_RECIPES:
+    if not isinstance(name, str) or name not in LM_RECIPES:
         raise ValueError(f"name: expected one of {sorted(LM_RECIPES)}, got {name!r}")
+    if steps is not None:
+        steps = positive_int(steps, "steps")
+    if eval_chars is not None:
+        positive_int(eval_chars, "eval_chars")
+    if time_budget is not None:
+        number_in(time_budget, "time_budget", 0, float("inf"), bounds="()", expected="a number of seconds > 0")
+    if weight_decay is not None:
+        number_in(weight_decay, "weight_decay", 0, float("inf"), bounds="[)", expected="a finite number >= 0")
     recipe = LM_RECIPES[name]
     if dropout is not None:
         recipe = replace(recipe, model=replace(recipe.model, dropout=dropout))

@@ -16,21 +16,27 @@ import re
 
 import torch
 
-from arlib.text.sampling import entropy, process_logits
-from arlib.validate import int_in_range, number_in, positive_int, token_ids
+from arlib.text.sampling import _check_logits, entropy, process_logits
+from arlib.validate import ids_in_vocab, int_in_range, number_in, positive_int, token_ids
 
 WORD = re.compile(r"[a-z]+")
 
 
 def _texts(texts, name: str = "texts") -> list[str]:
-    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+    if isinstance(texts, (str, bytes)) or not hasattr(texts, "__iter__"):
+        raise TypeError(f"{name}: expected a list of strings, got {type(texts).__name__}")
+    texts = list(texts)  # once: a generator would be spent by the check
+    if not all(isinstance(t, str) for t in texts):
         raise TypeError(f"{name}: expected a list of strings")
-    return list(texts)
+    return texts
 
 
 def real_word_share(texts, known_words) -> float:
     """Fraction of the words of ``texts`` (lower-cased runs of letters, the first and last word of each
-    text dropped since they may be cut off) that are in ``known_words``."""
+    text dropped since they may be cut off) that are in ``known_words`` (a set or other collection of
+    words; not a string, whose ``in`` would match substrings)."""
+    if isinstance(known_words, (str, bytes)) or not hasattr(known_words, "__contains__"):
+        raise TypeError(f"known_words: expected a set of words, got {type(known_words).__name__}")
     words = [w for t in _texts(texts) for w in WORD.findall(t.lower())[1:-1]]
     if not words:
         raise ValueError("texts: no complete words to score")
@@ -66,6 +72,10 @@ def measure_samples(texts, known_words, n_distinct: int = 5, n_repeat: int = 10)
     quality), ``distinct`` (:func:`distinct_n` of n_distinct-grams over all texts, diversity) and
     ``repetition`` (:func:`repetition` of n_repeat-grams, the mean over texts, degeneration)."""
     texts = _texts(texts)
+    if not texts:
+        raise ValueError("texts: expected at least one sample")
+    positive_int(n_distinct, "n_distinct")
+    positive_int(n_repeat, "n_repeat")
     return {"real_words": real_word_share(texts, known_words), "distinct": distinct_n(texts, n_distinct),
             "repetition": sum(repetition(t, n_repeat) for t in texts) / len(texts)}
 
@@ -78,7 +88,12 @@ def sampled_entropy(model, sequences: torch.Tensor, prompt_length: int, temperat
     prompt of ``prompt_length`` = T tokens, was drawn from with these options of
     :func:`arlib.text.sampling.generate`: (B, N), zeros for greedy decoding. One teacher-forced pass of
     ``model`` over the sequences; they must fit its context (``T + N - 1 <= block_size``)."""
+    if not isinstance(model, torch.nn.Module) or not hasattr(getattr(model, "config", None), "block_size"):
+        raise TypeError(f"model: expected a GPT (arlib.text.gpt.GPT), got {type(model).__name__}")
     token_ids(sequences, "sequences", dim=2, expected="a (batch, time) tensor of torch.long token ids")
+    ids_in_vocab(sequences, "sequences", model.config.vocab_size)
+    if not greedy:  # the options, before the pass
+        process_logits(torch.zeros(1, 1), temperature, top_k, top_p, min_p)
     int_in_range(prompt_length, "prompt_length", 1, sequences.shape[1] - 1)
     if sequences.shape[1] - 1 > model.config.block_size:
         raise ValueError(f"sequences: {sequences.shape[1]} tokens do not fit the context of "
@@ -100,6 +115,8 @@ METHODS = ("top_k", "top_p", "min_p")
 
 def truncated_entropy(logits: torch.Tensor, method: str, value, temperature: float = 1.0) -> float:
     """Mean entropy (nats) of ``softmax`` of ``logits`` (N, V) after the temperature and one truncation."""
+    if method not in METHODS:
+        raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
     return entropy(process_logits(logits, temperature=temperature, **{method: value})).mean().item()
 
 
@@ -109,8 +126,10 @@ def match_entropy(logits: torch.Tensor, method: str, target: float, temperature:
     ``logits`` (N, V), at ``temperature``, have mean entropy ``target`` (nats), by bisection: the entropy
     grows with k and p and falls with p_min. For top-k, the integer k whose entropy is nearest. Raises
     ``ValueError`` when the target is outside what the method can reach at this temperature."""
+    _check_logits(logits)
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
+    process_logits(logits[:1], temperature)  # checks the temperature
     number_in(target, "target", 0, float("inf"), bounds="[)", expected="an entropy in nats >= 0")
     positive_int(iterations, "iterations")
     H = lambda v: truncated_entropy(logits, method, v, temperature)  # noqa: E731

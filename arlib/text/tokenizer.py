@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import numbers
+
+import numpy as np
 import torch
 
 
@@ -45,14 +48,20 @@ class CharTokenizer:
             raise ValueError(f"text: character {exc.args[0]!r} is not in the tokenizer's vocabulary") from None
 
     def decode(self, ids) -> str:
-        """Text of a sequence of ids (list, 1-D tensor or array)."""
-        if isinstance(ids, torch.Tensor):
-            if ids.dim() != 1:
-                raise ValueError(f"ids: expected a 1-D sequence, got shape {tuple(ids.shape)}")
+        """Text of a sequence of integer ids (list, 1-D integer tensor or array) in ``[0, vocab_size)``."""
+        if isinstance(ids, (torch.Tensor, np.ndarray)):
+            integer = not ids.is_floating_point() and not ids.is_complex() and ids.dtype != torch.bool \
+                if isinstance(ids, torch.Tensor) else np.issubdtype(ids.dtype, np.integer)
+            if ids.ndim != 1 or not integer:
+                raise ValueError(f"ids: expected a 1-D sequence of integer ids, got {tuple(ids.shape)} {ids.dtype}")
             ids = ids.tolist()
+        elif isinstance(ids, (str, bytes)) or not hasattr(ids, "__iter__"):
+            raise TypeError(f"ids: expected a sequence of integer ids, got {type(ids).__name__}")
         out = []
         for i in ids:
-            if not 0 <= int(i) < len(self.vocab):
+            if not isinstance(i, numbers.Integral) or isinstance(i, (bool, np.bool_)):
+                raise ValueError(f"ids: expected integer ids, got {i!r}")
+            if not 0 <= i < len(self.vocab):
                 raise ValueError(f"ids: id {i} is outside the vocabulary [0, {len(self.vocab)})")
             out.append(self.vocab[int(i)])
         return "".join(out)
