@@ -1173,8 +1173,8 @@ plt.show()
 # the same total mass $\mathrm{TV}$ that are never positive at the same token, so any coupling of the
 # two, such as their outer product divided by $\mathrm{TV}$, fills the plan without touching the
 # diagonal. When $p = q$ nothing is left over and the plan is $\mathrm{diag}(p)$: do not divide by
-# zero. The check also compares your trace with the linear program
-# `arlib.decoding.spectr.optimal_acceptance_lp(p, q, 1)`. Compare your plan with `speculative_coupling(p, q)` of section 1,
+# zero. The check also compares your trace with the best trace any coupling allows (a linear
+# program). Compare your plan with `speculative_coupling(p, q)` of section 1,
 # chapter 2's rule written as a joint law: are they the same plan, and why?
 
 # %%
@@ -1208,7 +1208,7 @@ arlib.checks.maximal_coupling(coupling_plan)
 # returns this $\rho^*$ as a float, accurate to about $10^{-9}$. The gap
 # $g(\rho) = \rho\beta(\rho) - 1 + (1 - \beta(\rho))^k$ never decreases with $\rho$ and
 # $g(k) \ge 0$: return 1.0 when $g(1) \ge 0$ (allow $10^{-12}$ for rounding), otherwise bisect on
-# $[1, k]$. The check compares your $\rho^*$ with `arlib.decoding.spectr.kseq_rho`. Why does $k = 1$ always
+# $[1, k]$. The check compares your $\rho^*$ with the smallest valid $\rho$ found to high precision. Why does $k = 1$ always
 # give $\rho^* = 1$, and what does K-SEQ become then?
 
 # %%
@@ -1248,7 +1248,7 @@ arlib.checks.kseq_rho_search(smallest_rho)
 # every draft passes and the residual is never used, so return $p$; when $\beta = 0$ (disjoint
 # supports) no draft can pass and the residual is $p$ again, though the formula reads $0/0$ as written.
 # The check tests that $P(\text{output} = x) = a(x)(1 - (1 - \beta)^k)/\beta + (1 - \beta)^k r(x)$
-# equals $p(x)$ and compares $r$ with `arlib.decoding.spectr.kseq_residual`. What is $r$ for $k = 1$ and
+# equals $p(x)$ and compares $r$ with the residual of eq. (7). What is $r$ for $k = 1$ and
 # $\rho = 1$?
 
 # %%

@@ -1,4 +1,5 @@
-"""Grading specs of chapter 3: a maximal coupling, K-SEQ's rho and residual, SpecInfer's acceptance."""
+"""Grading specs of chapter 3: a maximal coupling, K-SEQ's rho and residual, SpecInfer's acceptance, the two-draft
+optimum."""
 
 from __future__ import annotations
 
@@ -90,6 +91,16 @@ def _rrs(case):
     return float(rrs_acceptance(*case.args))
 
 
+def _two_draft_cases(rng):
+    return [Case((p, q), what) for p, q, _, what in _pairs(rng, 7)]
+
+
+def _two_draft(case):
+    from arlib.decoding.spectr import optimal_acceptance
+
+    return float(optimal_acceptance(*case.args, 2))
+
+
 SPECS = [
     Spec("3.1", ("coupling_plan",), (f"{SPECTR}.optimal_acceptance_lp",), _coupling_cases, _coupling,
          _coupling_compare),
@@ -97,4 +108,8 @@ SPECS = [
          close(0.0, 1e-7)),
     Spec("3.3", ("kseq_residual_dist",), (f"{SPECTR}.kseq_residual",), _residual_cases, _residual, close(1e-6)),
     Spec("3.4", ("rrs_acceptance_exact",), (f"{SPECTR}.rrs_acceptance",), _rrs_cases, _rrs, close(1e-7, 1e-6)),
+    Spec("3.5", ("two_draft_optimum",), (f"{SPECTR}.optimal_acceptance", f"{SPECTR}.optimal_acceptance_lp",
+                                          f"{SPECTR}.acceptance_upper_bound",
+                                          "arlib.decoding.optimal_verify.optimal_verifier"),
+         _two_draft_cases, _two_draft, close(1e-7, 1e-6)),
 ]
