@@ -209,7 +209,8 @@ def test_nbgrader_generates_and_autogrades_chapter_0(tmp_path):
                XDG_DATA_HOME=str(home / ".local/share"), JUPYTER_CONFIG_DIR=str(home / "jupyter-config"),
                JUPYTER_DATA_DIR=str(home / "jupyter-data"), JUPYTER_RUNTIME_DIR=str(home / "jupyter-runtime"),
                IPYTHONDIR=str(home / "ipython"), ARLIB_THREADS="1", MPLBACKEND="Agg",
-               PYDEVD_DISABLE_FILE_VALIDATION="1")
+               PYDEVD_DISABLE_FILE_VALIDATION="1",
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")  # nbgrader runs `alembic`
 
     _nbgrader("generate_assignment", name, "--create", course=course, env=env)
     source = nbformat.read(course / "source" / name / f"{name}.ipynb", as_version=4)

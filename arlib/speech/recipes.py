@@ -157,7 +157,7 @@ def _features(utterances) -> list[torch.Tensor]:
 
 def run_speech_recipe(name: str, steps: int | None = None, out: str | None = None, progress: bool = True,
                       n_train: int = N_TRAIN, n_test: int = N_TEST, **_ignored) -> dict:
-    """Train the speech recipe ``name`` (one of :data:`SPEECH_RECIPES`), save its checkpoint, return its sidecar."""
+    """Train the speech recipe ``name`` (one of ``SPEECH_RECIPES``), save its checkpoint, return its sidecar."""
     recipe = SPEECH_RECIPES[_check_name(name)]
     if steps is not None:
         positive_int(steps, "steps")

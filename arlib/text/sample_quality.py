@@ -16,7 +16,7 @@ import re
 
 import torch
 
-from arlib.text.sampling import _check_logits, entropy, process_logits
+from arlib.text.sampling import entropy, process_logits
 from arlib.validate import ids_in_vocab, int_in_range, number_in, positive_int, token_ids
 
 WORD = re.compile(r"[a-z]+")
@@ -126,7 +126,7 @@ def match_entropy(logits: torch.Tensor, method: str, target: float, temperature:
     ``logits`` (N, V), at ``temperature``, have mean entropy ``target`` (nats), by bisection: the entropy
     grows with k and p and falls with p_min. For top-k, the integer k whose entropy is nearest. Raises
     ``ValueError`` when the target is outside what the method can reach at this temperature."""
-    _check_logits(logits)
+    entropy(logits)  # checks the logits: finite where not -inf, every row with mass
     if method not in METHODS:
         raise ValueError(f"method: expected one of {METHODS}, got {method!r}")
     process_logits(logits[:1], temperature)  # checks the temperature
