@@ -29,6 +29,8 @@ from arlib.decoding import optimal_verify as ov
 from arlib.decoding import recipes as drec
 from arlib.decoding import spectr as sp
 from arlib.decoding import speculative as spec
+from arlib.interp import baselines as bl
+from arlib.interp import features as feat
 from arlib.interp import recipes as irec
 from arlib.interp import sae as sae_mod
 from arlib.interp import sae_train as st_mod
@@ -68,6 +70,16 @@ COVERED = {
     "arlib.decoding.speculative.residual", "arlib.decoding.speculative.speculative_generate",
     "arlib.decoding.speculative.speedup", "arlib.decoding.speculative.step_costs",
     "arlib.decoding.speculative.verify", "arlib.decoding.speculative.verify_greedy",
+    # interp.baselines
+    "arlib.interp.baselines.CoordinateBaseline", "arlib.interp.baselines.MLPNeuronBaseline",
+    "arlib.interp.baselines.PCABaseline", "arlib.interp.baselines.PositionBaseline",
+    "arlib.interp.baselines.bootstrap_recovered", "arlib.interp.baselines.compare",
+    "arlib.interp.baselines.loss_recovered", "arlib.interp.baselines.random_sae",
+    "arlib.interp.baselines.splice_losses",
+    # interp.features
+    "arlib.interp.features.classify_latents", "arlib.interp.features.format_dashboard",
+    "arlib.interp.features.intervene", "arlib.interp.features.latent_dashboard",
+    "arlib.interp.features.logit_effect",
     # interp.recipes
     "arlib.interp.recipes.build_sae", "arlib.interp.recipes.gpt_losses", "arlib.interp.recipes.load_sae",
     "arlib.interp.recipes.run_sae_recipe",
@@ -810,6 +822,125 @@ case("gpt_losses sae width mismatch", irec.gpt_losses, TARGET, SAE, 1, WINDOWS, 
 case("gpt_losses layer 9", irec.gpt_losses, TARGET, SAE16, 9, WINDOWS, torch.zeros(16), arg="layer")
 case("gpt_losses windows out of vocab", irec.gpt_losses, TARGET, SAE16, 1, with_value(WINDOWS, (0, 0), 99),
      torch.zeros(16), arg="windows")
+
+
+# --- interp.baselines -------------------------------------------------------------------------------------
+
+X16 = torch.randn(40, 16, generator=torch.Generator().manual_seed(0))
+PCA = bl.PCABaseline(X16, 4)
+POS = bl.PositionBaseline(X16.reshape(5, 8, 16))
+case("PCABaseline rank 0", bl.PCABaseline, X16, 0, arg="rank")
+case("PCABaseline rank above d", bl.PCABaseline, X16, 17, arg="rank")
+case("PCABaseline x NaN", bl.PCABaseline, with_value(X16, (0, 0), NAN), 2, arg="x")
+case("PCABaseline x one row", bl.PCABaseline, X16[:1], 1, arg="x")
+case("PCABaseline x integer", bl.PCABaseline, X16.long(), 2, arg="x")
+case("PCABaseline.reconstruct wrong width", PCA.reconstruct, X16[:, :5], arg="x")
+case("PositionBaseline x 2-D", bl.PositionBaseline, X16, arg="x")
+case("PositionBaseline x no window", bl.PositionBaseline, X16.reshape(5, 8, 16)[:0], arg="x")
+case("PositionBaseline.reconstruct windows too long", POS.reconstruct, torch.zeros(2, 9, 16), arg="x")
+case("PositionBaseline.reconstruct positions out of range", POS.reconstruct, X16[:3], torch.tensor([0, 1, 8]),
+     arg="positions")
+case("PositionBaseline.reconstruct positions wrong count", POS.reconstruct, X16[:3], torch.tensor([0, 1]),
+     arg="positions")
+case("PositionBaseline.reconstruct positions float", POS.reconstruct, X16[:3], torch.zeros(3), arg="positions")
+case("CoordinateBaseline k 0", bl.CoordinateBaseline, X16, 0, arg="k")
+case("CoordinateBaseline x inf", bl.CoordinateBaseline, with_value(X16, (1, 1), INF), 2, arg="x")
+case("CoordinateBaseline.reconstruct list", bl.CoordinateBaseline(X16, 2).reconstruct, [1.0] * 16, arg="x")
+IDS8 = torch.randint(0, V, (2, 8), generator=torch.Generator().manual_seed(0))
+case("MLPNeuronBaseline layer 0", bl.MLPNeuronBaseline, TARGET, 0, 4, IDS8, arg="layer")
+case("MLPNeuronBaseline k too big", bl.MLPNeuronBaseline, TARGET, 1, 65, IDS8, arg="k")
+case("MLPNeuronBaseline ids out of vocab", bl.MLPNeuronBaseline, TARGET, 1, 4, with_value(IDS8, (0, 0), 99), arg="ids")
+case("MLPNeuronBaseline gpt junk", bl.MLPNeuronBaseline, "gpt", 1, 4, IDS8, arg="gpt")
+case("MLPNeuronBaseline.splice ids of other shape", bl.MLPNeuronBaseline(TARGET, 1, 4, IDS8).splice,
+     torch.zeros(2, 8, 16), IDS8[:, :4], arg="idx")
+case("random_sae config dict", bl.random_sae, {"d_in": 16}, X16, G0, arg="config")
+case("random_sae x wrong width", bl.random_sae, SAE.config, X16, G0, arg="x")
+case("random_sae generator junk", bl.random_sae, SAE16.config, X16, "seed", arg="generator")
+case("random_sae ridge NaN", bl.random_sae, SAE16.config, X16, G0, ridge=NAN, arg="ridge")
+case("random_sae ridge inf", bl.random_sae, SAE16.config, X16, G0, ridge=INF, arg="ridge")
+case("random_sae fit_decoder string", bl.random_sae, SAE16.config, X16, G0, fit_decoder="yes", arg="fit_decoder")
+case("splice_losses reconstructions empty", bl.splice_losses, TARGET, 1, WINDOWS, {}, arg="reconstructions")
+case("splice_losses reconstruction junk", bl.splice_losses, TARGET, 1, WINDOWS, {"x": 3}, arg="reconstructions")
+case("splice_losses reconstruction wrong shape", bl.splice_losses, TARGET, 1, WINDOWS, {"x": lambda h: h[..., :4]},
+     arg="reconstructions")
+case("splice_losses name clean", bl.splice_losses, TARGET, 1, WINDOWS, {"clean": SAE16}, arg="reconstructions")
+case("splice_losses windows one token", bl.splice_losses, TARGET, 1, WINDOWS[:, :1], {"s": SAE16}, arg="windows")
+case("splice_losses windows out of vocab", bl.splice_losses, TARGET, 1, with_value(WINDOWS, (0, 0), -1), {"s": SAE16},
+     arg="windows")
+case("splice_losses layer 3", bl.splice_losses, TARGET, 3, WINDOWS, {"s": SAE16}, arg="layer")
+case("splice_losses batch_size 0", bl.splice_losses, TARGET, 1, WINDOWS, {"s": SAE16}, batch_size=0, arg="batch_size")
+LOSSES = {"clean": torch.ones(3, dtype=torch.float64), "mean": torch.full((3,), 3.0, dtype=torch.float64),
+          "a": torch.full((3,), 2.0, dtype=torch.float64)}
+case("loss_recovered unknown name", bl.loss_recovered, LOSSES, "b", arg="losses")
+case("loss_recovered losses list", bl.loss_recovered, [1.0], "a", arg="losses")
+case("loss_recovered losses NaN", bl.loss_recovered, {**LOSSES, "a": with_value(LOSSES["a"], 0, NAN)}, "a",
+     arg="losses")
+case("loss_recovered windows mismatch", bl.loss_recovered, {**LOSSES, "a": LOSSES["a"][:2]}, "a", arg="losses")
+case("bootstrap_recovered names empty", bl.bootstrap_recovered, LOSSES, [], arg="names")
+case("bootstrap_recovered names string", bl.bootstrap_recovered, LOSSES, "a", arg="names")
+case("bootstrap_recovered n_boot 0", bl.bootstrap_recovered, LOSSES, ["a"], n_boot=0, arg="n_boot")
+case("bootstrap_recovered level 1", bl.bootstrap_recovered, LOSSES, ["a"], level=1.0, arg="level")
+case("bootstrap_recovered generator junk", bl.bootstrap_recovered, LOSSES, ["a"], generator=0, arg="generator")
+case("compare mean wrong size", bl.compare, TARGET, 1, WINDOWS, {"s": SAE16}, torch.zeros(5), arg="mean")
+case("compare mean NaN", bl.compare, TARGET, 1, WINDOWS, {"s": SAE16}, with_value(torch.zeros(16), 0, NAN), arg="mean")
+case("compare name mean", bl.compare, TARGET, 1, WINDOWS, {"mean": SAE16}, torch.zeros(16), arg="reconstructions")
+case("compare gpt junk", bl.compare, "gpt", 1, WINDOWS, {"s": SAE16}, torch.zeros(16), arg="gpt")
+
+# --- interp.features --------------------------------------------------------------------------------------
+
+SAE_TK = sae_mod.SparseAutoencoder(sae_mod.SAEConfig(16, 12, "topk", k=3), torch.Generator().manual_seed(0))
+TEXT = "abcdefghijklm" * 3 + "a"  # 40 characters, one per row of X16
+case("logit_effect direction wrong size", feat.logit_effect, TARGET, torch.zeros(5), arg="direction")
+case("logit_effect direction NaN", feat.logit_effect, TARGET, with_value(torch.zeros(16), 0, NAN), arg="direction")
+case("logit_effect scale 0", feat.logit_effect, TARGET, torch.ones(16), 0.0, arg="scale")
+case("logit_effect gpt junk", feat.logit_effect, "gpt", torch.ones(16), arg="gpt")
+case("latent_dashboard latent out of range", feat.latent_dashboard, SAE_TK, TARGET, X16, TEXT, 12, 8, TEXT[:13],
+     arg="latent")
+case("latent_dashboard text too short", feat.latent_dashboard, SAE_TK, TARGET, X16, TEXT[:5], 0, 8, TEXT[:13],
+     arg="text")
+case("latent_dashboard x wrong width", feat.latent_dashboard, SAE_TK, TARGET, X16[:, :5], TEXT, 0, 8, TEXT[:13],
+     arg="x")
+case("latent_dashboard vocab wrong size", feat.latent_dashboard, SAE_TK, TARGET, X16, TEXT, 0, 8, "abc", arg="vocab")
+case("latent_dashboard quantile 2", feat.latent_dashboard, SAE_TK, TARGET, X16, TEXT, 0, 8, TEXT[:13],
+     quantiles=(2.0,), arg="quantiles")
+case("latent_dashboard sae junk", feat.latent_dashboard, "sae", TARGET, X16, TEXT, 0, 8, TEXT[:13], arg="sae")
+case("latent_dashboard activations negative", feat.latent_dashboard, SAE_TK, TARGET, None, TEXT, 0, 8, TEXT[:13],
+     activations=-torch.ones(40), arg="activations")
+case("latent_dashboard no x nor activations", feat.latent_dashboard, SAE_TK, TARGET, None, TEXT, 0, 8, TEXT[:13],
+     arg="x")
+case("latent_dashboard block 0", feat.latent_dashboard, SAE_TK, TARGET, X16, TEXT, 0, 0, TEXT[:13], arg="block")
+case("format_dashboard junk", feat.format_dashboard, {"latent": 0}, arg="dashboard")
+case("format_dashboard width 0", feat.format_dashboard,
+     feat.latent_dashboard(SAE_TK, TARGET, X16, TEXT, 0, 8, TEXT[:13]), 0, arg="width")
+CODES = SAE_TK.encode(X16).detach().topk(3, dim=1)
+CHARS40, POS40 = torch.arange(40) % V, torch.arange(40) % 8
+case("classify_latents indices out of range", feat.classify_latents, CODES.indices + 12, CODES.values, CHARS40, POS40,
+     12, 8, arg="indices")
+case("classify_latents values negative", feat.classify_latents, CODES.indices, -CODES.values - 1, CHARS40, POS40,
+     12, 8, arg="values")
+case("classify_latents values NaN", feat.classify_latents, CODES.indices, with_value(CODES.values, (0, 0), NAN),
+     CHARS40, POS40, 12, 8, arg="values")
+case("classify_latents chars wrong count", feat.classify_latents, CODES.indices, CODES.values, CHARS40[:5], POS40,
+     12, 8, arg="chars")
+case("classify_latents positions out of range", feat.classify_latents, CODES.indices, CODES.values, CHARS40,
+     POS40 + 1, 12, 8, arg="positions")
+case("classify_latents min_firings 0", feat.classify_latents, CODES.indices, CODES.values, CHARS40, POS40, 12, 8,
+     min_firings=0, arg="min_firings")
+case("classify_latents single_above 2", feat.classify_latents, CODES.indices, CODES.values, CHARS40, POS40, 12, 8,
+     single_above=2.0, arg="single_above")
+case("classify_latents indices empty", feat.classify_latents, CODES.indices[:0], CODES.values[:0], CHARS40[:0],
+     POS40[:0], 12, 8, arg="indices")
+MASK8 = torch.zeros(2, 8, dtype=torch.bool).index_fill(1, torch.tensor([3]), True)
+case("intervene mask not bool", feat.intervene, TARGET, SAE_TK, 1, IDS8, 0, MASK8.long(), arg="mask")
+case("intervene mask empty", feat.intervene, TARGET, SAE_TK, 1, IDS8, 0, MASK8 & False, arg="mask")
+case("intervene mask wrong shape", feat.intervene, TARGET, SAE_TK, 1, IDS8, 0, MASK8[:, :4], arg="mask")
+case("intervene value NaN", feat.intervene, TARGET, SAE_TK, 1, IDS8, 0, MASK8, NAN, arg="value")
+case("intervene value inf", feat.intervene, TARGET, SAE_TK, 1, IDS8, 0, MASK8, INF, arg="value")
+case("intervene latent out of range", feat.intervene, TARGET, SAE_TK, 1, IDS8, 12, MASK8, arg="latent")
+case("intervene sae width mismatch", feat.intervene, TARGET, SAE, 1, IDS8, 0, MASK8, arg="sae")
+case("intervene idx out of vocab", feat.intervene, TARGET, SAE_TK, 1, with_value(IDS8, (0, 0), 99), 0, MASK8,
+     arg="idx")
+case("intervene layer 5", feat.intervene, TARGET, SAE_TK, 5, IDS8, 0, MASK8, arg="layer")
 
 
 @pytest.mark.parametrize("probe", CASES, ids=[c[0] for c in CASES])
