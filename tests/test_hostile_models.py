@@ -31,6 +31,7 @@ from arlib.decoding import spectr as sp
 from arlib.decoding import speculative as spec
 from arlib.interp import baselines as bl
 from arlib.interp import features as feat
+from arlib.interp import jumprelu as jr
 from arlib.interp import recipes as irec
 from arlib.interp import sae as sae_mod
 from arlib.interp import sae_train as st_mod
@@ -80,6 +81,10 @@ COVERED = {
     "arlib.interp.features.classify_latents", "arlib.interp.features.format_dashboard",
     "arlib.interp.features.intervene", "arlib.interp.features.latent_dashboard",
     "arlib.interp.features.logit_effect",
+    # interp.jumprelu
+    "arlib.interp.jumprelu.JumpReLUObjective", "arlib.interp.jumprelu.fold_input_scale",
+    "arlib.interp.jumprelu.heaviside_step", "arlib.interp.jumprelu.jumprelu", "arlib.interp.jumprelu.match_l0",
+    "arlib.interp.jumprelu.normalization_scale", "arlib.interp.jumprelu.rectangle",
     # interp.recipes
     "arlib.interp.recipes.build_sae", "arlib.interp.recipes.gpt_losses", "arlib.interp.recipes.load_sae",
     "arlib.interp.recipes.run_sae_recipe",
@@ -764,6 +769,69 @@ case("collect_activations layer 5", st_mod.collect_activations, TARGET, IDS, 5, 
 case("collect_activations ids too short", st_mod.collect_activations, TARGET, IDS[:8], 1, 2, G0, window=8, arg="ids")
 case("collect_activations generator junk", st_mod.collect_activations, TARGET, IDS, 1, 2, "seed", window=8,
      arg="generator")
+
+# --- interp.jumprelu -------------------------------------------------------------------------------------
+
+JR = sae_mod.SparseAutoencoder(sae_mod.SAEConfig(6, 10, "jumprelu", unit_decoder=True),
+                               torch.Generator().manual_seed(0))
+JR_Z = torch.randn(20, 10, generator=torch.Generator().manual_seed(0))
+JR_THETA = torch.full((10,), 0.1)
+case("SAEConfig jumprelu with k", sae_mod.SAEConfig, 6, 10, "jumprelu", 3, arg="k")
+case("rectangle u list", jr.rectangle, [0.0, 0.3], arg="u")
+case("rectangle u integer", jr.rectangle, torch.zeros(3, dtype=torch.long), arg="u")
+for fn in (jr.jumprelu, jr.heaviside_step):
+    name = fn.__name__
+    case(f"{name} z list", fn, [[0.5]], JR_THETA[:1], arg="z")
+    case(f"{name} z integer", fn, JR_Z.long(), JR_THETA, arg="z")
+    case(f"{name} z scalar", fn, torch.tensor(0.5), JR_THETA[:1], arg="z")
+    case(f"{name} threshold wrong size", fn, JR_Z, JR_THETA[:3], arg="threshold")
+    case(f"{name} threshold 2-D", fn, JR_Z, JR_THETA[None], arg="threshold")
+    case(f"{name} threshold list", fn, JR_Z, [0.1] * 10, arg="threshold")
+    case(f"{name} threshold on another device", fn, JR_Z, JR_THETA.to("meta"), arg="threshold")
+    case(f"{name} bandwidth 0", fn, JR_Z, JR_THETA, 0.0, arg="bandwidth")
+    case(f"{name} bandwidth NaN", fn, JR_Z, JR_THETA, NAN, arg="bandwidth")
+    case(f"{name} bandwidth inf", fn, JR_Z, JR_THETA, INF, arg="bandwidth")
+    case(f"{name} bandwidth string", fn, JR_Z, JR_THETA, "0.001", arg="bandwidth")
+    case(f"{name} NaN passes through", fn, with_value(JR_Z, (0, 0), NAN), JR_THETA, arg="z",
+         contract=lambda out: out.shape == JR_Z.shape)
+case("JumpReLUObjective l0_coeff NaN", jr.JumpReLUObjective, NAN, arg="l0_coeff")
+case("JumpReLUObjective l0_coeff negative", jr.JumpReLUObjective, -1.0, arg="l0_coeff")
+case("JumpReLUObjective l0_coeff bool", jr.JumpReLUObjective, True, arg="l0_coeff")
+case("JumpReLUObjective bandwidth 0", jr.JumpReLUObjective, 1.0, 0.0, arg="bandwidth")
+case("JumpReLUObjective warmup_steps -1", jr.JumpReLUObjective, 1.0, warmup_steps=-1, arg="warmup_steps")
+case("JumpReLUObjective warmup_steps float", jr.JumpReLUObjective, 1.0, warmup_steps=2.5, arg="warmup_steps")
+case("JumpReLUObjective init_threshold 0", jr.JumpReLUObjective, 1.0, init_threshold=0.0, arg="init_threshold")
+case("JumpReLUObjective init_threshold NaN", jr.JumpReLUObjective, 1.0, init_threshold=NAN, arg="init_threshold")
+case("JumpReLUObjective.prepare topk sae", jr.JumpReLUObjective(1.0).prepare, SAE, arg="sae")
+case("JumpReLUObjective.prepare free decoder", jr.JumpReLUObjective(1.0).prepare,
+     sae_mod.SparseAutoencoder(sae_mod.SAEConfig(6, 10, "jumprelu")), arg="sae")
+case("JumpReLUObjective.prepare junk", jr.JumpReLUObjective(1.0).prepare, "sae", arg="sae")
+case("JumpReLUObjective call relu sae", jr.JumpReLUObjective(1.0), RELU, ACTS, arg="sae")
+case("JumpReLUObjective call wrong width", jr.JumpReLUObjective(1.0), JR, ACTS[:, :5], arg="x")
+case("JumpReLUObjective call x NaN", jr.JumpReLUObjective(1.0), JR, with_value(ACTS, (0, 0), NAN), arg="x")
+case("JumpReLUObjective call before prepare", jr.JumpReLUObjective(1.0), JR, ACTS, arg="sae",
+     contract=lambda loss: bool(torch.isfinite(loss)))
+case("train_sae jumprelu objective on a topk sae", st_mod.train_sae, SAE, jr.JumpReLUObjective(1.0),
+     lambda s, g: ACTS, CONFIG, arg="sae")
+case("normalization_scale x 1-D", jr.normalization_scale, ACTS[0], arg="x")
+case("normalization_scale x empty", jr.normalization_scale, ACTS[:0], arg="x")
+case("normalization_scale x zeros", jr.normalization_scale, torch.zeros(4, 6), arg="x")
+case("normalization_scale x inf", jr.normalization_scale, with_value(ACTS, (0, 0), INF), arg="x")
+case("normalization_scale x list", jr.normalization_scale, [[1.0]], arg="x")
+case("fold_input_scale sae junk", jr.fold_input_scale, "sae", 2.0, arg="sae")
+case("fold_input_scale scale 0", jr.fold_input_scale, JR, 0.0, arg="scale")
+case("fold_input_scale scale NaN", jr.fold_input_scale, JR, NAN, arg="scale")
+case("fold_input_scale scale string", jr.fold_input_scale, JR, "2", arg="scale")
+case("fold_input_scale scale tensor", jr.fold_input_scale, JR, torch.tensor(2.0), arg="scale")
+case("match_l0 fit junk", jr.match_l0, "fit", 8.0, 0.1, 1.0, arg="fit")
+case("match_l0 target 0", jr.match_l0, lambda c: 1 / c, 0.0, 0.1, 1.0, arg="target")
+case("match_l0 low above high", jr.match_l0, lambda c: 1 / c, 2.0, 1.0, 0.1, arg="low")
+case("match_l0 high NaN", jr.match_l0, lambda c: 1 / c, 2.0, 0.1, NAN, arg="high")
+case("match_l0 rtol 1", jr.match_l0, lambda c: 1 / c, 2.0, 0.1, 1.0, rtol=1.0, arg="rtol")
+case("match_l0 max_fits 1", jr.match_l0, lambda c: 1 / c, 2.0, 0.1, 1.0, max_fits=1, arg="max_fits")
+case("match_l0 fit returns junk", jr.match_l0, lambda c: "many", 2.0, 0.1, 1.0, arg="fit")
+case("match_l0 fit returns NaN", jr.match_l0, lambda c: {"l0": NAN}, 2.0, 0.1, 1.0, arg="fit")
+case("match_l0 no crossing", jr.match_l0, lambda c: 1 / c, 50.0, 0.1, 1.0, arg="low")
 
 # --- interp.superposition ---------------------------------------------------------------------------------
 

@@ -1,11 +1,13 @@
 """Sparse autoencoders (SAEs): the model, its activations and the metrics that score it.
 
-One architecture serves every training method of :mod:`arlib.interp.sae_train`:
+One architecture serves every training method of :mod:`arlib.interp.sae_train` and ``arlib.interp.jumprelu``:
 
     f = sigma((x - b_dec) W_enc + b_enc),      x_hat = f W_dec + b_dec
 
-- ``activation="relu"``: sigma = ReLU, trained with an L1 penalty weighted by the decoder norms
-  (Bricken et al. 2023; the norms make the penalty blind to rescaling a latent, see :func:`l1_penalty`);
+- ``activation="relu"``: sigma = ReLU, trained with an L1 penalty weighted by the decoder norms, the form of
+  Anthropic's April 2024 training update (Conerly et al. 2024; Bricken et al. 2023 used a plain L1 with
+  unit-norm decoder rows and resampling). The norms make the penalty blind to rescaling a latent, see
+  :func:`l1_penalty`;
 - ``activation="topk"``: sigma keeps the k largest pre-activations (then a ReLU) and zeroes the rest
   (Gao et al. 2025, their TopK activation), so every input uses at most k latents by construction;
 - ``activation="jump"``: the JumpReLU form f_i = z_i 1[z_i > theta_i] with z = (x - b_dec) W_enc and the
@@ -14,6 +16,11 @@ One architecture serves every training method of :mod:`arlib.interp.sae_train`:
   encoder biases, which :class:`arlib.interp.sae_train.BiasAdaptation` sets instead of gradient descent. (With a
   plain ReLU the adapted bias would also be subtracted from every active latent; in our runs that shrinkage
   kept the reconstruction from improving, so the gate is our choice, not necessarily the paper's.)
+- ``activation="jumprelu"``: the JumpReLU SAE as published (Rajamanoharan et al. 2024):
+  f_i = z_i H(z_i - theta_i) with z = (x - b_dec) W_enc + b_enc (the bias *is* learned) and a separate learned
+  threshold theta_i > 0 per latent, stored as ``log_threshold`` (M,). The step has no useful gradient, so
+  training goes through the straight-through estimators of ``arlib.interp.jumprelu``, which also trains
+  the L0 penalty directly (its ``JumpReLUObjective``).
 
 ``unit_decoder=True`` constrains the decoder rows (one dictionary direction per latent) to unit norm
 by construction: the forward pass divides each row by its norm, so no optimizer step can break it.
@@ -25,6 +32,7 @@ when the SAE's reconstruction replaces its residual stream (:func:`spliced_logit
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -33,14 +41,15 @@ import torch.nn.functional as F
 
 from arlib.validate import describe, float_tensor, int_in_range, number_in, positive_int
 
-ACTIVATIONS = ("relu", "topk", "jump")
+ACTIVATIONS = ("relu", "topk", "jump", "jumprelu")
+JUMPRELU_INIT_THRESHOLD = 0.001  # theta at initialization (the paper's value, for inputs of unit mean squared norm)
 
 
 @dataclass
 class SAEConfig:
     d_in: int  # width of the activations x
     n_latents: int  # dictionary size M
-    activation: str = "relu"  # "relu", "topk" or "jump"
+    activation: str = "relu"  # "relu", "topk", "jump" or "jumprelu"
     k: int | None = None  # latents kept per input ("topk" only)
     unit_decoder: bool = False  # decoder rows constrained to unit norm
 
@@ -99,6 +108,8 @@ class SparseAutoencoder(nn.Module):
         self.W_enc = nn.Parameter(directions.T.clone())  # (d, M)
         self.b_enc = nn.Parameter(torch.zeros(M))
         self.b_dec = nn.Parameter(torch.zeros(d))
+        if config.activation == "jumprelu":  # only then: the state dicts of the other activations are unchanged
+            self.log_threshold = nn.Parameter(torch.full((M,), math.log(JUMPRELU_INIT_THRESHOLD)))  # (M,) log theta
 
     @property
     def decoder(self) -> torch.Tensor:
@@ -106,6 +117,13 @@ class SparseAutoencoder(nn.Module):
         if self.config.unit_decoder:
             return self.W_dec / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
         return self.W_dec
+
+    @property
+    def threshold(self) -> torch.Tensor:
+        """The JumpReLU thresholds theta = exp(log_threshold) (M,), all > 0 ("jumprelu" SAEs only)."""
+        if self.config.activation != "jumprelu":
+            raise AttributeError(f"threshold: only a jumprelu SAE has one, this one is {self.config.activation!r}")
+        return self.log_threshold.exp()
 
     def _check(self, x: torch.Tensor) -> None:
         """x (..., d_in): finite floating activations (one scan per call; NaN would spread silently)."""
@@ -124,6 +142,10 @@ class SparseAutoencoder(nn.Module):
         """Latent activations f (..., M)."""
         if self.config.activation == "jump":
             return jump_activation(self.pre_activations(x, bias=False), self.b_enc)
+        if self.config.activation == "jumprelu":
+            from arlib.interp.jumprelu import DEFAULT_BANDWIDTH, jumprelu  # here: jumprelu.py imports this module
+
+            return jumprelu(self.pre_activations(x), self.threshold, DEFAULT_BANDWIDTH)
         pre = self.pre_activations(x)
         return topk_activation(pre, self.config.k) if self.config.activation == "topk" else F.relu(pre)
 
@@ -161,7 +183,8 @@ def reconstruction_loss(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
 
 
 def l1_penalty(f: torch.Tensor, decoder: torch.Tensor) -> torch.Tensor:
-    """``sum_i f_i ||W_dec,i||`` averaged over the inputs (Bricken et al. 2023; f (N, M), decoder (M, d)).
+    """``sum_i f_i ||W_dec,i||`` averaged over the inputs (f (N, M), decoder (M, d)): the decoder-norm-weighted L1
+    of Anthropic's April 2024 update (Conerly et al. 2024), not the plain L1 of Bricken et al. 2023.
 
     Scaling latent i's encoder by c and its decoder row by 1/c leaves x_hat unchanged; with the norms the
     penalty is unchanged too, without them it could be driven to zero by shrinking f and growing W_dec.
