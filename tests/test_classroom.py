@@ -637,14 +637,10 @@ def _sae_mmcs(t, u, normalize=True, transpose=False, absolute=False):
     return float((cos.max(0).values if transpose else cos.max(1).values).mean())
 
 
-def _sae_bias(drive, bias, targets, rate, count="ceil", point="mid", sign=1.0, with_bias=False):
-    N = drive.shape[0]
-    d = drive + bias if with_bias else drive
-    k = getattr(targets * N, count)().long().clamp(1, N - 1)
-    ranked = d.sort(dim=0, descending=True).values
-    kth, following = ranked.gather(0, (k - 1)[None])[0], ranked.gather(0, k[None])[0]
-    b_star = -((kth + following) / 2 if point == "mid" else kth)
-    return bias + sign * rate * (b_star - bias)
+def _sae_bias(pre, bias, targets, groups, gm, gp, eps, **change):
+    from arlib.checks.ch06 import _update_variant
+
+    return _update_variant(pre, bias, targets, groups, gm, gp, eps, **change).to(bias.dtype)
 
 
 def _sae_latent(f, mask, score="f1"):
@@ -807,11 +803,11 @@ WRONG = {
                         ("absolute cosine", (lambda t, u: _sae_mmcs(t, u, absolute=True),)),
                         ("mean of all cosines", (lambda t, u: float((F.normalize(t, dim=1)
                                                                      @ F.normalize(u, dim=1).T).mean()),))],
-    "bias_adaptation": [("k rounded down", (lambda d, b, t, r: _sae_bias(d, b, t, r, count="floor"),)),
-                        ("k-th largest as the threshold", (lambda d, b, t, r: _sae_bias(d, b, t, r, point="kth"),)),
-                        ("moves away from the target", (lambda d, b, t, r: _sae_bias(d, b, t, r, sign=-1.0),)),
-                        ("old bias added to the drive", (lambda d, b, t, r: _sae_bias(d, b, t, r, with_bias=True),)),
-                        ("bias unchanged", (lambda d, b, t, r: b.clone(),))],
+    "bias_adaptation": [("no clip", (lambda *a: _sae_bias(*a, clip=False),)),
+                        ("dead raised by its own r", (lambda *a: _sae_bias(*a, own_r=True),)),
+                        ("group mean over all neurons", (lambda *a: _sae_bias(*a, group_mean="all"),)),
+                        ("targets as set-points", (lambda *a: _sae_bias(*a, ceiling=False),)),
+                        ("bias unchanged", (lambda pre, b, *rest: b.clone(),))],
     "find_latent": [("highest recall", (lambda f, m: _sae_latent(f, m, "recall"),)),
                     ("highest precision", (lambda f, m: _sae_latent(f, m, "precision"),)),
                     ("largest mean activation", (lambda f, m: _sae_latent(f, m, "mean"),)),

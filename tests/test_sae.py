@@ -32,9 +32,9 @@ from arlib.interp.sae_train import (
     BiasAdaptation,
     L1Objective,
     TopKObjective,
-    bias_adaptation_step,
-    calibrated_bias,
+    bias_adaptation_update,
     collect_activations,
+    group_ids,
     group_targets,
     train_sae,
 )
@@ -268,8 +268,8 @@ def test_objectives_reject_the_wrong_architecture():
         BiasAdaptation(torch.full((8,), 1.5))
     with pytest.raises(ValueError, match="period"):
         BiasAdaptation(torch.full((8,), 0.1), period=0)
-    with pytest.raises(ValueError, match="rate"):
-        BiasAdaptation(torch.full((8,), 0.1), rate=1.5)
+    with pytest.raises(ValueError, match="gamma_plus"):
+        BiasAdaptation(torch.full((8,), 0.1), gamma_plus=-1.0)
     with pytest.raises(TypeError, match="config"):
         train_sae(relu, L1Objective(0.1), lambda s, g: torch.zeros(2, 4), {"steps": 3})
 
@@ -292,55 +292,115 @@ def test_group_targets_are_geometric_and_grouped():
         group_targets(4, 2, 0.01, 0.1)
 
 
-def test_bias_step_moves_each_frequency_toward_its_target():
-    g = torch.Generator().manual_seed(8)
-    drive = torch.randn(4000, 6, generator=g) * torch.tensor([1.0, 2.0, 0.5, 1.0, 3.0, 1.0])
-    bias = torch.tensor([0.0, -3.0, -0.2, 1.0, -9.0, -1.0])
-    target = torch.tensor([0.05, 0.2, 0.3, 0.1, 0.01, 0.5], dtype=torch.float64)
-    before = ((drive + bias) > 0).double().mean(0)
-    for rate in (0.1, 0.5):
-        new = bias_adaptation_step(bias, drive, target, rate)
-        after = ((drive + new) > 0).double().mean(0)
-        too_often = before > target
-        assert bool((new[too_often] < bias[too_often]).all()) and bool((new[~too_often] > bias[~too_often]).all())
-        assert bool(((after - target).abs() < (before - target).abs()).all())
-    exact = ((drive + bias_adaptation_step(bias, drive, target, 1.0)) > 0).double().mean(0)
-    assert torch.allclose(exact, target)  # rate 1: the target frequency on these inputs, exactly
-    with pytest.raises(ValueError, match="rate"):
-        bias_adaptation_step(bias, drive, target, 0.0)
+def _buffer(seed=8, N=2000):
+    """Pre-activations of 6 neurons in 2 groups: too frequent, in band, nearly dead, and a dead group member."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(N, 6, generator=g, dtype=torch.float64) * 0.3
+    bias = torch.tensor([-0.1, -0.5, -0.9, -0.2, -0.6, -0.95], dtype=torch.float64)
+    bias[2] = -(float(z[:, 2].max()) + 0.01)  # neuron 2 never fires
+    targets = torch.tensor([0.05, 0.05, 0.05, 0.01, 0.01, 0.01], dtype=torch.float64)
+    groups = torch.tensor([0, 0, 0, 1, 1, 1])
+    return z + bias, bias, targets, groups
+
+
+def test_bias_adaptation_update_follows_the_published_rule():
+    """Chen et al.'s Algorithm 1: above target -> b - gamma_minus r_max (>= -1); nearly dead -> b + gamma_plus
+    times the group's mean r_max over live neurons (<= 0); in between (the target is a ceiling) -> unchanged."""
+    pre, bias, targets, groups = _buffer()
+    p_hat = (pre > 0).double().mean(0)
+    r_max = pre.max(0).values
+    new = bias_adaptation_update(bias, pre, targets, groups, gamma_minus=0.1, gamma_plus=0.2, eps=1e-3)
+    for j in range(6):
+        if p_hat[j] > targets[j]:
+            want = max(float(bias[j] - 0.1 * r_max[j]), -1.0)
+        elif p_hat[j] < 1e-3:
+            live = [i for i in range(6) if groups[i] == groups[j] and p_hat[i] > 0]
+            want = min(float(bias[j] + 0.2 * r_max[live].mean()), 0.0)
+        else:
+            want = float(bias[j])
+        assert float(new[j]) == pytest.approx(want, abs=1e-12), j
+    assert p_hat[0] > targets[0] and new[0] < bias[0]  # the cases the buffer was built to contain
+    assert p_hat[2] == 0 and new[2] > bias[2]
+    assert 0 < p_hat[1] <= targets[1] and new[1] == bias[1]  # within its ceiling: left alone
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_bias_adaptation_update_moves_each_bias_the_right_way(seed):
+    """Property: a neuron above its target only ever lowers its bias, a dead one only raises it, a neuron within
+    its ceiling keeps it, and the result stays within the clip range [-1, 0]."""
+    g = torch.Generator().manual_seed(100 + seed)
+    N, M = 500, 12
+    z = torch.randn(N, M, generator=g, dtype=torch.float64) * (0.2 + torch.rand(M, generator=g, dtype=torch.float64))
+    bias = -torch.rand(M, generator=g, dtype=torch.float64)
+    bias[:3] = -5.0  # far below: dead (and outside the range, so the clip at 0 cannot pull them up past it)
+    targets = torch.exp(torch.empty(M, dtype=torch.float64).uniform_(-6, -1, generator=g))
+    groups = torch.randint(0, 3, (M,), generator=g)
+    pre = z + bias
+    p_hat = (pre > 0).double().mean(0)
+    gm, gp = float(torch.rand(1, generator=g)) + 0.01, float(torch.rand(1, generator=g)) + 0.01
+    new = bias_adaptation_update(bias, pre, targets, groups, gm, gp, eps=1e-3)
+    above, dead = p_hat > targets, p_hat < 1e-3
+    assert bool((new[above] <= bias[above]).all()) and bool((new[above] >= -1).all())
+    assert bool((new[dead] >= bias[dead]).all()) and bool((new[dead] <= 0).all())
+    assert torch.equal(new[~above & ~dead], bias[~above & ~dead])
+    assert bool((new[above] < bias[above]).all() | (bias[above] <= -1).all())  # strictly lowered unless clipped
+
+
+def test_bias_adaptation_update_rejects_bad_arguments():
+    pre, bias, targets, groups = _buffer()
+    with pytest.raises(ValueError, match="eps"):
+        bias_adaptation_update(bias, pre, targets, groups, 0.1, 0.1, eps=0.05)  # not below every target
+    with pytest.raises(ValueError, match="gamma_minus"):
+        bias_adaptation_update(bias, pre, targets, groups, 0.0, 0.1, eps=1e-3)
+    with pytest.raises(ValueError, match="groups"):
+        bias_adaptation_update(bias, pre, targets, groups.double(), 0.1, 0.1, eps=1e-3)
     with pytest.raises(ValueError, match="targets"):
-        bias_adaptation_step(bias, drive, target[:5], 0.5)
-    with pytest.raises(ValueError, match="bias"):
-        bias_adaptation_step(bias[:5], drive, target, 0.5)
+        bias_adaptation_update(bias, pre, targets[:5], groups, 0.1, 0.1, eps=1e-3)
+    with pytest.raises(ValueError, match="bias_range"):
+        bias_adaptation_update(bias, pre, targets, groups, 0.1, 0.1, eps=1e-3, bias_range=(0.0, -1.0))
+    assert torch.equal(group_ids(10, 3), torch.tensor([0, 0, 0, 0, 1, 1, 1, 2, 2, 2]))
 
 
-def test_calibrated_bias_hits_the_targets_exactly():
-    g = torch.Generator().manual_seed(9)
-    drive = torch.randn(1000, 5, generator=g)
-    targets = torch.tensor([0.001, 0.01, 0.1, 0.25, 0.5], dtype=torch.float64)
-    bias = calibrated_bias(drive, targets)
-    fired = ((drive + bias) > 0).sum(0)
-    assert fired.tolist() == [1, 10, 100, 250, 500]
-
-
-def test_bias_adaptation_reaches_the_target_frequencies():
-    """With the weights frozen (lr tiny), repeated updates bring every latent to its group's target."""
+def test_bias_adaptation_keeps_every_group_below_its_ceiling():
+    """With the weights frozen, repeated updates bring every neuron's frequency to at most its group's target
+    (the targets are ceilings), and none stays dead; the history records the measured frequencies."""
     g = torch.Generator().manual_seed(10)
     mix = SparseMixture.random(16, 8, 0.05, 0.2, g, noise=0.2)  # noise: no point mass at x = 0
+    scale = float(mix.sample(4000, g)[0].norm(dim=1).mean())
     sae = SparseAutoencoder(SAEConfig(8, 24, "jump", unit_decoder=True), g)
     targets = group_targets(24, 3, 0.2, 0.02)
-    objective = BiasAdaptation(targets, period=8, rate=0.5)
+    objective = BiasAdaptation(targets, group_ids(24, 3), period=8, gamma_minus=0.05, gamma_plus=0.05, eps=1e-3)
     objective.prepare(sae)
-    assert not sae.b_enc.requires_grad
+    assert not sae.b_enc.requires_grad and float(sae.b_enc.abs().max()) == 0
     with torch.no_grad():
-        for _ in range(80):
-            objective(sae, mix.sample(512, g)[0])
-        _, f = sae(mix.sample(20000, g)[0])
+        for _ in range(8 * 60):
+            objective(sae, mix.sample(512, g)[0] / scale)
+        _, f = sae(mix.sample(20000, g)[0] / scale)
     freq = firing_frequencies(f)
-    assert objective.updates == 10
-    # each update sees 8 * 512 inputs: a frequency estimate with standard deviation sqrt(p (1 - p) / 4096)
-    tolerance = 4 * (targets * (1 - targets) / 4096).sqrt()
-    assert bool(((freq - targets).abs() < tolerance).all()), (freq, targets)
+    assert len(objective.history) == 60
+    first, last = objective.history[0], objective.history[-1]
+    assert first["above_target"] > 12 and last["above_target"] <= 2, (first, last)
+    tolerance = 4 * (targets * (1 - targets) / 4096).sqrt()  # one buffer's sampling noise
+    assert bool((freq < targets + tolerance).all()), (freq, targets)
+    assert bool((freq > 0).all())  # no neuron left dead
+    assert bool((sae.b_enc >= -1).all() and (sae.b_enc <= 0).all())
+
+
+def test_bias_adaptation_options():
+    sae = SparseAutoencoder(SAEConfig(4, 6, "relu"), torch.Generator().manual_seed(1))
+    sae.init_decoder_bias(torch.randn(50, 4))
+    mean = sae.b_dec.detach().clone()
+    with torch.no_grad():
+        sae.W_enc.mul_(3.0)
+    objective = BiasAdaptation(group_targets(6, 1, 0.1, 0.1), unit_encoder=True, fixed_decoder_bias=True)
+    objective.prepare(sae)
+    assert not sae.b_dec.requires_grad
+    objective(sae, torch.randn(8, 4)).backward()
+    assert torch.allclose(sae.W_enc.norm(dim=0), torch.ones(6)) and torch.equal(sae.b_dec, mean)
+    with pytest.raises(ValueError, match="sae"):
+        BiasAdaptation(group_targets(6, 1, 0.1, 0.1)).prepare(SparseAutoencoder(SAEConfig(4, 6, "topk", k=2)))
+    with pytest.raises(ValueError, match="unit_encoder"):
+        BiasAdaptation(group_targets(6, 1, 0.1, 0.1), unit_encoder=1)
 
 
 # --- recovery on an easy synthetic case ----------------------------------------------------------------------
@@ -522,3 +582,56 @@ def test_sae_on_a_device_matches_the_cpu(device):
     assert len(history["loss"]) == 8 and history["loss"][-1] < history["loss"][0]
     norms = on_sae.decoder.norm(dim=1)
     torch.testing.assert_close(norms, torch.ones_like(norms), rtol=0, atol=1e-5)
+
+
+# --- comparing methods -------------------------------------------------------------------------------------
+
+
+def test_latent_matches_counts_duplicates_and_unmatched():
+    from arlib.interp.compare import latent_matches
+
+    truth = torch.eye(4, 6)  # (4, 6)
+    mix = (truth[0] + truth[1]) / 2 ** 0.5  # a mixture: cosine 0.707 with two features
+    noise = torch.tensor([0.0, 0, 0, 0, 1.0, 0])  # orthogonal to every feature
+    decoder = torch.stack([truth[0], 2 * truth[0], truth[2], mix, noise, truth[3]])  # (6, 6)
+    live = torch.tensor([True, True, True, True, True, False])
+    m = latent_matches(truth, decoder, live)
+    assert m["matched"] == 3 and m["features_found"] == 2 and m["duplicates"] == 1
+    assert m["unmatched"] == 1  # the noise direction; the mixture's 0.707 is neither matched nor unmatched
+    assert torch.allclose(m["best"], torch.tensor([1, 1, 1, 2 ** -0.5, 0], dtype=torch.float64))
+
+
+def test_cross_seed_consistency_on_hand_made_dictionaries():
+    from arlib.interp.compare import cross_seed_consistency
+
+    a = torch.eye(4)
+    b = torch.stack([torch.eye(4)[0], torch.eye(4)[1], (torch.eye(4)[2] + torch.eye(4)[3]) / 2 ** 0.5,
+                     -torch.eye(4)[3]])
+    live = torch.ones(4, dtype=torch.bool)
+    c = cross_seed_consistency([a, b], [live, live])
+    # a -> b: rows 0, 1 found (cos 1), rows 2, 3 best 0.707: 1/2; b -> a: rows 0, 1 found, row 2 0.707, row 3 0: 1/2
+    assert c["pairs"] == 2 and c["shared_fraction"] == pytest.approx(0.5)
+    assert c["mean_best_cosine"] == pytest.approx(((2 + 2 * 2 ** -0.5) / 4 + (2 + 2 ** -0.5 + 0) / 4) / 2)
+    assert cross_seed_consistency([a, a], [live, live])["shared_fraction"] == 1.0
+
+
+def test_fit_method_trains_every_method_at_its_knob():
+    from arlib.interp.compare import METHODS, fit_method, summarize
+
+    g = torch.Generator().manual_seed(11)
+    mix = SparseMixture.random(24, 16, 0.03, 0.1, g)
+    x = mix.sample(2000, torch.Generator().manual_seed(12))[0]
+    knobs = {"L1": 0.3, "TopK": 3, "JumpReLU": 0.01, "BA": 0.05, "GBA": 0.1}
+    config = TrainConfig(steps=60, lr=3e-3, warmup=10, progress=False)
+    for name, knob in knobs.items():
+        sae, objective = fit_method(name, knob, 16, 48, lambda s, gen: mix.sample(256, gen)[0], x, config, seed=1)
+        r = summarize(sae, x, mix.features)
+        assert sae.config.activation == {"L1": "relu", "TopK": "topk", "JumpReLU": "jumprelu"}.get(name, "jump")
+        assert 0 < r["l0"] <= 48 and r["nmse"] < 2 and {"duplicates", "unmatched"} <= set(r), (name, r)
+        assert (name in ("BA", "GBA")) == hasattr(objective, "history")
+    sae2, _ = fit_method("TopK", 3, 16, 48, lambda s, gen: mix.sample(256, gen)[0], x, config, seed=1)
+    sae3, _ = fit_method("TopK", 3, 16, 48, lambda s, gen: mix.sample(256, gen)[0], x, config, seed=2)
+    assert torch.equal(sae2.W_dec, fit_method("TopK", 3, 16, 48, lambda s, gen: mix.sample(256, gen)[0], x, config,
+                                              seed=1)[0].W_dec)  # seeded
+    assert not torch.equal(sae2.W_dec, sae3.W_dec)
+    assert set(METHODS) == set(knobs)

@@ -1,5 +1,5 @@
-"""Checks for chapter 6 (sparse autoencoders: the TopK activation, the mean max cosine similarity, one step of
-bias adaptation, and finding the latent that detects a pattern)."""
+"""Checks for chapter 6 (sparse autoencoders: the TopK activation, the mean max cosine similarity, one bias
+adaptation update, and finding the latent that detects a pattern)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from arlib.checks.core import Check, as_integer
 from arlib.interp.sae import firing_f1, matching_latent, mmcs, topk_activation
-from arlib.interp.sae_train import bias_adaptation_step
+from arlib.interp.sae_train import bias_adaptation_update
 
 
 def _got(got):
@@ -134,65 +134,75 @@ def _mmcs_variant(a, b, normalize=True, transpose=False, absolute=False):
 # --- 6.3 -------------------------------------------------------------------------------------------
 
 
-def _step_variant(bias, drive, targets, rate, count="ceil", point="mid", sign=1.0, with_bias=False):
-    N = drive.shape[0]
-    d = drive + bias if with_bias else drive
-    k = targets.double() * N
-    k = (k.ceil() if count == "ceil" else k.floor()).long().clamp(1, N - 1)
-    top = d.double().sort(dim=0, descending=True).values
-    kth, nxt = top.gather(0, (k - 1)[None])[0], top.gather(0, k[None])[0]
-    star = -{"mid": (kth + nxt) / 2, "kth": kth}[point]
-    return bias.double() + sign * rate * (star - bias.double())
+def _update_variant(pre, bias, targets, groups, gm, gp, eps, clip=True, group_mean="live", ceiling=True,
+                    own_r=False):
+    """The published update (Chen et al. 2025, Algorithm 1) and the mistakes the check names."""
+    pre, b = pre.double(), bias.double()
+    p_hat, r_max = (pre > 0).double().mean(0), pre.max(0).values
+    live = p_hat > 0 if group_mean == "live" else torch.ones_like(p_hat, dtype=torch.bool)
+    n = int(groups.max()) + 1
+    total = torch.zeros(n, dtype=torch.float64).index_add_(0, groups, torch.where(live, r_max, torch.zeros_like(r_max)))
+    mean = total / torch.zeros(n, dtype=torch.float64).index_add_(0, groups, live.double()).clamp_min(1)
+    up = gp * (r_max if own_r else mean[groups])
+    lowered, raised = b - gm * r_max, b + up
+    if clip:
+        lowered, raised = lowered.clamp_min(-1.0), raised.clamp_max(0.0)
+    low_cut = eps if ceiling else targets.double()
+    return torch.where(p_hat > targets, lowered, torch.where(p_hat < low_cut, raised, b))
+
+
+def _ba_case(g, N, M, n_groups, dtype):
+    """A buffer of pre-activations whose neurons include some above target, some in band and some dead, with
+    at least one live neuron in every group."""
+    z = torch.randn(N, M, generator=g, dtype=torch.float64) * (0.1 + 0.4 * torch.rand(M, generator=g,
+                                                                                     dtype=torch.float64))
+    bias = -torch.rand(M, generator=g, dtype=torch.float64) * 0.9
+    groups = torch.arange(M) % n_groups
+    levels = torch.exp(torch.linspace(math.log(0.2), math.log(0.01), n_groups, dtype=torch.float64))
+    targets = levels[groups]
+    dead = torch.arange(M)[torch.arange(M) >= n_groups][::3]  # never the first member of a group
+    bias[dead] = -(z[:, dead].max(0).values + 0.05)
+    bias[:n_groups] = torch.maximum(bias[:n_groups], -z[:, :n_groups].quantile(0.5, dim=0))  # live, dense
+    return (z + bias).to(dtype), bias.to(dtype), targets, groups
 
 
 def bias_adaptation(fn) -> None:
-    """Exercise 6.3: ``fn(drive, bias, targets, rate) -> new bias``: one step toward the bias that fires at target."""
-    with Check("6.3", "one bias adaptation step") as c:
-        hint = ("with N rows of drive: k = ceil(target * N) per latent; sort each column of drive in decreasing "
-                "order; b_star = -(k-th largest + (k+1)-th largest) / 2 (then exactly k inputs have "
-                "drive + b_star > 0); return bias + rate * (b_star - bias)")
+    """Exercise 6.3: ``fn(pre, bias, targets, groups, gamma_minus, gamma_plus, eps) -> new bias``: one update of
+    (group) bias adaptation as Chen et al. 2025 publish it."""
+    with Check("6.3", "one bias adaptation update") as c:
+        hint = ("per neuron, from the buffer: p = fraction of rows with pre > 0, r = max of pre over rows; "
+                "p > target: bias - gamma_minus * r, at least -1; p < eps: bias + gamma_plus * (mean r over the live "
+                "neurons, p > 0, of its group), at most 0; otherwise unchanged")
         g = torch.Generator().manual_seed(63)
         cases = []
-        for N, M, dtype in [(200, 6, torch.float64), (1000, 10, torch.float32), (50, 3, torch.float64),
-                            (333, 8, torch.float64)]:
-            drive = torch.randn(N, M, generator=g, dtype=torch.float64) * (0.5 + 2 * torch.rand(M, generator=g,
-                                                                                                dtype=torch.float64))
-            bias = torch.randn(M, generator=g, dtype=torch.float64)
-            targets = torch.exp(math.log(3 / N) + torch.rand(M, generator=g, dtype=torch.float64)
-                                * (math.log(0.5) - math.log(3 / N)))
-            for rate in (1.0, 0.3):
-                cases.append((drive.to(dtype), bias.to(dtype), targets, rate, f"{N} inputs, {M} latents, targets "
-                              f"from {float(targets.min()):.3g} to {float(targets.max()):.3g}, rate {rate} "
+        for N, M, n_groups, dtype in [(400, 12, 3, torch.float64), (1000, 20, 4, torch.float32),
+                                      (300, 8, 1, torch.float64), (800, 30, 5, torch.float64)]:
+            pre, bias, targets, groups = _ba_case(g, N, M, n_groups, dtype)
+            for gm, gp in ((0.05, 0.05), (2.0, 0.5)):  # the large step reaches the clip at -1
+                cases.append((pre, bias, targets, groups, gm, gp, 1e-3,
+                              f"{N} inputs, {M} neurons in {n_groups} group(s), gamma_minus {gm}, gamma_plus {gp} "
                               f"({str(dtype)[6:]})"))
-        drive = torch.randn(100, 4, generator=g, dtype=torch.float64)
-        cases.append((drive, torch.zeros(4, dtype=torch.float64), torch.tensor([0.05, 0.1, 0.2, 0.5],
-                      dtype=torch.float64), 0.5, "targets whose target * N is a whole number (k = 5, 10, 20, 50)"))
-        cases.append((drive, torch.zeros(4, dtype=torch.float64), torch.tensor([0.053, 0.101, 0.2049, 0.015],
-                      dtype=torch.float64), 1.0, "targets * N = 5.3, 10.1, 20.49, 1.5 (round k up)"))
-        for drive, bias, targets, rate, what in cases:
-            got = c.call(fn, drive.clone(), bias.clone(), targets.clone(), rate)
-            M = drive.shape[1]
-            c.expect(isinstance(got, torch.Tensor) and got.shape == (M,), f"a new bias of shape ({M},) for {what}",
-                     f"tensor of shape ({M},)", _got(got), "one bias per latent (column of drive)")
-            expected = bias_adaptation_step(bias.double(), drive.double(), targets, rate)
+        mistakes = [
+            (dict(clip=False), "clip: a lowered bias stays at or above -1 and a raised one at or below 0"),
+            (dict(own_r=True), "a dead neuron's own largest pre-activation is not positive: raise it by gamma_plus "
+                               "times the mean r of its group's live neurons"),
+            (dict(group_mean="all"), "average r over the group's live neurons only (those with p > 0), not over "
+                                     "all of them"),
+            (dict(ceiling=False), "the targets are ceilings: a neuron that fires, but less often than its target, "
+                                  "keeps its bias; only nearly dead ones (p < eps) are raised"),
+        ]
+        for pre, bias, targets, groups, gm, gp, eps, what in cases:
+            got = c.call(fn, pre.clone(), bias.clone(), targets.clone(), groups.clone(), gm, gp, eps)
+            M = pre.shape[1]
+            c.expect(isinstance(got, torch.Tensor) and got.shape == (M,), f"new biases of shape ({M},) for {what}",
+                     f"tensor of shape ({M},)", _got(got), "one bias per neuron (column of pre)")
+            expected = bias_adaptation_update(bias.double(), pre.double(), targets, groups, gm, gp, eps)
             got_d = got.detach().double().cpu()
-            mistakes = [
-                (dict(count="floor"), "round k = target * N up (ceil), so that at least the target fraction fires"),
-                (dict(point="kth"), "with b_star = -(k-th largest) that input sits exactly on the threshold and does "
-                 "not fire (drive + b > 0 is strict): only k - 1 fire; take the midpoint of the k-th and (k+1)-th"),
-                (dict(sign=-1.0), "move toward b_star: bias + rate * (b_star - bias), not away from it"),
-                (dict(with_bias=True), "rank the bias-free drive: b_star replaces the bias, so do not add the old "
-                 "bias before taking the quantile"),
-            ]
             specific = next((h for change, h in mistakes if torch.allclose(
-                got_d, v := _step_variant(bias, drive.double(), targets, rate, **change), atol=1e-5)
-                and not torch.allclose(v, expected, atol=1e-5)), None)
-            fired_after = ((drive.double() + got_d) > 0).double().mean(0) if rate == 1.0 else None
-            if fired_after is not None and specific is None and not torch.allclose(got_d, expected, atol=1e-5):
-                specific = (f"with rate 1 the new bias should make each latent fire on ceil(target * N) of the N "
-                            f"inputs; yours fires on {[round(v, 4) for v in fired_after.tolist()]} of them")
-            atol = 1e-4 if drive.dtype == torch.float32 else 1e-8
-            c.close(got_d, expected, f"the new bias for {what}", specific or hint, atol=atol, rtol=1e-5)
+                got_d, v := _update_variant(pre, bias, targets, groups, gm, gp, eps, **change), atol=1e-6)
+                and not torch.allclose(v, expected, atol=1e-6)), None)
+            atol = 1e-5 if pre.dtype == torch.float32 else 1e-9
+            c.close(got_d, expected, f"the new biases for {what}", specific or hint, atol=atol, rtol=1e-5)
 
 
 # --- 6.4 -------------------------------------------------------------------------------------------

@@ -3,23 +3,22 @@ activations of a GPT to train on. Every method trains through :func:`arlib.train
 and cosine decay, clipping, tqdm); an objective is a callable ``objective(sae, x) -> loss`` that may keep
 state between steps (dead-latent counters, firing statistics).
 
-- :class:`L1Objective`: ``||x - x_hat||^2 + lambda sum_i f_i ||W_dec,i||`` (Bricken et al. 2023).
+- :class:`L1Objective`: ``||x - x_hat||^2 + lambda sum_i f_i ||W_dec,i||``, the decoder-norm-weighted L1 of
+  Anthropic's April 2024 training update (Conerly et al. 2024); Bricken et al. 2023 used a plain L1 with unit-norm
+  decoder rows.
 - :class:`TopKObjective`: ``||x - x_hat||^2 + alpha ||e - e_hat||^2`` where e = x - x_hat and e_hat is
   the reconstruction of e by the k_aux largest pre-activations among the dead latents (AuxK, Gao et al.
   2025, who use alpha = 1/32).
 - :class:`BiasAdaptation`: reconstruction only, no sparsity penalty; the encoder biases are not learned by
-  gradient but set every ``period`` steps so that each latent fires at its target activation frequency
-  (Chen et al. 2025). With one target for all latents this is bias adaptation; with latents split into
-  groups whose targets spread from ``p_max`` to ``p_min`` it is Group Bias Adaptation (GBA).
+  gradient: every ``period`` steps, a neuron that fired more often than its target activation frequency lowers
+  its bias by gamma_minus times its largest pre-activation, and a neuron that almost never fired raises it by
+  gamma_plus times its group's mean largest pre-activation, within [-1, 0] (Chen et al. 2025, Algorithm 1, as
+  :func:`bias_adaptation_update` states it). One target for all latents is bias adaptation (BA); latents split
+  into groups whose targets spread from ``p_max`` to ``p_min`` is Group Bias Adaptation (GBA).
 
-What is the paper's and what is ours in :class:`BiasAdaptation`: the paper's are the idea and its
-ingredients (sparsity controlled through the encoder biases alone, with no penalty in the loss; periodic
-updates driven by each neuron's measured activation frequency against a target; groups of neurons with
-different target frequencies). The exact update below is our own rule, written from that description
-because we could not consult the paper's algorithm box: geometric spacing of the groups' targets;
-:func:`bias_adaptation_step`, which moves each bias a fraction ``rate`` of the way to the bias that would have
-given exactly the target frequency on the inputs seen since the last update (a quantile of the latent's
-pre-activations); and the JumpReLU gate of :mod:`arlib.interp.sae` (activation ``"jump"``).
+What we followed for bias adaptation: the paper's algorithm box as public descriptions of it give it (the
+update above, the clip range, groups with log-spaced targets); the step sizes, the period, eps and the
+fallback for a group with no live neuron are our choices, stated where they are set.
 """
 
 from __future__ import annotations
@@ -111,79 +110,158 @@ def group_targets(n_latents: int, n_groups: int, p_max: float, p_min: float) -> 
     return levels[group]
 
 
-def calibrated_bias(drive: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Biases (M,) with which each latent fires on ``ceil(target * N)`` of the N inputs whose bias-free
-    pre-activations are ``drive`` (N, M): minus the midpoint between the k-th and (k+1)-th largest drive.
-    drive finite with N >= 1 rows; targets (M,) frequencies in (0, 1]."""
-    float_tensor(drive, "drive", dim=2, expected="a (N >= 1, M) floating tensor of pre-activations")
-    if drive.shape[0] == 0:
-        raise ValueError("drive: expected at least one input (N >= 1)")
-    if not isinstance(targets, torch.Tensor) or targets.shape != drive.shape[1:]:
-        raise ValueError(f"targets: expected one frequency per column of drive {tuple(drive.shape)}, "
-                         f"got {describe(targets)}")
-    if not bool(((targets > 0) & (targets <= 1)).all()):
-        raise ValueError("targets: expected frequencies in (0, 1]")
-    N = drive.shape[0]
-    k = (targets * N).ceil().long().clamp(1, max(N - 1, 1))  # (M,)
-    top = drive.topk(min(int(k.max()) + 1, N), dim=0).values  # (K + 1, M), largest first
-    kth, following = top.gather(0, (k - 1)[None])[0], top.gather(0, k.clamp(max=len(top) - 1)[None])[0]
-    return -(kth + following) / 2
+def group_ids(n_latents: int, n_groups: int) -> torch.Tensor:
+    """The group (M,) of each latent for :func:`group_targets`' layout: contiguous groups of (nearly) equal size."""
+    positive_int(n_latents, "n_latents")
+    int_in_range(n_groups, "n_groups", 1, n_latents, expected=f"an int in [1, n_latents={n_latents}]")
+    return torch.arange(n_latents) * n_groups // n_latents
 
 
-def bias_adaptation_step(bias: torch.Tensor, drive: torch.Tensor, targets: torch.Tensor, rate: float) -> torch.Tensor:
-    """One bias update (ours; see the module docstring): ``b + rate * (b_star - b)``, where ``b_star`` =
-    :func:`calibrated_bias` is the bias with which each latent would have fired at exactly its target frequency
-    on the inputs seen since the last update, whose bias-free pre-activations are ``drive`` (N, M).
+def _check_groups(groups, M: int) -> torch.Tensor:
+    if not isinstance(groups, torch.Tensor) or groups.shape != (M,) or groups.is_floating_point() \
+            or groups.dtype == torch.bool:
+        raise ValueError(f"groups: expected a ({M},) integer tensor, the group of each latent, got {describe(groups)}")
+    if M and int(groups.min()) < 0:
+        raise ValueError("groups: expected group ids >= 0")
+    return groups.long()
 
-    The firing frequency is monotone in the bias, so the new bias, between b and b_star, gives a frequency
-    between the old one and the target on those inputs: each step moves every latent toward its target.
+
+def bias_adaptation_update(bias: torch.Tensor, pre: torch.Tensor, targets: torch.Tensor, groups: torch.Tensor,
+                           gamma_minus: float, gamma_plus: float, eps: float,
+                           bias_range: tuple[float, float] = (-1.0, 0.0)) -> torch.Tensor:
+    """One bias update of (Group) Bias Adaptation, Chen et al. 2025 (arXiv 2506.14002), Algorithm 1 as its
+    public descriptions give it. ``pre`` (N, M) are the pre-activations ``(x - b_dec) W_enc + b`` of the N inputs
+    buffered since the last update, with the current biases ``bias`` (M,); ``targets`` (M,) the target activation
+    frequencies (TAFs) and ``groups`` (M,) the group of each neuron. Per neuron j, from the buffer:
+
+    - p_j = the fraction of the inputs on which it fires (pre > 0), r_j = its largest pre-activation;
+    - p_j > target_j (fires too often):  b_j <- max(b_j - gamma_minus * r_j, lo);
+    - p_j < eps (almost never fires):    b_j <- min(b_j + gamma_plus * mean r over its group's live neurons, hi);
+    - otherwise b_j is left alone: the targets are ceilings, not set-points.
+
+    (lo, hi) = ``bias_range``, (-1, 0) in the paper, which presumes inputs scaled so that pre-activations are of
+    order 1. A group with no live neuron (every p = 0) borrows the mean r of all live neurons (our choice; the
+    descriptions do not say). Returns the new biases (M,), in the dtype of ``bias``.
     """
-    number_in(rate, "rate", 0, 1, bounds="(]", expected="a fraction in (0, 1]")
-    float_tensor(drive, "drive", dim=2, expected="a (N >= 1, M) floating tensor of pre-activations")
-    float_tensor(bias, "bias", dim=1, expected="a (M,) floating tensor of biases")
-    if bias.shape != drive.shape[1:]:
-        raise ValueError(f"bias: expected one bias per column of drive {tuple(drive.shape)}, got {tuple(bias.shape)}")
-    return bias + rate * (calibrated_bias(drive, targets).to(bias.dtype) - bias)
+    float_tensor(pre, "pre", dim=2, expected="a (N >= 1, M) floating tensor of pre-activations")
+    if pre.shape[0] == 0:
+        raise ValueError("pre: expected at least one input (N >= 1)")
+    M = pre.shape[1]
+    float_tensor(bias, "bias", dim=1, expected=f"a ({M},) floating tensor of biases")
+    if bias.shape != (M,):
+        raise ValueError(f"bias: expected one bias per column of pre {tuple(pre.shape)}, got {tuple(bias.shape)}")
+    if not isinstance(targets, torch.Tensor) or targets.shape != (M,) or not targets.is_floating_point() \
+            or not bool(((targets > 0) & (targets < 1)).all()):
+        raise ValueError(f"targets: expected a ({M},) tensor of frequencies in (0, 1), got {describe(targets)}")
+    groups = _check_groups(groups, M)
+    number_in(gamma_minus, "gamma_minus", 0, math.inf, bounds="()", expected="a finite step size > 0")
+    number_in(gamma_plus, "gamma_plus", 0, math.inf, bounds="()", expected="a finite step size > 0")
+    number_in(eps, "eps", 0, 1, bounds="()", expected="a frequency in (0, 1) below every target")
+    if not eps < float(targets.min()):
+        raise ValueError(f"eps: expected a frequency below every target (min {float(targets.min()):.3g}), got {eps!r}")
+    if not (isinstance(bias_range, tuple | list) and len(bias_range) == 2
+            and all(isinstance(v, int | float) and math.isfinite(v) for v in bias_range)
+            and bias_range[0] < bias_range[1]):
+        raise ValueError(f"bias_range: expected (lo, hi) with finite lo < hi, got {bias_range!r}")
+    lo, hi = float(bias_range[0]), float(bias_range[1])
+    pre = pre.double()
+    b = bias.double()
+    p_hat = (pre > 0).double().mean(0)  # (M,) measured activation frequency
+    r_max = pre.max(0).values  # (M,) largest pre-activation
+    live = p_hat > 0
+    groups = groups.to(pre.device)
+    n_groups = int(groups.max()) + 1
+    live_r = torch.where(live, r_max, torch.zeros_like(r_max))
+    group_sum = torch.zeros(n_groups, dtype=pre.dtype, device=pre.device).index_add_(0, groups, live_r)
+    group_count = torch.zeros(n_groups, dtype=pre.dtype, device=pre.device).index_add_(0, groups, live.double())
+    overall = float(live_r.sum() / live.sum()) if bool(live.any()) else 1.0
+    group_mean = torch.where(group_count > 0, group_sum / group_count.clamp_min(1), torch.full_like(group_sum, overall))
+    targets = targets.to(pre.device, torch.float64)
+    lowered = (b - gamma_minus * r_max).clamp_min(lo)
+    raised = (b + gamma_plus * group_mean[groups]).clamp_max(hi)
+    new = torch.where(p_hat > targets, lowered, torch.where(p_hat < eps, raised, b))
+    return new.to(bias.dtype)
 
 
 class BiasAdaptation:
-    """Reconstruction loss only; every ``period`` steps each encoder bias moves toward its latent's target
-    activation frequency ``targets`` (M,) with :func:`bias_adaptation_step` (GBA with grouped targets,
-    see :func:`group_targets`). The biases leave gradient descent: ``prepare`` freezes them, and the
-    first batch sets them with :func:`calibrated_bias` (ours) so that training starts at the targets."""
+    """Reconstruction loss only; the encoder biases leave gradient descent and follow Chen et al.'s (Group) Bias
+    Adaptation: every ``period`` steps, :func:`bias_adaptation_update` on the pre-activations of the inputs seen
+    since the last update. One target for every latent is bias adaptation (BA), the case the paper's theorem
+    covers; groups with targets spread by :func:`group_targets` are GBA.
 
-    def __init__(self, targets: torch.Tensor, period: int = 10, rate: float = 0.5):
+    ``prepare`` starts the biases at 0 (the top of the range: every neuron starts dense and is lowered) and
+    freezes them. ``history`` records, at every update, the measured frequency of each group (mean over its
+    neurons) and the numbers of neurons above their target and nearly dead, to compare with the targets as
+    training runs.
+
+    Two options (ours) give the paper's theory its setting, unit-norm neurons reading centred inputs of norm
+    about 1, where a pre-activation stays within [-1, 1] and the bias range [-1, 0] can gate it:
+    ``unit_encoder`` projects each encoder column back to unit norm before every step, and
+    ``fixed_decoder_bias`` freezes b_dec (start it at the data mean with ``init_decoder_bias``). Without them,
+    a plain-ReLU SAE scales its encoder and b_dec past what the clipped biases can offset and stays dense
+    (measured in chapter 6). The activation may be ``"relu"`` (the paper's theory) or ``"jump"`` (the JumpReLU form of
+    :mod:`arlib.interp.sae`, whose threshold is -b; the paper's LLM experiments use JumpReLU for every method).
+    """
+
+    def __init__(self, targets: torch.Tensor, groups: torch.Tensor | None = None, period: int = 10,
+                 gamma_minus: float = 0.05, gamma_plus: float = 0.05, eps: float = 1e-4,
+                 bias_range: tuple[float, float] = (-1.0, 0.0), unit_encoder: bool = False,
+                 fixed_decoder_bias: bool = False):
+        for name, flag in (("unit_encoder", unit_encoder), ("fixed_decoder_bias", fixed_decoder_bias)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name}: expected a bool, got {flag!r}")
         try:
             targets = torch.as_tensor(targets, dtype=torch.float64)
         except (TypeError, ValueError, RuntimeError):
             raise ValueError(f"targets: expected a 1-D tensor of frequencies, got {type(targets).__name__}") from None
         if targets.dim() != 1 or not bool(((targets > 0) & (targets < 1)).all()):
             raise ValueError("targets: expected a 1-D tensor of frequencies in (0, 1), one per latent")
+        if groups is None:  # neurons that share a target form a group
+            groups = torch.unique(targets, return_inverse=True)[1]
+        self.groups = _check_groups(groups, len(targets))
         positive_int(period, "period", expected="a positive number of steps")
-        number_in(rate, "rate", 0, 1, bounds="(]", expected="a fraction in (0, 1]")
-        self.targets, self.period, self.rate = targets, period, float(rate)
-        self.drives: list[torch.Tensor] = []  # bias-free pre-activations since the last update
-        self.updates = 0
+        # Validate the rest once, on a one-row buffer, rather than repeating the checks here.
+        bias_adaptation_update(torch.zeros(len(targets)), torch.zeros(1, len(targets)), targets, self.groups,
+                               gamma_minus, gamma_plus, eps, bias_range)
+        self.targets, self.period = targets, period
+        self.gamma_minus, self.gamma_plus, self.eps = float(gamma_minus), float(gamma_plus), float(eps)
+        self.bias_range = (float(bias_range[0]), float(bias_range[1]))
+        self.unit_encoder, self.fixed_decoder_bias = unit_encoder, fixed_decoder_bias
+        self.buffer: list[torch.Tensor] = []  # pre-activations since the last update
+        self.history: list[dict] = []
 
     def prepare(self, sae: SparseAutoencoder) -> None:
         _check_sae(sae)
-        if sae.config.activation == "topk":
-            raise ValueError("sae: bias adaptation trains a jump (or relu) SAE, not a topk one")
+        if sae.config.activation not in ("relu", "jump"):
+            raise ValueError(f"sae: bias adaptation trains a relu or jump SAE, got {sae.config.activation!r}")
         if len(self.targets) != sae.config.n_latents:
             raise ValueError(f"targets: expected {sae.config.n_latents} frequencies, one per latent, "
                              f"got {len(self.targets)}")
+        with torch.no_grad():
+            sae.b_enc.zero_()
         sae.b_enc.requires_grad_(False)
+        if self.fixed_decoder_bias:  # keep b_dec where init_decoder_bias put it (the data mean)
+            sae.b_dec.requires_grad_(False)
+        self.buffer, self.history = [], []
 
     def __call__(self, sae: SparseAutoencoder, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            drive = sae.pre_activations(x.reshape(-1, x.shape[-1]), bias=False)  # (N, M)
-            targets = self.targets.to(drive.device)
-            if self.updates == 0 and not self.drives:  # the first batch: start every latent at its target
-                sae.b_enc.copy_(calibrated_bias(drive, targets))
-            self.drives.append(drive)
-            if len(self.drives) == self.period:
-                sae.b_enc.copy_(bias_adaptation_step(sae.b_enc, torch.cat(self.drives), targets, self.rate))
-                self.drives, self.updates = [], self.updates + 1
+            if self.unit_encoder:  # project the encoder columns back to the unit sphere after each step
+                sae.W_enc.div_(sae.W_enc.norm(dim=0, keepdim=True).clamp_min(1e-8))
+            self.buffer.append(sae.pre_activations(x.reshape(-1, x.shape[-1])))  # (N, M), with the current bias
+            if len(self.buffer) == self.period:
+                pre = torch.cat(self.buffer)
+                targets, groups = self.targets.to(pre.device), self.groups.to(pre.device)
+                p_hat = (pre > 0).double().mean(0)
+                n_groups = int(groups.max()) + 1
+                per_group = torch.zeros(n_groups, dtype=torch.float64, device=pre.device).index_add_(0, groups, p_hat)
+                per_group /= torch.bincount(groups, minlength=n_groups).clamp_min(1)
+                self.history.append({"above_target": int((p_hat > targets).sum()),
+                                     "nearly_dead": int((p_hat < self.eps).sum()),
+                                     "group_frequency": per_group.cpu()})
+                sae.b_enc.copy_(bias_adaptation_update(sae.b_enc, pre, targets, groups, self.gamma_minus,
+                                                       self.gamma_plus, self.eps, self.bias_range))
+                self.buffer = []
         x_hat, _ = sae(x)
         return reconstruction_loss(x, x_hat)
 

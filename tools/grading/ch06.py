@@ -56,25 +56,30 @@ def _mmcs(case):
 def _bias_cases(rng):
     cases = []
     for k in range(5):
-        N, M = int(rng.integers(20, 600)), int(rng.integers(1, 12))
-        drive = rng.standard_normal((N, M)) * rng.uniform(0.5, 2.5, M)
-        targets = np.exp(rng.uniform(np.log(2 / N), np.log(0.5), M))
-        rate = float(rng.choice([1.0, rng.uniform(0.05, 1)]))
+        N, M, n_groups = int(rng.integers(100, 900)), int(rng.integers(4, 24)), int(rng.integers(1, 4))
+        z = rng.standard_normal((N, M)) * rng.uniform(0.1, 0.6, M)
+        bias = -rng.uniform(0, 0.9, M)
+        groups = np.arange(M) % n_groups
+        targets = np.exp(np.linspace(np.log(0.2), np.log(0.01), n_groups))[groups]
+        dead = rng.uniform(0, 1, M) < 0.3
+        dead[:n_groups] = False  # every group keeps a live neuron
+        bias[dead] = -(z[:, dead].max(0) + 0.05)
+        gm, gp = float(rng.choice([rng.uniform(0.01, 0.2), rng.uniform(1, 3)])), float(rng.uniform(0.01, 1))
         dtype = torch.float32 if k == 4 else torch.float64
-        cases.append(Case((t(drive, dtype), t(rng.standard_normal(M), dtype), t(targets), rate),
-                          f"{N} inputs, {M} latents, rate {rate:.3g}"))
+        cases.append(Case((t(z + bias, dtype), t(bias, dtype), t(targets), t(groups, torch.long), gm, gp, 1e-3),
+                          f"{N} inputs, {M} neurons in {n_groups} group(s), gamma_minus {gm:.3g}, gamma_plus {gp:.3g}"))
     return cases
 
 
 def _bias(case):
-    from arlib.interp.sae_train import bias_adaptation_step
+    from arlib.interp.sae_train import bias_adaptation_update
 
-    drive, bias, targets, rate = case.args
-    return bias_adaptation_step(bias.double(), drive.double(), targets, rate)
+    pre, bias, targets, groups, gm, gp, eps = case.args
+    return bias_adaptation_update(bias.double(), pre.double(), targets, groups, gm, gp, eps)
 
 
 def _bias_compare(got, expected, case):
-    return tensor_close(got, expected, 1e-4 if case.args[0].dtype == torch.float32 else 1e-8, 1e-5)
+    return tensor_close(got, expected, 1e-5 if case.args[0].dtype == torch.float32 else 1e-9, 1e-5)
 
 
 def _latent_cases(rng):
@@ -113,8 +118,8 @@ SPECS = [
     Spec("6.1", ("topk_latents",), ("arlib.interp.sae.topk_activation",), _topk_cases, _topk, _topk_compare),
     Spec("6.2", ("mean_max_cosine",), ("arlib.interp.sae.mmcs", "arlib.interp.sae.max_cosines"), _mmcs_cases, _mmcs,
          close(1e-5)),
-    Spec("6.3", ("adapt_bias",), ("arlib.interp.sae_train.bias_adaptation_step",
-                                  "arlib.interp.sae_train.calibrated_bias"),
+    Spec("6.3", ("adapt_bias",), ("arlib.interp.sae_train.bias_adaptation_update",
+                                  "arlib.interp.sae_train.BiasAdaptation"),
          _bias_cases, _bias, _bias_compare),
     Spec("6.4", ("find_latent",), ("arlib.interp.sae.matching_latent", "arlib.interp.sae.firing_f1"), _latent_cases,
          _latent, _latent_compare),
