@@ -101,10 +101,12 @@ COVERED = {
     "arlib.interp.sae_train.calibrated_bias", "arlib.interp.sae_train.collect_activations",
     "arlib.interp.sae_train.group_targets", "arlib.interp.sae_train.train_sae",
     # interp.superposition
-    "arlib.interp.superposition.SparseMixture", "arlib.interp.superposition.ToyModel",
-    "arlib.interp.superposition.feature_dimensionality", "arlib.interp.superposition.random_directions",
-    "arlib.interp.superposition.toy_batch", "arlib.interp.superposition.toy_loss",
-    "arlib.interp.superposition.train_toy_model",
+    "arlib.interp.superposition.PhaseDiagram", "arlib.interp.superposition.SparseMixture",
+    "arlib.interp.superposition.ToyModel", "arlib.interp.superposition.classify_regime",
+    "arlib.interp.superposition.dimensions_per_feature", "arlib.interp.superposition.feature_dimensionality",
+    "arlib.interp.superposition.phase_diagram", "arlib.interp.superposition.random_directions",
+    "arlib.interp.superposition.theoretical_phase_diagram", "arlib.interp.superposition.toy_batch",
+    "arlib.interp.superposition.toy_loss", "arlib.interp.superposition.train_toy_model",
     # vision.generators
     "arlib.vision.generators.NextScaleModel", "arlib.vision.generators.block_causal_mask",
     "arlib.vision.generators.cfg_logits", "arlib.vision.generators.check_labels",
@@ -862,6 +864,48 @@ case("train_toy_model seed float", sup.train_toy_model, 5, 2, 0.1, torch.ones(5)
 case("feature_dimensionality NaN", sup.feature_dimensionality, with_value(torch.randn(2, 5), (0, 0), NAN), arg="W")
 case("feature_dimensionality 1-D", sup.feature_dimensionality, torch.randn(5), arg="W")
 case("feature_dimensionality list", sup.feature_dimensionality, [[1.0]], arg="W")
+case("toy_loss importance table wrong shape", sup.toy_loss, TOY, torch.rand(3, 2, 5), torch.ones(3, 5),
+     arg="importance")
+case("train_toy_model lr_decay junk", sup.train_toy_model, 5, 2, 0.1, torch.ones(5), steps=1, batch_size=4,
+     lr_decay="linear", arg="lr_decay")
+case("dimensions_per_feature NaN", sup.dimensions_per_feature, with_value(torch.randn(2, 5), (1, 1), NAN), arg="W")
+case("dimensions_per_feature 1-D", sup.dimensions_per_feature, torch.randn(5), arg="W")
+case("dimensions_per_feature int", sup.dimensions_per_feature, torch.ones(2, 5, dtype=torch.long), arg="W")
+case("classify_regime NaN", sup.classify_regime, with_value(torch.randn(1, 2), (0, 1), NAN), arg="W")
+case("classify_regime one feature", sup.classify_regime, torch.randn(3, 1), arg="W")
+case("classify_regime list", sup.classify_regime, [[1.0, -1.0]], arg="W")
+case("classify_regime extra out of range", sup.classify_regime, torch.randn(1, 2), extra=2, arg="extra")
+case("classify_regime extra float", sup.classify_regime, torch.randn(1, 2), extra=1.0, arg="extra")
+case("classify_regime norm_threshold 0", sup.classify_regime, torch.randn(1, 2), norm_threshold=0.0,
+     arg="norm_threshold")
+case("classify_regime interference_threshold NaN", sup.classify_regime, torch.randn(1, 2),
+     interference_threshold=NAN, arg="interference_threshold")
+case("phase_diagram densities 0", sup.phase_diagram, [0.0, 0.5], [1.0], steps=1, arg="densities")
+case("phase_diagram densities string", sup.phase_diagram, "sparse", [1.0], steps=1, arg="densities")
+case("phase_diagram importances NaN", sup.phase_diagram, [0.5], [1.0, NAN], steps=1, arg="relative_importances")
+case("phase_diagram importances empty", sup.phase_diagram, [0.5], [], steps=1, arg="relative_importances")
+case("phase_diagram n_features 1", sup.phase_diagram, [0.5], [1.0], n_features=1, steps=1, arg="n_features")
+case("phase_diagram n_hidden 0", sup.phase_diagram, [0.5], [1.0], n_hidden=0, steps=1, arg="n_hidden")
+case("phase_diagram restarts 0", sup.phase_diagram, [0.5], [1.0], restarts=0, steps=1, arg="restarts")
+case("phase_diagram steps 0", sup.phase_diagram, [0.5], [1.0], steps=0, arg="steps")
+case("phase_diagram lr inf", sup.phase_diagram, [0.5], [1.0], steps=1, lr=INF, arg="lr")
+case("phase_diagram seed float", sup.phase_diagram, [0.5], [1.0], steps=1, seed=0.5, arg="seed")
+case("theoretical_phase_diagram densities above 1", sup.theoretical_phase_diagram, [1.5], [1.0], arg="densities")
+case("theoretical_phase_diagram importances negative", sup.theoretical_phase_diagram, [0.5], [-1.0],
+     arg="relative_importances")
+case("theoretical_phase_diagram quadrature 3", sup.theoretical_phase_diagram, [0.5], [1.0], quadrature=3,
+     arg="quadrature")
+case("theoretical_phase_diagram iterations 0", sup.theoretical_phase_diagram, [0.5], [1.0], iterations=0,
+     arg="iterations")
+PHASE = dict(densities=torch.ones(2), importances=torch.ones(3), regimes=torch.zeros(3, 2, dtype=torch.long),
+             extra_norm=torch.ones(3, 2), interference=torch.ones(3, 2), W=torch.ones(3, 2, 1, 2),
+             losses=torch.ones(3, 2))
+case("PhaseDiagram regimes transposed", sup.PhaseDiagram, **{**PHASE, "regimes": torch.zeros(2, 3, dtype=torch.long)},
+     arg="regimes")
+case("PhaseDiagram regimes float", sup.PhaseDiagram, **{**PHASE, "regimes": torch.zeros(3, 2)}, arg="regimes")
+case("PhaseDiagram densities list", sup.PhaseDiagram, **{**PHASE, "densities": [1.0, 1.0]}, arg="densities")
+case("PhaseDiagram W wrong cells", sup.PhaseDiagram, **{**PHASE, "W": torch.ones(2, 2, 1, 2)}, arg="W")
+case("PhaseDiagram losses wrong shape", sup.PhaseDiagram, **{**PHASE, "losses": torch.ones(3)}, arg="losses")
 case("random_directions n 0", sup.random_directions, 0, 3, G0, arg="n")
 case("random_directions d bool", sup.random_directions, 3, True, G0, arg="d")
 case("random_directions generator junk", sup.random_directions, 3, 4, None, arg="generator")
