@@ -30,6 +30,7 @@ from arlib.decoding import recipes as drec
 from arlib.decoding import spectr as sp
 from arlib.decoding import speculative as spec
 from arlib.interp import baselines as bl
+from arlib.interp import compare as cmp
 from arlib.interp import features as feat
 from arlib.interp import jumprelu as jr
 from arlib.interp import recipes as irec
@@ -77,6 +78,9 @@ COVERED = {
     "arlib.interp.baselines.bootstrap_recovered", "arlib.interp.baselines.compare",
     "arlib.interp.baselines.loss_recovered", "arlib.interp.baselines.random_sae",
     "arlib.interp.baselines.splice_losses",
+    # interp.compare
+    "arlib.interp.compare.Method", "arlib.interp.compare.cross_seed_consistency", "arlib.interp.compare.fit_method",
+    "arlib.interp.compare.latent_matches", "arlib.interp.compare.summarize",
     # interp.features
     "arlib.interp.features.classify_latents", "arlib.interp.features.format_dashboard",
     "arlib.interp.features.intervene", "arlib.interp.features.latent_dashboard",
@@ -97,8 +101,8 @@ COVERED = {
     "arlib.interp.sae.residual_stream", "arlib.interp.sae.spliced_logits", "arlib.interp.sae.topk_activation",
     # interp.sae_train
     "arlib.interp.sae_train.BiasAdaptation", "arlib.interp.sae_train.L1Objective",
-    "arlib.interp.sae_train.TopKObjective", "arlib.interp.sae_train.bias_adaptation_step",
-    "arlib.interp.sae_train.calibrated_bias", "arlib.interp.sae_train.collect_activations",
+    "arlib.interp.sae_train.TopKObjective", "arlib.interp.sae_train.bias_adaptation_update",
+    "arlib.interp.sae_train.group_ids", "arlib.interp.sae_train.collect_activations",
     "arlib.interp.sae_train.group_targets", "arlib.interp.sae_train.train_sae",
     # interp.superposition
     "arlib.interp.superposition.PhaseDiagram", "arlib.interp.superposition.SparseMixture",
@@ -738,20 +742,45 @@ case("group_targets p_min NaN", st_mod.group_targets, 10, 2, 0.1, NAN, arg="p_mi
 case("group_targets p_max string", st_mod.group_targets, 10, 2, "0.1", 0.01, arg="p_max")
 DRIVE = torch.randn(30, 10, generator=torch.Generator().manual_seed(0))
 TARGETS = torch.full((10,), 0.2, dtype=torch.float64)
-case("calibrated_bias targets wrong size", st_mod.calibrated_bias, DRIVE, TARGETS[:3], arg="targets")
-case("calibrated_bias targets > 1", st_mod.calibrated_bias, DRIVE, TARGETS * 10, arg="targets")
-case("calibrated_bias targets NaN", st_mod.calibrated_bias, DRIVE, with_value(TARGETS, 0, NAN), arg="targets")
-case("calibrated_bias drive empty", st_mod.calibrated_bias, DRIVE[:0], TARGETS, arg="drive")
-case("calibrated_bias drive NaN", st_mod.calibrated_bias, with_value(DRIVE, (0, 0), NAN), TARGETS, arg="drive")
-case("calibrated_bias drive list", st_mod.calibrated_bias, [[0.0]], TARGETS, arg="drive")
-case("bias_adaptation_step rate NaN", st_mod.bias_adaptation_step, torch.zeros(10), DRIVE, TARGETS, NAN, arg="rate")
-case("bias_adaptation_step bias wrong size", st_mod.bias_adaptation_step, torch.zeros(3), DRIVE, TARGETS, 0.5,
-     arg="bias")
-case("bias_adaptation_step rate string", st_mod.bias_adaptation_step, torch.zeros(10), DRIVE, TARGETS, "half",
-     arg="rate")
+GROUPS = torch.arange(10) % 2
+BA = dict(gamma_minus=0.1, gamma_plus=0.1, eps=1e-3)
+case("bias_adaptation_update targets wrong size", st_mod.bias_adaptation_update, torch.zeros(10), DRIVE, TARGETS[:3],
+     GROUPS, **BA, arg="targets")
+case("bias_adaptation_update targets > 1", st_mod.bias_adaptation_update, torch.zeros(10), DRIVE, TARGETS * 10,
+     GROUPS, **BA, arg="targets")
+case("bias_adaptation_update targets NaN", st_mod.bias_adaptation_update, torch.zeros(10), DRIVE,
+     with_value(TARGETS, 0, NAN), GROUPS, **BA, arg="targets")
+case("bias_adaptation_update pre empty", st_mod.bias_adaptation_update, torch.zeros(10), DRIVE[:0], TARGETS, GROUPS,
+     **BA, arg="pre")
+case("bias_adaptation_update pre NaN", st_mod.bias_adaptation_update, torch.zeros(10),
+     with_value(DRIVE, (0, 0), NAN), TARGETS, GROUPS, **BA, arg="pre")
+case("bias_adaptation_update pre list", st_mod.bias_adaptation_update, torch.zeros(10), [[0.0]], TARGETS, GROUPS,
+     **BA, arg="pre")
+case("bias_adaptation_update bias wrong size", st_mod.bias_adaptation_update, torch.zeros(3), DRIVE, TARGETS, GROUPS,
+     **BA, arg="bias")
+case("bias_adaptation_update groups float", st_mod.bias_adaptation_update, torch.zeros(10), DRIVE, TARGETS,
+     GROUPS.double(), **BA, arg="groups")
+case("bias_adaptation_update groups negative", st_mod.bias_adaptation_update, torch.zeros(10), DRIVE, TARGETS,
+     GROUPS - 1, **BA, arg="groups")
+case("bias_adaptation_update gamma_minus NaN", st_mod.bias_adaptation_update, torch.zeros(10), DRIVE, TARGETS,
+     GROUPS, NAN, 0.1, 1e-3, arg="gamma_minus")
+case("bias_adaptation_update gamma_plus string", st_mod.bias_adaptation_update, torch.zeros(10), DRIVE, TARGETS,
+     GROUPS, 0.1, "x", 1e-3, arg="gamma_plus")
+case("bias_adaptation_update eps above a target", st_mod.bias_adaptation_update, torch.zeros(10), DRIVE, TARGETS,
+     GROUPS, 0.1, 0.1, 0.5, arg="eps")
+case("bias_adaptation_update bias_range reversed", st_mod.bias_adaptation_update, torch.zeros(10), DRIVE, TARGETS,
+     GROUPS, **BA, bias_range=(0.0, -1.0), arg="bias_range")
+case("bias_adaptation_update bias_range inf", st_mod.bias_adaptation_update, torch.zeros(10), DRIVE, TARGETS,
+     GROUPS, **BA, bias_range=(-math.inf, 0.0), arg="bias_range")
+case("group_ids n_groups too many", st_mod.group_ids, 4, 5, arg="n_groups")
+case("group_ids n_latents 0", st_mod.group_ids, 0, 1, arg="n_latents")
 case("BiasAdaptation targets 0", st_mod.BiasAdaptation, torch.zeros(10), arg="targets")
-case("BiasAdaptation period 0", st_mod.BiasAdaptation, TARGETS, 0, arg="period")
-case("BiasAdaptation rate 2", st_mod.BiasAdaptation, TARGETS, rate=2.0, arg="rate")
+case("BiasAdaptation period 0", st_mod.BiasAdaptation, TARGETS, period=0, arg="period")
+case("BiasAdaptation gamma_minus 0", st_mod.BiasAdaptation, TARGETS, gamma_minus=0.0, arg="gamma_minus")
+case("BiasAdaptation groups wrong size", st_mod.BiasAdaptation, TARGETS, torch.zeros(3, dtype=torch.long),
+     arg="groups")
+case("BiasAdaptation unit_encoder int", st_mod.BiasAdaptation, TARGETS, unit_encoder=1, arg="unit_encoder")
+case("BiasAdaptation.prepare topk sae", st_mod.BiasAdaptation(TARGETS).prepare, SAE, arg="sae")
 case("BiasAdaptation targets string", st_mod.BiasAdaptation, "0.1", arg="targets")
 case("BiasAdaptation.prepare wrong count", st_mod.BiasAdaptation(TARGETS[:4]).prepare, RELU, arg="targets")
 CONFIG = TrainConfig(steps=1, warmup=0, progress=False)
@@ -825,6 +854,29 @@ case("fold_input_scale scale 0", jr.fold_input_scale, JR, 0.0, arg="scale")
 case("fold_input_scale scale NaN", jr.fold_input_scale, JR, NAN, arg="scale")
 case("fold_input_scale scale string", jr.fold_input_scale, JR, "2", arg="scale")
 case("fold_input_scale scale tensor", jr.fold_input_scale, JR, torch.tensor(2.0), arg="scale")
+TRUE6 = torch.eye(6)[:4]  # (4, 6) true features
+DEC10 = torch.randn(10, 6, generator=torch.Generator().manual_seed(1))
+LIVE10 = torch.ones(10, dtype=torch.bool)
+case("latent_matches decoder wrong width", cmp.latent_matches, TRUE6, DEC10[:, :5], LIVE10, arg="decoder")
+case("latent_matches live float", cmp.latent_matches, TRUE6, DEC10, LIVE10.float(), arg="live")
+case("latent_matches live wrong size", cmp.latent_matches, TRUE6, DEC10, LIVE10[:3], arg="live")
+case("latent_matches threshold 1", cmp.latent_matches, TRUE6, DEC10, LIVE10, 1.0, arg="threshold")
+case("latent_matches true NaN", cmp.latent_matches, with_value(TRUE6, (0, 0), NAN), DEC10, LIVE10,
+     arg="true_features")
+case("latent_matches no live latent", cmp.latent_matches, TRUE6, DEC10, torch.zeros(10, dtype=torch.bool),
+     arg="live", contract=lambda r: r["matched"] == 0 and r["unmatched"] == 0)
+case("cross_seed_consistency one run", cmp.cross_seed_consistency, [DEC10], [LIVE10], arg="decoders")
+case("cross_seed_consistency lengths differ", cmp.cross_seed_consistency, [DEC10, DEC10], [LIVE10],
+     arg="decoders")
+case("cross_seed_consistency identical runs", cmp.cross_seed_consistency, [DEC10, DEC10], [LIVE10, LIVE10],
+     arg="decoders", contract=lambda r: r["shared_fraction"] == 1.0)
+case("fit_method unknown method", cmp.fit_method, "PCA", 1.0, 6, 10, lambda s, g: ACTS, ACTS, CONFIG, arg="method")
+case("fit_method config dict", cmp.fit_method, "L1", 1.0, 6, 10, lambda s, g: ACTS, ACTS, {}, arg="config")
+case("fit_method seed negative", cmp.fit_method, "L1", 1.0, 6, 10, lambda s, g: ACTS, ACTS, CONFIG, -1, arg="seed")
+case("fit_method d 0", cmp.fit_method, "L1", 1.0, 0, 10, lambda s, g: ACTS, ACTS, CONFIG, arg="d")
+case("summarize not an SAE", cmp.summarize, "sae", ACTS, arg="sae")
+case("summarize wrong width", cmp.summarize, RELU, ACTS[:, :5], arg="x")
+case("Method missing fields", cmp.Method, "L1", arg="knob")
 case("match_l0 fit junk", jr.match_l0, "fit", 8.0, 0.1, 1.0, arg="fit")
 case("match_l0 target 0", jr.match_l0, lambda c: 1 / c, 0.0, 0.1, 1.0, arg="target")
 case("match_l0 low above high", jr.match_l0, lambda c: 1 / c, 2.0, 1.0, 0.1, arg="low")
