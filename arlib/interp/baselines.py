@@ -180,8 +180,9 @@ class MLPNeuronBaseline:
 @torch.no_grad()
 def random_sae(config: SAEConfig, x: torch.Tensor, generator: torch.Generator, fit_decoder: bool = True,
                ridge: float = 1e-4) -> SparseAutoencoder:
-    """An SAE of ``config`` with random weights (:class:`SparseAutoencoder`'s initialization: random unit
-    directions, encoder = decoder transposed, ``b_enc`` = 0), with ``b_dec`` set to the mean of x (N, d).
+    """An SAE of ``config`` with random weights (the initialization of
+    :class:`arlib.interp.sae.SparseAutoencoder`: random unit directions, encoder = decoder transposed,
+    ``b_enc`` = 0), with ``b_dec`` set to the mean of x (N, d).
 
     With ``fit_decoder`` (the fair choice, and the default) the decoder is then fit by least squares to the
     random codes of x (ridge ``ridge`` times the mean diagonal of the codes' Gram matrix), and the returned SAE

@@ -1,7 +1,7 @@
 """Comparing SAE training methods fairly: one knob per method, matched sparsity, several seeds, and the
 recovery and consistency metrics that chapter 6 and ``benchmarks/sae_frontier.py`` report.
 
-Every method of :data:`METHODS` has one sparsity knob (its L1 coefficient, k, its L0 coefficient, or its
+Every method of ``METHODS`` has one sparsity knob (its L1 coefficient, k, its L0 coefficient, or its
 target activation frequency) and builds an SAE and an objective from it; :func:`fit_method` trains one on a
 stream of batches with :func:`arlib.interp.sae_train.train_sae`; :func:`arlib.interp.jumprelu.match_l0`
 bisects a knob to a target L0. The inputs are scaled once, by :func:`arlib.interp.jumprelu.normalization_scale`
@@ -32,7 +32,7 @@ from arlib.validate import describe, float_tensor, number_in, positive_int
 @dataclass(frozen=True)
 class Method:
     """One training method: ``build(d, M, knob) -> (SAEConfig, objective)``; ``knob`` names its sparsity knob,
-    ``bracket(target_l0, M)`` gives the (low, high) interval that :func:`match_l0` searches, and
+    ``bracket(target_l0, M)`` gives the (low, high) interval that :func:`arlib.interp.jumprelu.match_l0` searches, and
     ``integer`` says that the knob is an int (TopK's k: set to the target, no search)."""
 
     name: str

@@ -26,20 +26,23 @@
 # dictionary finds the model's real features cannot be checked on a real model, so we first build data
 # whose features we know, as Chen et al. {cite}`chen2025taming` do, and measure recovery there; their
 # paper also proposes training SAEs without any sparsity penalty, by adapting the encoder biases so that
-# each neuron fires at a target frequency (bias adaptation, and its group variant GBA).
+# no neuron fires more often than a target frequency (bias adaptation, and its group variant GBA).
 #
 # **You will learn**
 # - the toy model of superposition, and how features share dimensions once they are sparse;
 # - data with known ground-truth features, and how to score a dictionary against them (mean max cosine
 #   similarity, fraction recovered);
 # - SAEs from scratch: ReLU with an L1 penalty weighted by the decoder norms, TopK with an auxiliary loss
-#   for dead latents, and the metrics (normalized MSE, L0, dead and dense latents);
-# - bias adaptation and Group Bias Adaptation, compared with L1 and TopK at matched sparsity and across a
-#   sweep of hyperparameters;
-# - an SAE on the residual stream of the book's own GPT: reconstruction, the loss it costs the model, the
-#   density of its features, and a gallery of what some features detect.
+#   for dead latents, JumpReLU with an L0 penalty trained through straight-through estimators, and the
+#   metrics (normalized MSE, L0, dead and dense latents);
+# - bias adaptation and Group Bias Adaptation as Chen et al. publish them;
+# - how to compare SAE methods fairly: every method at the same sparsity, several seeds with intervals, the
+#   sparsity-fidelity frontier, duplicates and unmatched latents, and the consistency across seeds;
+# - an SAE on the residual stream of the book's own GPT, read against baselines (PCA, a random dictionary,
+#   position alone): reconstruction, the loss it costs the model, the density of its features, dashboards of
+#   random latents, and an intervention that removes one.
 #
-# The SAE of section 5 was trained by `python -m arlib.recipes shakespeare-sae` on a GPU in about twenty
+# The SAE of section 6 was trained by `python -m arlib.recipes shakespeare-sae` on a GPU in about twenty
 # seconds (its time is printed below); everything else trains here.
 
 # %% [markdown]
@@ -48,11 +51,14 @@
 # *Figure.* (a) the residual stream x is encoded into 1024 latents, of which only the k = 32 largest stay active (f), and decoded back into x̂, spliced into the model in place of x; (b) superposition: more features than dimensions, each a direction.
 
 # %%
+import json
 import time
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
+from matplotlib.colors import ListedColormap
 
 import arlib
 import arlib.checks
@@ -62,14 +68,28 @@ from arlib.interp.sae import (
     SparseAutoencoder,
     evaluate,
     firing_f1,
-    firing_frequencies,
     l1_penalty,
     max_cosines,
     residual_stream,
 )
 from arlib.interp.recipes import gpt_losses
-from arlib.interp.sae_train import BiasAdaptation, L1Objective, TopKObjective, bias_adaptation_step, group_targets, train_sae
-from arlib.interp.superposition import SparseMixture, feature_dimensionality, toy_batch, train_toy_model
+from arlib.interp.baselines import MLPNeuronBaseline, PCABaseline, PositionBaseline, compare, random_sae
+from arlib.interp.compare import fit_method, summarize
+from arlib.interp.features import classify_latents, format_dashboard, intervene, latent_dashboard
+from arlib.interp.jumprelu import normalization_scale
+from arlib.interp.sae_train import BiasAdaptation, bias_adaptation_update, group_ids, group_targets, train_sae
+from arlib.interp.superposition import (
+    DEDICATED,
+    NOT_REPRESENTED,
+    SUPERPOSITION,
+    SparseMixture,
+    dimensions_per_feature,
+    feature_dimensionality,
+    phase_diagram,
+    theoretical_phase_diagram,
+    toy_batch,
+    train_toy_model,
+)
 from arlib.train import TrainConfig
 
 device = arlib.setup(seed=0)
@@ -175,6 +195,171 @@ assert bool(((dims[1][kept] - 0.5).abs() < 0.1).all()) and bool((pairs.min(1).va
 print(f"p = 0.3: {int(kept.sum())} features in {int(kept.sum()) // 2} antipodal pairs")
 
 # %% [markdown]
+# ### The phase change
+#
+# Whether a feature is kept, dropped, or squeezed in beside another is decided by two numbers: how sparse
+# the features are and how much the extra feature matters. Elhage et al. map this out on the smallest
+# case that has a choice: $n = 2$ features in $m = 1$ dimension, both with density $p$, the first with
+# importance 1 and the second with importance $r$. With one dimension there are three things the model
+# can do with the extra feature:
+#
+# - **not represent it**, $W = [1, 0]$: feature 1 is copied exactly, feature 2 is predicted by a constant
+#   bias, at best its mean $p/2$, so the loss is $r \operatorname{Var}(x_2) = r\,(p/3 - p^2/4)$;
+# - **dedicate the dimension to it**, $W = [0, 1]$: the mirror image, loss $p/3 - p^2/4$;
+# - **superpose the two**, $W = [u, -v]$ with $u, v > 0$: both are read back, each through a ReLU that clips
+#   the other's negative interference; they collide only when both are on.
+#
+# The first two compare at $r = 1$: the more important feature keeps the dimension. The third has an
+# expected loss that we can compute exactly (the case where one feature is on is a 1-D integral in closed
+# form, the case where both are on is one more integral, done numerically) and minimize over $u, v$ and
+# the biases; the **theoretical** phase diagram marks, for each $(p, r)$, the configuration with the lowest
+# loss. The **empirical** one trains a model in each cell of the same grid (all $3 \times 64$ of them as
+# instances of one batched model: three restarts per cell, keeping the lowest loss, because in one
+# dimension two features that start with the same sign can stall on their way to opposite signs) and reads
+# the regime off the learned $W$: the extra feature is *not represented* if $\lVert W_2 \rVert < 0.5$, in
+# *superposition* if its interference $\sum_{j \ne 2} (\hat W_2 \cdot W_j)^2$ exceeds 0.25, and *dedicated*
+# otherwise (trained norms sit near 0 or 1, so the thresholds have room on both sides).
+
+# %%
+densities = torch.logspace(0, -2, 8)  # p = 1 - S from 1 (dense) to 0.01
+importances = torch.logspace(-1, 1, 8)  # relative importance r of the extra feature, 0.1 to 10 (1 is not on the grid)
+start = time.perf_counter()
+theory, theory_losses = theoretical_phase_diagram(densities, importances)
+theory_seconds = time.perf_counter() - start
+start = time.perf_counter()
+empirical = phase_diagram(densities, importances, steps=700, batch_size=512, lr=3e-2, restarts=3, seed=0,
+                          device=device)
+phase_seconds = time.perf_counter() - start
+agree = (empirical.regimes == theory).float().mean().item()
+print(f"theory {theory_seconds:.1f} s, {3 * 64} toy models trained in {phase_seconds:.1f} s; "
+      f"the trained regime matches the theoretical one in {agree:.0%} of the 64 cells")
+for name, grid in (("theory", theory), ("trained", empirical.regimes)):
+    print(f"{name:>7}: " + "  ".join("".join("-SD"[int(c)] for c in row) for row in grid.flip(0)))
+print("        (- not represented, S superposition, D dedicated; rows r = 10 down to 0.1, columns p = 1 to 0.01)")
+
+# %%
+cmap = ListedColormap(["#d9d9d9", "#e6550d", "#3182bd"])  # not represented, superposition, dedicated
+fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.2), sharey=True)
+for ax, grid, title in ((axes[0], empirical.regimes, "trained (best of 3 restarts)"),
+                        (axes[1], theory, "theory (lowest exact loss)")):
+    ax.imshow(grid, cmap=cmap, vmin=0, vmax=2, origin="lower", aspect="auto")
+    ax.set_xticks(range(len(densities)), [f"{p:.2g}" for p in densities.tolist()], fontsize=9)
+    ax.set_yticks(range(len(importances)), [f"{r:.2g}" for r in importances.tolist()], fontsize=9)
+    ax.set_xlabel("feature density $p = 1 - S$ (log scale, sparser to the right)")
+    ax.set_title(title)
+axes[0].set_ylabel("relative importance $r$ of the extra feature")
+handles = [plt.Rectangle((0, 0), 1, 1, color=cmap(i)) for i in range(3)]
+fig.legend(handles, ["extra feature not represented", "extra feature in superposition", "extra feature dedicated"], loc="lower center", ncol=3, frameon=False)
+fig.suptitle("the phase change of superposition: 2 features in 1 dimension")
+plt.tight_layout(rect=(0, 0.08, 1, 1))
+arlib.export_figure(fig, "superposition-phase")
+plt.show()
+
+# %% [markdown]
+# What the diagrams show (asserted below):
+# - dense features ($p = 1$) are never superposed: the extra feature is dropped when it matters less than
+#   the first ($r < 1$) and takes the dimension when it matters more, in theory and in training;
+# - sparse enough features are superposed, first around $r = 1$ and, the sparser they get, over a wider
+#   band of importances: at $p = 0.01$ the whole range $0.1 \le r \le 10$ is superposition in theory, and
+#   there superposition's loss is a small fraction of the best alternative's;
+# - the trained models land in the theoretical regime in most cells; the misses are isolated cells near the
+#   boundaries or sparse cells where all three restarts stalled.
+
+# %%
+assert bool((theory[:, 0] != SUPERPOSITION).all()) and bool((empirical.regimes[:, 0] != SUPERPOSITION).all())
+below, above = importances < 1, importances > 1
+assert bool((theory[below, 0] == NOT_REPRESENTED).all()) and bool((theory[above, 0] == DEDICATED).all())
+assert bool((empirical.regimes[below, 0] == NOT_REPRESENTED).all())
+assert bool((empirical.regimes[above, 0] == DEDICATED).all())
+assert bool((theory[:, -1] == SUPERPOSITION).all())
+width = (theory == SUPERPOSITION).sum(0)  # how many importances are superposed, per density
+assert all(int(a) <= int(b) for a, b in zip(width, width[1:])) and int(width[0]) == 0
+ratio = theory_losses[1, :, -1] / torch.minimum(theory_losses[0, :, -1], theory_losses[2, :, -1])
+assert float(ratio.max()) < 0.1  # at p = 0.01 superposition costs under a tenth of the best alternative
+assert agree > 0.8
+print(f"superposed importances per density: {width.tolist()}; at p = 0.01 superposition's loss is "
+      f"{float(ratio.min()):.3f} to {float(ratio.max()):.3f} of the alternative's")
+
+# %% [markdown]
+# ### How many dimensions does a feature get?
+#
+# With many features of equal importance, Elhage et al. count the dimensions the model spends per feature it
+# keeps: a kept feature has $\lVert W_i \rVert \approx 1$ and a dropped one $W_i \approx 0$, so
+# $\lVert W \rVert_F^2$ counts the kept features and
+#
+# $$\text{dimensions per feature} = \frac{m}{\lVert W \rVert_F^2} .$$
+#
+# As the features get sparser this falls from 1 towards 0, but not smoothly: it *sticks* at $\tfrac12$ (every
+# dimension holding an antipodal pair) over a range of sparsities. The per-feature dimensionality $D_i$ of
+# (3) shows the finer structure: features cluster at the fractions of a few small configurations, 1 (a
+# dimension of its own), $\tfrac34$ (a tetrahedron: 4 features in 3 dimensions), $\tfrac23$ (a triangle:
+# 3 in 2), $\tfrac12$ (an antipodal pair), $\tfrac25$ (a pentagon: 5 in 2) and $\tfrac38$ (a square
+# antiprism: 8 in 3). The paper uses $n = 400$ features in $m = 30$ dimensions and long training; to fit a
+# CPU we train $n = 100$ in $m = 10$, at eight densities from $1/(1-S) = 1.2$ to 8, with a cosine-decayed
+# learning rate.
+
+# %%
+n_many, m_many = 100, 10
+inverse_density = torch.logspace(0.08, 0.9, 8)  # 1 / (1 - S)
+start = time.perf_counter()
+geometry = train_toy_model(n_many, m_many, (1 / inverse_density).tolist(), torch.ones(n_many), steps=1000,
+                           batch_size=256, lr=2e-2, seed=0, device=device, lr_decay="cosine")
+geometry_seconds = time.perf_counter() - start
+Wg = geometry.W.detach().cpu()  # (8, m, n)
+per_feature = dimensions_per_feature(Wg)  # (8,)
+Dg, kept_g = feature_dimensionality(Wg), Wg.norm(dim=1) > 0.5  # (8, n) each
+sticky = {"1": 1.0, "3/4": 0.75, "2/3": 2 / 3, "1/2": 0.5, "2/5": 0.4, "3/8": 0.375}
+near = {name: ((Dg - f).abs() < 0.02) & kept_g for name, f in sticky.items()}  # (8, n) each
+print(f"trained {len(inverse_density)} models of {n_many} features in {m_many} dimensions in {geometry_seconds:.1f} s")
+print(f"{'1/(1-S)':>8} | {'dims/feature':>12} | {'kept':>4} | " + " ".join(f"{k:>4}" for k in sticky) + " | other")
+for i, inv in enumerate(inverse_density.tolist()):
+    counts = [int(near[k][i].sum()) for k in sticky]
+    print(f"{inv:8.2f} | {float(per_feature[i]):12.3f} | {int(kept_g[i].sum()):4d} | "
+          + " ".join(f"{c:4d}" for c in counts) + f" | {int(kept_g[i].sum()) - sum(counts):5d}")
+
+# %%
+fig, ax = plt.subplots(figsize=(8, 4.5))
+for name, f in sticky.items():
+    ax.axhline(f, color="0.8", lw=1, zorder=0)
+    ax.text(inverse_density[-1] * 1.08, f, name, va="center", fontsize=10)
+for i, inv in enumerate(inverse_density.tolist()):
+    d = Dg[i][kept_g[i]]
+    jitter = torch.exp(0.03 * torch.randn(len(d), generator=torch.Generator().manual_seed(i)))
+    ax.scatter(inv * jitter, d, s=10, alpha=0.5, color="#3182bd", label="$D_i$ of a kept feature" if i == 0 else None)
+ax.plot(inverse_density, per_feature, "k-o", ms=4, label=r"dimensions per feature $m / \|W\|_F^2$")
+ax.set_xscale("log")
+ax.set_xticks([1, 2, 4, 8], ["1", "2", "4", "8"])
+ax.minorticks_off()  # no "3 x 10^0" labels between the major ticks
+ax.set_xlim(1, 9.5), ax.set_ylim(0, 1.1)
+ax.set_xlabel("$1 / (1 - S)$: one over the feature density (log scale)")
+ax.set_ylabel("dimensions")
+ax.legend(loc="lower left", fontsize=9)
+ax.set_title(f"{n_many} features in {m_many} dimensions: features stick at a few fractions of a dimension")
+plt.tight_layout()
+arlib.export_figure(fig, "superposition-dimensionality")
+plt.show()
+
+# %% [markdown]
+# What the runs show (asserted below):
+# - at the densest setting the model spends about one dimension per feature, and the sparser the features,
+#   the fewer dimensions each gets (the black line falls);
+# - over a range of sparsities it sticks at $\tfrac12$: nearly every kept feature has $D_i \approx \tfrac12$,
+#   an antipodal pair;
+# - beyond that, some features sit at the smaller fractions ($\tfrac25$, $\tfrac38$) once the line has
+#   left $\tfrac12$, and at the sparsest settings many no longer sit at any of the marked fractions.
+
+# %%
+assert abs(float(per_feature[0]) - 1) < 0.1 and float(per_feature[-1]) < 0.4
+assert bool((per_feature.diff() < 0.02).all())  # falls with sparsity (up to noise)
+half = near["1/2"].sum(1).float() / kept_g.sum(1).clamp_min(1)  # share of kept features at 1/2, per density
+at_half = (half > 0.8) & ((per_feature - 0.5).abs() < 0.05)
+assert int(at_half.sum()) >= 2  # the plateau at 1/2 spans at least two densities
+beyond = int(near["2/5"].sum() + near["3/8"].sum())
+assert beyond >= 5  # past the plateau, features at the pentagon's or the antiprism's fraction
+print(f"at 1/2 (share of kept features): {[round(float(h), 2) for h in half]}; "
+      f"features at 2/5 or 3/8: {beyond}")
+
+# %% [markdown]
 # ## 2. Data with known features
 #
 # A real network's features are unknown, so a dictionary learned on its activations cannot be graded.
@@ -211,11 +396,12 @@ print(f"{n_true} features in {d} dimensions; {true_l0:.2f} present per sample on
       f"largest |cos| between two features {float(coherence):.2f}")
 print(f"a random dictionary of {n_latents} directions: MMCS {float(baseline.mean()):.2f}, recovered "
       f"{float((baseline > 0.9).double().mean()):.2f}")
-x_test, x_warm, true_features = x_test.to(device), x_warm.to(device), mixture.features.to(device)
+scale = normalization_scale(x_warm)  # one scalar for every method: mean squared norm 1 (see section 3)
+x_test, x_warm, true_features = (x_test * scale).to(device), (x_warm * scale).to(device), mixture.features.to(device)
 
 
 def synthetic_batch(step, generator, batch_size=512):
-    return mixture.sample(batch_size, generator)[0].to(device)
+    return (mixture.sample(batch_size, generator)[0] * scale).to(device)
 
 
 # %% [markdown]
@@ -227,7 +413,9 @@ def synthetic_batch(step, generator, batch_size=512):
 # $$f = \sigma\big((x - b_{\mathrm{dec}})\, W_{\mathrm{enc}} + b_{\mathrm{enc}}\big), \qquad
 # \hat x = f\, W_{\mathrm{dec}} + b_{\mathrm{dec}} . \tag{6}$$
 #
-# **ReLU + L1** {cite}`bricken2023towards`: $\sigma = \mathrm{ReLU}$ and
+# **ReLU + L1**: $\sigma = \mathrm{ReLU}$ and a sparsity penalty. Bricken et al. {cite}`bricken2023towards`
+# penalized the plain L1 norm of $f$ and held the decoder rows at unit norm; Anthropic's 2024 update of their
+# recipe {cite}`conerly2024update` weights each latent by the norm of its decoder row instead, which we use:
 #
 # $$\mathcal{L} = \lVert x - \hat x \rVert^2 + \lambda \sum_j f_j \,\lVert W_{\mathrm{dec}, j} \rVert . \tag{7}$$
 #
@@ -281,222 +469,433 @@ print("(6) for ReLU and TopK matches arlib.interp.sae; the decoder-weighted L1 o
       "the plain L1 does not")
 
 # %% [markdown]
-# Now we train both on the mixture: 1500 steps of 512 samples, Adam at $3 \cdot 10^{-3}$, $M = 512$
-# latents (twice the number of true features). The L1 coefficient $\lambda = 1$ and $k = 8$ put both near
-# the same sparsity, somewhat above the true $L_0$ of about 5.8.
+# **JumpReLU** {cite}`rajamanoharan2024jumping`: each latent has its own learned threshold $\theta_j > 0$
+# and passes its whole pre-activation once it clears it, $f_j = z_j\, H(z_j - \theta_j)$ with $z = (x -
+# b_{\mathrm{dec}}) W_{\mathrm{enc}} + b_{\mathrm{enc}}$ and $H$ the step function; the penalty counts the
+# active latents themselves,
+#
+# $$\mathcal{L} = \lVert x - \hat x \rVert^2 + \lambda\, \lVert f \rVert_0 . \tag{8}$$
+#
+# Neither the step nor the count has a useful derivative in $\theta$, so the backward pass uses the paper's
+# pseudo-derivatives, a kernel estimate with the rectangle kernel $K$ of width $\varepsilon$:
+# $\partial_\theta\, z H(z - \theta) := -\tfrac{\theta}{\varepsilon} K\!\big(\tfrac{z - \theta}{\varepsilon}\big)$
+# and $\partial_\theta H(z - \theta) := -\tfrac{1}{\varepsilon} K\!\big(\tfrac{z - \theta}{\varepsilon}\big)$
+# (straight-through estimators; `arlib.interp.jumprelu`). We follow the paper and Gemma Scope
+# {cite}`lieberum2024gemma` in $\varepsilon = 10^{-3}$, the initial threshold $10^{-3}$, unit-norm decoder rows
+# and the scaling of the inputs: **every method of this chapter trains on the activations multiplied by one
+# scalar that makes their mean squared norm 1** (section 2 did it), since JumpReLU's $\varepsilon$ and the
+# clip range of bias adaptation (section 4) are stated for that scale. Our runs are far shorter than theirs
+# and use our optimizer (AdamW with warm-up and cosine decay).
+#
+# We train the three on the mixture: 1500 steps of 512 samples, learning rate $3 \cdot 10^{-3}$, $M = 512$
+# latents (twice the number of true features). A comparison means something only at the **same sparsity**,
+# so each method's knob was bisected by `benchmarks/sae_frontier.py` until $L_0$ came within 2 % of a target,
+# here 8 latents per input, somewhat above the true $L_0$ of about 5.8 (TopK simply takes $k = 8$). The cell
+# retrains each at the benchmark's knob with its seed 0; section 5 reads the benchmark's other seeds and
+# sparsities.
 
 # %%
+frontier = json.loads(Path("../../data/results/sae-frontier.json").read_text())
+matched = {(s["method"], s["target_l0"]): s for s in frontier["synthetic"]["settings"]}
 train_config = TrainConfig(steps=1500, lr=3e-3, warmup=100, progress=False)
 
 
-def fit(config, objective, seed=5):
-    """Train one SAE on the mixture; returns it and its metrics on the test samples."""
-    sae = SparseAutoencoder(config, torch.Generator().manual_seed(seed)).to(device)
-    sae.init_decoder_bias(x_warm)
+def fit(method, knob=None, seed=0):
+    """Train `method` at the benchmark's knob for L0 = 8 (or at `knob`); returns the SAE and its metrics."""
+    knob = matched[(method, 8.0)]["value"] if knob is None else knob
     start = time.perf_counter()
-    train_sae(sae, objective, synthetic_batch, train_config)
-    return sae, {**evaluate(sae, x_test, true_features), "seconds": time.perf_counter() - start}
+    sae, objective = fit_method(method, knob, d, n_latents, synthetic_batch, x_warm, train_config, seed, device)
+    histories[method] = getattr(objective, "history", None)  # bias adaptation's measured frequencies
+    return sae, {**summarize(sae, x_test, true_features), "seconds": time.perf_counter() - start}
 
 
 def show(name, r):
-    print(f"{name:>22} | {r['l0']:5.1f} | {r['nmse']:5.3f} | {r['dead']:4d} | {r['dense']:5d} | {r['mmcs']:5.3f} | "
-          f"{r['recovered']:9.3f} | {r['seconds']:4.0f} s")
+    print(f"{name:>9} | {r['l0']:5.2f} | {r['nmse']:5.3f} | {r['dead']:4d} | {r['dense']:5d} | {r['mmcs']:5.3f} | "
+          f"{r['recovered']:9.3f} | {r['duplicates']:4d} | {r['unmatched']:9d} | {r['seconds']:4.0f} s")
 
 
-HEADER = f"{'method':>22} | {'L0':>5} | {'NMSE':>5} | {'dead':>4} | {'dense':>5} | {'MMCS':>5} | recovered | time"
-saes, results = {}, {}
-saes["L1, lambda = 1"], results["L1, lambda = 1"] = fit(SAEConfig(d, n_latents), L1Objective(1.0))
-saes["TopK, k = 8"], results["TopK, k = 8"] = fit(SAEConfig(d, n_latents, "topk", k=8, unit_decoder=True),
-                                                  TopKObjective(k_aux=32, dead_after=100))
+HEADER = (f"{'method':>9} | {'L0':>5} | {'NMSE':>5} | {'dead':>4} | {'dense':>5} | {'MMCS':>5} | recovered | "
+          f"dupl | unmatched | time")
+saes, results, histories = {}, {}, {}
+for method in ("L1", "TopK", "JumpReLU"):
+    saes[method], results[method] = fit(method)
+print("knobs for L0 = 8:", ", ".join(f"{m} {matched[(m, 8.0)]['knob']} = {matched[(m, 8.0)]['value']:.4g}"
+                                     for m in results))
 print(HEADER)
 for name, r in results.items():
     show(name, r)
-assert all(true_l0 < r["l0"] < 2 * true_l0 for r in results.values())  # near each other, above the true L0
+assert all(abs(r["l0"] - 8) < 0.8 for r in results.values())  # matched: within 10 % of 8 here (2 % on its own seed)
 
 # %% [markdown]
-# ## 4. Bias adaptation and Group Bias Adaptation
+# *Duplicates* are live latents that match a true feature another latent already matches (cosine above
+# 0.9); *unmatched* ones match no feature even at cosine 0.5: mixtures of several features, or noise.
+#
+# ## 4. Bias adaptation and Group Bias Adaptation, as published
 #
 # Chen et al. {cite}`chen2025taming` start from an observation they call *neuron resonance*: a neuron
 # reliably learns one monosemantic feature when its activation frequency matches the frequency with which
-# that feature occurs. So instead of penalizing activity (L1) or capping it per input (TopK), control
-# each neuron's **frequency** directly, through its bias, and train the weights on the reconstruction
-# loss alone:
+# that feature occurs. So instead of penalizing activity (L1, L0) or capping it per input (TopK), they
+# control each neuron's **frequency** through its bias and train the weights on the reconstruction loss
+# alone. Their Algorithm 1, as its public descriptions state it (we could not consult the paper's own text;
+# this is the version we follow):
 #
-# - no sparsity penalty: $\mathcal{L} = \lVert x - \hat x \rVert^2$, and the encoder biases take no
-#   gradient steps;
-# - every few steps, each neuron's bias moves toward the value at which the neuron fires at its
-#   *target activation frequency* $p_j$;
-# - *bias adaptation* (BA) gives all neurons one target; **Group Bias Adaptation** (GBA) splits them
-#   into groups whose targets spread from a high to a low frequency, since a single target cannot
-#   resonate with features whose frequencies span two orders of magnitude.
+# - the encoder biases take no gradient steps; the loss is $\lVert x - \hat x \rVert^2$;
+# - neurons are split into groups $g$, each with a *target activation frequency* $p_g$, log-spaced from a
+#   high to a low value; one group is **bias adaptation** (BA), the case their theorem covers; several are
+#   **Group Bias Adaptation** (GBA);
+# - every few steps, from a buffer of the pre-activations $z_j + b_j$ of the inputs seen since the last
+#   update, each neuron's firing frequency $\hat p_j$ and largest pre-activation $r_j$ are measured, and
 #
-# The paper proves that (a variant of) bias adaptation recovers every feature of model (4) under
-# conditions on the data and the width, and finds GBA robust to its hyperparameters on LLMs.
+# $$b_j \leftarrow \begin{cases} \max(b_j - \gamma_-\, r_j,\; -1) & \hat p_j > p_{g(j)} \text{ (fires too often)},\\
+# \min(b_j + \gamma_+\, \bar r_{g(j)},\; 0) & \hat p_j < \epsilon \text{ (almost never fires)},\\
+# b_j & \text{otherwise,} \end{cases} \tag{9}$$
 #
-# **Which parts are theirs and which are ours.** We could not consult the paper's algorithm box, so the
-# exact rule here is our own reading of the description above, and may differ from theirs: (i) group
-# $g$ of $G$ gets the target $p_{\max} (p_{\min}/p_{\max})^{g/(G-1)}$ (geometric spacing); (ii) every
-# 10 steps, with $z_j$ the bias-free pre-activations $(x - b_{\mathrm{dec}}) W_{\mathrm{enc}, j}$ of the
-# $N$ inputs seen since the last update, let $b_j^\star$ be minus the midpoint between the $\lceil p_j N
-# \rceil$-th and the next largest $z_j$, the bias with which neuron $j$ would have fired at exactly its
-# target; then
+#   with $\bar r_g$ the mean $r$ of group $g$'s live neurons. **The targets are ceilings, not set-points**:
+#   a neuron that fires less often than its target, but fires, is left alone.
 #
-# $$b_j \leftarrow b_j + \eta\,(b_j^\star - b_j), \qquad \eta = 0.5; \tag{8}$$
-#
-# (iii) the latent passes its whole drive once it clears the threshold, $f_j = \mathrm{ReLU}(z_j)\,
-# \mathbb{1}[z_j + b_j > 0]$ (the JumpReLU form, a threshold of $\max(-b_j, 0)$). With a plain ReLU, $f_j = \mathrm{ReLU}(z_j + b_j)$, the adapted threshold
-# would be subtracted from every activation, and the weights would have to grow to make up for it while
-# the threshold grows with them; the run below shows that this fails.
-# Since the frequency is monotone in the bias, (8) moves every neuron's frequency toward its target on the
-# inputs it was computed from; we check that on fresh inputs below (writing (8) yourself is exercise 6.3).
+# The clip range $[-1, 0]$ presumes pre-activations of order 1, which our scaling of the inputs provides.
+# The paper's LLM experiments use a JumpReLU activation for every method; we use the JumpReLU form with the
+# adapted bias as the threshold, $f_j = \mathrm{ReLU}(z_j)\, \mathbb{1}[z_j + b_j > 0]$ (section 3's
+# `"jump"` activation), so a latent that clears its threshold passes its whole drive. **Ours** are the step
+# sizes $\gamma_- = \gamma_+ = 0.05$, an update every 10 steps, $\epsilon = 10^{-4}$, biases starting at 0
+# (every neuron dense, then lowered), 8 groups over two decades of frequency for GBA (the span of the paper's example, $10^{-1}$ to $10^{-3}$), and, for a group with no
+# live neuron, the mean $r$ of all live neurons. Writing (9) is exercise 6.3. First, one update on a fresh
+# SAE, to see the three cases:
 
 # %%
-targets = group_targets(n_latents, 8, p_max=0.05, p_min=0.002)  # GBA: 8 groups of 64 neurons
-ba_target = group_targets(n_latents, 1, p_max=8 / n_latents, p_min=8 / n_latents)  # BA: one target, L0 = 8
 probe = SparseAutoencoder(SAEConfig(d, n_latents, "jump", unit_decoder=True), torch.Generator().manual_seed(6))
 probe = probe.to(device)
-z = probe.pre_activations(x_warm, bias=False).detach()  # (N, M): the drive of 4096 inputs
+probe.init_decoder_bias(x_warm)
+gba_knob = matched[("GBA", 8.0)]["value"]
+targets = group_targets(n_latents, 8, p_max=gba_knob, p_min=gba_knob / 100).to(device)  # 8 groups of 64
+groups = group_ids(n_latents, 8).to(device)
 with torch.no_grad():
-    probe.b_enc.zero_()
-    before = firing_frequencies(probe.encode(x_test)).cpu()
-    probe.b_enc.copy_(bias_adaptation_step(probe.b_enc, z, targets.to(device), rate=0.5))
-    after = firing_frequencies(probe.encode(x_test)).cpu()
-closer = (after - targets).abs() < (before - targets).abs()
-assert bool(closer.all())  # one step of (8) brings every neuron closer to its target, on fresh inputs
-print(f"one step of (8) from b = 0: mean |frequency - target| {float((before - targets).abs().mean()):.2f} -> "
-      f"{float((after - targets).abs().mean()):.2f}")
-print(f"GBA targets: {', '.join(f'{t:.4f}' for t in targets.unique().flip(0).tolist())} "  # NBVAL_CHECK_OUTPUT
-      f"(expected L0 {float(targets.sum()):.1f}); BA: {float(ba_target[0]):.4f} for all (L0 {float(ba_target.sum()):.1f})")
+    probe.b_enc.copy_(-torch.rand(n_latents, generator=torch.Generator().manual_seed(7)).to(device) * 0.6)
+    pre = probe.pre_activations(x_warm)  # (4096, M): the buffer, with the current biases
+    new_bias = bias_adaptation_update(probe.b_enc, pre, targets, groups, gamma_minus=0.05, gamma_plus=0.05,
+                                      eps=1e-4)
+p_hat = (pre > 0).double().mean(0)
+above, nearly_dead = p_hat > targets, p_hat < 1e-4
+within = ~above & ~nearly_dead
+assert bool((new_bias[above] < probe.b_enc[above]).all()) and bool((new_bias[above] >= -1).all())
+assert bool((new_bias[nearly_dead] > probe.b_enc[nearly_dead]).all()) and bool((new_bias[nearly_dead] <= 0).all())
+assert torch.equal(new_bias[within], probe.b_enc[within])  # a ceiling, not a set-point
+print(f"one update of (9): {int(above.sum())} neurons above their target lowered, {int(nearly_dead.sum())} "
+      f"nearly dead raised, {int(within.sum())} within their ceiling left alone")
+print(f"GBA targets: {', '.join(f'{t:.4f}' for t in targets.unique().flip(0).tolist())}; BA: one target, "
+      f"{matched[('BA', 8.0)]['value']:.4f}, for all")
+
+# %% [markdown]
+# Now BA and GBA on the mixture, at the targets the benchmark bisected for $L_0 = 8$. Because the targets are
+# ceilings, the measured $L_0$ ends below the sum of the targets (for GBA, $\sum_j p_j =$ the "ceiling" printed
+# below). The figure follows each group's measured frequency, relative to its target, at every update: the
+# neurons start dense (bias 0) and are pushed down to their ceilings.
 
 # %%
-saes["BA, one target"], results["BA, one target"] = fit(SAEConfig(d, n_latents, "jump", unit_decoder=True),
-                                                        BiasAdaptation(ba_target))
-gba = BiasAdaptation(targets)
-saes["GBA, 8 groups"], results["GBA, 8 groups"] = fit(SAEConfig(d, n_latents, "jump", unit_decoder=True), gba)
+for method in ("BA", "GBA"):
+    saes[method], results[method] = fit(method)
 print(HEADER)
 for name, r in results.items():
     show(name, r)
-relu_gba = fit(SAEConfig(d, n_latents, "relu", unit_decoder=True), BiasAdaptation(targets))[1]
-show("GBA with a plain ReLU", relu_gba)
-assert relu_gba["nmse"] > 1 and relu_gba["recovered"] < 0.05  # the shrinkage of (iii): nothing is learned
-with torch.no_grad():
-    gba_freq = firing_frequencies(saes["GBA, 8 groups"].encode(x_test)).cpu()
-group_freq = gba_freq.view(8, -1).mean(1)  # the measured frequency of each group, on the test samples
-print("GBA groups' measured frequency / target:", " ".join(f"{r:.2f}" for r in (group_freq / targets.view(8, -1)[:, 0])))
+history = histories["GBA"]
+ratio = torch.stack([h["group_frequency"] for h in history]) / targets.view(8, -1)[:, 0].cpu()  # (updates, 8)
+ceiling = float(targets.sum())
+fig, ax = plt.subplots(figsize=(7, 3.4))
+for g_ in range(8):
+    ax.plot(10 * torch.arange(1, len(ratio) + 1), ratio[:, g_], color=plt.cm.viridis(g_ / 7),
+            label=f"group {g_}: target {float(targets.view(8, -1)[g_, 0]):.4f}" if g_ in (0, 7) else None)
+ax.axhline(1.0, color="grey", ls=":")
+ax.set_yscale("log")
+ax.set_xlabel("training step")
+ax.set_ylabel("measured frequency / target")
+ax.set_title("GBA: each group's mean firing frequency, relative to its target, at every update")
+ax.legend()
+plt.show()
+print(f"GBA: sum of the targets (the L0 ceiling) {ceiling:.1f}; measured L0 {results['GBA']['l0']:.2f}; "
+      f"at the last update {history[-1]['above_target']} neurons above their target, "
+      f"{history[-1]['nearly_dead']} nearly dead")
+print("measured / target at the first update:", " ".join(f"{float(v):.1f}" for v in ratio[0]),
+      "; at the last:", " ".join(f"{float(v):.2f}" for v in ratio[-1]))
+assert bool((ratio[0] > 2).all())  # every group starts far above its target
+assert bool((ratio[len(ratio) // 4:] < 1.15).all())  # from a quarter of the run on, at or below the ceilings
+assert results["GBA"]["l0"] < ceiling and history[-1]["above_target"] < n_latents // 50
 
 # %% [markdown]
-# The recovery of each true feature against its frequency shows where the methods differ: frequent
-# features are easy for all of them; the rare ones, seen fewer than 2,500 times in the 768,000 training
-# samples, are not.
+# The figure shows the rule working as stated (asserted above): every group starts far above its target (at
+# bias 0 a neuron fires on a large share of the inputs, up to 400 times the lowest target) and is brought
+# under its ceiling within the first quarter of the run; from then on every group sits below its target,
+# the frequent groups at about half of it and the rarest at about a tenth, and the measured $L_0$ is half the
+# sum of the targets. Ceilings, not set-points: nothing pushes a neuron back up once it fires at all.
+#
+# **The theory's form, with a plain ReLU.** The theorem is about $f_j = \mathrm{ReLU}(z_j + b_j)$, where the
+# bias also shrinks every active latent. Ported naively, with the SAE of (6) free to scale its encoder and
+# $b_{\mathrm{dec}}$, this fails: the pre-activations grow past what a bias clipped at $-1$ can offset, and the
+# latents stay dense. The theory's neurons are unit vectors reading centred inputs; holding the encoder
+# columns at unit norm and $b_{\mathrm{dec}}$ at the data mean (options `unit_encoder` and
+# `fixed_decoder_bias`, ours) gives it that setting back.
+
+# %%
+relu_runs = {}
+for name, options in (("ReLU, naive", {}), ("ReLU, unit encoder, fixed b_dec",
+                                           dict(unit_encoder=True, fixed_decoder_bias=True))):
+    sae = SparseAutoencoder(SAEConfig(d, n_latents, "relu", unit_decoder=True),
+                            torch.Generator().manual_seed(1000)).to(device)
+    sae.init_decoder_bias(x_warm)
+    start = time.perf_counter()
+    train_sae(sae, BiasAdaptation(targets.cpu(), groups.cpu(), **options), synthetic_batch, train_config)
+    relu_runs[name] = {**summarize(sae.eval(), x_test, true_features), "seconds": time.perf_counter() - start,
+                       "bias": (float(sae.b_enc.min()), float(sae.b_enc.max()))}
+print(HEADER)
+for name, r in relu_runs.items():
+    show(name[:9], r)
+    print(f"{'':>9}   {name}: biases from {r['bias'][0]:.2f} to {r['bias'][1]:.2f}")
+
+# %%
+naive, constrained = relu_runs["ReLU, naive"], relu_runs["ReLU, unit encoder, fixed b_dec"]
+assert naive["l0"] > 5 * ceiling and naive["dense"] > 50 and naive["dead"] > n_latents // 2
+assert naive["bias"][0] == -1.0 and naive["recovered"] < 0.05  # pinned at the clip, nothing recovered
+assert constrained["l0"] < ceiling and constrained["dead"] == 0
+assert constrained["nmse"] > 2 * results["GBA"]["nmse"] and constrained["recovered"] < results["GBA"]["recovered"]
+
+# %% [markdown]
+# Naively ported, the ReLU form is dense (asserted above): about a hundred latents on every input, many times
+# the targeted $L_0$, most latents dead and the live ones dense, biases pinned at the clip of $-1$, and nothing
+# recovered (the dense code does reconstruct, which is all the loss asks). With unit-norm neurons on centred
+# inputs it stays under its ceilings with no dead latent, but the bias it subtracts from every active latent
+# costs reconstruction and recovery: more than twice the NMSE of the JumpReLU form at the same targets, and
+# fewer features recovered. This is why the paper's LLM experiments, and ours, use the JumpReLU form.
+#
+# The recovery of each true feature against its frequency shows where the methods differ: frequent features
+# are easy for all of them, rare ones (seen fewer than 2,500 times in the 768,000 training samples) are not.
 
 # %%
 freq_order = mixture.frequencies.argsort()
 fig, ax = plt.subplots(figsize=(7, 3.6))
 per_feature = {}
+centers = mixture.frequencies[freq_order].view(8, -1).median(1).values
 for name, sae in saes.items():
     per_feature[name] = max_cosines(true_features, sae.decoder.detach()).cpu()
     binned = per_feature[name][freq_order].view(8, -1).mean(1)  # 8 bins of 32 features, rare to frequent
-    centers = mixture.frequencies[freq_order].view(8, -1).median(1).values
     ax.plot(centers, binned, "o-", label=name)
 ax.set_xscale("log")
+ax.set_xticks([0.001, 0.003, 0.01, 0.03, 0.1], ["0.001", "0.003", "0.01", "0.03", "0.1"])
+ax.minorticks_off()
 ax.set_xlabel("feature frequency $p_i$ (bins of 32 features)")
 ax.set_ylabel("mean max cosine")
 ax.legend()
-ax.set_title("recovery against feature frequency")
+ax.set_title("recovery against feature frequency, all methods at $L_0 \\approx 8$")
 plt.show()
 rare = freq_order[: n_true // 4]  # the quarter of the features that occur least often
 rare_recovery = {name: float(v[rare].mean()) for name, v in per_feature.items()}
 print("rarest quarter of the features (p below "
       f"{float(mixture.frequencies[rare].max()):.4f}): mean max cosine",
       ", ".join(f"{name} {v:.3f}" for name, v in rare_recovery.items()))
+assert min(rare_recovery.values()) > float(baseline.mean()) + 0.1  # every method finds some of the rare ones
 
 # %% [markdown]
-# What the comparison says at matched sparsity (asserted in the cell below; the numbers are in the tables
-# above):
-# - every method finds most of the 256 directions (MMCS above 0.8, against 0.37 for a random
-#   dictionary) in activations where four features share each dimension;
-# - GBA's neurons fire at their groups' targets (each group within 25 % of its target on test data), it
-#   has no dead and no dense latents (measured; its targets are all below 10 %), and it recovers the
-#   rarest quarter of the features better than L1 and TopK do;
-# - TopK leaves many latents dead even with AuxK (more than a fifth of them): with twice as many latents
-#   as features, many have nothing to learn; bias adaptation keeps them all firing, at its targets.
+# One run per method, so the figure is a picture, not a ranking: frequent features are found by every
+# method, the rarest quarter by none of them reliably (mean best cosines between about 0.5 and 0.7, against
+# 0.37 for a random dictionary). Which differences hold across seeds and sparsities is the next section's
+# question.
+
+
+# %% [markdown]
+# ## 5. A fair comparison: matched sparsity, several seeds, consistency
 #
-# The next cell sweeps each method's sparsity knob over a factor of four (ten for $\lambda$) around these
-# settings:
-# $\lambda \in \{0.3, 1, 3\}$, $k \in \{4, 8, 16\}$, and GBA's highest target $p_{\max} \in \{0.025, 0.05,
-# 0.1\}$ (with $p_{\min} = 0.002$ fixed). The paper's claim is robustness: GBA should keep its recovery
-# across its settings while the others need tuning.
+# One run per method says little: two seeds of the same method differ, and a method that looks better at
+# one sparsity may be worse at another. `benchmarks/sae_frontier.py` therefore trains every method at three
+# sparsities, $L_0 = 4$, 8 and 16, each matched to within 2 % by bisecting the method's knob on seed 0, and
+# then on three seeds at that knob (the first column of the table is the benchmark's seed-0 $L_0$). It
+# records the metrics of every run and, per setting, the **cross-seed consistency** that Chen et al. use to
+# argue for GBA: the share of one run's live latents whose direction another seed's run also learned (best
+# cosine above 0.9), averaged over the ordered pairs of seeds. The cell below reads its output (committed with
+# the machine and date it ran on) and first checks that the runs of this notebook repeat its seed 0.
 
 # %%
-sweep = {"L1": {}, "TopK": {}, "GBA": {}}
-sweep["L1"][1.0], sweep["TopK"][8], sweep["GBA"][0.05] = (results["L1, lambda = 1"], results["TopK, k = 8"],
-                                                          results["GBA, 8 groups"])
-for lam in (0.3, 3.0):
-    sweep["L1"][lam] = fit(SAEConfig(d, n_latents), L1Objective(lam))[1]
-for k in (4, 16):
-    sweep["TopK"][k] = fit(SAEConfig(d, n_latents, "topk", k=k, unit_decoder=True),
-                           TopKObjective(k_aux=32, dead_after=100))[1]
-for p_max in (0.025, 0.1):
-    sweep["GBA"][p_max] = fit(SAEConfig(d, n_latents, "jump", unit_decoder=True),
-                              BiasAdaptation(group_targets(n_latents, 8, p_max=p_max, p_min=0.002)))[1]
-print(HEADER)
-for method, runs in sweep.items():
-    for knob, r in sorted(runs.items()):
-        show(f"{method} {knob}", r)
-spread = {m: (min(r["recovered"] for r in runs.values()), max(r["recovered"] for r in runs.values()))
-          for m, runs in sweep.items()}
-print("fraction recovered across each sweep (worst, best):",
-      ", ".join(f"{m} {lo:.2f}-{hi:.2f}" for m, (lo, hi) in spread.items()))
+settings = frontier["synthetic"]["settings"]
+methods = ["L1", "TopK", "JumpReLU", "BA", "GBA"]
+matched_table = {}
+for s in settings:
+    runs = s["runs"]
+    stats = {}
+    for key in ("l0", "nmse", "recovered", "mmcs", "dead", "duplicates", "unmatched"):
+        v = torch.tensor([float(r[key]) for r in runs], dtype=torch.float64)
+        stats[key] = (float(v.mean()), float(v.std()) if len(v) > 1 else 0.0)
+    stats["consistency"] = s["consistency"]["shared_fraction"] if s["consistency"] else float("nan")
+    matched_table[(s["method"], s["target_l0"])] = stats
+machine = frontier["machine"]
+print(f"benchmark run: {machine['date']}, {machine['device']}, {machine['cores']} cores, torch {machine['torch']}; "
+      f"{frontier['synthetic']['setup']['seeds']} seeds per setting")
+print(f"{'L0 target':>9} | {'method':>8} | {'L0':>11} | {'NMSE':>13} | {'recovered':>13} | {'dead':>9} | "
+      f"{'dupl':>5} | {'unmatched':>9} | consistency")
+for target in (4.0, 8.0, 16.0):
+    for m in methods:
+        t = matched_table[(m, target)]
+        print(f"{target:9.0f} | {m:>8} | {t['l0'][0]:5.2f} ± {t['l0'][1]:3.2f} | {t['nmse'][0]:.3f} ± {t['nmse'][1]:.3f} "
+              f"| {t['recovered'][0]:.3f} ± {t['recovered'][1]:.3f} | {t['dead'][0]:5.0f} ± {t['dead'][1]:2.0f} | "
+              f"{t['duplicates'][0]:5.1f} | {t['unmatched'][0]:9.1f} | {t['consistency']:.3f}")
+for m in methods:  # this notebook's seed-0 runs against the benchmark's
+    bench = matched[(m, 8.0)]["runs"][0]
+    print(f"{m:>8} seed 0, here / benchmark: recovered {results[m]['recovered']:.3f} / {bench['recovered']:.3f}, "
+          f"NMSE {results[m]['nmse']:.3f} / {bench['nmse']:.3f}, L0 {results[m]['l0']:.2f} / {bench['l0']:.2f}")
 
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-for method, runs in sweep.items():
-    knobs = sorted(runs)
-    axes[0].plot([runs[k]["l0"] for k in knobs], [runs[k]["recovered"] for k in knobs], "o-", label=method)
-    axes[1].plot([runs[k]["l0"] for k in knobs], [runs[k]["nmse"] for k in knobs], "o-", label=method)
-axes[0].axvline(true_l0, color="grey", ls=":", label="true $L_0$")
-axes[1].axvline(true_l0, color="grey", ls=":")
-axes[0].set_xscale("log"), axes[1].set_xscale("log")
-axes[0].set_xlabel("$L_0$"), axes[1].set_xlabel("$L_0$")
-axes[0].set_ylabel("fraction recovered (cos > 0.9)"), axes[1].set_ylabel("normalized MSE")
+# %%
+fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+for m in methods:
+    rows = [matched_table[(m, t)] for t in (4.0, 8.0, 16.0)]
+    x_ = [r["l0"][0] for r in rows]
+    for ax, key in zip(axes, ("nmse", "recovered")):
+        ax.errorbar(x_, [r[key][0] for r in rows], yerr=[2 * r[key][1] for r in rows], fmt="o-", capsize=3, label=m)
+    axes[2].plot(x_, [r["consistency"] for r in rows], "o-", label=m)
+for ax, label in zip(axes, ("normalized MSE", "fraction recovered (cos > 0.9)", "cross-seed consistency")):
+    ax.set_xscale("log")
+    ax.set_xticks([4, 8, 16], ["4", "8", "16"])
+    ax.minorticks_off()
+    ax.set_xlabel("$L_0$")
+    ax.set_ylabel(label)
+axes[1].axvline(true_l0, color="grey", ls=":", label="true $L_0$")
 axes[0].legend()
+fig.suptitle("synthetic data: every method at matched $L_0$ (mean of 3 seeds, bars ±2 standard deviations)")
 plt.tight_layout()
 arlib.export_figure(fig, "sae-frontier")  # into figures/ when `make execute` runs
 plt.show()
 
-# %% [markdown]
-# The sweep's verdict (asserted in the next cell, with the comparison above):
-# - **L1 is fragile.** Tripling $\lambda$ from 1 to 3 silences almost every latent (503 of 512, $L_0
-#   \approx 0$, nothing recovered), and a third of it triples $L_0$: its one knob must be tuned to the
-#   data's scale.
-# - **GBA does not collapse** anywhere in its sweep: sparser targets ($p_{\max} = 0.025$) recover as much as
-#   the default; the densest setting ($p_{\max} = 0.1$) recovers clearly less and has dense latents, its top
-#   group firing on a tenth of the inputs by design.
-# - **TopK is at least as robust as GBA here:** its worst setting recovers more than GBA's worst. So on
-#   this data the robustness that Chen et al. report holds against L1, not against TopK.
+# %%
+def interval_difference(a, b, key, target):
+    """Mean difference of `key` between methods a and b at `target`, and its 95 % half-width (3 seeds each, a t interval)."""
+    ra = [float(r[key]) for r in matched[(a, target)]["runs"]]
+    rb = [float(r[key]) for r in matched[(b, target)]["runs"]]
+    ta, tb = torch.tensor(ra, dtype=torch.float64), torch.tensor(rb, dtype=torch.float64)
+    half = 2.78 * float((ta.var() / len(ta) + tb.var() / len(tb)).sqrt())  # t quantile, 4 degrees of freedom
+    return float(ta.mean() - tb.mean()), half
+
+
+print("differences in the fraction recovered (row minus column), * where larger than their 95 % interval:")
+for target in (4.0, 8.0, 16.0):
+    print(f"L0 = {target:.0f}: " + "; ".join(
+        f"{a}-{b} {d:+.3f}{'*' if abs(d) > h else ''}" for i, a in enumerate(methods) for b in methods[i + 1:]
+        for d, h in [interval_difference(a, b, "recovered", target)]))
 
 # %%
-for name, r in results.items():
-    assert r["mmcs"] > 0.8 and r["mmcs"] > float(baseline.mean()) + 0.3, (name, r)
-assert bool(((group_freq / targets.view(8, -1)[:, 0] - 1).abs() < 0.25).all())
-assert results["GBA, 8 groups"]["dead"] == 0 and results["GBA, 8 groups"]["dense"] == 0
-assert rare_recovery["GBA, 8 groups"] > max(rare_recovery["L1, lambda = 1"], rare_recovery["TopK, k = 8"]) + 0.03
-assert results["TopK, k = 8"]["dead"] > n_latents // 5 and results["BA, one target"]["dead"] == 0
-assert sweep["L1"][3.0]["l0"] < 0.5 and sweep["L1"][3.0]["recovered"] < 0.05  # L1 collapses
-assert sweep["L1"][0.3]["l0"] > 2.5 * sweep["L1"][1.0]["l0"]
-assert spread["GBA"][0] > 0.5 and sweep["GBA"][0.025]["recovered"] > sweep["GBA"][0.05]["recovered"] - 0.05
-assert sweep["GBA"][0.1]["recovered"] < sweep["GBA"][0.05]["recovered"] - 0.1 and sweep["GBA"][0.1]["dense"] > 0
-assert spread["TopK"][0] > spread["GBA"][0]  # TopK's worst setting beats GBA's worst
-main = ["L1, lambda = 1", "TopK, k = 8", "BA, one target", "GBA, 8 groups"]
-assert results["TopK, k = 8"]["nmse"] < min(results[n]["nmse"] for n in main if n != "TopK, k = 8")  # (section 5)
-print("claims of the comparison hold")
+for target in (4.0, 8.0, 16.0):  # reconstruction: TopK and JumpReLU best, L1 worst, at every sparsity
+    best = min(matched_table[(m, target)]["nmse"][0] for m in ("L1", "BA", "GBA"))
+    assert max(matched_table[(m, target)]["nmse"][0] for m in ("TopK", "JumpReLU")) < best - 0.01
+    assert all(interval_difference("L1", m, "nmse", target)[0] > interval_difference("L1", m, "nmse", target)[1]
+               for m in methods if m != "L1")
+d, h = interval_difference("TopK", "GBA", "recovered", 4.0)
+assert abs(d) < h  # L0 = 4: TopK and GBA tie ...
+assert all(interval_difference(m, o, "recovered", 4.0)[0] > interval_difference(m, o, "recovered", 4.0)[1]
+           for m in ("TopK", "GBA") for o in ("L1", "JumpReLU", "BA"))  # ... ahead of the others
+d, h = interval_difference("TopK", "L1", "recovered", 8.0)
+assert abs(d) < h  # L0 = 8: TopK and L1 tie ...
+assert all(interval_difference(m, o, "recovered", 8.0)[0] > interval_difference(m, o, "recovered", 8.0)[1]
+           for m in ("TopK", "L1") for o in ("JumpReLU", "BA", "GBA"))  # ... ahead of the others
+assert all(interval_difference("L1", o, "recovered", 16.0)[0] > interval_difference("L1", o, "recovered", 16.0)[1]
+           for o in methods if o != "L1") and matched_table[("L1", 16.0)]["duplicates"][0] > 80
+for m in ("BA", "GBA"):  # bias adaptation: fewer features recovered and more unmatched latents as L0 grows
+    assert matched_table[(m, 16.0)]["recovered"][0] < matched_table[(m, 4.0)]["recovered"][0] - 0.2
+    assert matched_table[(m, 16.0)]["unmatched"][0] > 250
+assert max(matched_table[("BA", t)]["dead"][0] for t in (4.0, 8.0, 16.0)) < 10
+assert min(matched_table[(m, t)]["dead"][0] for m in ("TopK", "JumpReLU") for t in (4.0, 8.0, 16.0)) > 150
+for target in (4.0, 8.0, 16.0):  # consistency across seeds: bias adaptation lowest
+    assert max(matched_table[(m, target)]["consistency"] for m in ("BA", "GBA")) < \
+        min(matched_table[(m, target)]["consistency"] for m in ("L1", "TopK"))
+assert matched[("GBA", 16.0)]["value"] > 4 * float(mixture.frequencies.max())  # a top target far above any feature's
 
 # %% [markdown]
-# ## 5. An SAE on the book's GPT
+# What holds across the three seeds (every statement asserted above, differences only where they exceed
+# their 95 % interval):
+#
+# - **Reconstruction**: TopK and JumpReLU have the lowest normalized MSE at every sparsity, L1 the highest
+#   (its penalty shrinks every active latent); bias adaptation is in between.
+# - **Recovery depends on the sparsity.** At $L_0 = 4$, below the true $L_0$ of 5.8, TopK and GBA tie (0.79
+#   of the features) ahead of BA, JumpReLU and L1. At $L_0 = 8$, TopK and L1 tie (0.82 and 0.80) ahead of BA,
+#   GBA and JumpReLU. At $L_0 = 16$, L1 recovers the most (0.90), at the price of about a hundred duplicated
+#   latents, and bias adaptation falls to 0.49 (BA) and 0.21 (GBA): to reach $L_0 = 16$ GBA's highest target
+#   must be about 0.5, five times the frequency of the most common feature, and a neuron made to fire that
+#   often learns a mixture (about 290 unmatched latents). That is the paper's own resonance argument: a neuron
+#   learns a feature when its frequency matches the feature's, so bias adaptation is at its best when its
+#   targets match the data, not at an $L_0$ imposed from outside.
+# - **Dead latents**: BA keeps all but a handful of the 512 alive at every sparsity (GBA a few dozen), while
+#   TopK and JumpReLU leave 150 to 350 dead. With twice as many latents as features, idle latents are
+#   expected; bias adaptation fills them, but with unmatched latents rather than with features.
+# - **Consistency across seeds** (the share of a run's live latents that another seed also learned):
+#   BA and GBA have the lowest at every sparsity, below L1 and TopK. Part of this is the definition, since
+#   their many live, unmatched latents count against them; but the paper's claim that GBA learns more
+#   consistent features than L1 and TopK is not what we find on this data.
+#
+# So on data built from known features, at matched sparsity and with short runs, the published GBA does not
+# beat TopK on reconstruction, recovery or consistency; it ties TopK's recovery below the true $L_0$ and keeps
+# nearly every latent alive. What this does not test: the paper's LLM setting (far longer runs, their step
+# sizes and number of groups), and JumpReLU as its authors train it (ours uses a bandwidth a hundred times
+# theirs and still leaves most latents dead).
+
+# %% [markdown]
+# **The same frontier on the GPT.** There are no true features on real activations, so the benchmark scores
+# what the SAE keeps: the normalized MSE and the increase of the GPT's next-character loss when the
+# reconstruction replaces the residual stream entering block 3 (section 6 describes the splice). Each
+# method trained at a few settings of its knob (1000 steps of 512 activations from 512 training windows,
+# 1024 latents; far less than the committed SAE of section 6, which had 4000 steps of 1024), one seed each,
+# scored on 48 held-out windows.
+
+# %%
+gpt_runs = frontier["gpt"]["runs"]
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+for m in methods:
+    rs = sorted((r for r in gpt_runs if r["method"] == m), key=lambda r: r["l0"])
+    axes[0].plot([r["l0"] for r in rs], [r["nmse"] for r in rs], "o-", label=m)
+    axes[1].plot([r["l0"] for r in rs], [r["loss_increase"] for r in rs], "o-", label=m)
+for ax, label in zip(axes, ("normalized MSE", "loss increase (nats per character)")):
+    ax.set_xscale("log"), ax.set_yscale("log")
+    ax.set_xticks([8, 16, 32, 64, 128], ["8", "16", "32", "64", "128"])
+    ax.minorticks_off()
+    ax.set_xlabel("$L_0$")
+    ax.set_ylabel(label)
+axes[0].legend()
+fig.suptitle("the book's GPT, residual stream entering block 3: sparsity against fidelity (one seed per point)")
+plt.tight_layout()
+plt.show()
+print(f"{'method':>8} | {'knob':>16} | {'L0':>6} | {'NMSE':>6} | loss increase | dead")
+for r in sorted(gpt_runs, key=lambda r: (methods.index(r["method"]), r["l0"])):
+    print(f"{r['method']:>8} | {r['knob']:>9} {r['value']:6.4g} | {r['l0']:6.1f} | {r['nmse']:.4f} | "
+          f"{r['loss_increase']:13.4f} | {r['dead']:4d}")
+
+def gpt_run(method, value):
+    return next(r for r in gpt_runs if r["method"] == method and abs(r["value"] - value) < 1e-9)
+
+
+topk32, ba, gba, l1 = gpt_run("TopK", 32), gpt_run("BA", 0.25), gpt_run("GBA", 0.64), gpt_run("L1", 0.12)
+jump = [r for r in gpt_runs if r["method"] == "JumpReLU"]
+assert 30 < ba["l0"] < 36 and 25 < l1["l0"] < 32 and 32 < gba["l0"] < 45  # the runs nearest L0 = 32
+assert ba["loss_increase"] > 2 * topk32["loss_increase"] and l1["loss_increase"] > 4 * topk32["loss_increase"]
+assert gba["loss_increase"] > topk32["loss_increase"]  # with more latents per position
+low = [r for r in gpt_runs if 10 <= r["l0"] <= 13]  # the runs near L0 = 11
+best_low = min(low, key=lambda r: r["loss_increase"])
+assert best_low["method"] == "JumpReLU" and all(r["loss_increase"] > 4 * best_low["loss_increase"]
+                                                for r in low if r["method"] != "JumpReLU")
+lams = [r["value"] for r in jump if r["l0"] > 10]
+assert max(lams) / min(lams) >= 30 and max(r["l0"] for r in jump) < 1.2 * min(r["l0"] for r in jump if r["l0"] > 10)
+assert min(r["dead"] for r in jump) > 150
+
+# %% [markdown]
+# On the GPT (asserted above; one seed per point, so only large gaps are read): near $L_0 = 32$ TopK costs
+# the GPT about 0.02 nats per character, bias adaptation with one target more than twice that, L1 more than
+# four times, and GBA stays above TopK even with more active latents ($L_0$ 39). Near $L_0 = 11$ the JumpReLU
+# runs are far ahead of everything else (about 0.05 nats, against 0.26 to 0.39 for L1, BA and GBA), but with
+# our short-run settings their $L_0$ hardly answers $\lambda$ (10.5 to 11.6 over a factor 30) and 180 or more
+# latents are dead: the thresholds barely move from their initial value in 1000 steps. Bias adaptation's $L_0$
+# follows its targets unevenly (BA's target 0.25 gives 33, its 0.5 gives 120). The committed SAE of the next
+# section is a TopK one.
+
+
+# %% [markdown]
+# ## 6. An SAE on the book's GPT
 #
 # The recipe `shakespeare-sae` collected the residual stream entering block 3 of the six-layer
 # `shakespeare-target` (the middle of the network) at every position of 2048 random windows of the
 # training text, about half a million activations of width 256, and trained a TopK SAE with $M = 1024$
-# latents and $k = 32$ on them (TopK had the lowest reconstruction error at matched sparsity above, and
+# latents and $k = 32$ on them (TopK had the lowest reconstruction error at matched sparsity in section 5,
+# tied with JumpReLU, and
 # fixes $L_0$ in advance). A dictionary of four times the width, stored in int8 with one scale per row
 # (`arlib.checkpoints.quantize_state`), takes half a megabyte; the sidecar records that int8 storage
 # moves the normalized MSE by less than 0.001.
@@ -526,11 +925,13 @@ print(f"the recipe measured on other held-out windows: NMSE {sae_meta['metrics']
 # %% [markdown]
 # The SAE reconstructs the activations to within about 3 % of their variance, and the splice costs the
 # GPT about a hundredth of a nat per character, against more than three nats when the activations are
-# replaced by their mean: the 32 active latents of each position carry more than 99 % of what the last
-# three blocks use (asserted below, with the agreement with the recipe's own measurement on other
-# held-out windows). The same recipe on an earlier, under-trained version of this GPT left only 0.5 % of
-# the variance unexplained: a better-trained model packs more into its residual stream, and a
-# dictionary of the same size captures less of it.
+# replaced by their mean: measured that way the SAE keeps more than 99 % of the loss gap (asserted below,
+# with the agreement with the recipe's own measurement on other held-out windows). A fraction of a gap
+# means little without a baseline, and the baselines at the end of this section show how much of the
+# 99 % comes easily: a random dictionary gets most of the way, and a plain rank-64 projection comes within
+# about a point. The same recipe on an earlier, under-trained version of this GPT left only 0.5 % of the
+# variance unexplained: a better-trained model packs more into its residual stream, and a dictionary of
+# the same size captures less of it.
 
 # %%
 assert 0.015 < gpt_metrics["nmse"] < 0.04 and abs(gpt_metrics["l0"] - sae_gpt.config.k) < 0.5
@@ -658,6 +1059,200 @@ assert 0.8 < line_start[1] < 0.95, line_start
 assert after_newline == 20 and all(ch.isupper() for ch in letters) and len(letters) <= 6, (after_newline, letters)
 
 # %% [markdown]
+# **Baselines.** Is 99 % of the loss gap a lot? The gap runs from the clean GPT to the GPT whose block 3
+# sees only the mean activation, and much of it may be recovered by reconstructions that owe nothing to
+# sparse features. We splice in, exactly as the SAE's, five rivals fit on the activations of 64 windows of
+# the *training* text, and score them with the SAE on the first 16 of the held-out windows above (16
+# rather than 48 to keep this cell short; the bootstrap intervals say what that costs in precision):
+#
+# - **PCA** of rank 32 (as many numbers per position as the SAE's $L_0$) and of rank 64: the mean plus the
+#   projection onto the top principal directions, the best linear reconstruction of that rank;
+# - a **random SAE**: the SAE's architecture with random encoder directions (TopK codes of random
+#   projections, $k = 32$ of 1024), $b_\text{dec}$ at the data mean and the decoder fit to those codes by least
+#   squares (without that fit it does far worse, so the fit is the fair version);
+# - **MLP neurons**: the residual stream has no neurons of its own, so we take the MLP of block 2, whose
+#   output writes into this stream, and keep its 32 most active hidden neurons (of 1024) at each position,
+#   the others at their mean. This leaves the embeddings, the attention and blocks 0 and 1 untouched, an
+#   easier task than rebuilding the whole stream;
+# - **position only**: the mean activation at each position of the window, whatever the text.
+#
+# Each row gives the normalized MSE of the stream, the numbers kept per position, the loss and the
+# fraction of the gap recovered with a 95 % bootstrap interval over the 16 windows (resampled together for
+# all rows, so differences between rows get intervals too).
+
+# %%
+t_baselines = time.time()
+fit_starts = torch.randint(0, len(corpus.train) - block, (64,), generator=torch.Generator().manual_seed(11)).tolist()
+fit_ids = torch.stack([tokenizer.encode(corpus.train[s:s + block]) for s in fit_starts]).to(device)  # (64, T) training text
+with torch.no_grad():
+    fit_acts = torch.cat([residual_stream(gpt, c, LAYER) for c in fit_ids.split(16)])  # (64, T, d)
+fit_flat = fit_acts.reshape(-1, gpt.config.n_embd)
+rivals = {
+    "SAE, k = 32": sae_gpt,
+    "PCA, rank 32": PCABaseline(fit_flat, 32),
+    "PCA, rank 64": PCABaseline(fit_flat, 64),
+    "random SAE, k = 32": random_sae(sae_gpt.config, fit_flat, torch.Generator().manual_seed(3)),
+    "block 2's MLP, 32 neurons": MLPNeuronBaseline(gpt, LAYER, 32, fit_ids[:16]),
+    "position only": PositionBaseline(fit_acts),
+}
+table = compare(gpt, LAYER, windows[:16], rivals, acts.mean(0), n_boot=2000, generator=torch.Generator().manual_seed(0))
+rows = table["rows"]
+print(f"clean loss {table['clean_nll']:.3f}, mean-ablated {table['mean_ablated_nll']:.3f} nats/char; {16 * block:,} positions")
+print(f"{'reconstruction':>26} | kept | NMSE  | loss  | recovered (95 % interval)")
+for name, r in rows.items():
+    print(f"{name:>26} | {r['size']:4.0f} | {r['nmse']:.3f} | {r['nll']:.3f} | {100 * r['recovered']:6.2f} % "
+          f"({100 * r['interval'][0]:.2f} to {100 * r['interval'][1]:.2f})")
+boot = table["bootstrap"]
+sae_vs = {other: boot[("diff", "SAE, k = 32", other)] for other in ("PCA, rank 32", "PCA, rank 64")}
+for other, (diff, low, high) in sae_vs.items():
+    print(f"SAE minus {other}: {100 * diff:+.2f} points of the gap (95 % interval {100 * low:+.2f} to {100 * high:+.2f})")
+print(f"fits and splices: {time.time() - t_baselines:.1f} s")
+
+# %% [markdown]
+# Read against these rows, the SAE's "more than 99 %" is both less and more than it seemed (asserted
+# below). Less, because the scale is compressed at the top: a decoder fit to *random* sparse codes already
+# recovers nearly 90 % of the gap, and a rank-64 projection, which keeps twice as many numbers per position and
+# learns no features, recovers about 99 %. More, because at the matched budget of 32 numbers per position
+# the SAE beats PCA by about 15 points (rank 32 recovers 80 to 90 %), and its lead over rank 64, under
+# a point and a half of the gap, has an interval that excludes zero. In nats the differences are clearer
+# than in percentages: the SAE costs the GPT under 0.01 nats per character, rank-64 PCA four to six
+# times as much, the random SAE and rank-32 PCA between a quarter and six tenths of a nat. Keeping 32 of
+# the 1024 neurons of block 2's MLP also recovers more than 99 %, which says that this one MLP's
+# contribution can be sparsified in its own basis at little cost, not that its neurons would rebuild the
+# stream. Position alone explains about a fifth of the variance (a normalized MSE near 0.8), and spliced
+# in it is worse than the plain mean: the stream at block 3 is about the text, not about where the
+# window starts.
+
+# %%
+r = {name: row["recovered"] for name, row in rows.items()}
+cost = {name: row["nll"] - table["clean_nll"] for name, row in rows.items()}
+assert r["SAE, k = 32"] > 0.99 and 0 < cost["SAE, k = 32"] < 0.01
+assert 0.8 < r["PCA, rank 32"] < 0.9 and 0.98 < r["PCA, rank 64"] < 0.995
+assert 0.85 < r["random SAE, k = 32"] < 0.93  # random codes, least-squares decoder
+assert 0.1 < sae_vs["PCA, rank 32"][1] and sae_vs["PCA, rank 32"][2] < 0.2  # about 15 points at rank 32 ...
+assert sae_vs["PCA, rank 64"][1] > 0 and sae_vs["PCA, rank 64"][2] < 0.015  # ... under 1.5 over rank 64
+assert 3.5 < cost["PCA, rank 64"] / cost["SAE, k = 32"] < 6.5
+assert 0.25 < cost["random SAE, k = 32"] < 0.6 and 0.25 < cost["PCA, rank 32"] < 0.6
+assert r["block 2's MLP, 32 neurons"] > 0.99
+assert 0.7 < rows["position only"]["nmse"] < 0.9 and r["position only"] < 0
+assert rows["PCA, rank 32"]["nmse"] > 5 * rows["SAE, k = 32"]["nmse"]
+
+# %% [markdown]
+# **Random latents.** The gallery above searched for latents that match patterns we chose, which shows
+# the best cases. Six latents drawn at random give a fairer picture. For each, its density, its strongest
+# contexts and contexts near the 10 %, 50 % and 90 % quantiles of its non-zero activations (the text
+# before, the current character in brackets), and its direct effect on the output: the decoder direction
+# read through the final LayerNorm (its gain, after centring, linearized at unit scale) and the
+# unembedding $W_U$, the five next characters it promotes and suppresses most. That direct path skips
+# blocks 3 to 5, so it says what the direction means to the output head, not what the later blocks make
+# of it; an intervention below measures the latter.
+
+# %%
+sampled = torch.randperm(M, generator=torch.Generator().manual_seed(0))[:6].tolist()
+dashboards = {}
+for j in sampled:
+    activation_j = torch.where(indices == j, values, torch.zeros_like(values)).amax(1)  # (N,) from the stored codes
+    dashboards[j] = latent_dashboard(sae_gpt, gpt, None, text, j, block, tokenizer.vocab, n_top=6, per_quantile=2,
+                                     activations=activation_j)
+    print(format_dashboard(dashboards[j]), "\n")
+
+# %% [markdown]
+# **A census.** Two kinds of latents are easy to name and explain little: a *single-character* latent
+# fires mostly on one current character (we say: more than half of its firings), and a *positional*
+# latent fires where it does because of the position in the window: the distribution of its firings over
+# 16 bins of 16 positions is far from that of all positions (a total variation distance above one half,
+# meaning that more than half of its firings would have to move to other bins to make it blind to
+# position). With the positions shuffled across the text, no latent passes that test (the largest distance
+# is about a quarter), so the criterion does not fire on noise. Latents with fewer than 50 firings are left
+# out.
+
+# %%
+census = classify_latents(indices, values, windows[:, :-1].reshape(-1).cpu(), torch.arange(block).repeat(len(windows)),
+                          M, block)
+shuffled = torch.arange(block).repeat(len(windows))[torch.randperm(len(acts), generator=torch.Generator().manual_seed(0))]
+null = classify_latents(indices, values, windows[:, :-1].reshape(-1).cpu(), shuffled, M, block)
+positional = census["positional"].nonzero().squeeze(1).tolist()
+early = sum(float(torch.where(indices == j, values, torch.zeros_like(values)).amax(1).reshape(len(windows), block)
+                  .gt(0)[:, :16].sum()) > 0.5 * int(census["n_fired"][j]) for j in positional)
+single_chars = [tokenizer.decode([int(census["top_char"][j])]) for j in census["single_char"].nonzero().squeeze(1)]
+spaces, newlines = single_chars.count(" "), single_chars.count("\n")
+print(f"{census['n_classified']} latents fire at least 50 times: {100 * census['single_char_share']:.1f} % are "
+      f"single-character ({spaces} of them on a space, {newlines} on a newline), "
+      f"{100 * census['positional_share']:.1f} % positional ({early} of the {len(positional)} fire mostly on the "
+      f"first 16 positions of the window); with shuffled positions {100 * null['positional_share']:.1f} % "
+      f"(largest distance {float(null['position_tv'][null['classified']].max()):.2f})")
+for j in sampled:
+    print(f"latent {j}: {100 * float(census['top_char_share'][j]):.0f} % of its firings on "
+          f"{tokenizer.decode([int(census['top_char'][j])])!r}, distance from position-blind "
+          f"{float(census['position_tv'][j]):.2f}")
+
+# %% [markdown]
+# About half of the latents are single-character detectors (asserted below): more than 500 of the 1024 fire
+# mostly on one current character, about a hundred of them on a space and a few dozen on a newline, so the
+# dictionary spends many latents on redundant copies of the token the GPT has just read. Positional
+# latents are few, under 5 %, and most of them fire at the very start of the window, where the GPT has no
+# context yet. Of the six random latents, three are single-character ones (on 'v', on a space, on a
+# newline); their dashboards confirm it, and add context the census misses (the six
+# strongest contexts of the space latent all follow the word "on"). The other three fire on contexts that
+# no single character describes. The direct logit effects are small for all six (under 0.4 logits per unit
+# of activation, before the LayerNorm's division by the stream's scale): whatever these latents do to the
+# prediction, they do it mostly through the three later blocks, which the next experiment tests.
+
+# %%
+assert 0.45 < census["single_char_share"] < 0.6 and census["n_classified"] > 1000
+assert int(census["single_char"].sum()) > 500 and 80 < spaces < 130 and 15 < newlines < 45
+assert 0.02 < census["positional_share"] < 0.05 and early >= 0.75 * len(positional)
+assert null["positional_share"] == 0 and float(null["position_tv"][null["classified"]].max()) < 0.35
+assert sorted(tokenizer.decode([int(census["top_char"][j])]) for j in sampled if census["single_char"][j]) == ["\n", " ", "v"]
+for j in sampled:
+    assert abs(dashboards[j]["density"] - float(fired[j]) / len(acts)) < 1e-9
+    if census["single_char"][j]:  # the strongest contexts of a single-character latent are all on its character
+        assert all(ch == tokenizer.decode([int(census["top_char"][j])]) for _, ch, _ in dashboards[j]["top"])
+    assert max(abs(v) for _, v in dashboards[j]["promoted"] + dashboards[j]["suppressed"]) < 0.4
+space_latent = [j for j in sampled if census["single_char"][j] and tokenizer.decode([int(census["top_char"][j])]) == " "]
+assert len(space_latent) == 1 and all(before.endswith("on") for before, _, _ in dashboards[space_latent[0]]["top"])
+
+# %% [markdown]
+# **An intervention.** Does the GPT use what a latent detects? We take the gallery's latent for "a capital
+# after a capital" (inside a speaker's name such as `PETRUCHIO.`) and set it to zero at every such position
+# of the first 16 held-out windows, leaving the SAE's error term in place so that nothing else changes
+# (`intervene` splices the edited reconstruction plus the error; with no edit it is the GPT itself). After
+# a capital inside a name, the next character is another capital or the full stop that ends the name: if
+# the later blocks read the latent, removing it should move probability away from those.
+
+# %%
+capital = found["a capital after a capital (speakers' names, in capitals)"][0]
+capitals_mask = (is_upper(chars) & is_upper(prev)).reshape(len(windows), block)[:16].to(device)
+edit = intervene(gpt, sae_gpt, LAYER, windows[:16, :-1], capital, capitals_mask, 0.0)
+is_capital = torch.tensor([ch.isupper() for ch in tokenizer.vocab])
+stop = tokenizer.vocab.index(".")
+before, after = edit["before"].mean(0), edit["after"].mean(0)
+moved = edit["change"].topk(5), (-edit["change"]).topk(5)
+print(f"latent {capital} set to 0 (from {float(edit['old'].mean()):.2f} on average) at {len(edit['kl'])} positions: "
+      f"KL(before || after) {float(edit['kl'].mean()):.3f} nats on average (median {float(edit['kl'].median()):.3f})")
+print(f"P(a capital next) {float(before[is_capital].sum()):.3f} -> {float(after[is_capital].sum()):.3f}; "
+      f"P('.') {float(before[stop]):.3f} -> {float(after[stop]):.3f}; P(' ') {float(before[tokenizer.vocab.index(' ')]):.3f} "
+      f"-> {float(after[tokenizer.vocab.index(' ')]):.3f}")
+print("gains most:", [(tokenizer.vocab[i], round(float(v), 3)) for i, v in zip(moved[0].indices.tolist(), moved[0].values.tolist())])
+print("loses most:", [(tokenizer.vocab[i], round(-float(v), 3)) for i, v in zip(moved[1].indices.tolist(), moved[1].values.tolist())])
+
+# %% [markdown]
+# It does, a little (asserted below): with the latent gone, probability moves away from capitals and the
+# full stop, the five characters that lose most, and none of the five that gain most is a capital or a
+# full stop; the probability of a space about triples, as if the name might be an ordinary word. The
+# change is modest on average and concentrated on a minority of positions (the mean KL is more than
+# twice the median): other latents and the error term still carry "inside a word in capitals", so one
+# latent is one of several routes, not a switch.
+
+# %%
+assert float(before[is_capital].sum()) > 0.75 and float(after[is_capital].sum()) < float(before[is_capital].sum()) - 0.03
+assert float(after[stop]) < float(before[stop]) - 0.01
+assert 2.5 < float(after[tokenizer.vocab.index(" ")]) / float(before[tokenizer.vocab.index(" ")]) < 4.5
+assert float(edit["kl"].mean()) > 0.05 and float(edit["kl"].mean()) > 2 * float(edit["kl"].median())
+assert set(tokenizer.vocab[i] for i in moved[1].indices.tolist()) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZ.")
+assert not any(tokenizer.vocab[i].isupper() or tokenizer.vocab[i] == "." for i in moved[0].indices.tolist())
+
+# %% [markdown]
 # ## Exercises
 #
 # Four pieces of this chapter to write yourself. Tensors are float unless they hold indices; each check
@@ -708,29 +1303,34 @@ def mean_max_cosine(true_features, learned):
 arlib.checks.mean_max_cosine(mean_max_cosine)
 
 # %% [markdown]
-# **Exercise 6.3** (one bias adaptation step; medium). Write `adapt_bias(drive, bias, targets, rate)`,
-# the update (8). `drive` $(N, M)$ holds the bias-free pre-activations of $N$ inputs for $M$ neurons,
-# `bias` $(M,)$ their current biases, `targets` $(M,)$ their target frequencies and `rate` $\eta \in
-# (0, 1]$. For each neuron $j$, let $k_j = \lceil p_j N \rceil$ (in the check, $1 \le k_j \le N - 1$);
-# $b_j^\star$ is minus the midpoint between the $k_j$-th and the $(k_j + 1)$-th largest entries of column
-# $j$ of `drive`, so that exactly $k_j$ inputs have $z + b_j^\star > 0$. Return the new biases
-# $b + \eta (b^\star - b)$, a tensor of shape $(M,)$. Sort each column in decreasing order (`sort(dim=0,
-# descending=True)`) and pick the entries with `gather`. The check tries random drives and targets whose
-# $p_j N$ is a whole number. Why the midpoint rather than the $k_j$-th value itself? And
-# since the rule only looks at frequencies, what keeps a neuron of a high-frequency group from learning
-# a mixture of several rare features rather than one frequent one?
+# **Exercise 6.3** (one bias adaptation update; medium). Write `adapt_bias(pre, bias, targets, groups,
+# gamma_minus, gamma_plus, eps)`, the update (9). `pre` $(N, M)$ holds the pre-activations, with the current
+# biases, of the $N$ inputs in the buffer for $M$ neurons; `bias` $(M,)$ those biases; `targets` $(M,)$ each
+# neuron's target frequency; `groups` $(M,)$ its group, an integer from 0; then the two step sizes and
+# $\epsilon$. For each neuron, $\hat p_j$ is the fraction of the $N$ rows where its pre-activation is
+# positive and $r_j$ its largest pre-activation. Return the new biases, a tensor of shape $(M,)$: lowered by
+# $\gamma_- r_j$ (not below $-1$) when $\hat p_j$ exceeds the target, raised by $\gamma_+$ times the mean
+# $r$ of the *live* neurons of its group ($\hat p > 0$; in the check every group has one) and not above 0
+# when $\hat p_j < \epsilon$, and unchanged otherwise. `Tensor.index_add_` or a loop over the groups gives
+# the group means. The check tries buffers with neurons in all three cases and step sizes large enough to
+# reach the clip. Why can a dead neuron not be revived with its own $r_j$? And since the rule only caps
+# frequencies, what keeps a neuron of a high-frequency group from learning a mixture of several rare
+# features rather than one frequent one?
 
 # %%
-def adapt_bias(drive, bias, targets, rate):
-    """(8): move each bias a fraction `rate` toward the bias that fires on ceil(target * N) of the N inputs."""
+def adapt_bias(pre, bias, targets, groups, gamma_minus, gamma_plus, eps):
+    """(9): lower the biases of neurons above their target, raise those of nearly dead ones, within [-1, 0]."""
     ### BEGIN SOLUTION
-    N = drive.shape[0]
-    k = (targets * N).ceil().long()  # (M,) how many inputs each neuron should fire on
-    ranked = drive.sort(dim=0, descending=True).values  # (N, M), largest first in every column
-    kth = ranked.gather(0, (k - 1)[None])[0]  # the k-th largest drive of each neuron
-    following = ranked.gather(0, k[None])[0]  # and the next one
-    b_star = -(kth + following) / 2
-    return bias + rate * (b_star.to(bias.dtype) - bias)
+    fired = (pre > 0).to(pre.dtype).mean(0)  # (M,) the measured frequency of each neuron
+    r = pre.max(0).values  # (M,) its largest pre-activation
+    live = fired > 0
+    n_groups = int(groups.max()) + 1
+    total = torch.zeros(n_groups, dtype=pre.dtype).index_add_(0, groups, torch.where(live, r, torch.zeros_like(r)))
+    count = torch.zeros(n_groups, dtype=pre.dtype).index_add_(0, groups, live.to(pre.dtype))
+    group_r = (total / count.clamp_min(1))[groups]  # (M,) the mean r of each neuron's group's live neurons
+    lowered = (bias - gamma_minus * r).clamp_min(-1.0)
+    raised = (bias + gamma_plus * group_r).clamp_max(0.0)
+    return torch.where(fired > targets.to(pre.dtype), lowered, torch.where(fired < eps, raised, bias))
     ### END SOLUTION
 
 
@@ -742,7 +1342,7 @@ arlib.checks.bias_adaptation(adapt_bias)
 # latent activations `f` $(N, M)$ of $N$ inputs and a pattern `mask` $(N,)$ that says where something
 # holds (a bool tensor, or 0/1 integers). Return the index (an int) of the latent whose firing, $f_{nj}
 # > 0$, best detects the pattern by the F1 score $2\,|\text{fires}_j \cap \text{mask}| /
-# (|\text{fires}_j| + |\text{mask}|)$, the first one if several tie. This is the search behind section 5's
+# (|\text{fires}_j| + |\text{mask}|)$, the first one if several tie. This is the search behind section 6's
 # gallery. The check plants a detector among random latents, adds decoys that fire everywhere, that fire
 # on two positions of the pattern only, that never fire, and that take huge values on part of the
 # pattern. Why do recall alone and precision alone both
@@ -768,18 +1368,24 @@ arlib.checks.find_latent(find_latent)
 #
 # - A ReLU network can store more features than it has dimensions when the features are sparse: in the
 #   toy model, dense features got one dimension each and the rest were dropped, while sparse ones shared
-#   the five dimensions in antipodal pairs and then in denser arrangements ($D_i \approx \tfrac13$ and
-#   below), up to all twenty features.
-# - Sparse autoencoders try to undo the superposition with an overcomplete dictionary. On data built from
-#   known features, four times more features than dimensions, an L1 SAE, a TopK SAE, bias adaptation and
-#   GBA all recovered most of the directions at matched sparsity.
-# - Bias adaptation replaces the sparsity penalty by control of each neuron's firing frequency. With our
-#   reading of the rule, GBA's groups kept every latent alive and at its target frequency, and recovered
-#   the rarest features better than L1 and TopK. Its robustness held against L1, which collapsed when its
-#   coefficient was tripled, but not against TopK, which was as robust across its own sweep.
+#   the five dimensions in antipodal pairs and then in denser arrangements. The phase diagram of two features
+#   in one dimension, trained and computed exactly, agrees in most cells: superposition wins once the features
+#   are sparse enough, over a band of importances that widens with sparsity; with many features, the
+#   dimensions per feature stick at one half before falling further.
+# - Sparse autoencoders try to undo the superposition with an overcomplete dictionary. We built ReLU + L1
+#   (the penalty weighted by decoder norms), TopK with AuxK, JumpReLU with an L0 penalty and straight-through
+#   estimators, and bias adaptation and GBA with the update Chen et al. publish, and compared them at matched
+#   sparsity over three seeds on data with known features. TopK and JumpReLU reconstruct best and L1 worst;
+#   which method recovers most features depends on the sparsity (TopK and GBA tie below the true $L_0$, TopK
+#   and L1 at 8, L1 at 16 with many duplicates); bias adaptation keeps nearly every latent alive but recovers
+#   less, with more mixtures, once its targets must exceed the features' frequencies, and its features were
+#   the least consistent across seeds. On this data the paper's advantage of GBA over TopK does not appear.
 # - A TopK SAE with 1024 latents reconstructs the middle of the book's GPT to within about 3 % of the
-#   variance and costs it about a hundredth of a nat per character; some of its latents are clean
-#   detectors of simple events (newlines, spaces, speakers' names), many others await a name.
+#   variance and costs it under a hundredth of a nat per character; read against baselines, a rank-64 PCA
+#   comes within about a point of its loss recovered and a decoder fit to random codes recovers nearly 90 %,
+#   while rank-32 PCA is about 15 points behind. About half of its latents detect the current character, a
+#   few are positional, and removing the "inside a name in capitals" latent moves the GPT's prediction away
+#   from capitals, a modest effect: one latent is one of several routes.
 #
 # ## References
 #
