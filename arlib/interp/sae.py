@@ -143,9 +143,10 @@ class SparseAutoencoder(nn.Module):
         if self.config.activation == "jump":
             return jump_activation(self.pre_activations(x, bias=False), self.b_enc)
         if self.config.activation == "jumprelu":
-            from arlib.interp.jumprelu import DEFAULT_BANDWIDTH, jumprelu  # here: jumprelu.py imports this module
-
-            return jumprelu(self.pre_activations(x), self.threshold, DEFAULT_BANDWIDTH)
+            # z H(z - theta), plainly: its true derivative in theta is zero; training goes through the
+            # straight-through estimators of arlib.interp.jumprelu (JumpReLUObjective), not through encode
+            z = self.pre_activations(x)  # (..., M)
+            return z * (z > self.threshold).to(z.dtype)
         pre = self.pre_activations(x)
         return topk_activation(pre, self.config.k) if self.config.activation == "topk" else F.relu(pre)
 

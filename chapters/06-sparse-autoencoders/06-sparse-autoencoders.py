@@ -548,7 +548,7 @@ assert all(abs(r["l0"] - 8) < 0.8 for r in results.values())  # matched: within 
 #
 # $$b_j \leftarrow \begin{cases} \max(b_j - \gamma_-\, r_j,\; -1) & \hat p_j > p_{g(j)} \text{ (fires too often)},\\
 # \min(b_j + \gamma_+\, \bar r_{g(j)},\; 0) & \hat p_j < \epsilon \text{ (almost never fires)},\\
-# b_j & \text{otherwise,} \end{cases} \tag{9}$$
+# b_j & \text{otherwise,} \end{cases} \qquad \text{(9)}$$
 #
 #   with $\bar r_g$ the mean $r$ of group $g$'s live neurons. **The targets are ceilings, not set-points**:
 #   a neuron that fires less often than its target, but fires, is left alone.

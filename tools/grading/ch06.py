@@ -64,6 +64,7 @@ def _bias_cases(rng):
         dead = rng.uniform(0, 1, M) < 0.3
         dead[:n_groups] = False  # every group keeps a live neuron
         bias[dead] = -(z[:, dead].max(0) + 0.05)
+        bias[:n_groups] = np.maximum(bias[:n_groups], -np.median(z[:, :n_groups], axis=0))  # they fire: live
         gm, gp = float(rng.choice([rng.uniform(0.01, 0.2), rng.uniform(1, 3)])), float(rng.uniform(0.01, 1))
         dtype = torch.float32 if k == 4 else torch.float64
         cases.append(Case((t(z + bias, dtype), t(bias, dtype), t(targets), t(groups, torch.long), gm, gp, 1e-3),
