@@ -11,7 +11,8 @@ both presume inputs of that size.
 - :func:`latent_matches`: for every live latent, its best cosine with a true feature, and from those the
   duplicates (two latents on one feature) and the unmatched latents (mixtures or noise).
 - :func:`cross_seed_consistency`: how many of one run's live latents another seed's run also learned
-  (best cosine between the two dictionaries above a threshold), the consistency Chen et al. 2025 measure.
+  (best cosine between the two dictionaries above a threshold): our definition of the cross-seed consistency
+  that Chen et al. 2025 argue for (we did not check their exact measure).
 """
 
 from __future__ import annotations

@@ -691,8 +691,9 @@ plt.show()
 #
 # **Temperature.** Sampling options apply to both models: at temperature $T$ the target samples from
 # $\mathrm{softmax}(z_p / T)$ and the draft from $\mathrm{softmax}(z_q / T)$, and the output follows the
-# target's tempered distribution exactly. Lower temperatures sharpen both; where the two models agree
-# on the most likely character, that raises $\beta$. At the best $\gamma$ of the draft model:
+# target's tempered distribution exactly. Lower temperatures sharpen both, which raises $\beta$ where the two
+# models agree on the most likely character and lowers it where they disagree. At the best $\gamma$ of the
+# draft model:
 
 # %%
 temperatures = [0.5, 0.8, 1.0, 1.3]
@@ -705,7 +706,13 @@ for T, run in temp_runs.items():
     print(f"{T:11.1f} | {run.alpha:6.3f} | {run.tokens_per_call:11.2f} | {run.formula:8.2f} | "
           f"{run.speedup:7.2f}x")
     assert abs(run.tokens_per_call / run.formula - 1) < 0.05
-assert temp_runs[0.5].alpha > temp_runs[1.3].alpha  # sharper distributions, more agreement
+alphas = [run.alpha for run in temp_runs.values()]
+assert max(alphas) - min(alphas) < 0.1  # the two effects nearly cancel on this pair
+
+# %% [markdown]
+# On this pair the two effects nearly cancel: $\alpha$ changes by a few hundredths at most between $T = 0.5$
+# and $T = 1.3$ (asserted: by less than 0.1; which temperature comes out highest varies from run to run, and
+# with the $\gamma$ the timing picks), and the formula tracks the measured tokens per call at every temperature.
 
 # %% [markdown]
 # **Greedy decoding** is the limit $T \to 0$: both distributions become one-hot, $\beta$ is 1 when the
