@@ -24,12 +24,14 @@ __all__ = ["TokenTree", "build_tree", "tree_mask", "keep_path"]
 class TokenTree:
     """``tokens`` (N,) the node tokens (node 0 is the root: the last decided token), ``parents`` (N,) each
     node's parent (-1 for the root; a parent always precedes its children), ``depths`` (N,) the root is 0,
-    and ``paths`` (k, g + 1): the node of draft row r after d of its tokens (column 0 is the root)."""
+    and ``paths`` (k, g + 1): the node of draft row r after d of its tokens (column 0 is the root), for a
+    tree merged from k draft rows by :func:`build_tree`; None for a tree grown node by node
+    (:mod:`arlib.decoding.tree_decoding`)."""
 
     tokens: torch.Tensor
     parents: torch.Tensor
     depths: torch.Tensor
-    paths: torch.Tensor
+    paths: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.tokens)
