@@ -3,7 +3,7 @@
 Sidecar schema (version 1); every committed checkpoint has these keys, and recipes may add more:
 
 - ``schema``: 1; ``name``: the checkpoint's name; ``kind``: which class :func:`arlib.load` builds
-  (``gpt``, ``draft_heads``, ``vq``, ``msvq``, ``raster``, ``var``, ``classifier``, ``ctc``, ``aed``,
+  (``gpt``, ``draft_heads``, ``eagle_head``, ``vq``, ``msvq``, ``raster``, ``var``, ``classifier``, ``ctc``, ``aed``,
   ``paraformer``, ``sae``); ``config``: that class's settings; ``description``;
 - ``sha256``: of the weights file, checked at every load; ``stored_dtype``: float16 or int8;
 - ``data``: the sources trained on, with their checksums; ``metrics``: what the model reached;
