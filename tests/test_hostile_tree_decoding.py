@@ -13,6 +13,7 @@ from arlib.decoding.tree_decoding import (
     TreeShape,
     best_choices,
     chain_choices,
+    head_topk_accuracy,
     sparse_tree,
     tree_generate,
     walk_tree,
@@ -22,7 +23,7 @@ COVERED = {"arlib.decoding.tree_decoding.TreeDraft", "arlib.decoding.tree_decodi
            "arlib.decoding.tree_decoding.TreeShape", "arlib.decoding.tree_decoding.sparse_tree",
            "arlib.decoding.tree_decoding.chain_choices", "arlib.decoding.tree_decoding.best_choices",
            "arlib.decoding.tree_decoding.walk_tree", "arlib.decoding.tree_decoding.HeadTreeDrafter",
-           "arlib.decoding.tree_decoding.tree_generate"}
+           "arlib.decoding.tree_decoding.tree_generate", "arlib.decoding.tree_decoding.head_topk_accuracy"}
 
 
 class BadDrafter(TreeDrafter):
@@ -89,3 +90,15 @@ def test_bad_drafters_and_generation_are_named():
         rejects(tree_generate, target, BadDrafter(bad), prompt, 4, arg="drafter")
     assert tree_generate(target, BadDrafter(TreeDraft(TokenTree(root, torch.tensor([-1]), torch.tensor([0])))),
                          prompt, 4, stats=False).shape == (1, 7)  # a root-only tree: plain decoding
+
+
+def test_bad_accuracy_inputs_are_named():
+    target = tiny_gpt(0)
+    heads = MedusaHeads(2, target.config.n_embd, target.config.vocab_size)
+    x = torch.randint(0, 13, (2, 10))
+    rejects(head_topk_accuracy, "target", heads, x, arg="target")
+    rejects(head_topk_accuracy, target, "heads", x, arg="heads")
+    rejects(head_topk_accuracy, target, heads, x[:, :3], arg="x")
+    rejects(head_topk_accuracy, target, heads, x.float(), arg="x")
+    rejects(head_topk_accuracy, target, heads, x + 13, arg="x")
+    rejects(head_topk_accuracy, target, heads, x, k=0, arg="k")

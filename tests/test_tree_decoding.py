@@ -18,6 +18,7 @@ from arlib.decoding.tree_decoding import (
     TreeDrafter,
     best_choices,
     chain_choices,
+    head_topk_accuracy,
     sparse_tree,
     tree_generate,
     walk_tree,
@@ -196,3 +197,19 @@ def test_walk_tree_greedy_and_checks():
     assert walk_tree(p, tokens, parents, greedy=True) == ([0, 2], 2)  # argmax 1 is child 2, then argmax 2
     with pytest.raises(ValueError, match="parents"):
         walk_tree(p, tokens, torch.tensor([-1, 2, 0]))
+
+
+@pytest.mark.parametrize("kind", ["medusa", "hydra"])
+def test_head_topk_accuracy_counts_ranks(kind):
+    target = tiny_gpt(2)
+    heads = random_heads(kind, target, n_heads=2)
+    x = torch.randint(0, 13, (3, 20), generator=torch.Generator().manual_seed(0))
+    acc = head_topk_accuracy(target, heads, x, k=13)
+    assert acc.shape == (2, 13) and torch.allclose(acc.sum(-1), torch.ones(2, dtype=acc.dtype))  # every rank once
+    with torch.no_grad():  # by hand: depth 1's rank-0 guess at position 0 of row 0
+        logits, hidden = target(x, return_hidden=True)
+        h = hidden[-1][:1, :1]
+        guess = heads(h)[0, 0, 0] if kind == "medusa" else heads(h, x[:1, 1:2, None])[0, 0, 0]
+    hit = int(guess.argmax() == logits[0, 1].argmax())
+    full = head_topk_accuracy(target, heads, x[:1, :4], k=1)  # n = 4 - 2 = 2 positions
+    assert full[0, 0].item() in ({0.0, 0.5} if hit == 0 else {0.5, 1.0})

@@ -47,7 +47,7 @@ from arlib.validate import generator as check_generator
 _PLAIN = SamplingOptions()  # sampling at temperature 1, no truncation
 
 __all__ = ["TreeDraft", "TreeDrafter", "TreeShape", "sparse_tree", "chain_choices", "best_choices", "walk_tree",
-           "HeadTreeDrafter", "tree_generate"]
+           "head_topk_accuracy", "HeadTreeDrafter", "tree_generate"]
 
 
 class TreeDraft(NamedTuple):
@@ -165,6 +165,38 @@ def best_choices(accuracy, n_nodes: int) -> list[tuple[int, ...]]:
             for r in range(K):
                 heapq.heappush(frontier, (neg * acc[len(c), r], c + (r,)))
     return chosen
+
+
+@torch.no_grad()
+def head_topk_accuracy(target: GPT, heads: MedusaHeads | HydraHeads, x: torch.Tensor, k: int = 8) -> torch.Tensor:
+    """Per depth d = 1 .. K and rank r < k, how often the heads' rank-r guess at depth d is the target's
+    greedy token there, teacher-forced on windows of real text x (B, T): (K, k), the ``accuracy`` that
+    :func:`best_choices` takes. Head d reads h_t (and, for Hydra, the true tokens x_(t+1) .. x_(t+d));
+    the target's token is its argmax after the true prefix x_(<= t+d). Medusa-1 estimates its trees'
+    accuracies this way on calibration data (with the true next tokens instead of the target's)."""
+    if not isinstance(target, GPT):
+        raise TypeError(f"target: expected an arlib.text.gpt.GPT, got {type(target).__name__}")
+    if not isinstance(heads, (MedusaHeads, HydraHeads)):
+        raise TypeError(f"heads: expected MedusaHeads or HydraHeads, got {type(heads).__name__}")
+    K = heads.n_heads
+    x = torch.as_tensor(x)
+    if x.dtype != torch.long or x.dim() != 2 or x.shape[1] <= K + 1:
+        raise ValueError(f"x: expected (batch, time > {K + 1}) torch.long windows, got {describe(x)}")
+    ids_in_vocab(x, "x", target.config.vocab_size)
+    V = heads.unembed[0].proj.out_features
+    k = min(positive_int(k, "k"), V)
+    logits, hidden = target(x, return_hidden=True)
+    best = logits.argmax(-1)  # (B, T): the target's greedy token after each true prefix
+    n = x.shape[1] - K
+    h = hidden[-1][:, :n]  # (B, n, d)
+    if isinstance(heads, MedusaHeads):
+        guesses = heads(h)  # (B, n, K, V)
+    else:
+        guesses = heads(h, torch.stack([x[:, d:d + n] for d in range(1, K + 1)], dim=-1))
+    top = guesses.topk(k, dim=-1).indices  # (B, n, K, k)
+    wanted = torch.stack([best[:, d:d + n] for d in range(1, K + 1)], dim=-1)  # (B, n, K)
+    hits = (top == wanted[..., None]).double()  # (B, n, K, k)
+    return hits.mean(dim=(0, 1))  # (K, k)
 
 
 # --- verification ------------------------------------------------------------------------------------
