@@ -213,3 +213,13 @@ def test_head_topk_accuracy_counts_ranks(kind):
     hit = int(guess.argmax() == logits[0, 1].argmax())
     full = head_topk_accuracy(target, heads, x[:1, :4], k=1)  # n = 4 - 2 = 2 positions
     assert full[0, 0].item() in ({0.0, 0.5} if hit == 0 else {0.5, 1.0})
+
+
+def test_trees_are_cut_to_fit_the_context():
+    """Near the end of the context a big tree keeps only the nodes whose keys fit the cache."""
+    target = tiny_gpt(3, block_size=24)
+    prompt = torch.tensor([[1, 5, 2, 7]])
+    drafter = RandomTreeDrafter(13, depth=3, width=4, seed=0, fixed=True)
+    tokens, record = tree_generate(target, drafter, prompt, 20, greedy=True)
+    assert torch.equal(tokens, generate(target, prompt, 20, greedy=True))
+    assert max(record.scored) > 6 and all(n <= 24 for n in record.scored)

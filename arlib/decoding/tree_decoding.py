@@ -420,8 +420,9 @@ def tree_generate(target, drafter: TreeDrafter, prompt: torch.Tensor, max_new_to
                 checked = True
             tree = draft.tree
             room = end - n  # at most room - 1 accepted nodes, then one more token: cut deeper nodes
-            if int(tree.depths.max()) > room - 1:
-                tree = _prune(tree, room - 1)
+            slots = block_size - (n - 1)  # node i's keys go to cache slot n - 1 + i: the tree must fit the context
+            if int(tree.depths.max()) > room - 1 or len(tree) > slots:
+                tree = _prune(tree, room - 1, slots)
             N = len(tree)
             positions = (n - 1) + tree.depths.to(device)
             logits, hidden = target(tree.tokens.view(1, N).to(device), cache=cache, return_hidden=True,
@@ -450,9 +451,10 @@ def tree_generate(target, drafter: TreeDrafter, prompt: torch.Tensor, max_new_to
     return (tokens, record) if stats else tokens
 
 
-def _prune(tree: TokenTree, max_depth: int) -> TokenTree:
-    """The nodes of ``tree`` at depth <= max_depth (node order kept, so parents still precede children)."""
-    keep = (tree.depths <= max_depth).nonzero().view(-1)
+def _prune(tree: TokenTree, max_depth: int, max_nodes: int) -> TokenTree:
+    """The first ``max_nodes`` nodes of ``tree`` at depth <= max_depth (node order kept, so parents still
+    precede children and a kept node's parent is kept)."""
+    keep = (tree.depths <= max_depth).nonzero().view(-1)[:max_nodes]
     new_id = torch.full((len(tree),), -1, dtype=torch.long)
     new_id[keep.cpu()] = torch.arange(len(keep))
     parents = tree.parents[keep].cpu()
