@@ -29,8 +29,9 @@ of the drafter's token distribution to the target's (soft labels p_(j+2) = softm
 w_cls = 0.1; uniform noise U(-0.1, 0.1) is added to the input features (the features the drafter
 reads at test time are its own, slightly wrong, predictions).
 
-Drafting trees (:class:`EagleDrafter`): EAGLE-1 drafts a static tree (section 4.3; here any Medusa-style
-``choices`` of :func:`arlib.decoding.tree_decoding.sparse_tree`, a chain being a special case). EAGLE-2
+Drafting trees (:class:`EagleDrafter`): EAGLE-1 drafts a static tree (section 4.1; verified in 4.3) of a
+fixed shape; here any Medusa-style ``choices`` of :func:`arlib.decoding.tree_decoding.sparse_tree`, a chain
+being a special case. EAGLE-2
 (Li et al. 2024b, "EAGLE-2: Faster Inference of Language Models with Dynamic Draft Trees", EMNLP 2024,
 section 4) grows the tree dynamically: a node's value is the product of the drafter's confidences
 (probabilities) along its path; at each depth the ``top_k`` nodes of highest value are expanded, each into
@@ -268,7 +269,7 @@ class EagleDrafter(TreeDrafter):
     that depth, with tree attention in the head's own cache (each node sees the decided pairs and its
     ancestors; position = the root's + depth); afterwards the cache is cropped back to the decided pairs.
 
-    - static (``choices``, EAGLE-1, Li et al. 2024a, section 4.3): the tree of Medusa-style choices
+    - static (``choices``, EAGLE-1, Li et al. 2024a, section 4.1): the tree of Medusa-style choices
       (:func:`arlib.decoding.tree_decoding.sparse_tree`); node (r_1, .., r_d) takes the drafter's rank-r_d
       guess after its parent's path. Default: a chain of ``depth`` best guesses.
     - ``dynamic=True`` (EAGLE-2, Li et al. 2024b, section 4): ``depth`` levels, ``top_k`` expanded per level,
