@@ -60,6 +60,11 @@ def test_bad_walks_are_named():
     rejects(walk_tree, p, tokens, torch.tensor([0, 0]), arg="parents")
     rejects(walk_tree, p, tokens, torch.tensor([-1, 1]), arg="parents")
     rejects(walk_tree, p, tokens, parents, generator="seed", arg="generator")
+    rejects(walk_tree, p, tokens, parents, q=p[:1], arg="q")
+    rejects(walk_tree, p, tokens, parents, q=-p, arg="q")
+    rejects(walk_tree, p, tokens, parents, q=torch.tensor([[1.0, 0.0], [0.5, 0.5]]), arg="q")  # q = 0 at a child
+    rejects(walk_tree, p, tokens, parents, q=torch.tensor([[float("nan"), 1.0], [0.5, 0.5]]), arg="q")
+    assert walk_tree(p, tokens, parents, q=torch.tensor([[0.5, 0.5], [0.0, 0.0]]))[0][0] == 0  # leaf rows unused
 
 
 def test_bad_drafters_and_generation_are_named():

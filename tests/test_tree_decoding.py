@@ -164,7 +164,7 @@ def _pvalue(counts, law):
     return stats.chisquare(counts[keep].numpy(), (counts.sum() * law[keep] / law[keep].sum()).numpy()).pvalue
 
 
-def _broken_walk(rows, tokens, kids, generator, greedy):
+def _broken_walk(rows, tokens, kids, generator, greedy, q=None):
     """A wrong walk: after rejecting a child it draws from the whole of p again (no residual)."""
     node, path = 0, [0]
     while True:
@@ -223,3 +223,69 @@ def test_trees_are_cut_to_fit_the_context():
     tokens, record = tree_generate(target, drafter, prompt, 20, greedy=True)
     assert torch.equal(tokens, generate(target, prompt, 20, greedy=True))
     assert max(record.scored) > 6 and all(n <= 24 for n in record.scored)
+
+
+class SampledTreeDrafter(RandomTreeDrafter):
+    """A fixed tree shape whose children are drawn from a fixed q per node, without replacement (Gumbel-top-k),
+    returned as the tree's probs: the setting of recursive rejection sampling."""
+
+    def __init__(self, vocab_size, q, width=2, depth=2, seed=0):
+        super().__init__(vocab_size, depth, width, seed)
+        self.q = q  # (V,) the same draft distribution at every node
+
+    def propose_tree(self, seq, options=None, generator=None):
+        tokens, parents, depths, frontier = [int(seq[0, -1])], [-1], [0], [0]
+        for d in range(1, self.depth + 1):
+            nxt = []
+            for u in frontier:
+                g = -torch.log(-torch.log(torch.rand(self.V, generator=generator)))  # Gumbel noise
+                for t in (self.q.log() + g).topk(self.width).indices.tolist():
+                    tokens.append(t)
+                    parents.append(u)
+                    depths.append(d)
+                    nxt.append(len(tokens) - 1)
+            frontier = nxt
+        probs = self.q.expand(len(tokens), -1).clone()
+        return TreeDraft(TokenTree(torch.tensor(tokens), torch.tensor(parents), torch.tensor(depths)), 1, probs)
+
+
+def _no_residual_walk(rows, tokens, kids, generator, greedy, q=None):
+    """A wrong walk for drafts from q: after a rejection it keeps p instead of norm(max(0, p - q))."""
+    node, path = 0, [0]
+    while True:
+        left, drafts = rows[node] / rows[node].sum(), q[node] / q[node].sum()
+        for child in kids[node]:
+            t = tokens[child]
+            if td._uniform(generator) < left[t] / drafts[t]:
+                node = child
+                path.append(node)
+                break
+            drafts = drafts.copy()
+            drafts[t] = 0.0
+            drafts /= drafts.sum()
+        else:
+            cdf = np.cumsum(left)
+            return path, int(np.searchsorted(cdf, td._uniform(generator) * cdf[-1], side="right"))
+
+
+def test_sampled_drafts_with_q_follow_the_target_and_a_walk_without_residual_does_not(monkeypatch):
+    target = tiny_gpt(5, vocab_size=4, std=0.3)
+    prompt = torch.tensor([[1, 3, 0]])
+    seqs, law = exact_law(target, prompt, 3)
+    q = torch.tensor([0.85, 0.05, 0.05, 0.05])  # far from p: many rejections
+    assert _pvalue(sampled_counts(target, SampledTreeDrafter(4, q, width=3), prompt, 3, 3000, seed=0), law) > 1e-3
+    drafter = SampledTreeDrafter(4, q, width=1)  # one child: a wrong residual shows most
+    assert _pvalue(sampled_counts(target, drafter, prompt, 3, 3000, seed=0), law) > 1e-3
+    monkeypatch.setattr(td, "_walk", _no_residual_walk)
+    assert _pvalue(sampled_counts(target, drafter, prompt, 3, 3000, seed=0), law) < 1e-6
+
+
+@pytest.mark.parametrize("kind", ["medusa", "hydra"])
+def test_sampled_head_trees_follow_the_target(kind):
+    target = tiny_gpt(5, vocab_size=4, std=0.3)
+    prompt = torch.tensor([[1, 3, 0]])
+    seqs, law = exact_law(target, prompt, 3)
+    drafter = HeadTreeDrafter(random_heads(kind, target, n_heads=2), [(0,), (1,), (2,), (0, 0), (0, 1), (1, 0)])
+    assert _pvalue(sampled_counts(target, drafter, prompt, 3, 2000, seed=4), law) > 1e-3
+    draft = drafter.propose_tree(prompt, td.SamplingOptions(), torch.Generator().manual_seed(0))
+    assert draft.probs is not None and torch.allclose(draft.probs[:3].sum(-1), torch.ones(3))

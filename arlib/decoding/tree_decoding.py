@@ -41,6 +41,7 @@ from arlib.decoding.drafters import SamplingOptions, check_options, check_seq
 from arlib.decoding.speculative import SpecStats
 from arlib.decoding.tree import TokenTree, keep_path, tree_mask
 from arlib.text.gpt import GPT
+from arlib.text.sampling import gumbel_noise
 from arlib.validate import describe, float_tensor, ids_in_vocab, int_at_least, positive_int
 from arlib.validate import generator as check_generator
 
@@ -52,11 +53,14 @@ __all__ = ["TreeDraft", "TreeDrafter", "TreeShape", "sparse_tree", "chain_choice
 
 class TreeDraft(NamedTuple):
     """A proposal: ``tree`` (node 0 is the root, the last decided token; siblings carry distinct tokens,
-    in the drafter's order of preference) and ``calls``, the drafter's forward passes spent.
-    Limitation: a plain record; :func:`tree_generate` checks the first tree of a generation."""
+    in the drafter's order of preference), ``calls``, the drafter's forward passes spent, and ``probs``:
+    None when the children are deterministic candidates (one-hot drafts), else (N, V) the distribution q
+    each node's children were drawn from, one after the other without replacement (rows of childless
+    nodes are ignored). Limitation: a plain record; :func:`tree_generate` checks a generation's first tree."""
 
     tree: TokenTree
     calls: int = 0
+    probs: torch.Tensor | None = None
 
 
 class TreeDrafter(ABC):
@@ -211,12 +215,18 @@ def _children(parents: list[int]) -> list[list[int]]:
 
 
 def walk_tree(p: torch.Tensor, tokens: torch.Tensor, parents, generator: torch.Generator | None = None,
-              greedy: bool = False) -> tuple[list[int], int]:
+              greedy: bool = False, q: torch.Tensor | None = None) -> tuple[list[int], int]:
     """Verify a token tree: ``p`` (N, V) the target's processed distribution at each node (rows need not
     be normalized), ``tokens`` (N,) and ``parents`` (N,) the tree. Returns the accepted path (node ids
-    from the root 0) and the next token, drawn from what is left of the last node's distribution (see
-    the module's docstring: each child a one-hot draft, rejected ones removed). ``greedy`` accepts the
-    child holding the argmax and returns the argmax at the last node. Uniforms come from ``generator``."""
+    from the root 0) and the next token, drawn from what is left of the last node's distribution.
+
+    With ``q`` None the children are one-hot drafts (see the module's docstring). With ``q`` (N, V), node
+    u's children were drawn from q_u one after the other without replacement, and the walk applies
+    recursive rejection sampling without replacement (SpecInfer's multi-draft rule, Miao et al. 2024;
+    the without-replacement form of Jeon et al. 2024): child c is accepted with probability
+    ``min(1, p(c) / q(c))``; after a rejection p becomes ``norm(max(0, p - q))`` and q loses c
+    (renormalized). ``greedy`` accepts the child holding the argmax of p and returns the argmax at the
+    last node. Uniforms come from ``generator``."""
     p = float_tensor(p, "p", dim=2)
     N, V = p.shape
     tokens = torch.as_tensor(tokens)
@@ -230,7 +240,20 @@ def walk_tree(p: torch.Tensor, tokens: torch.Tensor, parents, generator: torch.G
     rows = p.detach().double().cpu().numpy()
     if not np.isfinite(rows).all() or (rows < 0).any() or (rows.sum(1) <= 0).any():
         raise ValueError("p: expected finite, non-negative rows with positive mass")
-    return _walk(rows, tokens.tolist(), _children(parents), generator, greedy)
+    kids = _children(parents)
+    q_rows = None
+    if q is not None:
+        q = float_tensor(q, "q", dim=2)
+        if tuple(q.shape) != (N, V):
+            raise ValueError(f"q: expected ({N}, {V}) like p, got {describe(q)}")
+        q_rows = q.detach().double().cpu().numpy()
+        token_list = tokens.tolist()
+        for u, children in enumerate(kids):
+            row = q_rows[u]
+            if children and (not np.isfinite(row).all() or (row < 0).any()
+                             or any(row[token_list[c]] <= 0 for c in children)):
+                raise ValueError(f"q: node {u}'s row must be finite, non-negative and positive at its children")
+    return _walk(rows, tokens.tolist(), kids, generator, greedy, q_rows)
 
 
 def _uniform(generator) -> float:
@@ -239,8 +262,9 @@ def _uniform(generator) -> float:
     return float(torch.rand((), generator=generator, device=device))
 
 
-def _walk(rows: np.ndarray, tokens: list[int], kids: list[list[int]], generator, greedy: bool):
-    """:func:`walk_tree` on checked host data: rows (N, V) float64."""
+def _walk(rows: np.ndarray, tokens: list[int], kids: list[list[int]], generator, greedy: bool,
+          q: np.ndarray | None = None):
+    """:func:`walk_tree` on checked host data: rows (N, V) and q (N, V) or None, float64."""
     node, path = 0, [0]
     while True:
         if greedy:
@@ -252,13 +276,27 @@ def _walk(rows: np.ndarray, tokens: list[int], kids: list[list[int]], generator,
             path.append(node)
             continue
         left = rows[node] / rows[node].sum()  # (V,) what is left of p_u
+        drafts = None if q is None or not kids[node] else q[node] / q[node].sum()  # (V,) what is left of q_u
         accepted = None
         for child in kids[node]:
             t = tokens[child]
-            if _uniform(generator) < left[t]:  # one-hot draft: accept w.p. p(t)
-                accepted = child
-                break
-            left[t] = 0.0  # the residual of a one-hot draft: p without t, renormalized
+            if drafts is None:  # a one-hot draft: accept w.p. p(t); the residual is p without t
+                if _uniform(generator) < left[t]:
+                    accepted = child
+                    break
+                left = left.copy()
+                left[t] = 0.0
+            else:  # a draft from q: accept w.p. min(1, p/q); the residual is norm(max(0, p - q))
+                if _uniform(generator) < left[t] / drafts[t]:
+                    accepted = child
+                    break
+                rest = np.maximum(left - drafts, 0.0)
+                if rest.sum() > 0:  # p <= q everywhere means p = q and no rejection (bar rounding)
+                    left = rest
+                drafts = drafts.copy()
+                drafts[t] = 0.0  # without replacement: the next child was drawn from q without t
+                if drafts.sum() > 0:
+                    drafts = drafts / drafts.sum()
             left = left / left.sum()
         if accepted is None:
             u = _uniform(generator)
@@ -278,19 +316,37 @@ class HeadTreeDrafter(TreeDrafter):
     h_t alone, so every node at depth d takes the rank-r guess of head d, whatever its parent: one call
     of all heads. Hydra (Ankner et al. 2024): head d also reads the embeddings of the path's tokens, so
     the children of each node come from its own path: one batched head call per depth.
+
+    Greedy decoding takes the heads' top-ranked tokens (rank r = the r-th largest logit). Sampling draws
+    each node's children from the head's processed distribution q without replacement (the Gumbel-top-k
+    trick: rank r = the r-th largest perturbed logit) and returns q, so that the walk can apply recursive
+    rejection sampling (:func:`walk_tree`); top-ranked candidates would be accepted with p(x) only, well
+    below ``sum min(p, q)`` when the target is not confident.
     """
 
     def __init__(self, heads: MedusaHeads | HydraHeads, choices):
         if not isinstance(heads, (MedusaHeads, HydraHeads)):
             raise TypeError(f"heads: expected MedusaHeads or HydraHeads, got {type(heads).__name__}")
         self.heads = heads.eval()
-        self.shape = sparse_tree(choices)
-        if self.shape.max_depth > heads.n_heads:
-            raise ValueError(f"choices: {self.shape.max_depth} deep, but there are only {heads.n_heads} heads")
+        self.shape = shape = sparse_tree(choices)
+        if shape.max_depth > heads.n_heads:
+            raise ValueError(f"choices: {shape.max_depth} deep, but there are only {heads.n_heads} heads")
         V = heads.unembed[0].proj.out_features
-        if max(self.shape.ranks) >= V:
-            raise ValueError(f"choices: a rank of {max(self.shape.ranks)} needs more than the {V} tokens")
-        self._kids = _children(self.shape.parents)
+        if max(shape.ranks) >= V:
+            raise ValueError(f"choices: a rank of {max(shape.ranks)} needs more than the {V} tokens")
+        kids = _children(shape.parents)
+        ancestors = [[0]]
+        for i in range(1, len(shape)):
+            ancestors.append(ancestors[shape.parents[i]] + [i])
+        self._levels = []  # per depth d with children: (parents (n,), their paths (n, d + 1), child ids, rows, ranks)
+        for d in range(shape.max_depth):
+            parents = [u for u in range(len(shape)) if shape.depths[u] == d and kids[u]]
+            children = [(c, row, shape.ranks[c]) for row, u in enumerate(parents) for c in kids[u]]
+            ids, rows, ranks = (torch.tensor(col) for col in zip(*children))
+            self._levels.append((torch.tensor(parents), torch.tensor([ancestors[u] for u in parents]), ids, rows,
+                                 ranks, max(shape.ranks[c] for c, _, _ in children) + 1))
+        self._parents = torch.tensor(shape.parents)
+        self._depths = torch.tensor(shape.depths)
         self.reset()
 
     def reset(self) -> None:
@@ -303,42 +359,46 @@ class HeadTreeDrafter(TreeDrafter):
             raise ValueError(f"states: expected (1, m >= 1, {d}) floating states, got {describe(states)}")
         self.h = states[:, -1]
 
+    def _ranked(self, logits: torch.Tensor, k: int, options: SamplingOptions, generator):
+        """The top-k ranked tokens (n, k) of logits (n, V), and q (n, V) when sampling (else None)."""
+        if options.greedy:
+            return logits.topk(k, dim=-1).indices, None
+        z = options.process(logits)  # (n, V)
+        noise = gumbel_noise(z.shape, generator, z.device)
+        return (z + noise).topk(k, dim=-1).indices, z.softmax(dim=-1)  # Gumbel-top-k: k draws without replacement
+
     @torch.no_grad()
     def propose_tree(self, seq, options=_PLAIN, generator=None) -> TreeDraft:
         check_seq(seq)
         check_options(options)
-        shape, root = self.shape, seq[0, -1]
+        root = seq[0, -1]
+        device = root.device
         if self.h is None:  # a one-token prompt: nothing seen yet, no guesses
-            return TreeDraft(TokenTree(root.view(1), torch.tensor([-1]), torch.tensor([0])), 0)
-        D = shape.max_depth
-        tokens = root.new_empty(len(shape))
+            return TreeDraft(TokenTree(root.view(1), torch.tensor([-1], device=device),
+                                       torch.tensor([0], device=device)), 0)
+        N, V = len(self.shape), self.heads.unembed[0].proj.out_features
+        tokens = root.new_empty(N)
         tokens[0] = root
+        probs = None if options.greedy else torch.zeros(N, V, device=device)
         if isinstance(self.heads, MedusaHeads):
-            logits = self.heads(self.h, D)[0]  # (D, V): head d - 1 guesses depth d
-            top = logits.topk(max(shape.max_rank(d) for d in range(1, D + 1)) + 1, dim=-1).indices  # (D, k)
-            depth = torch.tensor(shape.depths[1:]) - 1
-            tokens[1:] = top[depth, torch.tensor(shape.ranks[1:])]
+            logits = self.heads(self.h, len(self._levels))[0]  # (D, V): head d + 1 guesses depth d + 1
+            for d, (parents, _, ids, _rows, ranks, k) in enumerate(self._levels):
+                top, q = self._ranked(logits[d:d + 1], k, options, generator)  # one draw shared by the level
+                tokens[ids.to(device)] = top[0, ranks.to(device)]
+                if q is not None:
+                    probs[parents.to(device)] = q
             calls = 1
         else:
-            embed = self.heads.embed
-            path_emb = {0: [embed(root.view(1))[0]]}  # node -> embeddings of its path's tokens (d,) each
-            calls = 0
-            for d in range(D):
-                parents = [i for i, depth in enumerate(shape.depths) if depth == d and self._kids[i]]
-                if not parents:
-                    break
-                emb = [torch.stack([path_emb[u][j] for u in parents]) for j in range(d + 1)]  # (n, d) each
-                logits = self.heads.head(d, self.h.expand(len(parents), -1), emb)  # (n, V)
-                k = max(shape.ranks[c] for u in parents for c in self._kids[u]) + 1
-                top = logits.topk(k, dim=-1).indices  # (n, k)
-                calls += 1
-                for row, u in enumerate(parents):
-                    for c in self._kids[u]:
-                        tokens[c] = top[row, shape.ranks[c]]
-                        path_emb[c] = path_emb[u] + [embed(tokens[c].view(1))[0]]
-        tree = TokenTree(tokens, torch.tensor(shape.parents, device=tokens.device),
-                         torch.tensor(shape.depths, device=tokens.device))
-        return TreeDraft(tree, calls)
+            for d, (parents, paths, ids, rows, ranks, k) in enumerate(self._levels):
+                emb = self.heads.embed(tokens[paths.to(device)])  # (n, d + 1, dim): each parent's path
+                logits = self.heads.head(d, self.h.expand(len(parents), -1), list(emb.unbind(1)))  # (n, V)
+                top, q = self._ranked(logits, k, options, generator)
+                tokens[ids.to(device)] = top[rows.to(device), ranks.to(device)]
+                if q is not None:
+                    probs[parents.to(device)] = q
+            calls = len(self._levels)
+        tree = TokenTree(tokens, self._parents.to(device), self._depths.to(device))
+        return TreeDraft(tree, calls, probs)
 
 
 # --- the generation loop -----------------------------------------------------------------------------
@@ -360,6 +420,10 @@ def _check_tree_draft(draft, root: int, vocab_size: int) -> TokenTree:
     for kids in _children(parents):
         if len({int(tree.tokens[c]) for c in kids}) != len(kids):
             raise ValueError("drafter: siblings must carry distinct tokens")
+    probs = draft.probs
+    if probs is not None and (not isinstance(probs, torch.Tensor) or not probs.is_floating_point()
+                              or tuple(probs.shape) != (N, vocab_size)):
+        raise ValueError(f"drafter: a tree's probs must be None or ({N}, {vocab_size}) floating, got {describe(probs)}")
     return tree
 
 
@@ -421,15 +485,18 @@ def tree_generate(target, drafter: TreeDrafter, prompt: torch.Tensor, max_new_to
             tree = draft.tree
             room = end - n  # at most room - 1 accepted nodes, then one more token: cut deeper nodes
             slots = block_size - (n - 1)  # node i's keys go to cache slot n - 1 + i: the tree must fit the context
+            probs = draft.probs  # (N, V) or None
             if int(tree.depths.max()) > room - 1 or len(tree) > slots:
-                tree = _prune(tree, room - 1, slots)
+                tree, kept = _prune(tree, room - 1, slots)
+                probs = None if probs is None else probs[kept.to(probs.device)]
             N = len(tree)
             positions = (n - 1) + tree.depths.to(device)
             logits, hidden = target(tree.tokens.view(1, N).to(device), cache=cache, return_hidden=True,
                                     validate=False, tree=(positions, tree_mask(tree, n - 1)))  # (1, N, V)
             t2 = time.perf_counter()
             rows = (logits[0] if greedy else options.probs(logits[0])).double().cpu().numpy()  # (N, V)
-            path, y = _walk(rows, tree.tokens.tolist(), _children(tree.parents.tolist()), generator, greedy)
+            q = None if greedy or probs is None else probs.double().cpu().numpy()  # (N, V)
+            path, y = _walk(rows, tree.tokens.tolist(), _children(tree.parents.tolist()), generator, greedy, q)
             k = len(path) - 1
             keep_path(cache, n - 1, path)  # positions n - 1 .. n - 1 + k: the root and the accepted nodes
             out[0, n:n + k] = tree.tokens[path[1:]].to(device)
@@ -451,12 +518,12 @@ def tree_generate(target, drafter: TreeDrafter, prompt: torch.Tensor, max_new_to
     return (tokens, record) if stats else tokens
 
 
-def _prune(tree: TokenTree, max_depth: int, max_nodes: int) -> TokenTree:
+def _prune(tree: TokenTree, max_depth: int, max_nodes: int) -> tuple[TokenTree, torch.Tensor]:
     """The first ``max_nodes`` nodes of ``tree`` at depth <= max_depth (node order kept, so parents still
-    precede children and a kept node's parent is kept)."""
+    precede children and a kept node's parent is kept), and the kept nodes' old ids."""
     keep = (tree.depths <= max_depth).nonzero().view(-1)[:max_nodes]
     new_id = torch.full((len(tree),), -1, dtype=torch.long)
     new_id[keep.cpu()] = torch.arange(len(keep))
     parents = tree.parents[keep].cpu()
     parents = torch.where(parents >= 0, new_id[parents.clamp_min(0)], parents)
-    return TokenTree(tree.tokens[keep], parents.to(tree.tokens.device), tree.depths[keep])
+    return TokenTree(tree.tokens[keep], parents.to(tree.tokens.device), tree.depths[keep]), keep
