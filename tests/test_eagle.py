@@ -170,6 +170,16 @@ def test_tree_generate_with_eagle_keeps_the_greedy_output(kind):
     assert out.shape == (48,) and drafter.cache.length == 47
 
 
+@pytest.mark.parametrize("kind", ["chain", "static", "dynamic"])
+def test_trees_fit_at_the_end_of_the_context(kind):
+    """Up to the last position of the context (64 here): the trees get shallower, the cache keeps room for
+    the tree's nodes beyond the decided pairs."""
+    target, head = head_on(4)
+    prompt = torch.randint(0, V, (50,), generator=torch.Generator().manual_seed(5))
+    out = tree_generate(target, drafters(head)[kind], prompt, 14, greedy=True, stats=False)
+    assert torch.equal(out, generate(target, prompt[None], 14, greedy=True)[0])
+
+
 def test_a_trained_head_is_accepted_more_than_a_random_one():
     """Distilled on the tiny target's own greedy text, the head's chain is accepted more often."""
     torch.manual_seed(0)
@@ -210,3 +220,28 @@ def test_eagle_recipe_runs_and_its_checkpoint_loads(tmp_path):
     head = load_eagle_head(target, "shakespeare-eagle", directory=str(tmp_path))
     assert head.target is target and not head.training
     assert (tmp_path / "shakespeare-eagle.safetensors").stat().st_size < 3 * 2**20
+
+
+def test_committed_eagle_head_matches_its_recipe_and_is_accepted():
+    """data/checkpoints/shakespeare-eagle: the full recipe, under 3 MB, agreement recorded per depth (falling
+    with depth as the head reads its own features), a valid static tree, and, on held-out text, more than
+    two tokens per target pass with a chain of 4 (greedy: the target's own tokens)."""
+    from arlib.checkpoints import CHECKPOINT_DIR, load_meta
+    from arlib.data import shakespeare
+    from arlib.decoding.recipes import EAGLE_RECIPES, load_eagle_head
+    from arlib.decoding.tree_decoding import sparse_tree
+
+    meta, recipe = load_meta("shakespeare-eagle"), EAGLE_RECIPES["shakespeare-eagle"]
+    assert meta["command"] == "python -m arlib.recipes shakespeare-eagle"
+    assert meta["train"]["steps"] == recipe["train"].steps and meta["data"]["train_windows"] == recipe["windows"]
+    assert (CHECKPOINT_DIR / "shakespeare-eagle.safetensors").stat().st_size < 3 * 2**20
+    top1 = meta["metrics"]["teacher_forced"]["top1"]
+    assert len(top1) == recipe["eval_depth"] and top1[0] > 0.6 and top1[0] > top1[-1]
+    assert len(sparse_tree(meta["metrics"]["static_choices_20"])) == 21
+    loaded = arlib.load("shakespeare-target")
+    head = load_eagle_head(loaded.model)
+    assert meta["parameters"] == sum(p.numel() for p in head.parameters())
+    prompt = loaded.tokenizer.encode(shakespeare().val[1000:1064])
+    out, stats = tree_generate(loaded.model, EagleDrafter(head, depth=4), prompt, 64, greedy=True)
+    assert torch.equal(out, generate(loaded.model, prompt[None], 64, greedy=True)[0])
+    assert 64 / stats.target_calls > 2.0

@@ -304,9 +304,16 @@ class EagleDrafter(TreeDrafter):
         self.reset()
 
     def reset(self) -> None:
-        self.cache = self.head.new_cache(1)  # the decided pairs (f_j, x_(j+1))
+        # the decided pairs (f_j, x_(j+1)), at most the context, then room for the tree's expanded nodes
+        self.cache = self.head.new_cache(1, self.head.config.block_size + self._tree_slots())
         self.last = None  # (1, d): f^ predicted at the last decided pair, which gives the root's children
         self._calls = 0  # block calls of observe() not yet counted in a proposal
+
+    def _tree_slots(self) -> int:
+        """The most tree nodes one proposal runs through the block (those with children)."""
+        if self.dynamic:
+            return (self.depth - 1) * self.top_k
+        return len(set(self.shape.parents[1:]) - {0})
 
     @torch.no_grad()
     def observe(self, states: torch.Tensor, tokens: torch.Tensor) -> None:
@@ -321,9 +328,10 @@ class EagleDrafter(TreeDrafter):
         if tokens.shape != states.shape[:2]:
             raise ValueError(f"tokens: expected {tuple(states.shape[:2])} like states, got {describe(tokens)}")
         ids_in_vocab(tokens, "tokens", self.head.target_config.vocab_size)
-        if self.cache.length + states.shape[1] > self.cache.block_size:
+        context = self.head.config.block_size
+        if self.cache.length + states.shape[1] > context:
             raise ValueError(f"states: {self.cache.length} pairs seen and {states.shape[1]} more exceed the "
-                             f"context of {self.cache.block_size}")
+                             f"context of {context}")
         y = self.head(states.to(self.head.fc.weight.dtype), tokens, cache=self.cache)  # (1, m, d)
         self.last = y[:, -1]
         self._calls += 1
@@ -364,7 +372,7 @@ class EagleDrafter(TreeDrafter):
         if start != L - 1:
             raise ValueError(f"seq: the drafter has observed {start} pairs, so it continues a sequence of "
                              f"{start + 1} tokens, got {L}")
-        max_depth = min(self.depth if self.dynamic else self.shape.max_depth, self.cache.block_size - L)
+        max_depth = min(self.depth if self.dynamic else self.shape.max_depth, self.head.config.block_size - L)
         if max_depth < 1:  # no room left in the context
             return self._done(root.view(1), [-1], [0], start)
         self._anc = torch.zeros(0, 0, dtype=torch.bool)

@@ -164,7 +164,7 @@ def run_eagle_recipe(name: str, steps: int | None = None, out: str | None = None
     features and loss smooth-L1 + 0.1 cross-entropy. Deviations, for a CPU and a 4.8M-parameter target:
     2048 windows of 256 characters (524k, 12 % of the split) instead of 68k ShareGPT dialogues; 2400 steps of
     16 windows (19 epochs, the paper trains 20) with AdamW at lr 3e-3 (100 steps of warm-up, cosine to 5 %)
-    instead of 3e-5 with linear decay; the gradient's norm clipped at 0.5 instead of its values. About 13
+    instead of 3e-5 with linear decay; the gradient's norm clipped at 0.5 instead of its values. About 15
     minutes on one CPU thread. The sidecar
     records teacher-forced agreement with the target per depth (depth > 1 reads the head's own features)
     on held-out text, and the static tree :func:`arlib.decoding.tree_decoding.best_choices` picks from it."""
