@@ -319,7 +319,8 @@ class HeadTreeDrafter(TreeDrafter):
 
     Greedy decoding takes the heads' top-ranked tokens (rank r = the r-th largest logit). Sampling draws
     each node's children from the head's processed distribution q without replacement (the Gumbel-top-k
-    trick: rank r = the r-th largest perturbed logit) and returns q, so that the walk can apply recursive
+    trick, as Recursive Speculative Decoding builds its trees, Jeon et al. 2024: rank r = the r-th
+    largest perturbed logit) and returns q, so that the walk can apply recursive
     rejection sampling (:func:`walk_tree`); top-ranked candidates would be accepted with p(x) only, well
     below ``sum min(p, q)`` when the target is not confident.
     """
