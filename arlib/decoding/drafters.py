@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from arlib.text.sampling import gumbel_noise, process_logits
-from arlib.validate import ids_in_vocab, int_at_least, token_ids
+from arlib.validate import ids_in_vocab, int_at_least, probability, token_ids
 
 
 @dataclass(frozen=True)
@@ -134,9 +134,20 @@ class ModelDrafter(Drafter):
     changes. After verification the cache is cropped to the accepted prefix; it also checks, at each
     proposal, that what it holds is a prefix of the sequence, so a drafter reused on a new sequence
     stays correct.
+
+    ``confidence_stop`` (a probability, or None: off) is Hugging Face assisted generation's confidence stop
+    (``assistant_confidence_threshold``, 0.4 by default since transformers PR #33657 of 2024;
+    ``ConfidenceCriteria`` in transformers 5.24.0, an unsupervised form of the dynamic speculation lookahead
+    of Mamou et al. 2024): after drawing x_i,
+    drafting stops if ``q_i(x_i)``, the processed draft distribution's probability of the token just drafted
+    (under greedy drafting, the softmax of the logits at their argmax: the top probability), is below it.
+    As in HF, x_i itself is still proposed: the stop saves the drafts after it. It only shortens proposals,
+    so the output law is unchanged. Not done: HF also re-tunes the threshold during generation from the
+    acceptances seen (an ROC cost rule, when scikit-learn is installed); here it stays fixed. Each check reads
+    one probability back to the host (a sync per draft on an accelerator).
     """
 
-    def __init__(self, model, **overrides):
+    def __init__(self, model, *, confidence_stop: float | None = None, **overrides):
         if not all(hasattr(model, a) for a in ("config", "new_cache", "eval")):
             raise TypeError(f"model: expected an autoregressive model with a KV cache (an arlib.text.gpt.GPT), "
                             f"got {type(model).__name__}")
@@ -144,7 +155,9 @@ class ModelDrafter(Drafter):
         if unknown:
             raise ValueError(f"overrides: unknown sampling options {sorted(unknown)}")
         replace(SamplingOptions(), **overrides)  # check the values now
-        self.model, self.overrides = model, overrides
+        if confidence_stop is not None:
+            probability(confidence_stop, "confidence_stop", expected="a probability in [0, 1] or None")
+        self.model, self.overrides, self.confidence_stop = model, overrides, confidence_stop
         self.reset()
 
     def reset(self) -> None:
@@ -208,9 +221,14 @@ class ModelDrafter(Drafter):
                     z.append(options.process(logits))
                     x = (z[-1] + gumbel[i]).argmax(dim=-1, keepdim=True)  # (1, 1): x_i ~ softmax(z_i)
                 xs.append(x)
+                if self.confidence_stop is not None and i + 1 < g:  # HF's stop: unsure of x_i, draft no further
+                    confidence = (logits if options.greedy else z[-1]).softmax(dim=-1).gather(-1, x)  # (1, 1)
+                    if confidence.item() < self.confidence_stop:
+                        break
         finally:
             if was_training:
                 self.model.train()
+        g = len(xs)  # fewer than asked after a confidence stop
         tokens = torch.cat(xs, dim=1)  # (1, g)
         self._ids[:, L:L + g - 1] = tokens[:, :g - 1]  # x_1 .. x_(g-1) were fed; x_g was not
         probs = None if options.greedy else torch.stack(z, dim=1).softmax(dim=-1)  # (1, g, V)

@@ -28,9 +28,8 @@ from arlib.validate import describe, ids_in_vocab, int_at_least, number_in, posi
 from arlib.validate import generator as check_generator
 
 __all__ = ["verify", "verify_greedy", "residual", "Verification", "acceptance_rate", "expected_tokens",
-           "speedup", "optimal_gamma", "speculative_generate", "SpecStats", "draft_cost", "step_costs", "Draft",
-           "Drafter",
-           "ModelDrafter", "NGramDrafter", "SamplingOptions"]
+           "speedup", "optimal_gamma", "speculative_generate", "SpecStats", "SCHEDULES", "draft_cost", "step_costs",
+           "Draft", "Drafter", "ModelDrafter", "NGramDrafter", "SamplingOptions"]
 
 # --- verification -------------------------------------------------------------------------------
 
@@ -290,10 +289,13 @@ class SpecStats:
     Multi-draft generation (:func:`arlib.decoding.spectr.spectr_generate`) also records in ``candidates`` how many
     drafts were alive at each position it examined, and stores in ``betas`` the multi-draft rule's
     acceptance probability there instead of a single draft's beta; ``scored`` holds, per step, the number
-    of positions the target scored (k (gamma + 1) rows, or the token tree's size with ``tree=True``)."""
+    of positions the target scored (k (gamma + 1) rows, or the token tree's size with ``tree=True``).
+    ``asked`` holds, per step, the draft length the chain decoders asked for (the schedule's gamma, capped by
+    the tokens still wanted): ``drafted`` may be shorter (a drafter's context, a confidence stop)."""
 
     accepted: list[int] = field(default_factory=list)
     drafted: list[int] = field(default_factory=list)
+    asked: list[int] = field(default_factory=list)
     betas: list[float] = field(default_factory=list)
     candidates: list[int] = field(default_factory=list)
     scored: list[int] = field(default_factory=list)
@@ -305,7 +307,7 @@ class SpecStats:
     target_time: float = 0.0
 
     def __post_init__(self):
-        for name in ("accepted", "drafted", "betas", "candidates", "scored"):
+        for name in ("accepted", "drafted", "asked", "betas", "candidates", "scored"):
             if not isinstance(getattr(self, name), list):
                 raise ValueError(f"{name}: expected a list, got {type(getattr(self, name)).__name__}")
         for name in ("target_calls", "draft_calls", "new_tokens"):
@@ -351,11 +353,86 @@ def _check_draft(draft, vocab_size: int) -> None:
                          f"target's vocabulary of V = {vocab_size} tokens")
 
 
+SCHEDULES = ("fixed", "heuristic")
+
+
+def _check_schedule(schedule) -> str:
+    if not isinstance(schedule, str) or schedule not in SCHEDULES:
+        raise ValueError(f"schedule: expected one of {SCHEDULES}, got {schedule!r}")
+    return schedule
+
+
+def _next_gamma(schedule: str, gamma: int, drafted: int, accepted: int) -> int:
+    """The draft length of the next step. ``"heuristic"`` is Hugging Face's schedule of assisted generation
+    (transformers 5.24, ``AssistedCandidateGenerator.update_candidate_strategy``): +2 when every drafted token
+    was accepted, else -1, never below 1. A step without drafts leaves it unchanged (see speculative_generate)."""
+    if schedule == "fixed" or drafted == 0:
+        return gamma
+    return gamma + 2 if accepted == drafted else max(1, gamma - 1)
+
+
+def _check_prompt(prompt, max_new_tokens, config) -> int:
+    """The prompt (T,) or (1, T) of a batch-1 generation, checked against the target's ``config``; returns T."""
+    if not isinstance(prompt, torch.Tensor) or prompt.dtype != torch.long or prompt.dim() not in (1, 2) \
+            or (prompt.dim() == 2 and prompt.shape[0] != 1) or prompt.shape[-1] == 0:
+        raise ValueError(f"prompt: expected a non-empty (time,) or (1, time) torch.long tensor (batch size 1), "
+                         f"got {describe(prompt)}")
+    int_at_least(max_new_tokens, "max_new_tokens", 0)
+    T = prompt.shape[-1]
+    if T + max_new_tokens > config.block_size:
+        raise ValueError(f"max_new_tokens: prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds the target's "
+                         f"context of {config.block_size} tokens")
+    ids_in_vocab(prompt, "prompt", config.vocab_size)  # once: later tokens are checked or drawn in range
+    return T
+
+
+def _verify_step(logits: torch.Tensor, x: torch.Tensor, q: torch.Tensor | None, options: SamplingOptions,
+                 generator, check: bool, betas: list | None) -> tuple[int, torch.Tensor]:
+    """One chain step's decision from the target's logits (1, g + 1, V) at the last decided token and the
+    drafts x (1, g), drawn from q (1, g, V) (None: one-hot drafts): (k accepted, next token y (1,)).
+    Greedy: exact match; no drafts: a plain target step; else :func:`_verify_one`, with the inputs checked
+    when ``check`` and beta appended to ``betas`` (a tensor per step) at the examined drafts."""
+    g = x.shape[-1]
+    if options.greedy:
+        k, y = verify_greedy(logits.argmax(dim=-1), x) if g else (0, logits[:, 0].argmax(dim=-1))
+        return int(k), y
+    if g == 0:  # nothing to verify: a plain target step
+        return 0, sample_probs(options.probs(logits[:, 0]), generator)
+    p = options.probs(logits)  # (1, g + 1, V)
+    if check:  # the first verification's inputs (draft vocabulary, ...); later ones are trusted
+        _check_verify(p, q, x, 1e-4)
+    k, y = _verify_one(p[0], None if q is None else q[0], x[0], generator)
+    if betas is not None:  # beta at the accepted drafts and the first rejected one
+        examined = min(k + 1, g)
+        q = q if q is not None else F.one_hot(x, p.shape[-1]).to(p.dtype)
+        betas.append(torch.minimum(p[0, :examined], q[0, :examined]).sum(-1))  # acceptance_rate
+    return k, y
+
+
+def _record_step(record: SpecStats, asked: int, g: int, k: int, calls: int) -> None:
+    """Count one chain step: ``asked`` drafts asked for, g proposed in ``calls`` draft passes, k accepted."""
+    record.accepted.append(k)
+    record.drafted.append(g)
+    record.asked.append(asked)
+    record.target_calls += 1
+    record.draft_calls += calls
+
+
+def _finish(record: SpecStats, betas: list, out: torch.Tensor, prompt: torch.Tensor, start: float, stats: bool):
+    """A chain decoder's result: out (1, T + N) shaped like the prompt, with the record completed, or alone."""
+    if betas:
+        record.betas += torch.cat(betas).tolist()  # read back once, after the loop
+    record.new_tokens = out.shape[1] - prompt.shape[-1]
+    record.wall_time = time.perf_counter() - start
+    tokens = out[0] if prompt.dim() == 1 else out
+    return (tokens, record) if stats else tokens
+
+
 @torch.no_grad()
 def speculative_generate(target, drafter: Drafter, prompt: torch.Tensor, max_new_tokens: int, gamma: int, *,
                          generator: torch.Generator | None = None, temperature: float = 1.0,
                          top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
-                         greedy: bool = False, stats: bool = True):
+                         greedy: bool = False, schedule: str = "fixed", stats: bool = True):
     """Continue ``prompt`` (T,) or (1, T) by ``max_new_tokens`` tokens with speculative decoding
     (Leviathan et al. 2023, Algorithm 1, repeated): ``(tokens, SpecStats)``, or the tokens alone with
     ``stats=False``. Batch size 1.
@@ -366,23 +443,27 @@ def speculative_generate(target, drafter: Drafter, prompt: torch.Tensor, max_new
     crops the cache to the accepted prefix and appends the accepted drafts and one more token. A step
     with no drafts (a drafter may propose none) is a plain target step. Drafts are capped so that the
     output has exactly ``max_new_tokens`` new tokens; ``T + max_new_tokens`` must fit the target's context.
+
+    ``schedule`` sets the draft length asked for at each step (recorded in ``SpecStats.asked``). ``"fixed"``:
+    gamma every step. ``"heuristic"``: Hugging Face assisted generation's schedule, as in transformers 5.24.0
+    (``num_assistant_tokens_schedule="heuristic"``, ``AssistedCandidateGenerator.update_candidate_strategy``):
+    gamma is the *initial* length (HF's ``num_assistant_tokens``); after each verification it grows by 2 if
+    every drafted token was accepted, else shrinks by 1, never below 1; there is no maximum (as in HF), only
+    the cap by the tokens still wanted. As there, "every drafted token" means the g actually proposed, which
+    may be fewer than asked (a confidence stop: ``ModelDrafter(confidence_stop=...)``). Two details differ
+    from HF: the length restarts at gamma on every call (HF's ``"heuristic_transient"``; plain
+    ``"heuristic"`` keeps it in the assistant's config across calls), and a step with no drafts (an n-gram
+    drafter with no match) leaves it unchanged, where HF's rule would count it as all accepted. The schedule
+    only changes how many drafts are proposed, so the output law is unchanged.
     """
     _check_target(target)
     if not isinstance(drafter, Drafter):
         raise TypeError(f"drafter: expected an arlib.decoding.drafters.Drafter, got {type(drafter).__name__}")
     check_generator(generator)
-    if not isinstance(prompt, torch.Tensor) or prompt.dtype != torch.long or prompt.dim() not in (1, 2) \
-            or (prompt.dim() == 2 and prompt.shape[0] != 1) or prompt.shape[-1] == 0:
-        raise ValueError(f"prompt: expected a non-empty (time,) or (1, time) torch.long tensor (batch size 1), "
-                         f"got {describe(prompt)}")
-    int_at_least(max_new_tokens, "max_new_tokens", 0)
+    T = _check_prompt(prompt, max_new_tokens, target.config)
     int_at_least(gamma, "gamma", 1)
+    _check_schedule(schedule)
     options = SamplingOptions(temperature, top_k, top_p, min_p, greedy)
-    T, block_size = prompt.shape[-1], target.config.block_size
-    if T + max_new_tokens > block_size:
-        raise ValueError(f"max_new_tokens: prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds the target's "
-                         f"context of {block_size} tokens")
-    ids_in_vocab(prompt, "prompt", target.config.vocab_size)  # once: later tokens are checked or drawn in range
     draft_config = getattr(getattr(drafter, "model", None), "config", None)  # a ModelDrafter's model
     if draft_config is not None and draft_config.vocab_size != target.config.vocab_size:
         raise ValueError(f"drafter: its model has a vocabulary of {draft_config.vocab_size} tokens, the target "
@@ -425,40 +506,19 @@ def speculative_generate(target, drafter: Drafter, prompt: torch.Tensor, max_new
                 logits, states = logits[0], logits[1][-1]  # states (1, g + 1, d)
             record.draft_time += t1 - t0
             record.target_time += time.perf_counter() - t1
-            if greedy:
-                k, y = verify_greedy(logits.argmax(dim=-1), x) if g else (0, logits[:, 0].argmax(dim=-1))
-            elif g == 0:  # nothing to verify: a plain target step
-                k, y = 0, sample_probs(options.probs(logits[:, 0]), generator)
-            else:
-                p = options.probs(logits)  # (1, g + 1, V)
-                if not validated:  # check the first verification's inputs (draft vocabulary, ...), then trust them
-                    _check_verify(p, draft.probs, x, 1e-4)
-                    validated = True
-                k, y = _verify_one(p[0], None if draft.probs is None else draft.probs[0], x[0], generator)
-                if stats:  # beta at the accepted drafts and the first rejected one
-                    examined = min(int(k) + 1, g)
-                    q = draft.probs if draft.probs is not None else F.one_hot(x, p.shape[-1]).to(p.dtype)
-                    betas.append(torch.minimum(p[0, :examined], q[0, :examined]).sum(-1))  # acceptance_rate
-            k = int(k)
+            k, y = _verify_step(logits, x, draft.probs, options, generator, not validated, betas if stats else None)
+            validated = validated or (g > 0 and not greedy)
             cache.crop(n + k)  # keep x_1 .. x_k; the next token y is fed at the next step
             out[:, n + k] = y  # x_1 .. x_k are in place already
             n += k + 1
             drafter.accept(k)
             if hidden:
                 drafter.observe(states[:, k])  # (1, d): h at the position whose logits gave y
-            record.accepted.append(k)
-            record.drafted.append(g)
-            record.target_calls += 1
-            record.draft_calls += draft.calls
+            _record_step(record, asked, g, k, draft.calls)
+            gamma = _next_gamma(schedule, gamma, g, k)
     finally:
         target.train(was_training)
-    if betas:
-        record.betas += torch.cat(betas).tolist()
-    record.new_tokens = max_new_tokens
-    record.wall_time = time.perf_counter() - start
-    tokens = out[0] if prompt.dim() == 1 else out
-    return (tokens, record) if stats else tokens
-
+    return _finish(record, betas, out, prompt, start, stats)
 
 
 @torch.no_grad()
