@@ -6,11 +6,13 @@ import torch
 from tiny_models import tiny_gpt
 
 import arlib
+from arlib.decoding.drafters import SamplingOptions
 from arlib.decoding.eagle import EagleDrafter, EagleHead, eagle_acceptance, eagle_losses
 from arlib.decoding.tree_decoding import tree_generate
 from arlib.text.sampling import generate
 
 V = 13
+GREEDY = SamplingOptions(greedy=True)  # top-ranked guesses (sampling draws the children from q)
 TREE = [(0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (0, 0, 0), (0, 1, 0), (0, 0, 0, 0)]
 
 
@@ -77,7 +79,7 @@ def test_trees_are_well_formed_and_the_cache_returns_to_the_decided_prefix(kind)
     _, hidden = target(seq[:, :-1], return_hidden=True)
     drafter.observe(hidden[-1], seq[:, 1:])
     for _ in range(2):
-        draft = drafter.propose_tree(seq)
+        draft = drafter.propose_tree(seq, GREEDY)
         well_formed(draft.tree, int(seq[0, -1]))
         assert drafter.cache.length == seq.shape[1] - 1 and draft.calls >= 1
     n = len(draft.tree) - 1
@@ -94,7 +96,7 @@ def test_the_chain_is_the_heads_own_greedy_sequence():
     _, hidden = target(seq[:, :-1], return_hidden=True)
     drafter = EagleDrafter(head, depth=4)
     drafter.observe(hidden[-1], seq[:, 1:])
-    chain = drafter.propose_tree(seq).tree.tokens[1:].tolist()
+    chain = drafter.propose_tree(seq, GREEDY).tree.tokens[1:].tolist()
     feats, toks, guesses = hidden[-1], seq[:, 1:], []
     for _ in range(4):
         pred = head(feats, toks)[:, -1:]  # (1, 1, d)
@@ -245,3 +247,39 @@ def test_committed_eagle_head_matches_its_recipe_and_is_accepted():
     out, stats = tree_generate(loaded.model, EagleDrafter(head, depth=4), prompt, 64, greedy=True)
     assert torch.equal(out, generate(loaded.model, prompt[None], 64, greedy=True)[0])
     assert 64 / stats.target_calls > 2.0
+
+
+@pytest.mark.parametrize("kind", ["static", "dynamic"])
+def test_sampled_eagle_trees_follow_the_target(kind):
+    """At temperature 1 a static tree's children are drawn from q without replacement and returned with q;
+    the dynamic tree stays deterministic. Either way the output has the target's law (chi-square, V = 4)."""
+    import itertools
+
+    from scipy import stats
+
+    target = tiny_gpt(5, vocab_size=4, std=0.3)
+    head = EagleHead(target)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.3)
+    head.eval()
+    drafter = (EagleDrafter(head, [(0,), (1,), (0, 0), (1, 0)], top_k=2) if kind == "static"
+               else EagleDrafter(head, dynamic=True, depth=2, top_k=2, n_nodes=4))
+    prompt = torch.tensor([1, 3, 0])
+    seqs = list(itertools.product(range(4), repeat=3))
+    with torch.no_grad():
+        x = torch.cat([prompt.expand(len(seqs), -1), torch.tensor(seqs)], 1)
+        logp = target(x).log_softmax(-1)[:, 2:-1].gather(-1, torch.tensor(seqs)[..., None])[..., 0].sum(-1)
+    law = logp.exp().double()
+    counts = torch.zeros(64, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(2000):
+        out = tree_generate(target, drafter, prompt, 3, generator=gen, stats=False)[3:].tolist()
+        counts[out[0] * 16 + out[1] * 4 + out[2]] += 1
+    assert stats.chisquare(counts.numpy(), (2000 * law / law.sum()).numpy()).pvalue > 1e-3
+    drafter.reset()
+    with torch.no_grad():
+        drafter.observe(target(prompt[None, :-1], return_hidden=True)[1][-1], prompt[None, 1:])
+    draft = drafter.propose_tree(prompt[None], generator=gen)
+    assert (draft.probs is not None) == (kind == "static")

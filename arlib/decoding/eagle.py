@@ -51,6 +51,7 @@ from arlib.decoding.drafters import SamplingOptions, check_options, check_seq
 from arlib.decoding.tree import TokenTree
 from arlib.decoding.tree_decoding import TreeDraft, TreeDrafter, chain_choices, sparse_tree
 from arlib.text.gpt import GPT, Block, GPTConfig, KVCache
+from arlib.text.sampling import gumbel_noise
 from arlib.validate import describe, ids_in_vocab, number_in, positive_int, token_ids
 from arlib.validate import generator as check_generator
 
@@ -276,9 +277,13 @@ class EagleDrafter(TreeDrafter):
       ``n_nodes`` kept by reranking (the reference code's defaults are depth 8, top_k 10, 59 nodes, for 7B
       models).
 
-    Candidates are the drafter's deterministic top guesses, ranked by its own (unprocessed) distribution as
-    in the reference code; the sampling ``options`` and ``generator`` are not used (verification by
-    :func:`arlib.decoding.tree_decoding.tree_generate` is exact for any deterministic tree).
+    Greedy decoding and the dynamic trees take the drafter's deterministic top guesses, ranked by its own
+    (unprocessed) distribution as in the reference code (verification by
+    :func:`arlib.decoding.tree_decoding.tree_generate` is exact for any deterministic tree). When sampling, a
+    static tree's children are drawn from the drafter's processed distribution without replacement and
+    verified by recursive rejection sampling (the book's choice: at temperature 1 a deterministic top guess
+    is accepted with probability p(x) only; the reference code ranks its tree by the drafter's distribution
+    whether or not it samples).
     ``calls`` counts the head's block calls: the one of :meth:`observe` and one per expanded depth.
     """
 
@@ -378,16 +383,19 @@ class EagleDrafter(TreeDrafter):
         self._anc = torch.zeros(0, 0, dtype=torch.bool)
         if self.dynamic:
             return self._dynamic(root, start, max_depth)
-        return self._static(root, start, max_depth)
+        return self._static(root, start, max_depth, options, generator)
 
-    def _done(self, tokens, parents, depths, start) -> TreeDraft:
+    def _done(self, tokens, parents, depths, start, probs=None) -> TreeDraft:
         self.cache.crop(start)  # forget the tree's keys: only decided pairs stay
         calls, self._calls = self._calls, 0
         device = tokens.device
         return TreeDraft(TokenTree(tokens, torch.tensor(parents, device=device), torch.tensor(depths, device=device)),
-                         calls)
+                         calls, probs)
 
-    def _static(self, root, start, max_depth) -> TreeDraft:
+    def _static(self, root, start, max_depth, options: SamplingOptions = _PLAIN, generator=None) -> TreeDraft:
+        """The static tree; when sampling (``options.greedy`` False) each node's children are drawn from the
+        drafter's processed q without replacement (Gumbel-top-k, as in Recursive Speculative Decoding, Jeon
+        et al. 2024) and q is returned for the walk's recursive rejection sampling; greedy takes the top ranks."""
         shape = self.shape
         N = sum(1 for d in shape.depths if d <= max_depth)  # nodes sorted by depth: a prefix
         parents, depths, ranks = shape.parents[:N], shape.depths[:N], shape.ranks[:N]
@@ -396,6 +404,8 @@ class EagleDrafter(TreeDrafter):
             has_kids[a] = True
         tokens = root.new_empty(N)
         tokens[0] = root
+        sampled = not options.greedy
+        probs = torch.zeros(N, self.head.target_config.vocab_size, device=root.device) if sampled else None
         feat = {0: self.last[0]}  # node -> the feature its children's pairs read (d,)
         slot = {0: -1}
         logits = self.head.logits(self.last)  # (1, V): the root's children
@@ -406,7 +416,12 @@ class EagleDrafter(TreeDrafter):
                 break
             rows = {u: r for r, u in enumerate(level)}
             k = max(ranks[i] for i in kids) + 1
-            top = logits.topk(k, dim=-1).indices  # (len(level), k)
+            if sampled:  # k draws without replacement from q per expanded node: the Gumbel-top-k trick
+                z = options.process(logits)  # (len(level), V)
+                top = (z + gumbel_noise(z.shape, generator, z.device)).topk(k, dim=-1).indices
+                probs[torch.tensor(level, device=root.device)] = z.softmax(-1).to(probs.dtype)
+            else:
+                top = logits.topk(k, dim=-1).indices  # (len(level), k)
             for i in kids:
                 tokens[i] = top[rows[parents[i]], ranks[i]]
             expand = [i for i in kids if has_kids[i]]
@@ -419,7 +434,7 @@ class EagleDrafter(TreeDrafter):
                 feat[i], slot[i] = out[j], base + j
             logits = self.head.logits(out)  # (len(expand), V)
             level = expand
-        return self._done(tokens, parents, depths, start)
+        return self._done(tokens, parents, depths, start, probs)
 
     def _dynamic(self, root, start, max_depth) -> TreeDraft:
         K = self.top_k
