@@ -2,6 +2,7 @@
 
     python benchmarks/speculative.py            # 20 validation prompts, gammas 2..8, two timed runs each
     python benchmarks/speculative.py --quick    # 6 prompts, three gammas, one timed run each
+    python benchmarks/speculative.py --league   # the league table of drafters (benchmarks/speculative_league.py)
 
 For each drafter (the draft model sampled at the generation's temperature; prompt lookup, the n-gram
 drafter; early exit from the target's first layers; Medusa and Hydra heads on the target's hidden
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import torch
@@ -77,6 +79,12 @@ def seeded(gen: torch.Generator, seed: int, fn, *args, **kwargs):
 
 
 def main(argv=None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--league" in argv:  # the drafters' league table, Spec-Bench style: its own options
+        import speculative_league
+
+        speculative_league.main([a for a in argv if a != "--league"])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="6 prompts, gammas 3 4 6, one timed run each")
     parser.add_argument("--prompts", type=int, default=20, help="validation prompts (medians over them)")
