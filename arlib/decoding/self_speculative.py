@@ -1,6 +1,6 @@
 """LayerSkip's self-speculative decoding: draft with the target's first layers, verify with the rest, one cache.
 
-Elhoushi et al. (2024), section 4 (inference with self-speculative decoding: self-drafting,
+Elhoushi et al. (2024), the section on inference with self-speculative decoding (its parts: self-drafting,
 self-verification, reusing the cache). The draft is the target's first E blocks and an exit head; the
 verification is the target itself. Drafting computes, for every position it reads, the keys and values of
 layers 0 .. E-1 and the residual stream after block E-1; the verification then needs only blocks E .. L-1
@@ -67,7 +67,8 @@ def layerskip_generate(target: GPT, exits: ExitHeads, exit_layer: int, prompt: t
                        top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
                        greedy: bool = False, schedule: str = "fixed", stats: bool = True):
     """Continue ``prompt`` (T,) or (1, T) by ``max_new_tokens`` tokens with LayerSkip's self-speculative
-    decoding (Elhoushi et al. 2024, section 4): ``(tokens, SpecStats)``, or the tokens alone with ``stats=False``.
+    decoding (Elhoushi et al. 2024, self-drafting and self-verification): ``(tokens, SpecStats)``, or the
+    tokens alone with ``stats=False``.
     Batch size 1.
 
     Self-drafting: the last decided token, then each draft x_1 .. x_(g-1), goes through blocks 0 .. E-1 of
