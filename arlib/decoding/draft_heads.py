@@ -6,7 +6,7 @@ cross-entropy to the target's own next-token distributions on real text, which i
 
 - :class:`ExitHeads` + :class:`EarlyExitModel`: self-speculative decoding. The draft is the target's
   first E layers followed by an exit head (a LayerNorm and an unembedding, initialized as the
-  target's own "logit lens"), as in DEL (Zarch et al. 2024) and LayerSkip (Elhoushi et al. 2024).
+  target's own "logit lens"), as in DEL (Zarch et al. 2025) and LayerSkip (Elhoushi et al. 2024).
 - :class:`MedusaHeads`: K independent heads on the target's last hidden state h_t; head k guesses
   x_(t+1+k) without seeing the tokens in between (Cai et al. 2024, eq. 1: a residual SiLU block and an
   unembedding per head).

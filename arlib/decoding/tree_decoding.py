@@ -38,11 +38,11 @@ import torch
 
 from arlib.decoding.draft_heads import HydraHeads, MedusaHeads
 from arlib.decoding.drafters import SamplingOptions, check_options, check_seq
-from arlib.decoding.speculative import SpecStats
+from arlib.decoding.speculative import SpecStats, _check_prompt
 from arlib.decoding.tree import TokenTree, keep_path, tree_mask
 from arlib.text.gpt import GPT
 from arlib.text.sampling import gumbel_noise
-from arlib.validate import describe, float_tensor, ids_in_vocab, int_at_least, positive_int
+from arlib.validate import describe, float_tensor, ids_in_vocab, positive_int
 from arlib.validate import generator as check_generator
 
 _PLAIN = SamplingOptions()  # sampling at temperature 1, no truncation
@@ -448,17 +448,9 @@ def tree_generate(target, drafter: TreeDrafter, prompt: torch.Tensor, max_new_to
     if not isinstance(drafter, TreeDrafter):
         raise TypeError(f"drafter: expected an arlib.decoding.tree_decoding.TreeDrafter, got {type(drafter).__name__}")
     check_generator(generator)
-    if not isinstance(prompt, torch.Tensor) or prompt.dtype != torch.long or prompt.dim() not in (1, 2) \
-            or (prompt.dim() == 2 and prompt.shape[0] != 1) or prompt.shape[-1] == 0:
-        raise ValueError(f"prompt: expected a non-empty (time,) or (1, time) torch.long tensor (batch size 1), "
-                         f"got {describe(prompt)}")
-    int_at_least(max_new_tokens, "max_new_tokens", 0)
+    T = _check_prompt(prompt, max_new_tokens, target.config)
     options = SamplingOptions(temperature, top_k, top_p, min_p, greedy)
-    T, block_size = prompt.shape[-1], target.config.block_size
-    if T + max_new_tokens > block_size:
-        raise ValueError(f"max_new_tokens: prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds the target's "
-                         f"context of {block_size} tokens")
-    ids_in_vocab(prompt, "prompt", target.config.vocab_size)
+    block_size = target.config.block_size
     record = SpecStats()
     start = time.perf_counter()
     device = target.wte.weight.device
