@@ -232,9 +232,11 @@ def main(argv=None) -> None:
         x = prompt[None]
         kw = dict(attention_mask=torch.ones_like(x), max_new_tokens=N, do_sample=False, pad_token_id=0)
         t_plain, out_plain = best_of(args.runs, hf_target.generate, x, **kw)
-        t_assist, out_assist = best_of(args.runs, hf_target.generate, x, assistant_model=hf_draft,
-                                       num_assistant_tokens=g_best, num_assistant_tokens_schedule="constant",
-                                       assistant_confidence_threshold=0.0, **kw)
+        # Hugging Face reads these from the assistant's generation_config (as arguments of generate they are ignored)
+        hf_draft.generation_config.num_assistant_tokens = g_best
+        hf_draft.generation_config.num_assistant_tokens_schedule = "constant"
+        hf_draft.generation_config.assistant_confidence_threshold = 0.0
+        t_assist, out_assist = best_of(args.runs, hf_target.generate, x, assistant_model=hf_draft, **kw)
         assert torch.equal(out_plain[0], greedy_out[i]), "Hugging Face greedy differs from arlib greedy"
         assert torch.equal(out_assist[0], greedy_out[i]), "Hugging Face assisted generation differs from arlib greedy"
         hf_base.append(t_plain)

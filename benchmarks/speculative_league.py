@@ -144,8 +144,14 @@ def tree_propose_cost(drafter, target, prefix: torch.Tensor, repeats: int = 20) 
     return statistics.median(times[3:])
 
 
-def hf_generate(hf_model, prompt: torch.Tensor, new_tokens: int, greedy: bool, seed: int, **assist):
-    """Hugging Face ``generate`` (1, T + N) and the number of target forward passes it made."""
+def hf_generate(hf_model, prompt: torch.Tensor, new_tokens: int, greedy: bool, seed: int, assistant_config=None,
+                **assist):
+    """Hugging Face ``generate`` (1, T + N) and the number of target forward passes it made.
+    ``assistant_config``: settings written into ``assist["assistant_model"].generation_config`` first; Hugging
+    Face reads the number of assistant tokens, its schedule and the confidence threshold from there (passed
+    to ``generate`` they are ignored: the same passes whatever their value, as we found)."""
+    for key, value in (assistant_config or {}).items():
+        setattr(assist["assistant_model"].generation_config, key, value)
     calls = [0]
     hook = hf_model.register_forward_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
     try:
@@ -167,6 +173,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--no-hf", action="store_true", help="skip Hugging Face's assisted generation")
     parser.add_argument("--out", default=None, help="JSON path (default: data/results/speculative-league-cpu.json)")
+    parser.add_argument("--hf-only", default=None, metavar="JSON",
+                        help="rerun only Hugging Face's rows and replace them in this league JSON")
     args = parser.parse_args(argv)
     if args.quick:
         args.prompts, args.tune_prompts = 4, 2
@@ -241,7 +249,8 @@ def main(argv=None) -> dict:
     # 1. tune: each family's setting with the best median speed-up on the select prompts, per mode
     chosen: dict[tuple[str, bool], Method] = {}
     n_tune = WORKLOADS["free"]["new_tokens"]
-    for name, options in candidates().items():
+    previous = json.loads(Path(args.hf_only).read_text()) if args.hf_only else None
+    for name, options in ({} if previous else candidates()).items():
         for greedy in (True, False):
             scores = []
             for method in options:
@@ -273,12 +282,19 @@ def main(argv=None) -> dict:
         from arlib.text.hf import to_hf
 
         hf_target, hf_draft = to_hf(target), to_hf(draft)
-        hf_methods = [("HF assisted, draft model, constant", dict(assistant_model=hf_draft, num_assistant_tokens=4,
-                                                                  num_assistant_tokens_schedule="constant",
-                                                                  assistant_confidence_threshold=0.0)),
-                      ("HF assisted, draft model, heuristic", dict(assistant_model=hf_draft,
-                                                                   num_assistant_tokens_schedule="heuristic")),
-                      ("HF prompt lookup", dict(prompt_lookup_num_tokens=4))]
+        draft_gamma = (chosen["draft model", True].gamma if previous is None else
+                       int(next(r["setting"] for r in previous["rows"] if r["method"] == "draft model"
+                                and r["mode"] == "greedy").split()[-1]))
+        hf_methods = [  # HF's assistant settings: the constant row uses the draft model's tuned greedy gamma
+            ("HF assisted, draft model, constant",
+             dict(assistant_model=hf_draft, assistant_config=dict(
+                 num_assistant_tokens=draft_gamma, num_assistant_tokens_schedule="constant",
+                 assistant_confidence_threshold=0.0))),
+            ("HF assisted, draft model, heuristic",
+             dict(assistant_model=hf_draft, assistant_config=dict(
+                 num_assistant_tokens=20, num_assistant_tokens_schedule="heuristic",
+                 assistant_confidence_threshold=0.4))),
+            ("HF prompt lookup", dict(prompt_lookup_num_tokens=4))]
     for kind in WORKLOADS:
         prompts = workload_prompts(tokenizer, report_ids, kind, args.prompts)
         N = WORKLOADS[kind]["new_tokens"]
@@ -341,6 +357,11 @@ def main(argv=None) -> dict:
                   tune_prompts=args.tune_prompts, workloads=WORKLOADS, step_ms=round(t_step * 1e3, 4),
                   pass_ms={str(k): round(v * 1e3, 4) for k, v in t_pass.items()},
                   method=__doc__.split("\n\n", 2)[2].strip(), rows=rows)
+    if previous is not None:  # keep the first run's rows and settings, with Hugging Face's rows of this run
+        result = dict(previous, rows=[r for r in previous["rows"] if r["family"] != "Hugging Face"] +
+                      [r for r in rows if r["family"] == "Hugging Face"],
+                      hf_rows=dict(date=result["date"], note="Hugging Face's rows rerun with --hf-only, on the same "
+                                   "machine, after the assistant's settings were moved into its generation_config"))
     out = Path(args.out) if args.out else ROOT / "data/results/speculative-league-cpu.json"
     if not args.quick or args.out:
         out.write_text(json.dumps(result, indent=1) + "\n")
