@@ -50,8 +50,7 @@ from arlib.decoding.draft_heads import EarlyExitModel, HeadDrafter
 from arlib.decoding.drafters import ModelDrafter, NGramDrafter, SamplingOptions
 from arlib.decoding.eagle import EagleDrafter
 from arlib.decoding.recipes import load_eagle_head
-from arlib.decoding.self_speculative import layerskip_generate
-from arlib.decoding.speculative import draft_cost, speculative_generate
+from arlib.decoding.speculative import draft_cost, layerskip_generate, speculative_generate
 from arlib.decoding.tree_decoding import HeadTreeDrafter, best_choices, chain_choices, head_topk_accuracy, tree_generate
 from arlib.text.lm import heldout_halves
 from arlib.text.sampling import generate

@@ -1,4 +1,4 @@
-"""Hostile inputs for LayerSkip's self-speculative decoding (arlib.decoding.self_speculative) and for the dynamic
+"""Hostile inputs for LayerSkip's self-speculative decoding (arlib.decoding.speculative) and for the dynamic
 draft length of the chain decoder (speculative_generate's ``schedule``, ModelDrafter's ``confidence_stop``)."""
 
 import numpy as np
@@ -9,10 +9,9 @@ from tiny_models import tiny_gpt
 
 from arlib.decoding.draft_heads import EarlyExitModel, ExitHeads
 from arlib.decoding.drafters import ModelDrafter
-from arlib.decoding.self_speculative import layerskip_generate
-from arlib.decoding.speculative import speculative_generate
+from arlib.decoding.speculative import layerskip_generate, speculative_generate
 
-COVERED = {"arlib.decoding.self_speculative.layerskip_generate"}
+COVERED = {"arlib.decoding.speculative.layerskip_generate"}
 
 TARGET = tiny_gpt(0, n_layer=3, vocab_size=13, block_size=32)
 EXITS = ExitHeads(3, 16, 13)

@@ -23,7 +23,8 @@ COVERED = {"arlib.decoding.tree_decoding.TreeDraft", "arlib.decoding.tree_decodi
            "arlib.decoding.tree_decoding.TreeShape", "arlib.decoding.tree_decoding.sparse_tree",
            "arlib.decoding.tree_decoding.chain_choices", "arlib.decoding.tree_decoding.best_choices",
            "arlib.decoding.tree_decoding.walk_tree", "arlib.decoding.tree_decoding.HeadTreeDrafter",
-           "arlib.decoding.tree_decoding.tree_generate", "arlib.decoding.tree_decoding.head_topk_accuracy"}
+           "arlib.decoding.tree_decoding.tree_generate", "arlib.decoding.tree_decoding.head_topk_accuracy",
+           "arlib.decoding.drafters.check_prompt"}
 
 
 class BadDrafter(TreeDrafter):
@@ -107,3 +108,16 @@ def test_bad_accuracy_inputs_are_named():
     rejects(head_topk_accuracy, target, heads, x.float(), arg="x")
     rejects(head_topk_accuracy, target, heads, x + 13, arg="x")
     rejects(head_topk_accuracy, target, heads, x, k=0, arg="k")
+
+
+def test_bad_prompts_are_named():
+    from arlib.decoding.drafters import check_prompt
+
+    config = tiny_gpt(0).config
+    rejects(check_prompt, torch.tensor([[1, 2]]), 3, "config", arg="config")
+    rejects(check_prompt, torch.zeros(2, 3, dtype=torch.long), 3, config, arg="prompt")
+    rejects(check_prompt, torch.tensor([], dtype=torch.long), 3, config, arg="prompt")
+    rejects(check_prompt, torch.tensor([1, 2]), -1, config, arg="max_new_tokens")
+    rejects(check_prompt, torch.tensor([1, 2]), config.block_size, config, arg="max_new_tokens")
+    rejects(check_prompt, torch.tensor([1, config.vocab_size]), 3, config, arg="prompt")
+    assert check_prompt(torch.tensor([[1, 2]]), 3, config) == 2

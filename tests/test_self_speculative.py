@@ -1,4 +1,4 @@
-"""Tests of arlib.decoding.self_speculative (LayerSkip with one shared cache) and of the dynamic draft length of the
+"""Tests of arlib.decoding.speculative (LayerSkip with one shared cache) and of the dynamic draft length of the
 chain decoder (Hugging Face's heuristic schedule, ModelDrafter's confidence stop)."""
 
 import itertools
@@ -13,8 +13,7 @@ import arlib
 import arlib.decoding.speculative as speculative
 from arlib.decoding.draft_heads import EarlyExitModel, ExitHeads
 from arlib.decoding.drafters import Draft, Drafter, ModelDrafter, NGramDrafter, SamplingOptions
-from arlib.decoding.self_speculative import layerskip_generate
-from arlib.decoding.speculative import speculative_generate
+from arlib.decoding.speculative import layerskip_generate, speculative_generate
 from arlib.text.sampling import generate, sample_probs
 
 PLAIN = SamplingOptions()

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from arlib.text.sampling import gumbel_noise, process_logits
-from arlib.validate import ids_in_vocab, int_at_least, probability, token_ids
+from arlib.validate import describe, ids_in_vocab, int_at_least, probability, token_ids
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,25 @@ def check_seq(seq) -> int:
     if seq.shape[1] == 0:
         raise ValueError("seq: expected at least one token")
     return seq.shape[1]
+
+
+def check_prompt(prompt, max_new_tokens, config) -> int:
+    """The prompt (T,) or (1, T) of a batch-1 generation, checked against the target's ``config`` (a
+    :class:`arlib.text.gpt.GPTConfig`) with ``max_new_tokens`` to come; returns T. The decoding loops'
+    shared check."""
+    if not all(hasattr(config, a) for a in ("block_size", "vocab_size")):
+        raise TypeError(f"config: expected the target's GPTConfig, got {type(config).__name__}")
+    if not isinstance(prompt, torch.Tensor) or prompt.dtype != torch.long or prompt.dim() not in (1, 2) \
+            or (prompt.dim() == 2 and prompt.shape[0] != 1) or prompt.shape[-1] == 0:
+        raise ValueError(f"prompt: expected a non-empty (time,) or (1, time) torch.long tensor (batch size 1), "
+                         f"got {describe(prompt)}")
+    int_at_least(max_new_tokens, "max_new_tokens", 0)
+    T = prompt.shape[-1]
+    if T + max_new_tokens > config.block_size:
+        raise ValueError(f"max_new_tokens: prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds the target's "
+                         f"context of {config.block_size} tokens")
+    ids_in_vocab(prompt, "prompt", config.vocab_size)  # once: later tokens are checked or drawn in range
+    return T
 
 
 class ModelDrafter(Drafter):

@@ -72,7 +72,7 @@ class EagleHead(nn.Module):
     ``fc``: Linear(2d -> d) of [embedding of x_(j+1), f_j]; ``block``: one GPT-2 block without its input
     LayerNorm; the embedding, the positions and the LM head are the target's, read, not copied (the
     target is kept in a tuple, not as a submodule: its weights are not the head's). Built from a
-    :class:`GPTConfig` (a checkpoint being loaded) the head is unattached until :meth:`attach`.
+    :class:`arlib.text.gpt.GPTConfig` (a checkpoint being loaded) the head is unattached until :meth:`attach`.
     """
 
     def __init__(self, target: GPT | GPTConfig):
@@ -124,7 +124,7 @@ class EagleHead(nn.Module):
         """Predicted next features (B, T, d) from pairs (f_j, x_(j+1)): ``features`` (B, T, d), ``tokens``
         (B, T). ``positions`` (T,) long, default ``start + arange(T)`` (start = the cache's length, or 0).
         With ``cache`` the pairs continue the cached ones and the cache grows by T; ``mask`` (T, start + T)
-        bool replaces the causal mask (tree attention), as in :meth:`arlib.text.gpt.Block.forward`."""
+        bool replaces the causal mask (tree attention), as in ``arlib.text.gpt.Block.forward``."""
         target = self.target
         d = self.config.n_embd
         if not isinstance(features, torch.Tensor) or not features.is_floating_point() or features.dim() != 3 \

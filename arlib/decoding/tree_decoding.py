@@ -37,8 +37,8 @@ import numpy as np
 import torch
 
 from arlib.decoding.draft_heads import HydraHeads, MedusaHeads
-from arlib.decoding.drafters import SamplingOptions, check_options, check_seq
-from arlib.decoding.speculative import SpecStats, _check_prompt
+from arlib.decoding.drafters import SamplingOptions, check_options, check_prompt, check_seq
+from arlib.decoding.speculative import SpecStats
 from arlib.decoding.tree import TokenTree, keep_path, tree_mask
 from arlib.text.gpt import GPT
 from arlib.text.sampling import gumbel_noise
@@ -448,7 +448,7 @@ def tree_generate(target, drafter: TreeDrafter, prompt: torch.Tensor, max_new_to
     if not isinstance(drafter, TreeDrafter):
         raise TypeError(f"drafter: expected an arlib.decoding.tree_decoding.TreeDrafter, got {type(drafter).__name__}")
     check_generator(generator)
-    T = _check_prompt(prompt, max_new_tokens, target.config)
+    T = check_prompt(prompt, max_new_tokens, target.config)
     options = SamplingOptions(temperature, top_k, top_p, min_p, greedy)
     block_size = target.config.block_size
     record = SpecStats()

@@ -761,7 +761,7 @@ assert abs(greedy_run.tokens_per_call / greedy_run.formula - 1) < 0.10  # agreem
 #   second model to store, and in LayerSkip's form nothing is computed twice: the draft's layers *are*
 #   the target's first $E$ layers, so their keys and values go into the target's cache, and verification
 #   runs only the remaining $L - E$ layers over the drafted positions, starting from the states the draft
-#   left (`arlib.decoding.self_speculative.layerskip_generate`). Each draft step still costs about $E/L$ of
+#   left (`arlib.decoding.speculative.layerskip_generate`). Each draft step still costs about $E/L$ of
 #   a target step.
 # - **Medusa heads** {cite}`cai2024medusa`: $K$ small heads on the target's last hidden state $h_t$;
 #   head $k$ guesses the token $k + 1$ places ahead, all in one shot, without seeing the guesses in
