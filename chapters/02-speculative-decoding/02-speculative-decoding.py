@@ -1038,7 +1038,7 @@ plt.show()
 # What the committed league says, on its 2-core CPU:
 #
 # - **The fastest drafter is Hydra's chain** of six sequential heads: 2.14x over plain decoding on free
-#   continuation, greedy (quartiles 1.98 to 2.27 over the 24 prompts), 1.70x at temperature 1. Its drafts
+#   continuation, greedy (quartiles 1.98 to 2.27 over the 24 prompts), 1.7x at temperature 1. Its drafts
 #   cost a few percent of a target step and are right about three times in four. That is above 2x but
 #   short of the 2.2x we aimed for; what stands in the way on this machine is the price of the target's
 #   pass over 7 positions, about 1.5 plain steps.
@@ -1053,7 +1053,7 @@ plt.show()
 # - **EAGLE** reads richer information than the heads (its $\beta$ above is the highest of all drafters)
 #   and its best-first trees accept as much as Hydra's ($\tau$ 3.9 to 4.4 greedy), but each depth of
 #   drafting runs a transformer block with a cache of its own, a sizeable fraction of a step of this
-#   six-layer target: 1.17x to 1.25x greedy. The paper's setting is the opposite extreme (one layer against
+#   six-layer target: 1.18x to 1.25x greedy. The paper's setting is the opposite extreme (one layer against
 #   a 7B to 70B target), where the same block is nearly free. Its sampled rows show why the drafts should
 #   be *sampled* from $q$ at temperature 1: the static tree drawn from $q$ without replacement and verified
 #   by recursive rejection sampling reaches $\tau$ 3.98, EAGLE-2's dynamic tree of deterministic top
@@ -1422,7 +1422,7 @@ arlib.checks.accept_prefix(accepted_count)
 # - The drafter decides everything: a draft that is right more often (high $\alpha$) and costs almost
 #   nothing (low $c$) wins. In the league (two workloads, greedy and sampled, 24 prompts each, Hugging
 #   Face's assisted generation beside), Hydra's sequential heads on the target's own state were fastest on
-#   the book's CPU (2.14x greedy, 1.70x sampled); blind heads (Medusa), a shallow early exit even with a
+#   the book's CPU (2.14x greedy, 1.7x sampled); blind heads (Medusa), a shallow early exit even with a
 #   shared cache, and EAGLE's one-block drafter on a six-layer target paid for their costs or weaknesses.
 # - Token trees, scored in one pass with tree attention and verified exactly node by node (one-hot drafts,
 #   or drafts sampled without replacement with recursive rejection sampling), raise the tokens per pass of
