@@ -1067,8 +1067,10 @@ plt.show()
 #   $\gamma$ on held-out prompts beats it for a fixed pair; the schedule is for when no one tunes.
 # - **Hugging Face's assisted generation**, on the same weights, is slower than Hugging Face's own plain
 #   decoding with the draft model as assistant (its rows are below 1x), while its prompt-lookup mode gains
-#   a little greedy: with a model this small, each call's fixed overhead in the library (not the arithmetic)
-#   sets the pace, and an assistant doubles the calls. arlib's loops, written for batch size one, do not pay
+#   a little greedy. Our guess, not measured here: with a model this small, each call's fixed overhead in
+#   the library (not the arithmetic) sets the pace, and an assistant adds calls. Its passes per token are
+#   also fewer than ours at the same number of drafts (2.55 against 4.03 tokens per pass, same weights,
+#   same greedy output), which we have not traced. arlib's loops, written for batch size one, do not pay
 #   that price; on large models on a GPU the library's overhead is small beside the model's arithmetic.
 # - **The copy task changes nothing**, and prompt lookup does not beat the draft model there (asserted),
 #   because the target does not copy, as measured next.
