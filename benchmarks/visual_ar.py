@@ -4,6 +4,7 @@ run.
 
     python benchmarks/visual_ar.py            # 200 images per generator (20 per class), deltas 0.02 0.1
     python benchmarks/visual_ar.py --quick    # 50 images per generator, one delta
+    python benchmarks/visual_ar.py --sweep    # images per second against batch size (1 to 256)
 
 Every generator makes the same class-conditional images (classifier-free guidance scale ``--cfg``,
 temperature 1) one image at a time (batch size 1, the latency view; SJD's window acceptance is per
@@ -11,22 +12,36 @@ image). It prints: forward passes per image, images per second, and two quality 
 ``fashion-classifier`` checkpoint: the accuracy of its predictions against the requested classes, and
 the Fréchet distance between its features of the samples and of as many test images. Speed ratios are
 against plain raster sampling in this run; compare ratios across machines, not images per second.
+
+``--sweep`` measures throughput instead: images per second of raster, next-scale (VAR) and MaskGIT
+(8 steps) sampling at batch sizes 1, 4, 16, 64 and 256 (guided: twice the rows in every pass), the
+generators taking turns, the median of ``--repeats`` timed batches; SJD decides a window per image, so
+it runs one image at a time and its rate at batch 1 is the rate at every batch size. The JSON goes to
+``data/results/visual-batch-<device>.json`` with the device and date.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
+from datetime import UTC, datetime
+from pathlib import Path
 
 import torch
+from kv_cache import device_name
 
 import arlib
 from arlib.data import fashion_mnist
 from arlib.vision.generators import sample_next_scale, sample_raster
 from arlib.vision.image_metrics import frechet_distance
 from arlib.vision.jacobi import lantern_neighbors, sample_raster_sjd
+from arlib.vision.maskgit import sample_maskgit
 from arlib.vision.recipes import images_as_float
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEP_BATCHES = (1, 4, 16, 64, 256)
 
 
 def sync(device) -> None:
@@ -48,7 +63,11 @@ def main(argv=None) -> None:
     parser.add_argument("--cfg", type=float, default=2.0, help="classifier-free guidance scale")
     parser.add_argument("--window", type=int, default=8, help="SJD window")
     parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
+    parser.add_argument("--sweep", action="store_true", help="images per second against batch size")
+    parser.add_argument("--repeats", type=int, default=5, help="timed batches per size in --sweep")
     args = parser.parse_args(argv)
+    if args.sweep:
+        return batch_sweep(args)
     per_class, deltas = (5, [0.1]) if args.quick else (20, [0.02, 0.1])
     device = arlib.setup(seed=0, device=args.device)  # the chapter's thread count (both cores): numbers compare
     vq = arlib.load("fashion-vq", device).model
@@ -112,6 +131,61 @@ def main(argv=None) -> None:
         accuracy, fd = score(classifier, torch.cat(images[name]), labels, reference)
         print(f"{name:>26} | {statistics.fmean(passes[name]):12.1f} | {rate:8.1f} | {rate / base:7.2f}x | "
               f"{accuracy:8.3f} | {fd:8.2f}")
+
+@torch.no_grad()
+def batch_sweep(args) -> dict:
+    """Images per second against batch size for each generator (see the module's docstring)."""
+    device = arlib.setup(seed=0, device=args.device)
+    vq = arlib.load("fashion-vq", device).model
+    msvq = arlib.load("fashion-msvq", device).model
+    raster = arlib.load("fashion-raster", device).model
+    var = arlib.load("fashion-var", device).model
+    maskgit = arlib.load("fashion-maskgit", device).model
+    K = vq.config.num_codes
+    g = torch.Generator(device=device).manual_seed(0)
+    generators = {  # decoding to pixels included: it is part of making an image
+        "raster": lambda y: vq.decode(sample_raster(raster, y, K, cfg_scale=args.cfg, generator=g)),
+        "next-scale (VAR)": lambda y: msvq.decode_latent(
+            sample_next_scale(var, msvq.quantizer, y, cfg_scale=args.cfg, generator=g, return_latent=True)[1]),
+        "MaskGIT, 8 steps": lambda y: vq.decode(sample_maskgit(maskgit, y, 8, cfg_scale=args.cfg, generator=g)),
+    }
+    batches = SWEEP_BATCHES[:3] if args.quick else SWEEP_BATCHES
+    rates = {name: {} for name in generators}
+    for batch in batches:
+        labels = torch.arange(batch, device=device) % 10
+        for generate in generators.values():  # warm-up at this size
+            generate(labels)
+        times = {name: [] for name in generators}
+        for _ in range(args.repeats):
+            for name, generate in generators.items():  # in turns: a machine that drifts drifts for all
+                sync(device)
+                start = time.perf_counter()
+                generate(labels)
+                sync(device)
+                times[name].append(time.perf_counter() - start)
+        for name in generators:
+            rates[name][batch] = batch / statistics.median(times[name])
+        print(f"batch {batch:>4}: " + ", ".join(f"{name} {rates[name][batch]:8.1f} images/s" for name in generators),
+              flush=True)
+    sjd_seconds = []
+    for y in range(10):
+        sync(device)
+        start = time.perf_counter()
+        sample_raster_sjd(raster, y, K, window=args.window, cfg_scale=args.cfg, generator=g)
+        sync(device)
+        sjd_seconds.append(time.perf_counter() - start)
+    rates["raster + SJD"] = dict.fromkeys(batches, 1 / statistics.median(sjd_seconds))
+    print(f"raster + SJD (one image at a time): {rates['raster + SJD'][1]:.1f} images/s at every batch size")
+    result = {"device": device.type, "device_name": device_name(device.type),
+              "date": datetime.now(UTC).isoformat(timespec="seconds"), "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "cfg": args.cfg, "repeats": args.repeats,
+              "images_per_second": {name: {str(b): round(r, 3) for b, r in by.items()} for name, by in rates.items()}}
+    if not args.quick:
+        out = ROOT / "data" / "results" / f"visual-batch-{device.type}.json"
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {out.relative_to(ROOT)}")
+    return result
+
 
 if __name__ == "__main__":
     main()

@@ -272,15 +272,22 @@ def test_visual_recipes_run_in_order_and_their_checkpoints_load(tmp_path):
     tokenizer in the same folder); every checkpoint loads back and records its provenance."""
     from arlib.vision.recipes import VISUAL_RECIPES, load_visual, run_visual_recipe
 
-    names = ("fashion-vq", "fashion-msvq", "fashion-classifier", "fashion-raster", "fashion-var", "fashion-var-markov")
+    names = ("fashion-vq", "fashion-msvq", "fashion-fsq", "fashion-classifier", "fashion-raster", "fashion-var",
+             "fashion-var-markov", "fashion-maskgit", "fashion-raster-draft", "fashion-hmar")
     for name in names:
         meta = run_visual_recipe(name, steps=2, out=str(tmp_path), progress=False)
         assert meta["command"] == f"python -m arlib.recipes {name} --steps 2" and meta["train"]["steps"] == 2
         assert meta["data"] and all(len(sha) == 64 for sha in meta["data"].values())
         model, loaded = load_visual(name, directory=tmp_path)
         assert loaded["parameters"] == sum(p.numel() for p in model.parameters())
-    assert loaded["tokenizer"] == "fashion-msvq" and "test_nll" in loaded["metrics"]
-    assert set(VISUAL_RECIPES) == set(names) and loaded["config"]["markov"] is True
+        if name == "fashion-var-markov":
+            assert loaded["tokenizer"] == "fashion-msvq" and "test_nll" in loaded["metrics"]
+            assert loaded["config"]["markov"] is True
+        if name == "fashion-maskgit":
+            assert loaded["tokenizer"] == "fashion-vq" and "test_masked_nll" in loaded["metrics"]
+    assert loaded["tokenizer"] == "fashion-msvq" and loaded["finetune"]["steps"] == 2  # HMAR's second stage
+    assert {"test_nll", "test_masked_nll"} <= set(loaded["metrics"])
+    assert set(VISUAL_RECIPES) == set(names)
 
 
 @pytest.mark.slow

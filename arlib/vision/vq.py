@@ -35,7 +35,8 @@ def _check_scales(scales) -> tuple[int, ...]:
         raise ValueError(f"scales: expected increasing positive ints, got {scales!r}")
     return tuple(int(s) for s in scales)
 
-__all__ = ["nearest_code", "VectorQuantizer", "VQConfig", "VQVAE", "MultiScaleQuantizer", "MultiScaleVQVAE"]
+__all__ = ["nearest_code", "VectorQuantizer", "VQConfig", "VQVAE", "MultiScaleQuantizer", "MultiScaleVQVAE",
+           "conv_encoder", "conv_decoder", "check_images"]
 
 
 def nearest_code(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -172,7 +173,10 @@ class VQConfig:
         return asdict(self)
 
 
-def _encoder(config: VQConfig) -> nn.Sequential:
+def conv_encoder(config: VQConfig) -> nn.Sequential:
+    """The tokenizers' encoder: (B, 1, 28, 28) images -> (B, code_dim, 7, 7) latents (two stride-2 convs,
+    two residual blocks), sized by ``config`` (a :class:`VQConfig`: ``width``, ``code_dim``)."""
+    config = _check_config(config, required=True)
     w = config.width
     return nn.Sequential(  # (B, 1, 28, 28) -> (B, D, 7, 7)
         nn.Conv2d(1, w // 2, 4, stride=2, padding=1), nn.ReLU(),
@@ -180,7 +184,10 @@ def _encoder(config: VQConfig) -> nn.Sequential:
         nn.Conv2d(w, config.code_dim, 1))
 
 
-def _decoder(config: VQConfig) -> nn.Sequential:
+def conv_decoder(config: VQConfig) -> nn.Sequential:
+    """The tokenizers' decoder: (B, code_dim, 7, 7) latents -> (B, 1, 28, 28) logits of pixel intensity
+    (the mirror of :func:`conv_encoder`)."""
+    config = _check_config(config, required=True)
     w = config.width
     return nn.Sequential(  # (B, D, 7, 7) -> (B, 1, 28, 28) logits of pixel intensity
         nn.Conv2d(config.code_dim, w, 3, padding=1), _ResBlock(w), _ResBlock(w), nn.ReLU(),
@@ -188,17 +195,19 @@ def _decoder(config: VQConfig) -> nn.Sequential:
         nn.ConvTranspose2d(w // 2, 1, 4, stride=2, padding=1))
 
 
-def _check_config(config) -> VQConfig:
-    if config is None:
+def _check_config(config, required: bool = False) -> VQConfig:
+    if config is None and not required:
         return VQConfig()
     if not isinstance(config, VQConfig):
-        raise TypeError(f"config: expected a VQConfig or None, got {type(config).__name__}")
+        raise TypeError(f"config: expected a VQConfig{'' if required else ' or None'}, got {type(config).__name__}")
     return config
 
 
-def _check_images(x) -> None:
+def check_images(x) -> torch.Tensor:
+    """``x`` if it is a float tensor of images (B, 1, 28, 28), else ``ValueError`` naming ``x``."""
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1:] != (1, 28, 28) or not x.is_floating_point():
         raise ValueError(f"x: expected float images (B, 1, 28, 28) in [0, 1], got {describe(x)}")
+    return x
 
 
 class VQVAE(nn.Module):
@@ -211,18 +220,18 @@ class VQVAE(nn.Module):
         super().__init__()
         config = _check_config(config)
         self.config = config
-        self.encoder, self.decoder = _encoder(config), _decoder(config)
+        self.encoder, self.decoder = conv_encoder(config), conv_decoder(config)
         self.quantizer = VectorQuantizer(config.num_codes, config.code_dim, config.beta)
 
     def forward(self, x: torch.Tensor):
-        _check_images(x)
+        check_images(x)
         z_q, indices, loss = self.quantizer(self.encoder(x))
         return torch.sigmoid(self.decoder(z_q)), indices, loss
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Token grids (B, 7, 7) of images x (B, 1, 28, 28)."""
-        _check_images(x)
+        check_images(x)
         return self.quantizer(self.encoder(x))[1]
 
     @torch.no_grad()
@@ -335,18 +344,18 @@ class MultiScaleVQVAE(nn.Module):
         super().__init__()
         config = _check_config(config)
         self.config = config
-        self.encoder, self.decoder = _encoder(config), _decoder(config)
+        self.encoder, self.decoder = conv_encoder(config), conv_decoder(config)
         self.quantizer = MultiScaleQuantizer(config.num_codes, config.code_dim, config.scales, config.beta)
 
     def forward(self, x: torch.Tensor):
-        _check_images(x)
+        check_images(x)
         f_hat, maps, loss = self.quantizer(self.encoder(x))
         return torch.sigmoid(self.decoder(f_hat)), maps, loss
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Token maps [(B, 1, 1), (B, 2, 2), ..., (B, 7, 7)] of images x (B, 1, 28, 28)."""
-        _check_images(x)
+        check_images(x)
         return self.quantizer(self.encoder(x))[1]
 
     @torch.no_grad()
