@@ -15,9 +15,10 @@ from arlib.text.recipes import LM_RECIPES, load_gpt
 LM_CHECKPOINTS = ["shakespeare-target", "shakespeare-draft"]
 
 
-def test_checkpoints_together_stay_under_30_mb():
+def test_checkpoints_together_stay_under_40_mb():
+    """The repository's budget for checkpoints (the whole repository stays under 80 MB)."""
     total = sum(p.stat().st_size for p in CHECKPOINT_DIR.glob("*") if p.is_file())
-    assert total < 30 * 2**20, f"data/checkpoints holds {total / 2**20:.1f} MB"
+    assert total < 40 * 2**20, f"data/checkpoints holds {total / 2**20:.1f} MB"
 
 
 @pytest.mark.parametrize("name", LM_CHECKPOINTS)

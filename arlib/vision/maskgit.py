@@ -5,13 +5,15 @@ Training (their section 3.1): per image draw r ~ U(0, 1), replace ceil(gamma(r) 
 [MASK] token, gamma(r) = cos(pi r / 2) (the cosine schedule, their section 3.3), and minimize the
 cross-entropy of the masked tokens given the rest and the class.
 
-Decoding (their section 3.2, Algorithm 1 in words): start from all N tokens masked; at step t = 1..T
-  1. predict every masked token at once and draw a token s_i for each from the predicted distribution;
-  2. the confidence of a draw is its probability, perturbed by Gumbel noise scaled by
-     ``choice_temperature (1 - t/T)`` (their reference code; the noise anneals to 0);
-  3. keep the most confident draws and mask again the n = floor(gamma(t/T) N0) least confident
-     ones (N0 the masked count at the start; at least 1 and at most one fewer than are masked), so that
-     the last step, gamma(1) = 0, fills everything.
+Decoding (their section 3.2, Algorithm 1 in words) starts from all N tokens masked; at step t = 1..T:
+
+1. predict every masked token at once and draw a token s_i for each from the predicted distribution;
+2. score each draw by its log-probability plus Gumbel noise scaled by ``choice_temperature (1 - t/T)``
+   (their reference code; the noise anneals to 0);
+3. keep the most confident draws and mask again the n = floor(gamma(t/T) N0) least confident ones (N0
+   the masked count at the start; at least 1 and at most one fewer than are masked), so that the last
+   step, gamma(1) = 0, fills everything.
+
 A decided token is never changed. T = 8 steps decide 49 tokens here in 8 forward passes instead of 49.
 
 The book adds classifier-free guidance (class dropout 0.1 in training, the null class as the

@@ -22,26 +22,34 @@
 # quantization {cite}`vandenoord2017neural` turns a picture into a short grid of discrete codes, and a GPT
 # writes that grid in raster order, as LlamaGen does {cite}`sun2024autoregressive`. Next-scale prediction
 # (VAR, {cite}`tian2024visual`) changes the order itself: a whole coarse map first, then finer maps,
-# each predicted in one pass. And the raster model can be sped up without retraining by speculative
-# Jacobi decoding {cite}`teng2025accelerating` and LANTERN's relaxed acceptance {cite}`jang2025lantern`.
-# Everything runs on Fashion-MNIST {cite}`xiao2017fashion`, and every generator is scored the same way.
+# each predicted in one pass, and HMAR {cite}`kumbong2025hmar` makes each scale depend on the previous one
+# only and refines it in masked steps. MaskGIT {cite}`chang2022maskgit` keeps the raster tokens and fills
+# the grid in a few confidence-ordered parallel steps. And the raster model can be sped up without
+# retraining by speculative Jacobi decoding {cite}`teng2025accelerating`, or with a small drafter and
+# LANTERN's relaxed acceptance {cite}`jang2025lantern`. Everything runs on Fashion-MNIST
+# {cite}`xiao2017fashion`, and every generator is scored the same way, beside the floor its tokenizer
+# sets, with intervals.
 #
 # **You will learn**
 # - images as sequences, and what raster order costs: one model call per pixel or token;
 # - a VQ-VAE tokenizer: nearest-code lookup, the straight-through gradient, the commitment loss, and
-#   how EMA updates and code restarts keep the codebook alive;
+#   which of data initialization, EMA updates and code restarts keeps the codebook alive; finite scalar
+#   quantization, which has no codebook to keep alive;
 # - a class-conditional raster GPT over tokens with classifier-free guidance {cite}`ho2022classifier`;
 # - next-scale prediction with a multi-scale residual quantizer and block-causal attention, and what
 #   a forward pass costs (a fixed part and a part per token row) and what the work outside the passes
-#   adds, which together set its speed-up on each kind of hardware;
-# - speculative Jacobi decoding, exact, and LANTERN, which trades fidelity for speed (and how much
-#   fidelity, computed exactly);
-# - one yardstick for all of them: a classifier's class-consistency accuracy and a Fréchet distance
-#   {cite}`heusel2017gans` on its features, beside parameters, likelihoods, steps and images per second.
+#   adds, which together set its speed-up on each kind of hardware; HMAR's block-diagonal attention and
+#   masked steps within a scale;
+# - MaskGIT's bidirectional model and its parallel, confidence-ordered decoding;
+# - speculative Jacobi decoding, exact, and LANTERN with a trained drafter, which trades fidelity for
+#   speed (and how much fidelity, computed exactly);
+# - one yardstick for all of them: a classifier's class-consistency accuracy, the Fréchet distance
+#   {cite}`heusel2017gans`, KID and precision and recall on its features, with bootstrap intervals and
+#   each tokenizer's floor, and where the speed advantages hold as the batch grows.
 #
-# The checkpoints were trained by `python -m arlib.recipes fashion-vq` (and `fashion-msvq`,
-# `fashion-raster`, `fashion-var`, `fashion-var-markov`, `fashion-classifier`) in a bit over an hour on two
-# CPU cores (the times are printed below).
+# The checkpoints were trained by `python -m arlib.recipes fashion-vq` (and `fashion-msvq`, `fashion-fsq`,
+# `fashion-raster`, `fashion-raster-draft`, `fashion-var`, `fashion-var-markov`, `fashion-hmar`,
+# `fashion-maskgit`, `fashion-classifier`) on two CPU cores (the times are printed below).
 
 # %% [markdown]
 # ![Image tokens and two generation orders](../../figures/diagrams/04-visual-autoregression.svg)
@@ -64,25 +72,31 @@ import arlib.checks
 from arlib.data import CLASS_NAMES, fashion_mnist
 from arlib.env import check_timing
 from arlib.text.gpt import KVCache
-from arlib.vision.jacobi import jacobi_generate, lantern_neighbors, proximity_set, relaxed_target, sample_raster_sjd
-from arlib.vision.image_metrics import frechet_distance
+from arlib.vision.fsq import FiniteScalarQuantizer
 from arlib.vision.generators import next_scale_loss, raster_loss, raster_tokens, sample_next_scale, sample_raster
+from arlib.vision.hmar import hmar_loss, hmar_mask, hmar_masked_loss, sample_hmar
+from arlib.vision.image_metrics import frechet_distance
+from arlib.vision.jacobi import jacobi_generate, lantern_neighbors, proximity_set, relaxed_target, sample_raster_sjd
+from arlib.vision.lantern import relaxed_token_law, sample_raster_lantern
+from arlib.vision.maskgit import mask_schedule, maskgit_loss, sample_maskgit
 from arlib.vision.recipes import images_as_float
 from arlib.vision.vq import VQVAE, VectorQuantizer, VQConfig
 
 device = arlib.setup(seed=0)
 train_images, train_labels = fashion_mnist("train")
 test_images, test_labels = fashion_mnist("test")
-names = ["fashion-vq", "fashion-msvq", "fashion-raster", "fashion-var", "fashion-var-markov", "fashion-classifier"]
-loaded = [arlib.load(name, device) for name in names]  # each checked against its sidecar's sha256
-vq, msvq, raster, var, var_markov, classifier = (c.model for c in loaded)
-vq_meta, msvq_meta, raster_meta, var_meta, var_markov_meta, classifier_meta = (c.meta for c in loaded)
+names = ["fashion-vq", "fashion-msvq", "fashion-fsq", "fashion-raster", "fashion-raster-draft", "fashion-var",
+         "fashion-var-markov", "fashion-hmar", "fashion-maskgit", "fashion-classifier"]
+loaded = {name: arlib.load(name, device) for name in names}  # each checked against its sidecar's sha256
+vq, msvq, fsq, raster, drafter, var, var_markov, hmar, maskgit, classifier = (c.model for c in loaded.values())
+vq_meta, msvq_meta, fsq_meta, raster_meta, drafter_meta, var_meta, var_markov_meta, hmar_meta, maskgit_meta, \
+    classifier_meta = (c.meta for c in loaded.values())
 K = vq.config.num_codes
 print(f"device {device}; {len(train_images):,} training and {len(test_images):,} test images of 28x28 pixels")
-for name, meta in [("fashion-vq", vq_meta), ("fashion-msvq", msvq_meta), ("fashion-raster", raster_meta),
-                   ("fashion-var", var_meta), ("fashion-var-markov", var_markov_meta),
-                   ("fashion-classifier", classifier_meta)]:
-    print(f"{name:>19}: {meta['parameters']:>9,} parameters, {meta['wall_seconds']:6.0f} s to train, {meta['metrics']}")
+for name, checkpoint in loaded.items():
+    meta = checkpoint.meta
+    print(f"{name:>20}: {meta['parameters']:>9,} parameters, {meta['wall_seconds']:6.0f} s to train, "
+          f"{meta['metrics']}")
 
 
 def sync():
@@ -216,8 +230,9 @@ print("VectorQuantizer: nearest codes as in (1), straight-through gradient, comm
 # than it pays for. The classic recipe, codes initialized at random and learned by the codebook loss,
 # suffers from it. `arlib.vision.vq` starts the codes on encoder outputs of the first batch, updates them by
 # EMA, and moves a code whose running count drops below one assignment per batch onto a random encoder
-# output (the remedies neural audio codecs also use). We train both variants of a small VQ-VAE for 150 steps from the same initial network and count
-# the codes used on test images.
+# output (the remedies neural audio codecs also use). Which of the three does the work? We train a small
+# VQ-VAE for 150 steps from the same initial network with each combination that isolates one remedy,
+# and count the codes used on 2000 test images.
 
 # %%
 class GradientCodebook(torch.nn.Module):
@@ -254,12 +269,22 @@ def train_tokenizer(model, steps, generator, batch=64):
 
 
 x_test = images_as_float(test_images[:2000]).to(device)
+variants = {  # name: (quantizer or None for the library's, codes started on data?, restart threshold)
+    "random codebook, codebook loss": (GradientCodebook(256, 16), None, None),
+    "random init, EMA": (None, False, 0.0),
+    "data init, EMA": (None, True, 0.0),
+    "random init, EMA, restarts": (None, False, 1.0),
+    "data init, EMA, restarts": (None, True, 1.0),
+}
 usage = {}
-for name in ("random codebook, codebook loss", "data init, EMA, restarts"):
+for name, (custom, data_init, restart_below) in variants.items():
     torch.manual_seed(1)
     model = VQVAE(VQConfig(num_codes=256, code_dim=16, width=32))
-    if name.startswith("random"):
-        model.quantizer = GradientCodebook(256, 16)
+    if custom is not None:
+        model.quantizer = custom
+    else:
+        model.quantizer = VectorQuantizer(256, 16, restart_below=restart_below)
+        model.quantizer.initialized.fill_(not data_init)  # "already initialized": the random start is kept
     model = train_tokenizer(model, 150, torch.Generator().manual_seed(2))
     with torch.no_grad():
         recon, codes, _ = model(x_test.cpu())
@@ -267,6 +292,17 @@ for name in ("random codebook, codebook loss", "data init, EMA, restarts"):
     print(f"{name:>31}: {usage[name][1]:3d} of 256 codes used, perplexity {usage[name][0]:6.1f}, "
           f"test MSE {usage[name][2]:.4f}")
 assert usage["data init, EMA, restarts"][1] > 2 * usage["random codebook, codebook loss"][1]
+with_restarts = min(usage["random init, EMA, restarts"][1], usage["data init, EMA, restarts"][1])
+without = max(usage[name][1] for name in ("random codebook, codebook loss", "random init, EMA", "data init, EMA"))
+assert with_restarts > 5 * without  # restarts do the work
+assert usage["data init, EMA"][1] > usage["random init, EMA"][1]  # starting on data helps only a little
+
+# %% [markdown]
+# Restarts do the work: with them, more than five times as many codes stay alive as in any variant
+# without them, whether the codes start at random or on data (asserted). EMA updates alone revive
+# nothing (a code no vector is assigned to has nothing to average), and starting the codes on data
+# helps a little without restarts and not visibly with them. One run each: the ordering is the claim,
+# not the counts.
 
 # %% [markdown]
 # The committed tokenizer `fashion-vq` uses the same quantizer recipe in a larger network (codes of 32
@@ -290,6 +326,50 @@ plt.xlabel("code (sorted by frequency)")
 plt.ylabel("uses on 2000 test images")
 plt.title("the codebook is used broadly: no dead codes")
 plt.show()
+
+# %% [markdown]
+# **A quantizer without a codebook.** Finite scalar quantization (FSQ, {cite}`mentzer2024finite`) drops
+# the codebook altogether. A 1x1 convolution maps the encoder's 32 channels to $d$ channels; channel $i$
+# is squashed into a range of $L_i$ integers and rounded,
+#
+# $$\hat z_i = \mathrm{round}\big(\lfloor L_i/2 \rfloor \tanh(z_i)\big) / \lfloor L_i/2 \rfloor, \tag{2b}$$
+#
+# (with a shift of half a step when $L_i$ is even, so that exactly $L_i$ integers come out), again with
+# the straight-through gradient. The implicit codebook is the grid of $\prod_i L_i$ points, and a code's
+# id is the mixed-radix number of its digits. Nothing in the quantizer is learned, so there is nothing
+# to keep alive: no commitment term, no EMA, no restarts. We use the paper's levels for a codebook of
+# about $2^8$, $(8, 6, 5)$: 240 codes against the VQ-VAE's 256. The check: a sweep of inputs reaches
+# every one of the 240 codes, each channel takes exactly its $L_i$ values, and ids and grid points map
+# one to one.
+
+# %%
+fsq_check = FiniteScalarQuantizer((8, 6, 5))
+sweep = torch.linspace(-5, 5, 41)
+grid_in = torch.stack(torch.meshgrid(sweep, sweep, sweep, indexing="ij")).reshape(1, 3, -1, 1)  # (1, d, M, 1)
+grid_codes, grid_ids, _ = fsq_check(grid_in)
+values = [sorted(set(grid_codes[0, c].flatten().tolist())) for c in range(3)]
+assert [len(v) for v in values] == [8, 6, 5] and max(max(v) for v in values) <= 1
+assert sorted(set(grid_ids.flatten().tolist())) == list(range(240))
+assert torch.equal(fsq_check.codes_to_indices(fsq_check.indices_to_codes(torch.arange(240))), torch.arange(240))
+with torch.no_grad():
+    fsq_recon, fsq_codes, _ = fsq(x_test)
+fsq_mse = F.mse_loss(fsq_recon, x_test).item()
+fsq_perplexity, fsq_used = fsq.quantizer.usage(fsq_codes)
+print(f"FSQ levels (8, 6, 5): channel values {[len(v) for v in values]}, all 240 codes reachable")
+print(f"{'tokenizer':>24} | {'codes':>5} | {'used':>4} | {'perplexity':>10} | {'test MSE':>8} | {'train s':>7}")
+print(f"{'fashion-vq (VQ, EMA)':>24} | {K:5d} | {used:4d} | {perplexity:10.1f} | {vq_mse:8.4f} | "
+      f"{vq_meta['wall_seconds']:7.0f}")
+print(f"{'fashion-fsq (FSQ)':>24} | {fsq.quantizer.num_codes:5d} | {fsq_used:4d} | {fsq_perplexity:10.1f} | "
+      f"{fsq_mse:8.4f} | {fsq_meta['wall_seconds']:7.0f}")
+assert fsq_used == fsq.quantizer.num_codes  # every code in use, with no remedy at all
+assert abs(fsq_mse / vq_mse - 1) < 0.1 and fsq_perplexity < perplexity
+
+# %% [markdown]
+# Trained alike (same encoder and decoder, same steps), FSQ reconstructs about as well as the VQ-VAE
+# (test MSE within 10 %, asserted) and uses every one of its codes with no initialization trick, no EMA
+# and no restarts; it uses them less evenly (a lower perplexity, asserted), since its grid is fixed
+# while the VQ codes move to where the encoder's outputs are. How far each tokenizer's reconstructions
+# are from real images, the floor for any model over its codes, is in section 7's table.
 
 # %% [markdown]
 # ## 3. Raster order over tokens: a class-conditional GPT
@@ -332,11 +412,21 @@ print(f"300 held-out test images: classifier accuracy {floor[0]:.3f} (a referenc
 labels_300 = torch.arange(10, device=device).repeat_interleave(30)
 gen = torch.Generator(device=device).manual_seed(3)
 guidance = {}
-for scale in (1.0, 2.0, 4.0):
+for scale in (1.0, 1.5, 2.0, 3.0, 4.0):
     grids = sample_raster(raster, labels_300, K, cfg_scale=scale, generator=gen)
     guidance[scale] = class_scores(vq.decode(grids), labels_300)
     print(f"guidance w = {scale}: class-consistency accuracy {guidance[scale][0]:.3f}, "
           f"Fréchet distance {guidance[scale][1]:.2f}")
+fig, ax = plt.subplots(figsize=(5, 3))
+ax.plot(list(guidance), [a for a, _ in guidance.values()], marker="o", color="C0")
+ax.set_xlabel("guidance scale w")
+ax.set_ylabel("class-consistency accuracy", color="C0")
+twin = ax.twinx()
+twin.plot(list(guidance), [fd for _, fd in guidance.values()], marker="s", color="C1")
+twin.set_ylabel("Fréchet distance (300 samples)", color="C1")
+ax.set_title("raster GPT: guidance trades variety for class fidelity")
+arlib.export_figure(fig, "guidance-sweep")
+plt.show()
 assert guidance[1.0][0] < guidance[2.0][0] < guidance[4.0][0]  # guidance buys class fidelity
 assert guidance[4.0][1] > guidance[2.0][1]  # and too much of it costs variety
 raster_grids = sample_raster(raster, torch.arange(10, device=device).repeat_interleave(6), K, cfg_scale=2.0,
@@ -372,6 +462,12 @@ with torch.no_grad():
     mse_by_scale = [F.mse_loss(msvq.decode(msvq.encode(x_test), upto=j), x_test).item() for j in range(1, 6)]
 assert all(b < a for a, b in zip(mse_by_scale, mse_by_scale[1:]))
 print("multi-scale tokenizer, test MSE after maps 1..j: " + ", ".join(f"{m:.4f}" for m in mse_by_scale))
+with torch.no_grad():
+    all_maps = msvq.encode(x_test)  # the 2000 test images' maps
+usage_by_scale = [msvq.quantizer.vq.usage(m) for m in all_maps]  # (perplexity, codes used) per scale
+print("codes used per scale (of 256, one shared codebook): " + ", ".join(
+    f"{s}x{s}: {u} (perplexity {ppl:.0f})" for s, (ppl, u) in zip(msvq.quantizer.scales, usage_by_scale)))
+assert usage_by_scale[0][1] < usage_by_scale[-1][1]  # the 1x1 map draws on a small part of the codebook
 show_grid(torch.stack(partial, 1).reshape(-1, 1, 28, 28), 6, "decoding maps 1..j, j = 1..5 (left to right)")
 
 # %% [markdown]
@@ -530,6 +626,16 @@ if device.type == "cpu":  # an accelerator runs a pass while the host queues the
 print(f"speed-up if every next-scale pass cost a 2-row pass: {flat:.1f}x (measured: {speedup:.1f}x)")
 fit_error = max(abs(a_fixed + b_row * r - t) / t for r, t in zip(pass_rows, var_passes))
 print(f"the fit is off by at most {fit_error:.0%} on a pass")
+fig, ax = plt.subplots(figsize=(5, 3))
+ax.plot(pass_rows, [t * 1e3 for t in var_passes], "o", label="next-scale passes (measured)")
+ax.plot([2], [raster_pass * 1e3], "s", label="raster pass (measured)")
+xs = np.linspace(0, max(pass_rows), 50)
+ax.plot(xs, (a_fixed + b_row * xs) * 1e3, "--", label=f"a + b rows: a = {a_fixed * 1e3:.2f} ms")
+ax.set_xlabel("token rows in the pass")
+ax.set_ylabel("ms per pass")
+ax.legend(fontsize=8)
+arlib.export_figure(fig, "pass-cost-fit")
+plt.show()
 check_timing(fit_error < 0.25, f"a + b * rows should describe the passes within 25 %, off by {fit_error:.0%}")
 check_timing(abs(var_passes[0] / raster_pass - 1) < 0.35, "a 2-row pass should cost about the same in both models")
 if device.type == "cpu":
@@ -556,6 +662,81 @@ else:
 # at its end, takes longer than it does inside the sampler, and the difference means nothing.
 
 # %% [markdown]
+# **HMAR: Markovian scales and masked steps.** HMAR {cite}`kumbong2025hmar` changes VAR in two ways,
+# both built here as its paper and reference code do (`arlib.vision.hmar`, recipe `fashion-hmar`).
+# First, the input of scale $j+1$, the reconstruction from maps $1..j$, already summarizes every coarser
+# map, so HMAR predicts scale $j+1$ from that input alone: attention is *block-diagonal*, each scale's
+# block seeing only itself. A scale is then one forward pass over its own $s^2$ positions, and no keys
+# or values of coarser scales are kept. HMAR gives every block the class through adaptive layer norm;
+# ours adds the class embedding to every position instead (a simplification). Second, VAR draws all
+# tokens of a scale independently given the coarser ones; HMAR refines a scale in a few steps, as
+# MaskGIT does (section 6): the next-scale pass draws every token, the most confident few are kept,
+# and a second branch, which also sees the scale's kept tokens with a learned [MASK] vector in place
+# of the others, re-draws the rest; its kept tokens never change. The branch shares the first two
+# layers, has its own last two (started from the next-scale branch's), and is trained after the rest
+# is frozen, on the cross-entropy of randomly masked tokens. HMAR's default schedule refines only the
+# small scales; on ours, scale 2 in steps keeping (1, 3) tokens and scale 3 in (1, 1, 2, 5), the rest
+# in one pass: 9 passes per image instead of 5. HMAR also reweights its loss per scale; we train with
+# uniform weights, for the same 4000 steps as VAR. (The model `fashion-var-markov` used before this
+# chapter followed HMAR, is the book's earlier variant: it lets a scale see the previous scale's block
+# and the class token.)
+
+# %%
+full_mask = hmar_mask(var.scales)
+assert torch.equal(full_mask, torch.block_diag(*[torch.ones(s * s, s * s) for s in var.scales]).bool())
+with torch.no_grad():
+    hmar_nll = hmar_loss(hmar, test_labels[:2000].to(device), test_maps, inputs).item()
+    markov_nll = next_scale_loss(var_markov, test_labels[:2000].to(device), test_maps, inputs).item()
+    hmar_masked_nll = hmar_masked_loss(hmar, test_labels[:2000].to(device), test_maps, inputs,
+                                       msvq.quantizer.vq.codebook, torch.Generator().manual_seed(0)).item()
+attended = {"VAR (block-causal)": int(var.mask.sum()), "book's Markov variant": int(var_markov.mask.sum()),
+            "HMAR (block-diagonal)": int(full_mask.sum())}
+print("query-key pairs attended in teacher forcing over 88 positions: "
+      + ", ".join(f"{name} {n:,}" for name, n in attended.items()))
+print(f"test NLL, nats per token: VAR {var_nll:.3f}, book's Markov variant {markov_nll:.3f}, HMAR {hmar_nll:.3f}; "
+      f"HMAR's mask branch on masked tokens: {hmar_masked_nll:.3f}")
+one_scale = [2 * s * s for s in var.scales]  # guided rows per pass
+print(f"keys and values held while sampling the last scale: VAR {2 * sum(s * s for s in var.scales)} rows of "
+      f"cache per layer, HMAR {max(one_scale)} (the current scale's own rows, no cache)")
+hmar_plain = tuple((s * s,) for s in var.scales)  # one pass per scale: Markovian next-scale alone
+_, hmar_passes = sample_hmar(hmar, msvq.quantizer, labels_300[:10], cfg_scale=2.0, generator=gen, return_passes=True)
+_, plain_passes = sample_hmar(hmar, msvq.quantizer, labels_300[:10], hmar_plain, cfg_scale=2.0, generator=gen,
+                              return_passes=True)
+assert (hmar_passes, plain_passes) == (9, 5)
+
+
+def hmar_image(schedule):
+    """One image from HMAR with a schedule (None: the default, with masked steps)."""
+    return lambda y: msvq.decode_latent(sample_hmar(hmar, msvq.quantizer, y, schedule, cfg_scale=2.0, generator=gen,
+                                                    return_latent=True)[1])
+
+
+hmar_times = seconds_per_image({"VAR": next_scale_image(var), "HMAR, next-scale only": hmar_image(hmar_plain),
+                                "HMAR, masked steps": hmar_image(None)})
+print("one image (median of 20): " + ", ".join(f"{n} {t * 1e3:.1f} ms" for n, t in hmar_times.items()))
+print(f"training on {hmar_meta['environment']['device']}: VAR {var_meta['wall_seconds']:.0f} s for 4000 steps; "
+      f"HMAR {hmar_meta['train']['seconds']:.0f} s for 4000 steps, then {hmar_meta['finetune']['seconds']:.0f} s "
+      f"for the mask branch ({hmar_meta['finetune']['steps']} steps)")
+hmar_samples = sample_hmar(hmar, msvq.quantizer, torch.arange(10, device=device).repeat_interleave(6), cfg_scale=2.0,
+                           generator=gen, return_latent=True)[1]
+show_grid(msvq.decode_latent(hmar_samples), 10, "HMAR with masked steps, cfg 2: six samples per class",
+          row_labels=CLASS_NAMES, name="hmar-samples")
+
+assert var_nll < hmar_nll < 1.05 * var_nll  # a little likelihood lost by forgetting the coarser scales
+assert abs(markov_nll / var_nll - 1) < 0.01  # the book's earlier variant: no loss
+check_timing(hmar_times["HMAR, masked steps"] > hmar_times["HMAR, next-scale only"],
+             "four more passes per image should cost time")
+
+# %% [markdown]
+# HMAR's model gives up a little likelihood for its independence from the coarser scales: its test NLL
+# is within 5 % of VAR's, above it (asserted; the book's earlier variant, which keeps the previous
+# scale's block and the class, is within 1 % of VAR, asserted). Teacher forcing attends to far fewer query-key pairs,
+# and sampling keeps no cache of coarser scales: what a block-sparse kernel turns into time and memory
+# on large images (our dense, masked attention saves neither). The masked steps cost four more passes
+# per image (asserted to cost time). Whether the samples are any better, with intervals, is section 7's
+# question.
+
+# %% [markdown]
 # ## 5. Faster raster sampling without retraining: speculative Jacobi decoding and LANTERN
 #
 # *Jacobi iteration* solves a system $x = F(x)$ by guessing all of $x$ and applying $F$ to the guess
@@ -576,14 +757,18 @@ else:
 # update), and the window improves from pass to pass.
 #
 # Image tokens are a hard case for exact verification: many codes look alike, so $p$ spreads over
-# near-synonyms and a guess is rarely *the* token. LANTERN {cite}`jang2025lantern` accepts a guess on
+# near-synonyms and a guess is rarely *the* token. LANTERN {cite}`jang2025lantern` accepts a draft on
 # behalf of its latent neighbours. With $B_k(x)$ the $k$ codes nearest to $x$ in the tokenizer's code
 # space, the proximity set $A$ is the longest nearest-first prefix of $B_k(x)$ whose probability, apart
 # from $x$'s own, is at most $\delta$ (exercise 4.4); the test uses $\tilde p_x(x) = p(x) + p(A \setminus
-# \{x\})$, and after a rejection the replacement avoids $x$ and $A$. For one given guess, $\tilde p_x$ is
-# within total variation $\delta$ of $p$. But $\tilde p_x$ depends on the guess, so the law of the decided
-# token is *not* $\tilde p$ of anything, and it can be further than $\delta$ from $p$: every neighbour that
-# gets guessed collects its neighbourhood's mass again. $\delta = 0$ is SJD.
+# \{x\})$. For one given draft, $\tilde p_x$ is within total variation $\delta$ of $p$. But $\tilde p_x$
+# depends on the draft, so the law of the decided token is *not* $\tilde p$ of anything, and it can be
+# further than $\delta$ from $p$: every neighbour that gets drafted collects its neighbourhood's mass
+# again. $\delta = 0$ is exact. LANTERN's paper drafts with a small trained network; this first part
+# applies its relaxed test to SJD's drafts instead, uniform guesses with $q = 1/K$ at first, and after a
+# rejection draws the replacement from $\max(0, \tilde p_x - q)$ with $x$ and $A$ removed. Both the
+# drafts and the replacement rule are **the book's variant**, a contrast to the method as published,
+# which comes after it.
 
 # %%
 neighbors = lantern_neighbors(vq.quantizer.codebook, 32)
@@ -659,9 +844,9 @@ assert max(tv_by_delta[0.02]) > 0.02 and max(tv_by_delta[0.1]) > 0.1  # the budg
 # So $\delta$ is a knob, not a guarantee. With uniform guesses, which are far from $p$, the output moves
 # by far more than $\delta$: a guess $x$ of small $p(x)$ whose neighbours add up to $1/K$ is now
 # accepted every time it is proposed, so every such code gets about $1/K$ of the output, however unlikely
-# it is under $p$. LANTERN's paper drafts with a trained drafter, whose guesses are close to $p$; the
-# further the guesses from $p$, the larger the drift, and SJD's uniform first guesses are as far as
-# guesses get. Now the speed and its effect on samples, 300 images per setting (30 per
+# it is under $p$. The drift comes from the uniform drafts as much as from the relaxed test, which is
+# why this variant says nothing about LANTERN itself: its drafts come from a trained drafter, close to
+# $p$, and the further the drafts from $p$, the larger the drift. Now the speed and its effect on samples, 300 images per setting (30 per
 # class), one image at a time, a window of 8 guesses, guidance 2, against plain raster sampling of the
 # same classes:
 
@@ -686,7 +871,7 @@ for delta in (0.0, 0.02, 0.1):
         passes.append(info["passes"])
     sync()
     rate = len(labels_n) / (time.perf_counter() - start)
-    name = "SJD (delta = 0)" if delta == 0 else f"LANTERN delta = {delta}"
+    name = "SJD (delta = 0)" if delta == 0 else f"SJD + relaxed test {delta}"
     jacobi_rows[name] = (statistics.fmean(passes), 49 / statistics.fmean(passes), rate,
                          *class_scores(torch.cat(images), labels_n))
 print(f"{'sampler':>26} | {'passes/image':>12} | {'tokens/pass':>11} | {'images/s':>8} | {'speed-up':>8} | "
@@ -694,100 +879,337 @@ print(f"{'sampler':>26} | {'passes/image':>12} | {'tokens/pass':>11} | {'images/
 for name, (passes, per_pass, rate, accuracy, fd) in jacobi_rows.items():
     print(f"{name:>26} | {passes:12.1f} | {per_pass:11.2f} | {rate:8.1f} | {rate / plain_rate:7.2f}x | "
           f"{accuracy:8.3f} | {fd:7.2f}")
-sjd, lantern = jacobi_rows["SJD (delta = 0)"], jacobi_rows["LANTERN delta = 0.1"]
-assert sjd[1] > 1.5 and lantern[1] > sjd[1]  # several tokens per pass, and more when relaxed
+sjd, relaxed = jacobi_rows["SJD (delta = 0)"], jacobi_rows["SJD + relaxed test 0.1"]
+assert sjd[1] > 1.5 and relaxed[1] > sjd[1]  # several tokens per pass, and more when relaxed
 check_timing(sjd[2] > plain_rate, "SJD should be faster than plain raster sampling")
-check_timing(lantern[2] > sjd[2], "LANTERN should be faster than SJD")
+check_timing(relaxed[2] > sjd[2], "the relaxed test should make SJD faster")
 
 # %% [markdown]
-# ## 6. Every generator on equal terms
-#
-# One table: parameters, the model's own likelihood where it has one, forward passes per image, images
-# per second one at a time, and the two classifier scores on 300 samples (30 per class, guidance 2),
-# against the floor of 300 held-out test images. The Fréchet distance depends on the number of samples,
-# so every row uses 300 (section 5's samples for the raster rows), against the same 1000 reference test
-# images. The speeds of the raster rows are section 5's (a mean over its 300 images), those of the
-# next-scale rows section 4's (a median of 20 images, the samplers taking turns). The counting model is
-# unconditional (no accuracy) and is sampled in one batch at 14x14, so its speed is not comparable and
-# left out. The likelihood column mixes units on purpose: bits per
-# pixel of a 4-level thumbnail, and bits per token of two different lossy tokenizers; none of them is
-# a likelihood of the image itself, and they cannot be compared across rows.
+# **LANTERN as published.** LANTERN's paper drafts with a small network trained on the target's own
+# tokens (an EAGLE-2 head drafting a dynamic tree of top-k candidates) and verifies the drafts with the
+# relaxed test. Ours is a raster GPT of one layer and width 64 trained on the same tokens
+# (`fashion-raster-draft`), drafting a chain of $\gamma = 4$ of its top-1 tokens per target pass: the
+# dynamic tree cut to one child per node, a simplification. A drafted candidate is deterministic, so its
+# test uses $p$ alone: accept $x$ with probability $\min(1, \tilde p_x(x))$. After a rejection the
+# reference code removes $x$ from $p$ and, if $A$ was not empty, $x$'s $k + 1$ nearest codes (one more
+# than the $k = 8$ it searches), renormalizes, and draws the replacement from what is left
+# (`arlib.vision.lantern`). With $\delta = 0$ this is chapter 2's speculative sampling with one-hot
+# drafts, exact (tested against the exact law of two tokens in `tests/test_visual_methods.py`). First, the
+# first token's law for each class, exactly, with the drafter's proposal, against the same budget with
+# SJD's uniform drafts above:
 
 # %%
+LANTERN_K, LANTERN_GAMMA, LANTERN_DELTAS = 8, 4, (0.05, 0.1, 0.2)
+lantern_table = lantern_neighbors(vq.quantizer.codebook, LANTERN_K + 2)  # each code, then its 9 nearest
 with torch.no_grad():
-    floor_n = class_scores(images_as_float(test_images[3000:3300]).to(device), test_labels[3000:3300].to(device))
-    floor_other = class_scores(images_as_float(test_images[3300:3600]).to(device), test_labels[3300:3600].to(device))
-    pixel_samples = sample_pixels(300, torch.Generator().manual_seed(5))
-    pixel_images = F.interpolate((pixel_samples.float() / (LEVELS - 1))[:, None], scale_factor=2, mode="nearest")
-    pixel_fd = frechet_distance(classifier.features(pixel_images.to(device)), reference_features)
-    var_n = class_scores(msvq.decode(sample_next_scale(var, msvq.quantizer, labels_n, cfg_scale=2.0,
-                                                         generator=gen)), labels_n)
-    markov_n = class_scores(msvq.decode(sample_next_scale(var_markov, msvq.quantizer, labels_n, cfg_scale=2.0,
-                                                            generator=gen)), labels_n)
-    markov_nll = next_scale_loss(var_markov, test_labels[:2000].to(device), test_maps, inputs).item()
-markov_seconds = one_image["next-scale, Markov"]  # timed in section 4, beside the others
-table = [  # name, parameters, likelihood, passes per image, images per second, accuracy, Frechet distance
-    ("test images (floor)", None, "", None, None, *floor_n),
-    ("pixels, neighbour counts", counts.numel(), f"{bits_context:.2f} bits/pixel", 196, None,
-     float("nan"), pixel_fd),
-    ("raster GPT", raster_meta["parameters"], f"{raster_nll / math.log(2):.2f} bits/token", 49, plain_rate,
-     *jacobi_rows["raster, 1 token per pass"][3:]),
-    ("raster + SJD", raster_meta["parameters"], "(same model)", jacobi_rows["SJD (delta = 0)"][0],
-     jacobi_rows["SJD (delta = 0)"][2], *jacobi_rows["SJD (delta = 0)"][3:]),
-    ("raster + LANTERN 0.1", raster_meta["parameters"], "(same model)", jacobi_rows["LANTERN delta = 0.1"][0],
-     jacobi_rows["LANTERN delta = 0.1"][2], *jacobi_rows["LANTERN delta = 0.1"][3:]),
-    ("next-scale (VAR)", var_meta["parameters"], f"{var_nll / math.log(2):.2f} bits/token", 5, 1 / var_seconds,
-     *var_n),
-    ("next-scale, Markov (HMAR)", var_markov_meta["parameters"], f"{markov_nll / math.log(2):.2f} bits/token", 5,
-     1 / markov_seconds, *markov_n),
-]
-print(f"{'generator':>26} | {'parameters':>10} | {'likelihood':>18} | {'passes':>6} | {'images/s':>8} | "
-      f"{'accuracy':>8} | {'Frechet':>7}")
-for name, params, nll, passes, rate, accuracy, fd in table:
-    print(f"{name:>26} | {params if params is not None else '':>10} | {nll:>18} | "
-          f"{'' if passes is None else f'{passes:6.1f}':>6} | {'' if rate is None else f'{rate:8.1f}':>8} | "
-          f"{'' if math.isnan(accuracy) else f'{accuracy:8.3f}':>8} | {fd:7.2f}")
-fd_noise = abs(floor_n[1] - floor_other[1])
-print(f"two sets of 300 real test images score {floor_n[1]:.2f} and {floor_other[1]:.2f}: at this sample size the "
-      f"Fréchet distance moves by about {fd_noise:.1f} from the draw alone")
-assert pixel_fd > 3 * max(jacobi_rows["raster, 1 token per pass"][4], var_n[1])  # blobs are far from garments
-assert min(jacobi_rows["raster, 1 token per pass"][3], var_n[0]) > 0.7  # both draw the class asked for
-assert jacobi_rows["LANTERN delta = 0.1"][3] < jacobi_rows["SJD (delta = 0)"][3] - 0.1  # LANTERN's price
+    class_rows = torch.stack([torch.arange(K, K + 10, device=device), torch.full((10,), K + 10, device=device)], 1)
+    draft_logits = drafter(class_rows.reshape(-1, 1))[:, -1, :K].double().view(10, 2, K)
+    draft_first = (draft_logits[:, 1] + 2.0 * (draft_logits[:, 0] - draft_logits[:, 1])).argmax(-1)  # (10,)
+tv_drafter = {delta: [0.5 * float((relaxed_token_law(p.cpu(), int(x), lantern_table.cpu(), delta, LANTERN_K)
+                                    - p.cpu()).abs().sum()) for p, x in zip(class_first, draft_first)]
+              for delta in (0.0,) + LANTERN_DELTAS}
+for delta, tvs in tv_drafter.items():
+    print(f"delta = {delta}: total variation of the first token's law from p with the drafter's proposal: "
+          f"mean {statistics.fmean(tvs):.3f}, max {max(tvs):.3f}")
+assert max(tv_drafter[0.0]) < 1e-9  # exact without relaxation
+assert all(statistics.fmean(tv_drafter[a]) < statistics.fmean(tv_drafter[b])
+           for a, b in zip(LANTERN_DELTAS, LANTERN_DELTAS[1:]))  # more budget, more drift
+assert statistics.fmean(tv_drafter[0.1]) < statistics.fmean(tv_by_delta[0.1])  # less than with uniform drafts
+assert max(tv_drafter[0.1]) > 0.1  # but still not bounded by delta
+print(f"delta = 0.1, mean over classes: drafter {statistics.fmean(tv_drafter[0.1]):.3f}, uniform drafts "
+      f"{statistics.fmean(tv_by_delta[0.1]):.3f}; p(draft) by class: "
+      + ", ".join(f"{float(p[x]):.2f}" for p, x in zip(class_first, draft_first)))
 
 # %% [markdown]
-# What the table says (each claim is asserted in the cell above or below):
-# - the counting model's samples are far from garments in the classifier's feature space;
-# - both token models draw the requested class more often than the classifier recognizes real test
-#   images (guidance makes samples prototypical), and their Fréchet distances are above the floor of
-#   real images and of the same order (within a factor of two of each other);
-# - next-scale prediction needs 5 passes instead of 49 and is the fastest one-image generator;
-# - SJD keeps the raster model's distribution and decides about two tokens per pass (its scores differ
-#   from plain sampling's by no more than the draw of the samples moves them, printed above);
-# - LANTERN decides more tokens per pass and pays for it: at $\delta = 0.1$ its samples lose much of
-#   their class consistency, as section 5's exact computation of the first token's law predicted.
+# With the drafter's proposal the first token moves less than with uniform drafts on average (asserted
+# at $\delta = 0.1$), and the drift grows with the budget (asserted), but it is still not bounded by
+# $\delta$: a rejection removes the draft's $k + 1$ nearest codes from the replacement's law, and when the
+# target gives the draft little probability (the printed $p$ of the draft, often below 0.1: the token
+# ambiguity that motivates LANTERN), rejections are common and that removal is what moves the law.
+#
+# Now speed: 60 images (6 per class), one at a time, each generator in turn on every image (so that a
+# machine that slows down slows them all): plain raster sampling, SJD, and the drafter with
+# $\delta = 0$ (exact speculative sampling) and LANTERN's three budgets. A target pass over
+# $\gamma + 1 = 5$ positions costs about one plain pass (section 4's $a + b \cdot$ rows), and each draft
+# costs one pass of the small drafter.
 
 # %%
-raster_row, var_row = jacobi_rows["raster, 1 token per pass"], var_n
-assert min(raster_row[3], var_row[0]) > floor_n[0] and abs(raster_row[3] - var_row[0]) < 0.1
-assert min(raster_row[4], var_row[1]) > floor_n[1] and max(raster_row[4], var_row[1]) < 2 * min(raster_row[4], var_row[1])
-sjd_row = jacobi_rows["SJD (delta = 0)"]  # exact: the same law as plain sampling, so the same scores up to the draw
-assert abs(sjd_row[3] - raster_row[3]) < 0.05 and abs(sjd_row[4] - raster_row[4]) < 2 * fd_noise + 1
-token_rates = {name: rate for name, _, _, _, rate, _, _ in table if rate is not None}
-check_timing(max(token_rates, key=token_rates.get).startswith("next-scale"),
-             f"a next-scale model should be the fastest one-image generator: {token_rates}")
+samplers = {
+    "raster": lambda y: sample_raster(raster, y[None], K, cfg_scale=2.0, generator=gen).view(7, 7),
+    "SJD": lambda y: sample_raster_sjd(raster, int(y), K, window=WINDOW, cfg_scale=2.0, generator=gen),
+}
+for delta in (0.0,) + LANTERN_DELTAS:
+    samplers[f"drafter, delta {delta}"] = lambda y, d=delta: sample_raster_lantern(
+        raster, drafter, int(y), K, gamma=LANTERN_GAMMA, neighbors=lantern_table, delta=d, k=LANTERN_K,
+        cfg_scale=2.0, generator=gen)
+lantern_seconds = dict.fromkeys(samplers, 0.0)
+lantern_passes = {name: [] for name in samplers}
+lantern_steps = {name: [] for name in samplers}
+lantern_accepted = {name: [] for name in samplers}  # drafts accepted in each target pass
+for y in torch.arange(10, device=device).repeat_interleave(6):
+    for name, sample_one in samplers.items():
+        sync()
+        start = time.perf_counter()
+        out = sample_one(y)
+        sync()
+        lantern_seconds[name] += time.perf_counter() - start
+        info = out[1] if isinstance(out, tuple) else {"passes": 49}
+        lantern_passes[name].append(info["passes"])
+        lantern_steps[name].append(info.get("draft_steps", 0))
+        lantern_accepted[name].extend(info.get("accepted", []))
+print(f"{'sampler':>20} | {'target passes':>13} | {'tokens/pass':>11} | {'drafter steps':>13} | {'images/s':>8} | "
+      f"{'vs raster':>9} | {'vs SJD':>6}")
+lantern_rate = {name: 60 / t for name, t in lantern_seconds.items()}
+for name in samplers:
+    passes = statistics.fmean(lantern_passes[name])
+    print(f"{name:>20} | {passes:13.1f} | {49 / passes:11.2f} | {statistics.fmean(lantern_steps[name]):13.1f} | "
+          f"{lantern_rate[name]:8.1f} | {lantern_rate[name] / lantern_rate['raster']:8.2f}x | "
+          f"{lantern_rate[name] / lantern_rate['SJD']:5.2f}x")
+tokens_per_pass = {name: 49 / statistics.fmean(v) for name, v in lantern_passes.items()}
+fig, ax = plt.subplots(figsize=(6, 3))
+shown = ["SJD", "drafter, delta 0.0", "drafter, delta 0.1", "drafter, delta 0.2"]
+for offset, name in enumerate(shown):
+    counts = np.bincount(lantern_accepted[name], minlength=WINDOW + 1)[:WINDOW + 1]
+    ax.bar(np.arange(WINDOW + 1) + 0.2 * offset - 0.3, counts / counts.sum(), width=0.2, label=name)
+ax.set_xlabel("drafts accepted in one target pass")
+ax.set_ylabel("share of passes")
+ax.legend(fontsize=8)
+arlib.export_figure(fig, "accepted-per-pass")
+plt.show()
+assert tokens_per_pass["drafter, delta 0.0"] < tokens_per_pass["SJD"]  # top-1 drafts are rarely the token
+assert tokens_per_pass["drafter, delta 0.2"] > tokens_per_pass["drafter, delta 0.0"]  # relaxing lets more pass
+check_timing(lantern_rate["drafter, delta 0.0"] < lantern_rate["SJD"],
+             "a chain of top-1 drafts should not beat SJD's window on this model")
+check_timing(lantern_rate["drafter, delta 0.0"] < lantern_rate["raster"],
+             "four drafter passes per 1.1 decided tokens should not beat plain sampling")
 
 # %% [markdown]
-# ## 7. Where the field goes
+# What the runs say, about this drafter and this model only. The drafter's top-1 token is rarely the
+# token the target draws (its probability under the target is small: many codes share the mass), so
+# exact speculative sampling decides few more than one token per target pass, fewer than SJD's window
+# (asserted), and with four drafter passes to pay per round it is not faster than SJD (asserted), nor even
+# than plain sampling (asserted). The relaxed test lets more drafts pass as
+# $\delta$ grows (asserted), which is LANTERN's point, but from a low base. Two of our choices stand
+# between this and the paper's setting, and the chapter does not judge LANTERN by them: the paper drafts
+# a dynamic *tree* of ten candidates per node, so a position passes if any candidate does, and its
+# target and drafter are large models on a GPU, where a target pass costs far more than a drafter pass.
+# What the paper's relaxed test costs in quality, at each budget, is in section 7's table.
+
+# %% [markdown]
+# ## 6. Parallel decoding over the grid: MaskGIT
 #
-# **Markovian attention across scales (HMAR, {cite}`kumbong2025hmar`), implemented.** VAR's scale $j+1$
-# attends to all coarser scales, but its input, the reconstruction from maps $1..j$, already summarizes
-# them. HMAR lets each scale attend only to the previous one (and, here, the class token), which with a
-# suited kernel shrinks attention and the KV cache for large images; it also replaces the one-pass
-# prediction of a scale by a few masked-generation steps within the scale, which we do not build.
-# `fashion-var-markov` is the same network trained with the Markovian mask (`NextScaleModel(markov=True)`).
-# Our implementation only masks, so it saves no time; what can be measured is the question HMAR asks:
-# does the model lose anything by forgetting the older scales? Its test likelihood is within a few
-# percent of VAR's (asserted below).
+# Next-scale prediction decides a whole map per pass by changing the tokenizer. MaskGIT
+# {cite}`chang2022maskgit` keeps the raster model's tokens and changes the model: a *bidirectional*
+# transformer that sees the class and any subset of the 49 tokens and predicts the others. It trains
+# by masking: per image draw $r \sim U(0, 1)$, replace $\lceil \gamma(r) \cdot 49 \rceil$ random tokens by a
+# [MASK] token with the cosine schedule $\gamma(r) = \cos(\pi r / 2)$, and minimize the cross-entropy of
+# the masked ones. It samples in $T$ steps from an all-[MASK] grid: at step $t$ it predicts every masked
+# token at once, draws each from its prediction, scores each draw by its log-probability plus Gumbel
+# noise whose scale anneals from 4.5 to 0 (the reference code's *choice temperature*), keeps the best
+# and masks again the $\lfloor \gamma(t/T) \cdot 49 \rfloor$ least confident, until $\gamma(1) = 0$ fills the
+# grid. A kept token never changes. Like VAR it assumes the tokens decided in one step independent given
+# the rest; unlike it, it chooses which ones, by confidence. The recipe `fashion-maskgit` trains a
+# network of the raster model's size (4 layers, width 128) for the same 4000 steps, with class dropout so
+# that guidance applies as to the others (MUSE's practice, {cite}`chang2023muse`; MaskGIT's paper does not
+# guide).
+
+# %%
+steps_t = 8
+still_masked = [49] + [math.floor(mask_schedule(t / steps_t) * 49) for t in range(1, steps_t)] + [0]
+decided_per_step = [a - b for a, b in zip(still_masked, still_masked[1:])]
+print(f"T = {steps_t}: tokens decided per step {decided_per_step} (sum {sum(decided_per_step)})")
+assert sum(decided_per_step) == 49 and decided_per_step == sorted(decided_per_step)  # few first, more later
+with torch.no_grad():
+    maskgit_nll = maskgit_loss(maskgit, vq.encode(x_test), test_labels[:2000].to(device),
+                               torch.Generator().manual_seed(0)).item()
+print(f"MaskGIT: test cross-entropy of masked tokens {maskgit_nll:.3f} nats (raster model, each token given "
+      f"the ones before it: {raster_nll:.3f}; the two are not the same quantity)")
+maskgit_grids, maskgit_passes = sample_maskgit(maskgit, torch.arange(10, device=device).repeat_interleave(6),
+                                               steps_t, cfg_scale=2.0, generator=gen, return_passes=True)
+assert maskgit_passes == steps_t
+show_grid(vq.decode(maskgit_grids), 10, "MaskGIT, 8 steps, cfg 2: six samples per class", row_labels=CLASS_NAMES,
+          name="maskgit-samples")
+maskgit_steps = {}
+for T in (2, 4, 8, 16):
+    grids = sample_maskgit(maskgit, labels_300, T, cfg_scale=2.0, generator=gen)
+    maskgit_steps[T] = class_scores(vq.decode(grids), labels_300)
+    print(f"T = {T:2d} steps: class-consistency accuracy {maskgit_steps[T][0]:.3f}, Fréchet distance "
+          f"{maskgit_steps[T][1]:.2f} (300 samples)")
+assert all(maskgit_steps[T][0] > 0.9 for T in (4, 8, 16))  # the class is drawn from 4 steps on
+maskgit_time = seconds_per_image({"raster": raster_image(raster), "MaskGIT, 8 steps": lambda y: vq.decode(
+    sample_maskgit(maskgit, y, steps_t, cfg_scale=2.0, generator=gen))})
+print("one image (median of 20): " + ", ".join(f"{n} {t * 1e3:.1f} ms" for n, t in maskgit_time.items()))
+check_timing(maskgit_time["MaskGIT, 8 steps"] < maskgit_time["raster"],
+             "8 passes over 50 positions should beat 49 cached one-token passes at batch 1")
+
+# %% [markdown]
+# Eight passes over 50 positions beat 49 cached one-token passes for one image (asserted). From 4 to 16
+# steps the scores of 300 samples move by about as much as the draw moves them (section 3's guidance
+# sweep shows the scale of that noise), so the chapter claims no effect of the number of steps on this
+# small grid; section 7 compares MaskGIT with the others on 1000 samples.
+
+# %% [markdown]
+# ## 7. Every generator on equal terms
+#
+# A model over a tokenizer's codes cannot do better than the tokenizer's own reconstructions: the best
+# it could ever produce is an image the decoder makes from some token grid. So every generator here sits
+# beside its **floor**, the reconstructions of held-out test images by its tokenizer, and beside real
+# held-out images. Every row is scored by the same classifier (`fashion-classifier`): class-consistency
+# accuracy (overall and per class), the Fréchet distance on its 64 features, the kernel distance (KID,
+# {cite}`binkowski2018demystifying`: an unbiased estimate of the squared maximum mean discrepancy with a
+# cubic polynomial kernel, so that, unlike the Fréchet distance, it does not shrink as the sample grows),
+# and precision and recall {cite}`kynkaanniemi2019improved`: the share of samples inside the manifold of
+# real features (each real point's ball reaching its third nearest neighbour) and the share of real
+# images inside the samples' manifold. Precision asks whether samples look real, recall whether they
+# cover what real images do. A memorization check gives each image's pixel distance to its nearest
+# training image.
+#
+# Each generator draws 1000 images (100 per class, guidance 2) against 1000 reference test images. That
+# is some 15,000 images in all, more than a chapter should wait for on a laptop, so the evaluation is a
+# benchmark, `python benchmarks/visual_eval.py`, whose committed output (`data/results/visual-eval-cpu.json`,
+# with the device and the date) this section reads. Intervals are bootstrap intervals: 200 resamples of
+# both the samples and the reference, value $\pm 1.96$ standard deviations of the resampled values. A
+# difference between two rows is claimed only when the interval of the *paired* difference (the same
+# reference resamples for both rows, `arlib.vision.sample_quality.difference`) excludes zero.
+
+# %%
+import json
+from pathlib import Path
+
+from arlib.vision.sample_quality import difference
+
+evaluation = json.loads((Path(arlib.__file__).resolve().parents[1] / "data/results/visual-eval-cpu.json").read_text())
+rows = evaluation["rows"]
+print(f"{evaluation['per_class'] * 10} samples per row, {evaluation['boots']} bootstrap resamples, guidance "
+      f"{evaluation['cfg']}; measured on {evaluation['device_name']} ({evaluation['threads']} threads), "
+      f"{evaluation['date'][:10]}")
+
+
+def interval(row, metric, scale=1.0, digits=2):
+    r = row[metric]
+    return f"{scale * r['value']:.{digits}f} [{scale * r['low']:.{digits}f}, {scale * r['high']:.{digits}f}]"
+
+
+print(f"{'row':>58} | {'floor':>12} | {'passes':>6} | {'accuracy':>19} | {'Frechet':>19} | {'KID':>19} | "
+      f"{'precision':>9} | {'recall':>6} | {'nearest':>7}")
+for name, row in rows.items():
+    passes = f"{row['passes_mean']:6.1f}" if "passes_mean" in row else ""
+    print(f"{name:>58} | {row['tokenizer'] or '(real)':>12} | {passes:>6} | {interval(row, 'accuracy', digits=3):>19} | "
+          f"{interval(row, 'frechet'):>19} | {interval(row, 'kid'):>19} | {row['precision']['value']:9.3f} | "
+          f"{row['recall']['value']:6.3f} | {row['nearest_train_median']:7.2f}")
+print(f"held-out test images' median distance to the nearest training image: "
+      f"{evaluation['nearest_train_median_of_test']:.2f}")
+
+
+def claim(a, b, metric):
+    """(difference a - b, low, high) of two rows' scores, paired on the reference's resamples."""
+    return difference(rows[a], rows[b], metric)
+
+
+floors = {"fashion-vq": "fashion-vq reconstructions", "fashion-msvq": "fashion-msvq reconstructions"}
+print("Frechet distance above the tokenizer's floor (paired difference, 95 % interval):")
+above_floor = {}
+for name, row in rows.items():
+    if row["kind"] == "generator":
+        above_floor[name] = claim(name, floors[row["tokenizer"]], "frechet")
+        value, low, high = above_floor[name]
+        print(f"{name:>58}: {value:6.2f} [{low:6.2f}, {high:6.2f}]{'' if low > 0 else '  (not separated)'}")
+for floor_row in floors.values():
+    value, low, high = claim(floor_row, "test images", "frechet")
+    print(f"{floor_row} vs real test images: {value:.2f} [{low:.2f}, {high:.2f}]")
+generators = [name for name, row in rows.items() if row["kind"] == "generator"]
+separated = {name for name in generators if above_floor[name][1] > 0}
+relaxed_row = "raster + SJD, relaxed test on uniform drafts (delta 0.1)"
+exact_drafter = "raster + speculative sampling, drafter (LANTERN delta 0)"
+assert separated == {relaxed_row, "MaskGIT, 8 steps"}  # only these are measurably above their floor
+assert all(claim(floor_row, "test images", "frechet")[1] < 0 for floor_row in floors.values())
+for metric in ("accuracy", "frechet", "precision", "recall"):  # SJD is exact: no difference from plain sampling
+    _, low, high = claim("raster + SJD", "raster", metric)
+    assert low < 0 < high
+for delta in (0.1, 0.2):  # LANTERN with the drafter: fewer of the class asked for, more coverage
+    assert claim(f"raster + LANTERN, drafter, delta {delta}", exact_drafter, "accuracy")[2] < 0
+    assert claim(f"raster + LANTERN, drafter, delta {delta}", exact_drafter, "recall")[1] > 0
+maskgit_vs_raster = {m: claim("MaskGIT, 8 steps", "raster", m) for m in ("accuracy", "frechet", "recall")}
+assert maskgit_vs_raster["accuracy"][1] > 0 and maskgit_vs_raster["recall"][2] < 0
+assert all(claim("next-scale (VAR)", "raster", m)[1] < 0 < claim("next-scale (VAR)", "raster", m)[2]
+           for m in ("accuracy", "frechet", "precision"))
+assert claim("HMAR, next-scale steps only", "next-scale (VAR)", "frechet")[2] < 0
+assert claim("HMAR, with masked steps", "HMAR, next-scale steps only", "frechet")[1] < 0
+assert max(rows[name]["share_closer_than_test_p1"] for name in generators) < 0.01  # no copies of training images
+
+# %% [markdown]
+# What the table supports, each asserted in the cell above, and nothing beyond:
+# - **The floors.** At 1000 images, neither tokenizer's reconstructions are measurably further from the
+#   reference than real held-out images are: the classifier's features barely see what quantization loses.
+#   Most generators are not separated from their floor either (the paired intervals printed above
+#   include zero). A yardstick this coarse cannot rank those generators, and the chapter does not.
+# - **Two are above their floor:** SJD with the relaxed test on uniform drafts, far above (its samples
+#   collapse: half the class accuracy and a Fréchet distance several times the others'), and MaskGIT.
+# - **SJD is exact**: no difference from plain raster sampling on any score, as its theorem says.
+# - **LANTERN with the drafter**, at $\delta = 0.1$ and $0.2$ against the exact drafter row: the class is
+#   drawn less often (accuracy down by a few points) and recall goes up: the relaxed test spreads the
+#   samples. The Fréchet distance does not separate them.
+# - **MaskGIT** draws the class more often than raster sampling but covers less of the data (recall
+#   lower, Fréchet distance higher): its confidence-ordered decoding favours prototypical garments.
+# - **Next-scale against raster**: no difference on accuracy, Fréchet distance or precision. The speed
+#   claims of section 4 are not bought with measurable quality here.
+# - **HMAR**: its next-scale branch alone scores a lower Fréchet distance than VAR's model, narrowly
+#   (the interval's upper end is close to zero); the masked steps do not improve on it.
+# - **No memorization**: no generator puts even 1 % of its samples closer to a training image than 99 % of
+#   held-out test images are.
+#
+# KID agrees in direction but separates nothing except the collapsed row: with 64 features of large
+# magnitude its estimate is noisier than the Fréchet distance's at this sample size.
+#
+# **Latency and throughput.** Section 4's speed-up of next-scale over raster was one image at a time.
+# A batch changes it: a raster pass over a batch of 64 guided images carries 128 token rows, a
+# next-scale pass up to $128 \times 49$, and once the passes are wide enough for the arithmetic to
+# dominate, what counts is the total number of token rows, where next-scale (176 per image) is dearer
+# than raster (98 per image). `python benchmarks/visual_ar.py --sweep` measures images per second
+# against the batch size (committed: `data/results/visual-batch-cpu.json`):
+
+# %%
+sweep = json.loads((Path(arlib.__file__).resolve().parents[1] / "data/results/visual-batch-cpu.json").read_text())
+rates = sweep["images_per_second"]
+batches = sorted(int(b) for b in rates["raster"])
+fig, ax = plt.subplots(figsize=(6, 3.5))
+for name, by_batch in rates.items():
+    ax.plot(batches, [by_batch[str(b)] for b in batches], marker="o", label=name)
+ax.set_xscale("log", base=2)
+ax.set_yscale("log")
+ax.set_xlabel("batch size (images)")
+ax.set_ylabel("images per second")
+ax.set_title(f"throughput on {sweep['device_name']} ({sweep['threads']} threads), {sweep['date'][:10]}")
+ax.legend(fontsize=8)
+arlib.export_figure(fig, "batch-sweep")
+plt.show()
+ratio = {b: rates["next-scale (VAR)"][str(b)] / rates["raster"][str(b)] for b in batches}
+print("next-scale / raster images per second by batch size: " + ", ".join(f"{b}: {r:.2f}x" for b, r in ratio.items()))
+assert ratio[1] > 3 and ratio[256] < 1  # one image at a time next-scale wins; at 256 raster does
+crossover = next(b for b in batches if ratio[b] < 1.2)
+print(f"next-scale's advantage is under 1.2x from batch {crossover} on")
+maskgit_ratio = {b: rates["MaskGIT, 8 steps"][str(b)] / rates["raster"][str(b)] for b in batches}
+assert maskgit_ratio[1] > 1 and maskgit_ratio[256] < 1
+
+# %% [markdown]
+# The speed claims hold in their regime only. One image at a time, next-scale makes several times as
+# many images per second as raster order (the printed ratio at batch 1), MaskGIT about twice to three
+# times as many, and SJD (one image at a time always) half as many again as plain raster sampling. As
+# the batch grows, every pass gets wide enough that the arithmetic per token row sets the time, and
+# next-scale's 176 rows per image against raster's 98 catch up with it: its advantage has all but gone
+# by batch 64 on this machine, and at 256 raster order is faster (asserted); MaskGIT, 8 passes over 50
+# positions each, falls behind raster sooner. A server batching requests and a user waiting for one
+# image want different generators. The batch where the lines cross depends on the hardware: on an
+# accelerator a pass stays cheap to much larger widths.
+
+# %% [markdown]
+# ## 8. Where the field goes
+#
+# **Block-sparse attention for next-scale models.** HMAR's block-diagonal mask (section 4) pays off only
+# with a kernel that skips the masked blocks: its authors write I/O-aware block-sparse attention kernels
+# for training and drop the KV cache of coarser scales at inference. Ours computes the dense attention
+# and masks it, so it saves no time, only the cache; for images of 256x256 pixels and more, with
+# sequences of thousands of tokens per scale, the kernel is where the savings are.
 #
 # **Coarse-to-fine tokens.** A codebook of thousands of codes has many near-synonyms, the observation
 # behind LANTERN. Clustering the codebook into a few hundred coarse labels and predicting the coarse
@@ -803,10 +1225,6 @@ check_timing(max(token_rates, key=token_rates.get).startswith("next-scale"),
 # noisy contexts. Quantization error, one floor under every row of the table above, disappears (the
 # autoencoder's reconstruction error remains).
 
-# %%
-assert abs(markov_nll / var_nll - 1) < 0.05
-print(f"HMAR-style model: test NLL {markov_nll:.3f} vs VAR {var_nll:.3f} nats per token; "
-      f"samples: accuracy {markov_n[0]:.3f} vs {var_n[0]:.3f}, Fréchet {markov_n[1]:.2f} vs {var_n[1]:.2f}")
 
 # %% [markdown]
 # ## Exercises
@@ -957,21 +1375,27 @@ arlib.checks.lantern_proximity(proximity)
 # - Any order of the pixels gives a valid chain rule, but raster order costs one model call per
 #   pixel; local context alone (counts over four neighbours) learns texture, not shape.
 # - A VQ-VAE compresses a 28x28 image into 49 tokens of 8 bits with a straight-through gradient and a
-#   commitment loss; starting codes on data, EMA updates and restarts keep the whole codebook in use,
-#   where the textbook recipe leaves almost every code dead.
+#   commitment loss; of the three remedies against dead codes, restarts do the work. Finite scalar
+#   quantization needs none: it reconstructs about as well and uses all of its codes.
 # - A small GPT over those tokens, with classifier-free guidance, draws the requested garment most of
 #   the time; guidance trades variety for class fidelity.
-# - Next-scale prediction writes 88 tokens in 5 block-causal passes instead of 49 one-token passes, at
-#   comparable quality. A pass costs a fixed part plus a part per token row, and an image needs work
-#   outside the passes: on two CPU cores the wide passes cost arithmetic and next-scale is at least
-#   three times faster per image; on an accelerator at batch 1 a pass costs about the same whatever its
-#   width, and the speed-up comes close to the flat value measured from the passes (at least 5x; both
-#   asserted when the chapter runs on one).
-#   Attending only to the previous scale (HMAR's Markovian attention) costs almost nothing in likelihood.
-# - Speculative Jacobi decoding keeps the raster model's distribution (checked on the second token's
-#   marginal) and decides about two tokens per pass; LANTERN's relaxed test decides more, and its price
-#   is not bounded by $\delta$: computed exactly, with uniform first guesses the first token's law moves
-#   by far more than $\delta$.
+# - Next-scale prediction writes 88 tokens in 5 block-causal passes instead of 49 one-token passes. A pass
+#   costs a fixed part plus a part per token row, and an image needs work outside the passes: one image
+#   at a time on two CPU cores next-scale is at least three times faster; as the batch grows the
+#   arithmetic per token row takes over and the advantage shrinks (section 7's sweep says where).
+# - HMAR's block-diagonal attention predicts each scale from the previous scale's reconstruction alone,
+#   keeps no cache of coarser scales, and loses little likelihood; its masked steps within a scale cost
+#   four more passes per image here.
+# - MaskGIT fills the raster tokens' grid in 8 confidence-ordered parallel passes.
+# - Speculative Jacobi decoding keeps the raster model's distribution and decides about two tokens per
+#   pass. LANTERN's relaxed test trades fidelity for acceptance, and its price is not bounded by
+#   $\delta$ (computed exactly); with uniform drafts the samples collapse, with a small drafter's top-1
+#   chain the drafts rarely match and the relaxation buys little speed on this model.
+# - Scored on 1000 samples with paired bootstrap intervals and beside each tokenizer's floor (section
+#   7), most generators are not separated from that floor, nor from each other; MaskGIT trades recall
+#   for class accuracy, LANTERN's relaxation trades accuracy for recall, and the relaxed test on uniform
+#   drafts collapses. Next-scale's speed advantage is a batch-1 advantage: by batch 256 raster order is
+#   faster on this CPU.
 #
 # ## References
 #
