@@ -1158,8 +1158,8 @@ assert max(rows[name]["share_closer_than_test_p1"] for name in generators) < 0.0
 # - **No memorization**: no generator puts even 1 % of its samples closer to a training image than 99 % of
 #   held-out test images are.
 #
-# KID agrees in direction but separates nothing except the collapsed row: with 64 features of large
-# magnitude its estimate is noisier than the Fréchet distance's at this sample size.
+# KID's intervals (in the table) are wide at this sample size, with 64 features of large magnitude; the
+# chapter draws no conclusion from KID beyond the collapsed row.
 #
 # **Latency and throughput.** Section 4's speed-up of next-scale over raster was one image at a time.
 # A batch changes it: a raster pass over a batch of 64 guided images carries 128 token rows, a
