@@ -155,8 +155,9 @@ def sample_raster(model: GPT, labels: torch.Tensor, num_codes: int, num_classes:
 
 def block_causal_mask(scales, device=None, markov: bool = False) -> torch.Tensor:
     """(L, L) boolean mask, L = sum s^2: a position of scale k sees every position of scales 1..k; with
-    ``markov=True`` only those of scales k-1 and k, and the class token (HMAR's Markovian variant, Kumbong
-    et al. 2025: the previous scale's input already carries the reconstruction of all coarser scales)."""
+    ``markov=True`` only those of scales k-1 and k, and the class token (the book's variant of the idea of
+    HMAR, Kumbong et al. 2025, that the previous scale's input already carries the reconstruction of all
+    coarser scales; HMAR's own block-diagonal mask is :func:`arlib.vision.hmar.hmar_mask`)."""
     if not isinstance(scales, (tuple, list)) or not scales or not all(is_int(s) and s >= 1 for s in scales):
         raise ValueError(f"scales: expected a non-empty sequence of positive ints, got {scales!r}")
     level = torch.cat([torch.full((s * s,), k, device=device) for k, s in enumerate(scales)])
@@ -172,7 +173,8 @@ class NextScaleModel(nn.Module):
     (:meth:`~arlib.vision.vq.MultiScaleQuantizer.next_scale_inputs`), projected to the model width. Every
     position adds a learned position embedding
     and its scale's level embedding; attention is block-causal; block k predicts all tokens of map k+1.
-    ``markov=True`` restricts attention to the current and the previous scale (HMAR).
+    ``markov=True`` restricts attention to the current and the previous scale and the class token (the
+    book's variant; HMAR as published is :class:`arlib.vision.hmar.HMARModel`).
     ``forward(labels, inputs)`` -> logits (B, L, num_codes).
     """
 

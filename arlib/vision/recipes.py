@@ -5,7 +5,8 @@ test split: ``python -m arlib.recipes NAME`` with NAME one of
 - ``fashion-msvq``: VAR's multi-scale tokenizer (maps of 1, 4, 9, 25, 49 tokens, 256 codes);
 - ``fashion-raster``: the class-conditional raster GPT over ``fashion-vq`` tokens;
 - ``fashion-var``: the class-conditional next-scale transformer over ``fashion-msvq`` maps;
-- ``fashion-var-markov``: the same with Markovian attention (each scale sees only the previous one, HMAR);
+- ``fashion-var-markov``: the same with the book's earlier Markovian mask (each scale sees itself, the previous
+  scale and the class token; HMAR's own mask is ``fashion-hmar``'s);
 - ``fashion-fsq``: finite scalar quantization (levels 8, 6, 5: 240 codes, no codebook) with the VQ-VAE's
   encoder and decoder, for the tokenizer comparison;
 - ``fashion-raster-draft``: a small raster GPT (1 layer, width 64) over ``fashion-vq`` tokens, the drafter of
