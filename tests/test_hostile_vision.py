@@ -12,6 +12,7 @@ from hostile import rejects
 from tiny_models import tiny_gpt
 
 from arlib.vision import fsq as fsq_mod
+from arlib.vision import generators as gen
 from arlib.vision import hmar as hm
 from arlib.vision import lantern as lt
 from arlib.vision import maskgit as mg
@@ -30,6 +31,7 @@ COVERED = {
     "arlib.vision.lantern.sample_raster_lantern",
     "arlib.vision.hmar.hmar_mask", "arlib.vision.hmar.HMARModel", "arlib.vision.hmar.hmar_loss",
     "arlib.vision.hmar.hmar_masked_loss", "arlib.vision.hmar.sample_hmar",
+    "arlib.vision.generators.scale_targets",
 }
 
 G = torch.Generator().manual_seed(0)
@@ -82,6 +84,9 @@ CASES = [
     ("encoder no config", vq.conv_encoder, (None,), {}, "config"),
     ("decoder dict config", vq.conv_decoder, ({"width": 8},), {}, "config"),
     ("images 3-D", vq.check_images, (torch.rand(2, 28, 28),), {}, "x"),
+    ("targets not a list", gen.scale_targets, (torch.zeros(2, 1, 1, dtype=torch.long), (1,), 8), {}, "maps"),
+    ("targets wrong scale", gen.scale_targets, ([torch.zeros(2, 2, 2, dtype=torch.long)], (1,), 8), {}, "maps"),
+    ("targets code too big", gen.scale_targets, ([torch.full((2, 1, 1), 8)], (1,), 8), {}, "maps"),
     ("images long", vq.check_images, (torch.zeros(2, 1, 28, 28, dtype=torch.long),), {}, "x"),
 ]
 

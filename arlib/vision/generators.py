@@ -27,7 +27,7 @@ from arlib.validate import generator as check_generator
 from arlib.vision.vq import MultiScaleQuantizer
 
 __all__ = ["raster_model", "raster_tokens", "raster_loss", "cfg_logits", "check_labels", "sample_raster",
-           "NextScaleModel", "next_scale_loss", "sample_next_scale", "block_causal_mask"]
+           "NextScaleModel", "next_scale_loss", "scale_targets", "sample_next_scale", "block_causal_mask"]
 
 GRID = 7  # token grid side of the book's tokenizers (28x28 images, 4x downsampling)
 
@@ -249,6 +249,18 @@ class NextScaleModel(nn.Module):
         return self.head(self.ln_f(x))
 
 
+def scale_targets(maps, scales, num_codes: int) -> torch.Tensor:
+    """The token maps of ``scales`` (one (B, s, s) map of code ids in [0, num_codes) per scale, coarse to
+    fine), checked and flattened into the (B, L) targets of a next-scale loss."""
+    if not isinstance(maps, (list, tuple)) or len(maps) != len(scales):
+        raise ValueError(f"maps: expected {len(scales)} token maps of scales {tuple(scales)}")
+    for s, m in zip(scales, maps):
+        token_ids(m, "maps", dim=3, vocab_size=num_codes, expected="(B, s, s) torch.long maps of code ids")
+        if m.shape[1:] != (s, s):
+            raise ValueError(f"maps: expected maps of scales {tuple(scales)}, got {[describe(t) for t in maps]}")
+    return torch.cat([m.flatten(1) for m in maps], dim=1)
+
+
 def next_scale_loss(model: NextScaleModel, labels: torch.Tensor, maps: list[torch.Tensor],
                     inputs: list[torch.Tensor]) -> torch.Tensor:
     """Mean cross-entropy over all L tokens of the maps (coarse to fine) under teacher forcing; maps: one
@@ -256,13 +268,7 @@ def next_scale_loss(model: NextScaleModel, labels: torch.Tensor, maps: list[torc
     inner = getattr(model, "module", model)
     if not isinstance(inner, NextScaleModel):
         raise TypeError(f"model: expected a NextScaleModel, got {type(model).__name__}")
-    if not isinstance(maps, (list, tuple)) or len(maps) != len(inner.scales):
-        raise ValueError(f"maps: expected {len(inner.scales)} token maps of scales {inner.scales}")
-    for s, m in zip(inner.scales, maps):
-        token_ids(m, "maps", dim=3, vocab_size=inner.num_codes, expected="(B, s, s) torch.long maps of code ids")
-        if m.shape[1:] != (s, s):
-            raise ValueError(f"maps: expected maps of scales {inner.scales}, got {[describe(t) for t in maps]}")
-    target = torch.cat([m.flatten(1) for m in maps], dim=1)  # (B, L)
+    target = scale_targets(maps, inner.scales, inner.num_codes)  # (B, L)
     logits = model(labels, inputs)
     return F.cross_entropy(logits.reshape(-1, inner.num_codes), target.reshape(-1))
 

@@ -37,9 +37,9 @@ from torch import nn
 
 from arlib.text.gpt import Block, GPTConfig
 from arlib.text.sampling import draw, process_logits
-from arlib.validate import describe, int_at_least, is_int, number_in, positive_int, token_ids
+from arlib.validate import describe, int_at_least, is_int, number_in, positive_int
 from arlib.validate import generator as check_generator
-from arlib.vision.generators import cfg_logits, check_labels
+from arlib.vision.generators import cfg_logits, check_labels, scale_targets
 from arlib.vision.vq import MultiScaleQuantizer
 
 __all__ = ["hmar_mask", "HMARModel", "hmar_loss", "hmar_masked_loss", "sample_hmar", "DEFAULT_SCHEDULE"]
@@ -196,13 +196,7 @@ def _check_model(model) -> HMARModel:
 
 
 def _targets(inner: HMARModel, maps) -> torch.Tensor:
-    if not isinstance(maps, (list, tuple)) or len(maps) != len(inner.scales):
-        raise ValueError(f"maps: expected {len(inner.scales)} token maps of scales {inner.scales}")
-    for s, m in zip(inner.scales, maps):
-        token_ids(m, "maps", dim=3, vocab_size=inner.num_codes, expected="(B, s, s) torch.long maps of code ids")
-        if m.shape[1:] != (s, s):
-            raise ValueError(f"maps: expected maps of scales {inner.scales}, got {[describe(t) for t in maps]}")
-    return torch.cat([m.flatten(1) for m in maps], dim=1)  # (B, L)
+    return scale_targets(maps, inner.scales, inner.num_codes)  # (B, L)
 
 
 def hmar_loss(model: HMARModel, labels: torch.Tensor, maps: list[torch.Tensor], inputs: list[torch.Tensor]):
