@@ -247,6 +247,23 @@ def test_modified_discounts_by_hand():
     assert modified_discounts(np.array([1, 1, 2])) == (0.5, 1.0, 1.5)  # too few counts of counts: a default
 
 
+def test_modified_discounts_fall_back_when_an_estimate_leaves_zero_mass():
+    """n4 large against n3 drives the D3+ estimate to 3 - 4 Y n4 / n3 < 0; clipping it to 0 would free no
+    mass after a context whose followers were all seen 3+ times, and every other token would get p = 0."""
+    from arlib.text.ngram import modified_discounts
+
+    counts = np.array([1] * 4 + [2] * 3 + [3] * 1 + [4] * 6)  # n1..n4 = 4, 3, 1, 6: Y = 0.4, D3 estimate < 0
+    assert 3 - 4 * 0.4 * 6 / 1 < 0
+    assert modified_discounts(counts) == (0.5, 1.0, 1.5)
+    # the case a hypothesis run found: order 2 fitted on 8 symbols of 30, asked about a context it never saw
+    g = torch.Generator().manual_seed(285)
+    model = NGramModel(2, 30, smoothing="modified_kneser_ney").fit(torch.randint(0, 8, (300,), generator=g))
+    assert all(0 < d <= r for level in model.raw + model.cont for d, r in zip(level.discounts, (1, 2, 3)))
+    p = model.probs(torch.arange(30)[:, None])
+    assert (p > 0).all()
+    torch.testing.assert_close(p.sum(-1), torch.ones(30, dtype=torch.float64), rtol=0, atol=1e-9)
+
+
 @pytest.mark.parametrize("order", [3, 5, 8])
 def test_modified_kneser_ney_needs_no_tuning_to_match_one_tuned_discount(order):
     """Single-discount KN with D tuned on one held-out half against modified KN (nothing tuned), both

@@ -22,7 +22,7 @@ Smoothing:
   ``gamma(h) = (D1 N1(h .) + D2 N2(h .) + D3+ N3+(h .)) / c(h)``, and the discounts estimated in closed
   form from the counts of counts ``n_r`` of each order: ``Y = n1 / (n1 + 2 n2)``,
   ``D_r = r - (r + 1) Y n_{r+1} / n_r``. Lower orders use continuation counts, with discounts from
-  their own counts of counts (as KenLM does); each discount is clipped to ``[0, r]``.
+  their own counts of counts (as KenLM does); an estimate outside ``(0, r]`` falls back to 0.5, 1, 1.5.
 
 Near the start of a sequence a context is shorter than ``n - 1``; it is then scored with the longest
 context available, its own order taking the role of the highest one.
@@ -90,8 +90,10 @@ class _Level:
 def modified_discounts(counts: np.ndarray) -> tuple[float, float, float]:
     """Chen & Goodman's (1999) closed-form discounts ``(D1, D2, D3+)`` from the counts of counts
     ``n_r`` (how many n-grams occur exactly r times): ``Y = n1 / (n1 + 2 n2)``,
-    ``D_r = r - (r + 1) Y n_{r+1} / n_r``, each clipped to ``[0, r]`` (a level with too few n-grams
-    for an estimate gets the classic 0.5, 1, 1.5). ``counts`` must be integers >= 0."""
+    ``D_r = r - (r + 1) Y n_{r+1} / n_r``. A level with too few n-grams for an estimate, or whose
+    estimate leaves some ``D_r`` outside ``(0, r]``, gets the classic 0.5, 1, 1.5 instead (KenLM's
+    discount fallback): a zero discount would free no mass after a context, leaving every token unseen
+    there with probability exactly 0. ``counts`` must be integers >= 0."""
     try:
         counts = np.asarray(counts)
     except (TypeError, ValueError):
@@ -104,7 +106,10 @@ def modified_discounts(counts: np.ndarray) -> tuple[float, float, float]:
     if min(n) == 0:
         return 0.5, 1.0, 1.5
     y = n[0] / (n[0] + 2 * n[1])
-    return tuple(float(np.clip(r - (r + 1) * y * n[r] / n[r - 1], 0.0, r)) for r in (1, 2, 3))
+    estimate = tuple(float(r - (r + 1) * y * n[r] / n[r - 1]) for r in (1, 2, 3))
+    if not all(0 < d <= r for d, r in zip(estimate, (1, 2, 3))):
+        return 0.5, 1.0, 1.5
+    return estimate
 
 
 SMOOTHINGS = ("add_k", "kneser_ney", "modified_kneser_ney")
