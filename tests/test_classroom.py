@@ -561,6 +561,12 @@ def _proximity(p, x, neighbors, delta, own=False, strict=False, each=False, keep
     return chosen if keep_x else chosen[chosen != x]
 
 
+def _tokens_plan(steps, n, schedule, **mistake):
+    from arlib.checks.ch04 import _plan  # the check's own plan, with its mistake switches
+
+    return _plan(schedule, steps, n, **mistake)
+
+
 def _mel_filters(n_mels, n_fft, sr, hz=False, points=2, area=False, clamp=True):
     freqs = torch.arange(n_fft // 2 + 1, dtype=torch.float64) * sr / n_fft
     if hz:
@@ -775,6 +781,11 @@ WRONG = {
                           ("strict < delta", (lambda p, x, n, d: _proximity(p, x, n, d, strict=True),)),
                           ("every light neighbour", (lambda p, x, n, d: _proximity(p, x, n, d, each=True),)),
                           ("forgets x", (lambda p, x, n, d: _proximity(p, x, n, d, keep_x=False),))],
+    "maskgit_plan": [("rounded up", (lambda T, n, s: _tokens_plan(T, n, s, rounding=math.ceil),)),
+                     ("schedule read one step early", (lambda T, n, s: _tokens_plan(T, n, s, shift=1),)),
+                     ("no clamps", (lambda T, n, s: _tokens_plan(T, n, s, clamp=False),)),
+                     ("still-masked counts", (lambda T, n, s: _tokens_plan(T, n, s, remaining=True),)),
+                     ("no last step", (lambda T, n, s: _tokens_plan(T, n, s)[:-1],))],
     "mel_filterbank_matrix": [("equally spaced in Hz", (lambda m, n, sr: _mel_filters(m, n, sr, hz=True),)),
                               ("n_mels + 1 edges", (lambda m, n, sr: _mel_filters(m, n, sr, points=1),)),
                               ("unit area", (lambda m, n, sr: _mel_filters(m, n, sr, area=True),)),

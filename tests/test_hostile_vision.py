@@ -24,7 +24,8 @@ COVERED = {
     "arlib.vision.sample_quality.nearest_distances", "arlib.vision.sample_quality.score_samples",
     "arlib.vision.sample_quality.difference",
     "arlib.vision.fsq.FiniteScalarQuantizer", "arlib.vision.fsq.FSQVAE",
-    "arlib.vision.maskgit.MaskGITModel", "arlib.vision.maskgit.mask_schedule", "arlib.vision.maskgit.maskgit_loss",
+    "arlib.vision.maskgit.MaskGITModel", "arlib.vision.maskgit.decoding_plan",
+    "arlib.vision.maskgit.mask_schedule", "arlib.vision.maskgit.maskgit_loss",
     "arlib.vision.maskgit.sample_maskgit",
     "arlib.vision.vq.conv_encoder", "arlib.vision.vq.conv_decoder", "arlib.vision.vq.check_images",
     "arlib.vision.lantern.relaxed_token_law", "arlib.vision.lantern.lantern_speculative",
@@ -130,6 +131,14 @@ def test_maskgit_inputs_are_named():
     rejects(mg.sample_maskgit, model, labels, temperature=0, arg="temperature")
     rejects(mg.sample_maskgit, model, labels.float(), arg="labels")
     rejects(mg.sample_maskgit, torch.nn.Linear(2, 2), labels, arg="model")
+    for plan in ([49], [1] * 7 + [43], [50, -1] + [0] * 6, [True] * 8, [6.0] * 7 + [7.0], "cosine", [1] * 7 + [41]):
+        rejects(mg.sample_maskgit, model, labels, steps=8, plan=plan, arg="plan")
+    rejects(mg.decoding_plan, 0, 49, arg="steps")
+    rejects(mg.decoding_plan, 8, 0, arg="n_tokens")
+    rejects(mg.decoding_plan, 8, 49, "cosine", arg="schedule")
+    rejects(mg.decoding_plan, 8, 49, lambda r: math.nan, arg="schedule")
+    rejects(mg.decoding_plan, 8, 49, lambda r: "half", arg="schedule")
+    rejects(mg.decoding_plan, 8, 49, lambda r: torch.ones(2), arg="schedule")
 
 
 def test_lantern_inputs_are_named():

@@ -225,6 +225,37 @@ def test_maskgit_masks_again_the_least_confident_draws(monkeypatch):
             assert len(kept) and len(again) and kept.min() >= again.max()
 
 
+@pytest.mark.parametrize("steps, schedule", [(8, None), (4, lambda r: 1 - r), (6, lambda r: 1 - math.sqrt(r)),
+                                             (60, None), (5, lambda r: 1.5)])
+def test_maskgit_follows_its_decoding_plan(steps, schedule):
+    """The sampler's masked counts are those the plan implies, for the default plan and for one handed over."""
+    plan = mg.decoding_plan(steps, 49) if schedule is None else mg.decoding_plan(steps, 49, schedule)
+    assert len(plan) == steps and sum(plan) == 49 and min(plan) >= 0
+    model = _tiny_maskgit(4)
+    recorder = _Recorder(model)
+    recorder.module = model
+    grids = mg.sample_maskgit(recorder, torch.tensor([0, 1]), steps, plan=plan if schedule else None,
+                              generator=torch.Generator().manual_seed(2))
+    masked_counts = [(t == 6).sum(1).tolist() for t in recorder.seen] + [(grids.flatten(1) == 6).sum(1).tolist()]
+    expected = [49 - sum(plan[:t]) for t in range(steps + 1)]
+    assert masked_counts == [[m, m] for m in expected]
+
+
+def test_maskgit_decoding_plan_by_hand():
+    assert mg.decoding_plan(8, 49) == [1, 3, 5, 6, 7, 9, 9, 9]  # 48, 45, 40, 34, 27, 18, 9 still masked
+    assert mg.decoding_plan(4, 49, lambda r: 1 - r) == [13, 12, 12, 12]  # 36, 24, 12
+    assert mg.decoding_plan(1, 49) == [49]
+    assert mg.decoding_plan(3, 1) == [0, 0, 1]  # one token: the clamps keep it masked until the last step
+    assert mg.decoding_plan(4, 10, lambda r: 0.0) == [9, 0, 0, 1]  # at least 1 stays masked
+    assert mg.decoding_plan(4, 10, lambda r: 2.0) == [1, 1, 1, 7]  # at most one fewer than before
+    model = _tiny_maskgit(5)
+    labels = torch.tensor([0, 2, 1])
+    default = mg.sample_maskgit(model, labels, 8, generator=torch.Generator().manual_seed(3))
+    explicit = mg.sample_maskgit(model, labels, 8, plan=mg.decoding_plan(8, 49),
+                                 generator=torch.Generator().manual_seed(3))
+    assert torch.equal(default, explicit)
+
+
 def test_maskgit_with_one_step_draws_every_token_from_the_model():
     model = _tiny_maskgit(2, K=4)
     labels = torch.zeros(4000, dtype=torch.long)

@@ -29,7 +29,7 @@ from arlib.checks.ch03 import (
     rrs_acceptance_exact,
     two_draft_optimum,
 )
-from arlib.checks.ch04 import lantern_proximity, residual_quantize, sjd_verify, straight_through_quantize
+from arlib.checks.ch04 import lantern_proximity, maskgit_plan, residual_quantize, sjd_verify, straight_through_quantize
 from arlib.checks.ch05 import cif_fire, ctc_forward_recursion, ctc_greedy_collapse, mel_filterbank_matrix
 from arlib.checks.ch06 import bias_adaptation, find_latent, mean_max_cosine, topk_latents
 from arlib.checks.ch07 import low_rank_residual, quantize_per_channel, read_through_table, sink_window_mask
@@ -40,7 +40,7 @@ __all__ = [
     "perplexity", "top_p_filter", "cached_attention", "continuation_log_prob", "kl_divergence", "kneser_ney_bigram",
     "expected_tokens_sum", "residual_distribution", "optimal_gamma_search", "prompt_lookup", "accept_prefix",
     "maximal_coupling", "kseq_rho_search", "kseq_residual_law", "rrs_acceptance_exact", "two_draft_optimum",
-    "straight_through_quantize", "residual_quantize", "sjd_verify", "lantern_proximity",
+    "straight_through_quantize", "residual_quantize", "sjd_verify", "lantern_proximity", "maskgit_plan",
     "mel_filterbank_matrix", "ctc_forward_recursion", "ctc_greedy_collapse", "cif_fire",
     "topk_latents", "mean_max_cosine", "bias_adaptation", "find_latent",
     "read_through_table", "sink_window_mask", "quantize_per_channel", "low_rank_residual",

@@ -1,5 +1,5 @@
 """Checks for chapter 4 (visual autoregression: vector quantization, VAR's residual scales, speculative
-Jacobi decoding and LANTERN's relaxed acceptance).
+Jacobi decoding, LANTERN's relaxed acceptance and MaskGIT's decoding plan).
 
 The letters are the book's: p is the model's (target) distribution, q the one a draft was drawn from.
 """
@@ -467,3 +467,59 @@ def lantern_proximity(fn) -> None:
             c.expect(ids == expected, f"the proximity set (arlib.vision.jacobi.proximity_set) for {what}", expected,
                      ids,
                      specific or hint)
+
+
+# --- 4.5 -------------------------------------------------------------------------------------------
+
+
+def _plan(schedule, steps: int, n: int, rounding=math.floor, shift: int = 0, clamp: bool = True,
+          remaining: bool = False) -> list[int]:
+    """The tokens MaskGIT decides per step, written out; the keywords make the typical mistakes."""
+    masked, out = n, []
+    for t in range(1, steps):
+        left = rounding(schedule((t - shift) / steps) * n)
+        if clamp:
+            left = max(1, min(left, masked - 1))
+        out.append(left if remaining else masked - left)
+        masked = left
+    return out + [0 if remaining else masked]
+
+
+def maskgit_plan(fn) -> None:
+    """Exercise 4.5: ``fn(steps, n_tokens, schedule) -> list of ints``, the tokens MaskGIT decides at each step."""
+    with Check("4.5", "MaskGIT's decoding plan") as c:
+        hint = ("keep the count still masked, starting at n_tokens; after step t = 1 .. steps - 1 it becomes "
+                "floor(schedule(t / steps) * n_tokens), clamped to at least 1 and at most one fewer than before; the "
+                "step decides the difference, and the last step decides whatever is left")
+        cosine = lambda r: math.cos(math.pi / 2 * r)  # noqa: E731
+        schedules = {"cosine": cosine, "linear": lambda r: 1 - r, "square": lambda r: 1 - r ** 2,
+                     "square root": lambda r: 1 - r ** 0.5, "cubic": lambda r: 1 - r ** 3}
+        cases = [(8, 49, "cosine"), (4, 49, "linear"), (10, 49, "square"), (8, 49, "square root"), (12, 256, "cubic"),
+                 (1, 49, "cosine"), (2, 49, "linear"), (60, 49, "cosine"), (3, 1, "cosine"), (16, 256, "cosine"),
+                 (5, 7, "square root")]
+        cases = [(T, n, name, schedules[name]) for T, n, name in cases]
+        cases += [(6, 20, "a schedule above 1 (1.5 everywhere)", lambda r: 1.5),
+                  (6, 20, "a schedule that drops to 0 at once", lambda r: 0.0)]
+        for T, n, name, schedule in cases:
+            what = f"{T} steps, {n} tokens, {name} schedule"
+            got = c.call(fn, T, n, schedule)
+            plan = as_token_list(got) if isinstance(got, torch.Tensor) else (
+                [int(k) for k in got] if isinstance(got, (list, tuple)) and all(
+                    isinstance(k, (int, np.integer)) and not isinstance(k, bool) for k in got) else None)
+            c.expect(plan is not None, f"a list of integers for {what}", f"{T} integers", _got(got),
+                     "return one count per step, as a list of ints")
+            expected = _plan(schedule, T, n)
+            mistakes = [
+                (dict(rounding=math.ceil), "round the still-masked count down (math.floor), as MaskGIT's code does"),
+                (dict(shift=1), "after step t (t = 1 .. steps - 1) the schedule is read at t / steps; at 0 it is "
+                 "1, everything masked"),
+                (dict(clamp=False), "clamp the count still masked to at least 1 and at most one fewer than before: "
+                 "every step but the last leaves a token to decide, and a count never grows"),
+                (dict(remaining=True), "return how many tokens each step decides, not how many are still masked "
+                 "after it"),
+            ]
+            specific = next((h for change, h in mistakes if plan == _plan(schedule, T, n, **change) != expected),
+                            None)
+            c.expect(len(plan) == T, f"one count per step for {what}", T, len(plan),
+                     specific or "the plan has exactly `steps` entries, the last one for the final step")
+            c.expect(plan == expected, f"the tokens decided per step for {what}", expected, plan, specific or hint)

@@ -35,7 +35,7 @@ from arlib.validate import describe, int_at_least, number_in, positive_int, toke
 from arlib.validate import generator as check_generator
 from arlib.vision.generators import GRID, cfg_logits, check_labels
 
-__all__ = ["MaskGITModel", "mask_schedule", "maskgit_loss", "sample_maskgit"]
+__all__ = ["MaskGITModel", "decoding_plan", "mask_schedule", "maskgit_loss", "sample_maskgit"]
 
 
 def mask_schedule(ratio) -> torch.Tensor | float:
@@ -47,6 +47,43 @@ def mask_schedule(ratio) -> torch.Tensor | float:
         return torch.cos(math.pi / 2 * ratio)
     number_in(ratio, "ratio", 0, 1)
     return math.cos(math.pi / 2 * ratio)
+
+
+def decoding_plan(steps: int, n_tokens: int, schedule=mask_schedule) -> list[int]:
+    """How many of ``n_tokens`` tokens MaskGIT decides at each of its ``steps`` steps, from a mask schedule
+    ``schedule(r)`` (a callable on a float r in [0, 1] returning the share still masked; the cosine by default).
+
+    After step t = 1 .. T - 1, ``n = floor(schedule(t / T) * n_tokens)`` tokens are masked again, clamped as
+    in MaskGIT's reference code to at least 1 and at most one fewer than were masked before the step (so a step
+    may decide nothing once one token is left); step T decides the rest. The list sums to ``n_tokens``.
+
+    >>> decoding_plan(8, 49)
+    [1, 3, 5, 6, 7, 9, 9, 9]
+    """
+    steps, n_tokens = positive_int(steps, "steps"), positive_int(n_tokens, "n_tokens")
+    if not callable(schedule):
+        raise ValueError(f"schedule: expected a callable r -> share of tokens still masked, "
+                         f"got {type(schedule).__name__}")
+    masked, plan = n_tokens, []
+    for t in range(1, steps):
+        share = schedule(t / steps)
+        try:
+            share = float(share)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"schedule: expected a number for r = {t / steps}, got {type(share).__name__}") from None
+        if not math.isfinite(share):
+            raise ValueError(f"schedule: expected a finite share for r = {t / steps}, got {share}")
+        left = max(1, min(math.floor(share * n_tokens), masked - 1))
+        plan.append(masked - left)
+        masked = left
+    return plan + [masked]
+
+
+def _check_plan(plan, steps: int, n_tokens: int) -> list[int]:
+    if not isinstance(plan, (list, tuple)) or len(plan) != steps or not all(
+            isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in plan) or sum(plan) != n_tokens:
+        raise ValueError(f"plan: expected {steps} integers >= 0 (one per step) that sum to {n_tokens}, got {plan!r}")
+    return list(plan)
 
 
 class MaskGITModel(nn.Module):
@@ -118,11 +155,13 @@ def maskgit_loss(model: MaskGITModel, grids: torch.Tensor, labels: torch.Tensor,
 @torch.no_grad()
 def sample_maskgit(model: MaskGITModel, labels: torch.Tensor, steps: int = 8, cfg_scale: float = 1.0,
                    temperature: float = 1.0, choice_temperature: float = 4.5,
-                   generator: torch.Generator | None = None, return_passes: bool = False):
+                   generator: torch.Generator | None = None, return_passes: bool = False, plan=None):
     """Token grids (B, 7, 7) by MaskGIT's iterative decoding in ``steps`` forward passes (doubled rows with
     guidance, as in :func:`arlib.vision.generators.sample_raster`). ``temperature`` shapes the draws,
     ``choice_temperature`` the Gumbel noise on the confidences (4.5 in MaskGIT's code, annealed to 0);
-    ``return_passes=True`` also returns the number of forward passes."""
+    ``plan`` the number of tokens decided at each step (``steps`` integers >= 0 summing to 49; by default
+    :func:`decoding_plan` of the cosine schedule); ``return_passes=True`` also returns the number of forward
+    passes."""
     inner = _check_model(model)
     labels = check_labels(labels, inner.num_classes)
     steps = int_at_least(steps, "steps", 1)
@@ -130,6 +169,8 @@ def sample_maskgit(model: MaskGITModel, labels: torch.Tensor, steps: int = 8, cf
     number_in(choice_temperature, "choice_temperature", 0, math.inf, bounds="[)", expected="a finite number >= 0")
     check_generator(generator)
     B, N, device = len(labels), inner.length, labels.device
+    plan = decoding_plan(steps, N) if plan is None else _check_plan(plan, steps, N)
+    still_masked = [N - sum(plan[:t + 1]) for t in range(steps)]  # after each step
     guided = cfg_scale != 1.0
     rows = torch.cat([labels, torch.full_like(labels, inner.num_classes)]) if guided else labels
     tokens = torch.full((B, N), inner.mask_id, dtype=torch.long, device=device)
@@ -150,10 +191,7 @@ def sample_maskgit(model: MaskGITModel, labels: torch.Tensor, steps: int = 8, cf
         gumbel = -torch.log(-torch.log(torch.rand(B, N, generator=generator, device=device).clamp(1e-20, 1)))
         confidence = log_p + choice_temperature * (1 - (t + 1) / steps) * gumbel
         confidence = torch.where(masked, confidence, math.inf)  # decided tokens are never masked again
-        n_remask = math.floor(mask_schedule((t + 1) / steps) * N)  # N0 = N: every token starts masked
-        # at most one fewer than are masked, at least 1: the reference's max(1, min(unknown - 1, n))
-        n_remask = torch.minimum(torch.full((B,), n_remask, device=device), masked.sum(1) - 1).clamp_min(1)  # (B,)
         order = confidence.argsort(1).argsort(1)  # rank 0 = least confident
-        tokens = torch.where(order < n_remask[:, None], inner.mask_id, drawn)
+        tokens = torch.where(order < still_masked[t], inner.mask_id, drawn)  # every row starts from N masked
     grids = tokens.view(B, GRID, GRID)
     return (grids, passes) if return_passes else grids

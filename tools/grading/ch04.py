@@ -1,4 +1,5 @@
-"""Grading specs of chapter 4: straight-through and multi-scale quantization, Jacobi verification, LANTERN."""
+"""Grading specs of chapter 4: straight-through and multi-scale quantization, Jacobi verification, LANTERN,
+MaskGIT's decoding plan."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from tools.grading.core import Case, Spec, describe, ids_of, same_ids, t, tensor_close
+from tools.grading.runner import build_schedule
 
 
 def _distances(z, codebook):
@@ -162,6 +164,30 @@ def _lantern(case):
     return proximity_set(*case.args).tolist()
 
 
+def _plan_cases(rng):
+    cases = []
+    for k in range(8):
+        steps, n = int(rng.integers(1, 20)), int(rng.choice([1, 7, 49, 64, 256]))
+        if k == 0:
+            schedule = {"kind": "cosine"}
+        elif k == 7:  # above 1, or 0 at once: only the clamps decide
+            schedule = {"kind": "constant", "value": float(rng.choice([0.0, 1.25]))}
+        else:
+            schedule = {"kind": "power", "a": float(rng.choice([0.5, 1.0, 2.0, 3.0, rng.uniform(0.3, 4)]))}
+        cases.append(Case((steps, n, {"schedule": schedule}), f"{steps} steps, {n} tokens, schedule {schedule}",
+                          kind="schedule"))
+    cases.append(Case((int(rng.integers(50, 70)), 49, {"schedule": {"kind": "cosine"}}),
+                      "more steps than tokens, cosine", kind="schedule"))
+    return cases
+
+
+def _plan(case):
+    from arlib.vision.maskgit import decoding_plan
+
+    steps, n, schedule = case.args
+    return decoding_plan(steps, n, build_schedule(schedule["schedule"]))
+
+
 SPECS = [
     Spec("4.1", ("vq_straight_through",), ("arlib.vision.vq.nearest_code", "arlib.vision.vq.VectorQuantizer.forward"),
          _st_cases, _st, _st_compare),
@@ -170,4 +196,5 @@ SPECS = [
     Spec("4.3", ("verify_window",), ("arlib.vision.jacobi.jacobi_generate",), _sjd_cases, _sjd, same_ids),
     Spec("4.4", ("proximity",), ("arlib.vision.jacobi.proximity_set", "arlib.vision.jacobi._relax"), _lantern_cases,
          _lantern, same_ids),
+    Spec("4.5", ("tokens_per_step",), ("arlib.vision.maskgit.decoding_plan",), _plan_cases, _plan, same_ids),
 ]

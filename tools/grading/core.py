@@ -36,7 +36,7 @@ class Case:
     args: tuple
     what: str
     kwargs: dict = field(default_factory=dict)
-    kind: str = "call"  # "call", "grad" (4.1) or "forward_count" (1.4): see runner.call_case
+    kind: str = "call"  # "call", "grad" (4.1), "forward_count" (1.4) or "schedule" (4.5): see runner.call_case
     fn: int = 0  # which of the spec's functions to call
     extra: Any = None  # data the comparison needs and the runner must not see
 

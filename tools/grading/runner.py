@@ -40,7 +40,8 @@ class ReferenceTrap(RuntimeError):
 def encode(value, arrays: dict, limit: int = 10_000, inputs: bool = False):
     """A JSON-able description of ``value``; tensors and arrays go to ``arrays`` under a fresh key.
 
-    With ``inputs`` (the grader encoding cases) a ``{"gpt": ...}`` model description passes as it is.
+    With ``inputs`` (the grader encoding cases) a ``{"gpt": ...}`` model description and a ``{"schedule": ...}``
+    mask schedule's description pass as they are.
     """
     import torch
 
@@ -69,8 +70,8 @@ def encode(value, arrays: dict, limit: int = 10_000, inputs: bool = False):
         if len(value) > limit:
             return {"type": f"{type(value).__name__} of {len(value)} items"}
         return {"list" if isinstance(value, list) else "tuple": [encode(v, arrays, limit, inputs) for v in value]}
-    if inputs and isinstance(value, dict) and "gpt" in value and len(value) == 1:
-        return value  # a model description (inputs only), built by build_inputs
+    if inputs and isinstance(value, dict) and len(value) == 1 and next(iter(value)) in ("gpt", "schedule"):
+        return value  # a model's or a schedule's description (inputs only), built by build_gpt / build_schedule
     return {"type": type(value).__name__}
 
 
@@ -108,6 +109,21 @@ def build_gpt(description: dict):
         return GPT(GPTConfig(**config)).eval()
     finally:
         torch.random.set_rng_state(state)
+
+
+def build_schedule(description: dict):
+    """The mask schedule an input describes (4.5): ``{"kind": "cosine"}``, or ``{"kind": "power", "a": a}`` for
+    r -> 1 - r ** a, or ``{"kind": "constant", "value": v}``; a callable on a float r in [0, 1]."""
+    import math
+
+    kind = description["kind"]
+    if kind == "cosine":
+        return lambda r: math.cos(math.pi / 2 * r)
+    if kind == "power":
+        return lambda r, a=float(description["a"]): 1 - r ** a
+    if kind == "constant":
+        return lambda r, v=float(description["value"]): v
+    raise ValueError(f"unknown schedule {kind!r}")
 
 
 # ------------------------------------------------------------------------------------------------ the traps
@@ -292,6 +308,9 @@ def call_case(kind: str, fns: list, args: list, kwargs: dict):
         finally:
             hook.remove()
         return [value, len(calls)]
+    if kind == "schedule":  # (steps, n_tokens, a schedule's description): the schedule is a callable (4.5)
+        steps, n_tokens, description = args
+        return fns[0](steps, n_tokens, build_schedule(description["schedule"]), **kwargs)
     raise ValueError(f"unknown call kind {kind!r}")
 
 
