@@ -58,6 +58,7 @@ COVERED = {
     "arlib.decoding.drafters.check_options", "arlib.decoding.drafters.check_seq",
     # decoding.recipes
     "arlib.decoding.recipes.build_draft_heads", "arlib.decoding.recipes.run_heads_recipe",
+    "arlib.decoding.recipes.own_continuations",
     # decoding.spectr
     "arlib.decoding.spectr.acceptance_upper_bound", "arlib.decoding.spectr.kseq_acceptance",
     "arlib.decoding.spectr.kseq_beta", "arlib.decoding.spectr.kseq_residual", "arlib.decoding.spectr.kseq_rho",
@@ -451,6 +452,13 @@ case("build_draft_heads meta empty", drec.build_draft_heads, {}, arg="meta")
 case("build_draft_heads meta junk", drec.build_draft_heads, "shakespeare-heads", arg="meta")
 case("run_heads_recipe unknown name", drec.run_heads_recipe, "no-such-recipe", arg="name")
 case("run_heads_recipe steps -1", drec.run_heads_recipe, "shakespeare-heads", steps=-1, arg="steps")
+IDS = torch.randint(0, 8, (400,), generator=torch.Generator().manual_seed(0))
+case("own_continuations target junk", drec.own_continuations, "gpt", IDS, 4, 8, torch.Generator(), arg="target")
+case("own_continuations n 0", drec.own_continuations, TARGET, IDS, 0, 8, torch.Generator(), arg="n")
+case("own_continuations prompt too long", drec.own_continuations, TARGET, IDS, 4, TARGET.config.block_size,
+     torch.Generator(), arg="prompt_chars")
+case("own_continuations ids 2-D", drec.own_continuations, TARGET, IDS.view(20, 20), 4, 8, torch.Generator(), arg="ids")
+case("own_continuations generator junk", drec.own_continuations, TARGET, IDS, 4, 8, 0, arg="generator")
 
 # --- vision.generators ------------------------------------------------------------------------------------
 

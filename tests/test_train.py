@@ -264,6 +264,27 @@ def test_heads_recipe_runs_and_its_checkpoint_loads(tmp_path):
     assert meta["stored_dtype"] == "float16" and meta["wall_seconds"] > 0
     heads = arlib.load("shakespeare-heads", directory=tmp_path).model
     assert heads.n_heads == 6 and meta["kind"] == "draft_heads"
+    assert meta["train"]["self_distillation"]["continuations"] == 16  # 2 steps x 8 rows of the target's own text
+
+
+def test_own_continuations_are_the_targets_greedy_and_sampled_text():
+    """Self-distillation windows: prompts from the text, continued by the target (first half greedy)."""
+    from arlib.decoding.recipes import own_continuations
+    from arlib.text.gpt import GPT, GPTConfig
+    from arlib.text.sampling import generate
+
+    torch.manual_seed(0)
+    target = GPT(GPTConfig(vocab_size=11, block_size=24, n_layer=1, n_head=2, n_embd=16)).eval()
+    ids = torch.randint(0, 11, (500,), generator=torch.Generator().manual_seed(1))
+    own = own_continuations(target, ids, 6, 5, torch.Generator().manual_seed(2), batch=2)
+    assert own.shape == (6, 24)
+    text = ids.tolist()
+    for row in own:  # every prompt is a window of the text
+        prompt = row[:5].tolist()
+        assert any(text[i:i + 5] == prompt for i in range(len(text) - 4))
+    with torch.no_grad():
+        assert torch.equal(own[:3], generate(target, own[:3, :5], 19, greedy=True))
+        assert not torch.equal(own[3:], generate(target, own[3:, :5], 19, greedy=True))  # sampled, not greedy
 
 
 @pytest.mark.slow

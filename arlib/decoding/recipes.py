@@ -46,10 +46,37 @@ KINDS = {"draft_heads": build_draft_heads, "eagle_head": build_eagle_head}
 HEAD_RECIPES: dict[str, dict] = {
     "shakespeare-heads": dict(
         target="shakespeare-target", n_heads=6, batch_size=16,
+        # self-distillation (Medusa-2, Cai et al. 2024, sec. 2.3.2): half of every batch is the target's own
+        # continuations of training-text prompts, half greedy and half sampled at temperature 1
+        own_continuations=1024, own_prompt_chars=32,
         train=TrainConfig(steps=2000, lr=2e-3, warmup=100, min_lr_ratio=0.05, weight_decay=0.0, eval_every=500),
-        description="early-exit, Medusa and Hydra draft heads on the frozen shakespeare-target (chapter 2)",
+        description="early-exit, Medusa and Hydra heads self-distilled from the frozen shakespeare-target (chapter 2)",
     ),
 }
+
+
+@torch.no_grad()
+def own_continuations(target: GPT, ids: torch.Tensor, n: int, prompt_chars: int, generator: torch.Generator,
+                      batch: int = 128) -> torch.Tensor:
+    """n windows (n, block_size) of the target's own text: ``prompt_chars`` characters of ``ids`` at random
+    places, continued by the target to its full context, the first half greedily and the second half sampled at
+    temperature 1. Heads trained on them see, after a prompt, the tokens they will be asked to follow in
+    greedy and in sampled speculative decoding (Medusa-2's self-distillation)."""
+    from arlib.text.sampling import generate
+
+    if not isinstance(target, GPT):
+        raise TypeError(f"target: expected an arlib.text.gpt.GPT, got {type(target).__name__}")
+    positive_int(n, "n")
+    block = target.config.block_size
+    positive_int(prompt_chars, "prompt_chars")
+    if prompt_chars >= block:
+        raise ValueError(f"prompt_chars: expected fewer than the target's {block} context tokens, got {prompt_chars}")
+    device = next(target.parameters()).device
+    prompts = random_windows(ids, n, prompt_chars, generator, device)[0]  # (n, prompt_chars)
+    sample_gen = torch.Generator(device=device).manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
+    out = [generate(target, prompts[i:i + batch], block - prompt_chars, greedy=i < n // 2,
+                    generator=None if i < n // 2 else sample_gen) for i in range(0, n, batch)]
+    return torch.cat(out)  # (n, block)
 
 
 def run_heads_recipe(name: str, steps: int | None = None, out: str | None = None, progress: bool = True,
@@ -67,7 +94,15 @@ def run_heads_recipe(name: str, steps: int | None = None, out: str | None = None
     val_windows = val_ids[: (eval_chars or 64 * block) // block * block].view(-1, block).to(device)  # (N, T)
     heads = DraftHeads(target, recipe["n_heads"]).to(device)
     heads.copy_from(target)
-    get_batch = lambda step, gen: random_windows(train_ids, recipe["batch_size"], block, gen, device)[0]  # noqa: E731
+    t0 = time.time()
+    half = recipe["batch_size"] // 2
+    n_own = min(recipe["own_continuations"], train_config.steps * half)  # a shortened run needs fewer
+    own = own_continuations(target, train_ids, n_own, recipe["own_prompt_chars"],
+                            torch.Generator().manual_seed(train_config.seed + 1))  # (N, block)
+
+    def get_batch(step, gen):  # half the target's own text, half the training text
+        pick = torch.randint(0, len(own), (half,), generator=gen).to(own.device)
+        return torch.cat([own[pick], random_windows(train_ids, recipe["batch_size"] - half, block, gen, device)[0]])
 
     def loss_fn(model, x):
         return sum(model.losses(target, x).values())
@@ -77,7 +112,6 @@ def run_heads_recipe(name: str, steps: int | None = None, out: str | None = None
         return {"exit_3": acc["exit"][2], "medusa_1": acc["medusa"][0], "hydra_1": acc["hydra"][0],
                 "hydra_4": acc["hydra"][3]}
 
-    t0 = time.time()
     before = _acceptance(heads, target, val_windows)
     history = train(heads, loss_fn, get_batch, train_config, evaluate=evaluate)
     after = _acceptance(heads, target, val_windows)
@@ -93,7 +127,9 @@ def run_heads_recipe(name: str, steps: int | None = None, out: str | None = None
         "tokenizer": {"kind": "char", "vocab": tokenizer.vocab},
         "data": {"source": "shakespeare", "sha256": SOURCES["shakespeare"].sha256,
                  "val_chars_scored": int(val_windows.numel())},
-        "train": {**history["config"], "batch_size": recipe["batch_size"], "loss": "soft cross-entropy to the target"},
+        "train": {**history["config"], "batch_size": recipe["batch_size"], "loss": "soft cross-entropy to the target",
+                  "self_distillation": {"continuations": n_own, "greedy": n_own // 2,
+                                        "prompt_chars": recipe["own_prompt_chars"], "share_of_each_batch": 0.5}},
         "metrics": {"teacher_forced_beta_before": _rounded(before), "teacher_forced_beta": _rounded(after),
                     "final_train_loss_avg50": mean_last_loss(history)},
         **provenance(name, steps, t0, device),
