@@ -46,7 +46,7 @@ KINDS = {"draft_heads": build_draft_heads, "eagle_head": build_eagle_head}
 HEAD_RECIPES: dict[str, dict] = {
     "shakespeare-heads": dict(
         target="shakespeare-target", n_heads=6, batch_size=16,
-        # self-distillation (Medusa-2, Cai et al. 2024, sec. 2.3.2): half of every batch is the target's own
+        # self-distillation (Medusa's, Cai et al. 2024, sec. 2.3.2): half of every batch is the target's own
         # continuations of training-text prompts, half greedy and half sampled at temperature 1
         own_continuations=1024, own_prompt_chars=32,
         train=TrainConfig(steps=2000, lr=2e-3, warmup=100, min_lr_ratio=0.05, weight_decay=0.0, eval_every=500),
@@ -61,7 +61,7 @@ def own_continuations(target: GPT, ids: torch.Tensor, n: int, prompt_chars: int,
     """n windows (n, block_size) of the target's own text: ``prompt_chars`` characters of ``ids`` at random
     places, continued by the target to its full context, the first half greedily and the second half sampled at
     temperature 1. Heads trained on them see, after a prompt, the tokens they will be asked to follow in
-    greedy and in sampled speculative decoding (Medusa-2's self-distillation)."""
+    greedy and in sampled speculative decoding (Medusa's self-distillation, Cai et al. 2024, sec. 2.3.2)."""
     from arlib.text.sampling import generate
 
     if not isinstance(target, GPT):
@@ -74,8 +74,11 @@ def own_continuations(target: GPT, ids: torch.Tensor, n: int, prompt_chars: int,
     device = next(target.parameters()).device
     prompts = random_windows(ids, n, prompt_chars, generator, device)[0]  # (n, prompt_chars)
     sample_gen = torch.Generator(device=device).manual_seed(int(torch.randint(2**31, (1,), generator=generator)))
-    out = [generate(target, prompts[i:i + batch], block - prompt_chars, greedy=i < n // 2,
-                    generator=None if i < n // 2 else sample_gen) for i in range(0, n, batch)]
+    half = n // 2  # rows [0, half) greedy, the rest sampled, whatever the batch size
+    out = [generate(target, prompts[i:min(i + batch, half)], block - prompt_chars, greedy=True)
+           for i in range(0, half, batch)]
+    out += [generate(target, prompts[i:min(i + batch, n)], block - prompt_chars, generator=sample_gen)
+            for i in range(half, n, batch)]
     return torch.cat(out)  # (n, block)
 
 

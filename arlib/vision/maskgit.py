@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -80,10 +81,15 @@ def decoding_plan(steps: int, n_tokens: int, schedule=mask_schedule) -> list[int
 
 
 def _check_plan(plan, steps: int, n_tokens: int) -> list[int]:
-    if not isinstance(plan, (list, tuple)) or len(plan) != steps or not all(
-            isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in plan) or sum(plan) != n_tokens:
+    def count(k) -> int | None:  # a Python or NumPy integer >= 0 (not a bool), else None
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+            return None
+        return int(k)
+
+    counts = [count(k) for k in plan] if isinstance(plan, (list, tuple)) else None
+    if counts is None or len(counts) != steps or None in counts or sum(counts) != n_tokens:
         raise ValueError(f"plan: expected {steps} integers >= 0 (one per step) that sum to {n_tokens}, got {plan!r}")
-    return list(plan)
+    return counts
 
 
 class MaskGITModel(nn.Module):
