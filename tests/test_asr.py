@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -298,6 +299,57 @@ def test_edit_distance_and_error_rates_on_known_cases():
         word_error_rate(["a"], ["a", "b"])
     with pytest.raises(TypeError, match="references"):
         word_error_rate("a b", "a b")
+
+
+def _all_alignments(ref, hyp):
+    """Every (S, D, I) of every alignment of hyp to ref, by recursion: the slow definition."""
+    if not ref:
+        return {(0, 0, len(hyp))}
+    if not hyp:
+        return {(0, len(ref), 0)}
+    out = {(s + (ref[0] != hyp[0]), d, i) for s, d, i in _all_alignments(ref[1:], hyp[1:])}
+    out |= {(s, d + 1, i) for s, d, i in _all_alignments(ref[1:], hyp)}
+    out |= {(s, d, i + 1) for s, d, i in _all_alignments(ref, hyp[1:])}
+    return out
+
+
+def test_error_counts_are_a_minimal_alignment():
+    from arlib.speech.error_rates import error_counts
+
+    assert error_counts("a b c d".split(), "a x c d e".split()) == (1, 0, 1)
+    assert error_counts(["a", "b", "c"], ["a", "c"]) == (0, 1, 0)
+    assert error_counts([], ["a", "b"]) == (0, 0, 2) and error_counts(["a"], []) == (0, 1, 0)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        ref, hyp = (rng.integers(0, 3, size=rng.integers(0, 6)).tolist() for _ in range(2))
+        counts = error_counts(ref, hyp)
+        assert sum(counts) == edit_distance(ref, hyp)
+        assert counts in _all_alignments(ref, hyp)  # a real alignment, and (by its sum) a minimal one
+        s, d, i = counts
+        assert d - i == len(ref) - len(hyp)  # deletions remove reference words, insertions add words
+
+
+def test_word_error_counts_and_bootstrap_intervals():
+    from arlib.speech.error_rates import wer_difference, wer_interval, word_error_counts
+
+    refs, hyps = ["one two three", "go stop", "yes no"], ["one three three four", "go", "yes no"]
+    counts = word_error_counts(refs, hyps)
+    assert counts == {"substitutions": 1, "deletions": 1, "insertions": 1, "words": 7, "wer": 3 / 7}
+    assert counts["wer"] == pytest.approx(word_error_rate(refs, hyps))
+    rng = np.random.default_rng(1)
+    words = ["go", "stop", "left", "right", "up"]
+    refs = [" ".join(rng.choice(words, 4)) for _ in range(300)]
+    noisy = [" ".join(w if rng.random() > 0.2 else "yes" for w in r.split()) for r in refs]  # ~20 % substituted
+    worse = [" ".join(w if rng.random() > 0.3 else "no" for w in n.split()) for n in noisy]
+    wer, low, high = wer_interval(refs, noisy)
+    assert low < wer < high and high - low < 0.1 and abs(wer - 0.2) < 0.03
+    assert wer_interval(refs, noisy, seed=3) != (wer, low, high)  # another resampling, another interval
+    diff, dlow, dhigh = wer_difference(refs, worse, noisy)
+    assert diff == pytest.approx(word_error_rate(refs, worse) - wer) and 0 < dlow < diff < dhigh
+    # paired: narrower than the two systems' own intervals suggest
+    assert dhigh - dlow < (high - low) + (wer_interval(refs, worse)[2] - wer_interval(refs, worse)[1])
+    same = wer_difference(refs, noisy, noisy)
+    assert same == (0.0, 0.0, 0.0)
 
 
 def test_vocab_round_trip_and_unknown_words():
