@@ -21,7 +21,8 @@ KIND_PARTS = {  # kind -> the module whose KINDS table builds it
     "vq": "arlib.vision.recipes", "msvq": "arlib.vision.recipes", "raster": "arlib.vision.recipes",
     "var": "arlib.vision.recipes", "classifier": "arlib.vision.recipes", "fsq": "arlib.vision.recipes",
     "maskgit": "arlib.vision.recipes", "hmar": "arlib.vision.recipes",
-    "ctc": "arlib.speech.recipes", "aed": "arlib.speech.recipes", "paraformer": "arlib.speech.recipes",
+    "hybrid": "arlib.speech.recipes", "ctc-head": "arlib.speech.recipes", "aed": "arlib.speech.recipes",
+    "paraformer": "arlib.speech.recipes", "cass-nat": "arlib.speech.recipes",
     "sae": "arlib.interp.recipes",
 }
 

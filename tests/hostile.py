@@ -57,3 +57,24 @@ def valid_or_rejects(fn, *args, arg: str, contract, **kwargs):
         return None
     assert contract(result), f"{getattr(fn, '__qualname__', fn)} returned {result!r}, which breaks its contract"
     return result
+
+
+def probe_table_tests(probes: list, covered: set):
+    """The tests every table of probes ``(id, callable)`` gets: one parametrized case per probe, unique ids,
+    and a probe for every name of ``covered`` (an id starts with the name it probes, ``"top_p-nan"``).
+    Bind them at module level: ``test_probe, test_probe_ids_are_unique, test_every_covered_name_is_probed =
+    probe_table_tests(PROBES, COVERED)``."""
+
+    @pytest.mark.parametrize("probe", [p for _, p in probes], ids=[name for name, _ in probes])
+    def test_probe(probe):
+        probe()
+
+    def test_probe_ids_are_unique():
+        names = [name for name, _ in probes]
+        assert len(names) == len(set(names))
+
+    def test_every_covered_name_is_probed():
+        probed = {name.split("-")[0] for name, _ in probes}
+        assert {name.rsplit(".", 1)[1] for name in covered} <= probed
+
+    return test_probe, test_probe_ids_are_unique, test_every_covered_name_is_probed

@@ -413,3 +413,51 @@ def test_speech_models_and_decoders_on_a_device_match_the_cpu(device):
     for key in ("ctc", "dec_loss", "para_loss"):
         assert on_dev.pop(key) == pytest.approx(on_cpu.pop(key), rel=1e-4), key
     assert on_dev == on_cpu
+
+
+def test_hybrid_loss_is_the_weighted_sum_of_ctc_and_attention_and_trains_both_heads():
+    """Watanabe et al. 2017, eq. 33: L = w L_ctc + (1 - w) L_att, over one shared encoder."""
+    from arlib.speech.models import HybridCTCAttention
+
+    torch.manual_seed(0)
+    model = HybridCTCAttention(8, d=16, layers=1, heads=2, ff=32, ctc_weight=0.3).eval()
+    feats, lengths = torch.randn(2, 20, 80), torch.tensor([20, 14])
+    y, y_lengths = torch.tensor([[2, 3, 4], [5, 6, 0]]), torch.tensor([3, 2])
+    total, ctc, att = model.losses(feats, lengths, y, y_lengths)
+    assert torch.allclose(total, 0.3 * ctc + 0.7 * att)
+    log_probs, out_lengths = model.ctc(feats, lengths)
+    expected = F.ctc_loss(log_probs.transpose(0, 1), y, out_lengths, y_lengths)
+    assert torch.allclose(ctc, expected)
+    hidden, hl = model.encoder(feats, lengths)
+    assert torch.allclose(att, model.decoder.loss(hidden, hl, y, y_lengths))
+    total.backward()  # both heads and the shared encoder get a gradient
+    assert model.ctc.head.weight.grad.abs().sum() > 0 and model.decoder.embed.weight.grad.abs().sum() > 0
+    assert model.encoder.blocks[0].mlp.c_fc.weight.grad.abs().sum() > 0
+
+
+def test_ctc_head_ignores_padding_frames():
+    from arlib.speech.models import CTCHead
+
+    torch.manual_seed(0)
+    head = CTCHead(6, d=16, layers=1, heads=2, ff=32).eval()
+    memory = torch.randn(1, 9, 16)
+    short, _ = head(memory[:, :6], torch.tensor([6]))
+    padded = torch.cat([memory[:, :6], torch.randn(1, 3, 16) * 100], dim=1)
+    long, lengths = head(padded, torch.tensor([6]))
+    assert torch.allclose(short, long[:, :6], atol=1e-5) and lengths.tolist() == [6]
+    assert torch.allclose(long.exp().sum(-1), torch.ones(1, 9), atol=1e-5)
+
+
+def test_bucketed_batches_hold_similar_lengths_and_cover_every_utterance():
+    from arlib.speech.recipes import bucketed_batch
+
+    lengths = torch.randint(10, 500, (300,), generator=torch.Generator().manual_seed(0)).tolist()
+    order = sorted(range(300), key=lambda i: lengths[i])
+    g = torch.Generator().manual_seed(1)
+    batches = [bucketed_batch(order, 16, g) for _ in range(400)]
+    assert all(len(b) == 16 and len(set(b)) == 16 for b in batches)
+    spread = np.mean([max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches])
+    random = np.mean([np.ptp([lengths[i] for i in torch.randperm(300, generator=g)[:16].tolist()])
+                      for _ in range(400)])
+    assert spread < random / 5  # far less padding than a random batch
+    assert len({i for b in batches for i in b}) > 0.95 * 300  # every utterance is seen

@@ -82,8 +82,8 @@ def test_int8_storage_round_trips_within_half_a_step(tmp_path):
     assert (tmp_path / "tiny-int8.safetensors").stat().st_size < 0.7 * 2 * sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("name", ["speech-ctc", "speech-aed", "speech-aed-words", "speech-paraformer",
-                                  "speech-paraformer-noglance"])
+@pytest.mark.parametrize("name", ["speech-hybrid", "speech-hybrid-nospecaug", "speech-aed-words", "speech-ctc-words",
+                                  "speech-paraformer", "speech-paraformer-noglance", "speech-cass-nat"])
 def test_speech_checkpoints_match_their_recipes(name):
     """Chapter 5's checkpoints: the full recipe, stored in int8 at a small cost in WER, loadable."""
     from arlib.speech.recipes import SPEECH_RECIPES, load_speech
@@ -93,8 +93,8 @@ def test_speech_checkpoints_match_their_recipes(name):
     assert meta["train"]["steps"] == recipe.train.steps and meta["command"] == f"python -m arlib.recipes {name}"
     assert meta["stored_dtype"] == "int8" and meta["parameters"] == sum(p.numel() for p in model.parameters())
     assert meta["unit"] == recipe.unit and meta["glance"] == recipe.glance
-    assert meta["metrics"]["test_wer"] <= meta["metrics"]["test_wer_float32"] + 0.01
-    assert meta["data"]["train"]["n"] == 6000 and meta["data"]["test"]["n"] == 400
+    assert meta["metrics"]["dev_wer"] <= meta["metrics"]["dev_wer_float32"] + 0.01
+    assert meta["data"]["train"]["n"] == 6000 and meta["data"]["dev"]["n"] == 400 and "test" not in meta["data"]
     assert not model.training
 
 

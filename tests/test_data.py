@@ -264,7 +264,29 @@ def test_voices_are_split_disjointly_by_speaker():
     assert len(VOCABULARY) == len(set(VOCABULARY)) >= 30
 
 
-@pytest.mark.parametrize("split,voices", [("train", TRAIN_VOICES), ("test", TEST_VOICES)])
+def test_the_splits_share_no_voice_no_near_duplicate_variant_no_accent_family_and_no_transcript():
+    """Issue 21: test voices are held out whole, with no near-duplicate variant across splits, one accent family
+    (Caribbean) is heard only in test, and no word sequence is drawn in two splits, whatever the sizes."""
+    variants = {"train": speech.TRAIN_VARIANTS, "dev": speech.DEV_VARIANTS, "test": speech.TEST_VARIANTS}
+    for a, b in [("train", "dev"), ("train", "test"), ("dev", "test")]:
+        assert not set(variants[a]) & set(variants[b])
+        close = [(x, y) for x in variants[a] for y in variants[b] if speech.near_duplicate_variants(x, y)]
+        assert not close, f"near-duplicate voice variants across {a}/{b}: {close}"
+    assert speech.near_duplicate_variants("steph", "steph2") and speech.near_duplicate_variants("belinda", "linda")
+    assert not speech.near_duplicate_variants("steph", "Annie")  # the detector is not trivially true
+    accent = {split: {v.split("+")[0] for v in voices} for split, voices in
+              [("train", TRAIN_VOICES), ("dev", speech.DEV_VOICES), ("test", TEST_VOICES)]}
+    assert "en-029" in accent["test"] and "en-029" not in accent["train"] | accent["dev"]
+    plans = {split: speech._plan(split, n, 0, 1, 8) for split, n in [("train", 6000), ("dev", 400), ("test", 400)]}
+    said = {split: {" ".join(p["words"]) for p in plan} for split, plan in plans.items()}
+    assert not said["train"] & said["test"] and not said["train"] & said["dev"] and not said["dev"] & said["test"]
+    assert all(speech.transcript_split(p["words"]) == split for split, plan in plans.items() for p in plan)
+    assert {p["voice"] for p in plans["test"]} <= set(TEST_VOICES)
+    lengths = {split: np.mean([len(p["words"]) for p in plan]) for split, plan in plans.items()}
+    assert abs(lengths["test"] - lengths["train"]) < 0.5  # holding sentences out did not skew their length
+
+
+@pytest.mark.parametrize("split,voices", [("train", TRAIN_VOICES), ("dev", speech.DEV_VOICES), ("test", TEST_VOICES)])
 def test_spoken_utterances_are_16khz_non_silent_and_match_their_transcripts(tmp_cache, split, voices):
     utterances = spoken_utterances(split, n=6, seed=1)
     assert len(utterances) == 6
@@ -355,7 +377,7 @@ def test_missing_espeak_ng_says_how_to_install_it(tmp_cache, tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("kwargs,name", [
-    (dict(split="dev"), "split"), (dict(n=0), "n"), (dict(n=2.5), "n"), (dict(n=True), "n"),
+    (dict(split="valid"), "split"), (dict(n=0), "n"), (dict(n=2.5), "n"), (dict(n=True), "n"),
     (dict(seed=-1), "seed"), (dict(seed="0"), "seed"), (dict(min_words=0), "min_words"),
     (dict(min_words=5, max_words=4), "max_words"), (dict(n=2, workers=0), "workers"),
 ])

@@ -14,7 +14,17 @@ import pytest
 import torch
 from hostile import public_api, rejects, valid_or_rejects
 
-from arlib.data import FASHION_MNIST, SHAKESPEARE, SOURCES, DataUnavailableError, cache, images, speech, text
+from arlib.data import (
+    FASHION_MNIST,
+    SHAKESPEARE,
+    SOURCES,
+    DataUnavailableError,
+    cache,
+    images,
+    real_speech,
+    speech,
+    text,
+)
 
 COVERED = {
     "arlib.data.cache.DataUnavailableError", "arlib.data.cache.Registry", "arlib.data.cache.Source",
@@ -23,8 +33,11 @@ COVERED = {
     "arlib.data.cache.from_url", "arlib.data.cache.in_checkout", "arlib.data.cache.locate",
     "arlib.data.cache.sha256_file", "arlib.data.cache.user_dir",
     "arlib.data.images.fashion_mnist", "arlib.data.images.read_idx",
+    "arlib.data.real_speech.Recording", "arlib.data.real_speech.real_recordings",
     "arlib.data.speech.Utterance", "arlib.data.speech.cache_path", "arlib.data.speech.espeak_version",
     "arlib.data.speech.spoken_utterances", "arlib.data.speech.synthesize",
+    "arlib.data.speech.transcript_split", "arlib.data.speech.variant_settings",
+    "arlib.data.speech.near_duplicate_variants",
     "arlib.data.text.TextCorpus", "arlib.data.text.shakespeare",
 }
 
@@ -62,6 +75,7 @@ def idx(ndim: int, dims: tuple[int, ...], payload: bytes) -> bytes:
 
 GOOD_SOURCE = dict(name="fake", filename="fake.bin", sha256="0" * 64, size=1, origin="test", license="test")
 GOOD_UTTERANCE = dict(waveform=torch.zeros(8), transcript="go", words=("go",), voice="en-us", speed=175, pitch=50)
+GOOD_RECORDING = dict(waveform=torch.zeros(8), transcript="five five", source="cards/004.wav")
 GOOD_CORPUS = dict(works=("hamlet",), train="a", val="b")
 MISSING, FOLDER = File("missing.gz"), File("folder", "dir")
 IDX_BAD = [  # (file, what is wrong with it)
@@ -86,6 +100,10 @@ def source(**bad):
 
 def utterance(**bad):
     return lambda: speech.Utterance(**(GOOD_UTTERANCE | bad))
+
+
+def recording(**bad):
+    return lambda: real_speech.Recording(**(GOOD_RECORDING | bad))
 
 
 def corpus(**bad):
@@ -146,21 +164,32 @@ REJECTED = [
         ("sample_rate", 0), ("sample_rate", 16000.0),
     ]],
     *[case(speech.cache_path, *args, version="1.51", arg=arg) for args, arg in [
-        (("dev", 5, 0), "split"), ((None, 5, 0), "split"), (("train", 0, 0), "n"), (("train", "5", 0), "n"),
+        (("valid", 5, 0), "split"), ((None, 5, 0), "split"), (("train", 0, 0), "n"), (("train", "5", 0), "n"),
         (("train", 5, -1), "seed"), (("train", 5, 0.5), "seed"), (("train", 5, 0, 0), "min_words"),
         (("train", 5, 0, 4, 3), "max_words"),
     ]],
     *[case(speech.cache_path, "train", 5, 0, version=bad, arg="version") for bad in ("../../x", "a/b", "", 3)],
     *[case(speech.spoken_utterances, **{name: value}, arg=name) for name, value in [
-        ("split", "dev"), ("split", None), ("split", ["train"]), ("n", 0), ("n", -1), ("n", "5"), ("n", 2.5),
+        ("split", "valid"), ("split", None), ("split", ["train"]), ("n", 0), ("n", -1), ("n", "5"), ("n", 2.5),
         ("n", True), ("seed", -1), ("seed", "0"), ("seed", None), ("min_words", 0), ("max_words", 0),
         ("workers", 0), ("workers", 1.5),
     ]],
+    *[case(speech.transcript_split, bad, arg="words") for bad in ("go left", (), ("go", ""), None, [3])],
+    *[case(speech.variant_settings, bad, arg="variant") for bad in ("../f2", "", None, "no-such-variant")],
+    *[case(speech.near_duplicate_variants, "f2", "f3", threshold=bad, arg="threshold") for bad in (0, 1.5, "0.4")],
     *[case(speech.synthesize, bad, "en-us", arg="text") for bad in ("", "   ", None, 3, "go\0left", ["go"])],
     *[case(speech.synthesize, "go", bad, arg="voice") for bad in (
         "", "--help", "-w/tmp/x", "en-us;rm", "x/../y", None, 3, "zz-no-such-voice")],
     *[case(speech.synthesize, "go", "en-us", speed=bad, arg="speed") for bad in (0, 79, 451, 10**6, "175", 1.5, True)],
     *[case(speech.synthesize, "go", "en-us", pitch=bad, arg="pitch") for bad in (-1, 100, None, 50.0)],
+    # real recordings
+    *[case(recording(**{field: value}), arg=field) for field, value in [
+        ("waveform", None), ("waveform", [0.0, 0.1]), ("waveform", torch.zeros(2, 8)),
+        ("waveform", torch.zeros(8, dtype=torch.int16)), ("waveform", torch.tensor(0.5)),
+        ("transcript", None), ("transcript", ["five"]), ("source", None), ("source", Path("x.wav")),
+        ("oov", ["of"]), ("oov", ("of", 3)), ("oov", None), ("oov", "of"), ("evidence", None),
+        ("sample_rate", 0), ("sample_rate", 16000.0), ("sample_rate", True), ("sample_rate", None),
+    ]],
     # Shakespeare
     *[case(corpus(**{field: value}), arg=field) for field, value in [
         ("works", None), ("works", ["hamlet"]), ("works", ("hamlet", 3)), ("train", None), ("val", 3),
@@ -256,3 +285,23 @@ def test_hostile_workers_and_seeds_that_are_numpy_integers_are_valid(tmp_cache):
     utterances = valid_or_rejects(speech.spoken_utterances, "test", n=np.int64(2), seed=np.int32(1), workers=1,
                                   arg="n", contract=lambda us: len(us) == 2)
     assert all(isinstance(u, speech.Utterance) for u in utterances)
+
+
+def test_real_recordings_are_valid_or_name_the_package_to_install(tmp_path, monkeypatch):
+    """No arguments: either verified recordings or the documented DataUnavailableError with the install line,
+    for a missing package, a file replaced by a folder, or an empty file; nothing else."""
+    try:
+        recordings = real_speech.real_recordings()
+    except DataUnavailableError as exc:
+        assert "apt-get install pocketsphinx-testdata" in str(exc)
+    else:
+        assert recordings and all(isinstance(r, real_speech.Recording) and r.waveform.dtype == torch.float32
+                                  for r in recordings)
+    first = "tidigits/dhd.2934z.raw"  # the first file read
+    for make in (lambda root: None, lambda root: (root / first).mkdir(parents=True),
+                 lambda root: ((root / first).parent.mkdir(parents=True), (root / first).write_bytes(b""))):
+        root = tmp_path / f"copy{len(list(tmp_path.iterdir()))}"
+        make(root)
+        monkeypatch.setattr(real_speech, "POCKETSPHINX_DIR", str(root))
+        with pytest.raises(DataUnavailableError, match="pocketsphinx-testdata"):
+            real_speech.real_recordings()

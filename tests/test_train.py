@@ -318,14 +318,16 @@ def test_speech_recipes_run_in_order_and_their_checkpoints_load(tmp_path):
     in the same folder, every checkpoint loads back and records its data and provenance."""
     from arlib.speech.recipes import SPEECH_RECIPES, load_speech, run_speech_recipe
 
-    names = ("speech-ctc", "speech-aed", "speech-aed-words", "speech-paraformer", "speech-paraformer-noglance")
+    names = ("speech-hybrid", "speech-hybrid-nospecaug", "speech-aed-words", "speech-ctc-words", "speech-paraformer",
+             "speech-paraformer-noglance", "speech-cass-nat")
     for name in names:
-        meta = run_speech_recipe(name, steps=2, out=str(tmp_path), progress=False, n_train=40, n_test=20)
+        meta = run_speech_recipe(name, steps=2, out=str(tmp_path), progress=False, n_train=40, n_dev=20)
         assert meta["command"] == f"python -m arlib.recipes {name} --steps 2" and meta["train"]["steps"] == 2
-        assert meta["data"]["train"]["n"] == 40 and meta["data"]["espeak_ng"]
+        assert meta["data"]["train"]["n"] == 40 and meta["data"]["dev"]["n"] == 20 and meta["data"]["espeak_ng"]
+        assert meta["train"]["batches"] == "length-bucketed" and "test" not in meta["data"]  # choices use dev only
         model, loaded = load_speech(name, directory=tmp_path)
         assert loaded["parameters"] == sum(p.numel() for p in model.parameters())
-        assert 0 <= loaded["metrics"]["test_wer"] and loaded["stored_dtype"] == "int8"
-    assert set(SPEECH_RECIPES) == set(names) and loaded["encoder"] == "speech-ctc" and loaded["glance"] == 0.0
+        assert 0 <= loaded["metrics"]["dev_wer"] and loaded["stored_dtype"] == "int8"
+    assert set(SPEECH_RECIPES) == set(names) and loaded["encoder"] == "speech-hybrid"
     with pytest.raises(ValueError, match="name"):
         load_speech("speech-nothing")

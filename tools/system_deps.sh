@@ -7,6 +7,7 @@ command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)          # chapter 
 command -v flite >/dev/null 2>&1 || missing+=(flite)                  # more voices for chapter 5
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)            # browser test of the built book
 [ -d /usr/share/datasets/fashion-mnist ] || missing+=(dataset-fashion-mnist)  # chapter 4 images
+[ -d /usr/share/pocketsphinx/test/data ] || missing+=(pocketsphinx-testdata)  # chapter 5 real recordings
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "Installing Debian packages: ${missing[*]}"

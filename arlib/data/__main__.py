@@ -2,6 +2,7 @@
 
     python -m arlib.data fetch [NAME ...]   fetch and verify all sources (or the named ones)
     python -m arlib.data status             where each source is found and whether its sha256 matches
+                                            (and the real recordings of pocketsphinx-testdata)
     python -m arlib.data speech [--n N]     synthesize the default speech sets into the cache (optional)
 """
 
@@ -13,7 +14,17 @@ import sys
 import time
 from pathlib import Path
 
-from arlib.data import SOURCES, DataUnavailableError, Source, cache_dir, ensure, locate, sha256_file, speech
+from arlib.data import (
+    SOURCES,
+    DataUnavailableError,
+    Source,
+    cache_dir,
+    ensure,
+    locate,
+    real_speech,
+    sha256_file,
+    speech,
+)
 
 
 def _mb(size: int) -> str:
@@ -70,11 +81,19 @@ def status() -> int:
         sidecar = path.with_name(path.name + ".sha256")
         ok = sidecar.exists() and sidecar.read_text().strip() == sha256_file(path)
         print(f"  {path.name:60s} {_mb(path.stat().st_size)}  {'ok' if ok else 'BAD'}")
+    try:
+        recordings = real_speech.real_recordings()
+    except DataUnavailableError as exc:
+        print(f"\nreal speech (pocketsphinx-testdata): {exc}")
+    else:
+        seconds = sum(r.duration for r in recordings)
+        print(f"\nreal speech (pocketsphinx-testdata): {len(recordings)} recordings, {seconds:.0f} s, sha256 ok, "
+              f"{sum(r.in_vocabulary for r in recordings)} within the vocabulary  {real_speech.POCKETSPHINX_DIR}")
     return 0
 
 
 def synth(n: int | None, seed: int) -> int:
-    for split in ("train", "test"):
+    for split in ("train", "dev", "test"):
         start = time.perf_counter()
         try:
             utterances = speech.spoken_utterances(split, n=n, seed=seed)

@@ -2,8 +2,16 @@
 
 Each utterance says 1-8 words from ``VOCABULARY`` (digits, numbers, short commands) in one voice:
 an English accent of espeak-ng combined with a voice variant (``en-gb-scotland+f2``), at a random speed
-(words per minute, ``-s``) and pitch (``-p``). The variants are split into disjoint train and test sets,
-so a test set is spoken by speakers never heard in training. espeak-ng writes 22,050 Hz 16-bit WAV; we
+(words per minute, ``-s``) and pitch (``-p``). Three splits are held out from each other honestly:
+
+- voices: the variants are split into disjoint train, dev and test sets, and no variant of one split is a
+  near-duplicate of a variant of another (:func:`near_duplicate_variants`: ``steph2`` is ``steph`` with one
+  formant changed, ``linda`` shares most of ``belinda``'s settings); one accent family (Caribbean, ``en-029``) is heard
+  only in the test split;
+- transcripts: every word sequence belongs to exactly one split (:func:`transcript_split`, a hash of the
+  words), so no test sentence is ever heard in training, whatever the sizes drawn.
+
+espeak-ng writes 22,050 Hz 16-bit WAV; we
 resample it to 16 kHz (polyphase, 320/441), scale it to a peak of 0.7 and keep it as int16; loaders
 return float32 in [-1, 1].
 
@@ -43,21 +51,28 @@ VOCABULARY = (
     "start", "open", "close", "play", "pause", "next", "again", "cancel", "help", "wait",
 )
 ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-029", "en-us-nyc")
-# espeak-ng voice variants (files under espeak-ng-data/voices/!v), 10 female + 14 male for training and
-# 4 + 4 for testing; novelty variants (robots, whisper, croak) are left out.
+HELD_OUT_ACCENTS = ("en-029",)  # the Caribbean accent family: test only, never heard in training or dev
+SEEN_ACCENTS = tuple(a for a in ACCENTS if a not in HELD_OUT_ACCENTS)
+# espeak-ng voice variants (files under espeak-ng-data/voices/!v): 24 for training, 4 for dev, 8 for test;
+# novelty variants (robots, whisper, croak) are left out, and so are near-duplicates of a variant in
+# another split (steph2/steph3 of steph, linda of belinda, Gene2 of Gene; see near_duplicate_variants).
 TRAIN_VARIANTS = (
     "Alicia", "Andrea", "aunty", "belinda", "f1", "f2", "f4", "f5", "steph", "anika",
     "Alex", "Andy", "adam", "benjamin", "caleb", "david", "john", "m1", "m2", "m3", "m5", "m6", "max", "paul",
 )
-TEST_VARIANTS = ("Annie", "f3", "linda", "steph2", "m4", "edward", "quincy", "victor")
-TRAIN_VOICES = tuple(f"{accent}+{variant}" for accent in ACCENTS for variant in TRAIN_VARIANTS)  # 192 voices
+DEV_VARIANTS = ("Gene", "travis", "zac", "boris")
+TEST_VARIANTS = ("Annie", "f3", "shelby", "grandma", "m4", "edward", "quincy", "victor")
+TRAIN_VOICES = tuple(f"{accent}+{variant}" for accent in SEEN_ACCENTS for variant in TRAIN_VARIANTS)  # 168
+DEV_VOICES = tuple(f"{accent}+{variant}" for accent in SEEN_ACCENTS for variant in DEV_VARIANTS)  # 28
 TEST_VOICES = tuple(f"{accent}+{variant}" for accent in ACCENTS for variant in TEST_VARIANTS)  # 64 voices
+SPLITS = ("train", "dev", "test")
+TRANSCRIPT_BUCKETS = {"test": (0,), "dev": (1,)}  # of 10 hash buckets; the other 8 are the training sentences
 SPEED_RANGE = (130, 210)  # words per minute, inclusive (espeak-ng's default is 175)
 PITCH_RANGE = (25, 75)  # 0..99, inclusive (default 50)
 AMPLITUDE = 40  # espeak-ng -a (at the default 100 loud variants such as paul clip; at 40 none does)
 PEAK = 0.7  # every utterance is scaled to this peak: the variants' loudness differs by a factor of 5
-DEFAULT_N = {"train": 1000, "test": 200}
-_FORMAT = 2  # bump when the synthesis recipe changes, so old caches are not reused
+DEFAULT_N = {"train": 1000, "dev": 200, "test": 200}
+_FORMAT = 3  # bump when the synthesis recipe changes, so old caches are not reused
 
 
 @dataclass(frozen=True, eq=False)
@@ -180,18 +195,72 @@ def synthesize(text: str, voice: str, speed: int = 175, pitch: int = 50) -> np.n
 # -- the data set -------------------------------------------------------------------------------
 
 
+def transcript_split(words) -> str:
+    """The split a word sequence belongs to: ``"train"``, ``"dev"`` or ``"test"``, from a hash of its words
+    (``TRANSCRIPT_BUCKETS``), so a sentence of one split is never drawn in another."""
+    if isinstance(words, str) or not isinstance(words, (list, tuple)) or not words \
+            or not all(isinstance(w, str) and w for w in words):
+        raise ValueError(f"words: expected a non-empty tuple of words, got {words!r:.80}")
+    bucket = int(hashlib.sha256(" ".join(words).encode()).hexdigest(), 16) % 10
+    return next((split for split, buckets in TRANSCRIPT_BUCKETS.items() if bucket in buckets), "train")
+
+
+def _voices(split: str) -> tuple[str, ...]:
+    return {"train": TRAIN_VOICES, "dev": DEV_VOICES, "test": TEST_VOICES}[split]
+
+
 def _plan(split: str, n: int, seed: int, min_words: int, max_words: int) -> list[dict]:
-    """Draw what each utterance says and who says it. Utterance i depends only on (seed, split, i)."""
-    voices = TRAIN_VOICES if split == "train" else TEST_VOICES
+    """Draw what each utterance says and who says it. Utterance i depends only on (seed, split, i); a
+    word sequence of another split (:func:`transcript_split`) is drawn again."""
+    voices = _voices(split)
     plan = []
     for i in range(n):
-        rng = np.random.default_rng([seed, ("train", "test").index(split), i])
-        k = int(rng.integers(min_words, max_words + 1))
-        words = tuple(VOCABULARY[j] for j in rng.integers(0, len(VOCABULARY), size=k))
+        rng = np.random.default_rng([seed, SPLITS.index(split), i])
+        while True:
+            k = int(rng.integers(min_words, max_words + 1))
+            words = tuple(VOCABULARY[j] for j in rng.integers(0, len(VOCABULARY), size=k))
+            if transcript_split(words) == split:
+                break
         plan.append(dict(words=words, voice=voices[int(rng.integers(len(voices)))],
                          speed=int(rng.integers(SPEED_RANGE[0], SPEED_RANGE[1] + 1)),
                          pitch=int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1))))
     return plan
+
+
+@functools.lru_cache(maxsize=4)
+def _data_dir(exe: str) -> Path:
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
+    match = re.search(r"Data at:\s*(\S+)", out)
+    return Path(match.group(1) if match else "/usr/share/espeak-ng-data")
+
+
+def variant_settings(variant: str) -> dict[str, tuple[str, ...]]:
+    """An espeak-ng voice variant's settings, read from its file: ``{"formant 1": ("95", "95", "95"),
+    "pitch": ("82", "117"), ...}`` (the name and comments left out)."""
+    if not isinstance(variant, str) or not re.fullmatch(r"[A-Za-z0-9][\w-]*", variant):
+        raise ValueError(f"variant: expected an espeak-ng voice variant name such as 'f2', got {variant!r}")
+    path = _data_dir(_espeak()) / "voices" / "!v" / variant
+    if not path.is_file():
+        raise ValueError(f"variant: espeak-ng has no voice variant file {str(path)!r}")
+    settings = {}
+    for line in path.read_text(errors="replace").splitlines():
+        fields = line.split("//")[0].split("#")[0].split()
+        if not fields or fields[0] in ("name", "language"):
+            continue
+        width = 2 if fields[0] in ("formant", "tone") else 1  # "formant 3 ..." is keyed by its number too
+        settings[" ".join(fields[:width])] = tuple(fields[width:])
+    return settings
+
+
+def near_duplicate_variants(a: str, b: str, threshold: float = 0.4) -> bool:
+    """Whether two voice variants are near-duplicates: at least ``threshold`` of the settings either names
+    are equal in both (``steph2`` shares 44 % with ``steph``, ``linda`` 64 % with ``belinda``; across the
+    splits' variants the most shared is 29 %, ``f3`` with ``f2``)."""
+    if not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+        raise ValueError(f"threshold: expected a fraction in (0, 1], got {threshold!r}")
+    sa, sb = variant_settings(a), variant_settings(b)
+    keys = set(sa) | set(sb)
+    return bool(keys) and sum(sa.get(k) == sb.get(k) for k in keys) / len(keys) >= threshold
 
 
 def _synthesize_all(plan: list[dict], workers: int) -> list[np.ndarray]:
@@ -206,7 +275,8 @@ def _synthesize_all(plan: list[dict], workers: int) -> list[np.ndarray]:
 
 
 def _config_tag() -> str:
-    config = [_FORMAT, VOCABULARY, TRAIN_VOICES, TEST_VOICES, SPEED_RANGE, PITCH_RANGE, AMPLITUDE, PEAK, SAMPLE_RATE]
+    config = [_FORMAT, VOCABULARY, TRAIN_VOICES, DEV_VOICES, TEST_VOICES, TRANSCRIPT_BUCKETS, SPEED_RANGE,
+              PITCH_RANGE, AMPLITUDE, PEAK, SAMPLE_RATE]
     return hashlib.sha256(json.dumps(config).encode()).hexdigest()[:8]
 
 
@@ -253,8 +323,8 @@ def _check_int(name: str, value, low: int, high: int | None = None) -> None:
 
 
 def _check_args(split, n, seed, min_words, max_words) -> None:
-    if split not in ("train", "test"):
-        raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split: expected 'train', 'dev' or 'test', got {split!r}")
     _check_int("n", n, 1)
     _check_int("seed", seed, 0)
     _check_int("min_words", min_words, 1)
@@ -267,8 +337,10 @@ def spoken_utterances(split: str = "train", n: int | None = None, seed: int = 0,
 
     Args:
 
-    - split: ``"train"`` (voices ``TRAIN_VOICES``) or ``"test"`` (``TEST_VOICES``, disjoint).
-    - n: number of utterances (default ``DEFAULT_N``: 1000 for train, 200 for test).
+    - split: ``"train"`` (voices ``TRAIN_VOICES``), ``"dev"`` (``DEV_VOICES``: for every choice made
+      while building a recognizer) or ``"test"`` (``TEST_VOICES``: scored once, at the end). The voices,
+      the accent ``HELD_OUT_ACCENTS`` and the word sequences of each split are never heard in another.
+    - n: number of utterances (default ``DEFAULT_N``: 1000 for train, 200 for dev and test).
     - seed: the set is a deterministic function of (split, n, seed, word range, espeak-ng version);
       utterance i is the same for every n > i.
     - min_words, max_words: the number of words is uniform in this inclusive range (1..8).
@@ -276,8 +348,8 @@ def spoken_utterances(split: str = "train", n: int | None = None, seed: int = 0,
 
     Synthesis takes about 10 ms an utterance per core; the set is cached under ``cache_dir()``.
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
+    if split not in SPLITS:
+        raise ValueError(f"split: expected 'train', 'dev' or 'test', got {split!r}")
     n = DEFAULT_N[split] if n is None else n
     _check_args(split, n, seed, min_words, max_words)
     workers = (os.cpu_count() or 1) if workers is None else workers

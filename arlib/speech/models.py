@@ -272,6 +272,61 @@ class CTCModel(nn.Module):
         return self.head(hidden).log_softmax(-1), lengths
 
 
+class CTCHead(nn.Module):
+    """A CTC output over a frozen encoder's memory: ``layers`` bidirectional transformer blocks (the same
+    depth as the decoders beside it, so that every decoder adds matched compute) and a linear layer to the
+    units and the blank. (B, S, d), (B,) -> per-frame log-probabilities (B, S, V) and the lengths."""
+
+    def __init__(self, vocab_size: int, d: int = 64, layers: int = 2, heads: int = 4, ff: int = 256,
+                 dropout: float = 0.1):
+        super().__init__()
+        positive_int(vocab_size, "vocab_size")
+        positive_int(ff, "ff")
+        layer = layer_config(d, heads, layers, dropout)
+        self.config = dict(vocab_size=vocab_size, d=d, layers=layers, heads=heads, ff=ff, dropout=dropout)
+        self.blocks = nn.ModuleList(speech_layer(Block(layer, ff, "none")) for _ in range(layers))
+        self.ln = nn.LayerNorm(d)
+        self.head = nn.Linear(d, vocab_size)
+
+    def forward(self, memory, memory_lengths):
+        memory_lengths = check_memory(memory, memory_lengths, self.config["d"])
+        mask = _mask(memory_lengths, memory.shape[1])[:, None, None, :]
+        x = memory
+        for block in self.blocks:
+            x = block(x, mask=mask)
+        return self.head(self.ln(x)).log_softmax(-1), memory_lengths
+
+
+class HybridCTCAttention(nn.Module):
+    """The hybrid CTC/attention model of Watanabe et al. 2017 ("Hybrid CTC/attention architecture for
+    end-to-end speech recognition", eq. 33): one encoder shared by a CTC head (``ctc``, a
+    :class:`CTCModel`) and an attention decoder (``decoder``), trained on
+    ``ctc_weight * L_ctc + (1 - ctc_weight) * L_attention``. Both heads use the same token ids, so they can
+    decode together (joint beam search, or attention rescoring of CTC's n-best as in WeNet's U2)."""
+
+    def __init__(self, vocab_size: int, d: int = 64, layers: int = 6, heads: int = 4, ff: int = 256,
+                 decoder_layers: int = 2, ctc_weight: float = 0.3, n_mels: int = 80, dropout: float = 0.1):
+        super().__init__()
+        number_in(ctc_weight, "ctc_weight", 0, 1)
+        self.ctc = CTCModel(vocab_size, n_mels=n_mels, d=d, layers=layers, heads=heads, ff=ff, dropout=dropout)
+        self.decoder = AttentionDecoder(vocab_size, d=d, layers=decoder_layers, heads=heads, ff=ff, dropout=dropout)
+        self.config = dict(vocab_size=vocab_size, d=d, layers=layers, heads=heads, ff=ff,
+                           decoder_layers=decoder_layers, ctc_weight=ctc_weight, n_mels=n_mels, dropout=dropout)
+
+    @property
+    def encoder(self) -> SpeechEncoder:
+        return self.ctc.encoder
+
+    def losses(self, feats, lengths, targets, target_lengths) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(joint loss, CTC loss, attention loss) for a batch of features (B, T, n_mels) and transcripts."""
+        hidden, out_lengths = self.ctc.encoder(feats, lengths)
+        log_probs = self.ctc.head(hidden).log_softmax(-1)  # (B, T', V)
+        ctc = F.ctc_loss(log_probs.transpose(0, 1), targets, out_lengths, target_lengths, zero_infinity=True)
+        attention = self.decoder.loss(hidden, out_lengths, targets, target_lengths)
+        w = self.config["ctc_weight"]
+        return w * ctc + (1 - w) * attention, ctc, attention
+
+
 class DecoderCache(KVCache):
     """The state of incremental decoding: the GPT's preallocated :class:`~arlib.text.gpt.KVCache` of the
     decoder's self-attention (``max_len`` positions), plus each layer's cross-attention keys and values
