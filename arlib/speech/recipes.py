@@ -160,7 +160,8 @@ def _pad(rows: list[torch.Tensor]) -> torch.Tensor:
 @torch.no_grad()
 def encode_all(model, feats: list[torch.Tensor], device, batch: int = 64):
     """The encoder's output for each utterance, unpadded: list of (T', d) on ``device``. ``model`` is a
-    :class:`CTCModel` or a :class:`HybridCTCAttention` (its shared encoder is used)."""
+    :class:`~arlib.speech.models.CTCModel` or a :class:`~arlib.speech.models.HybridCTCAttention` (its shared
+    encoder is used)."""
     if not isinstance(model, (CTCModel, HybridCTCAttention)):
         raise ValueError(f"model: expected a CTCModel or HybridCTCAttention (its encoder is used), "
                          f"got {type(model).__name__}")
